@@ -1,0 +1,1 @@
+//! Backend service library (work in progress).

@@ -1,0 +1,2 @@
+//! Backend service entry point.
+fn main() {}

@@ -1,0 +1,1 @@
+//! config-hasher library (work in progress).

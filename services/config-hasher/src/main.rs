@@ -1,0 +1,2 @@
+//! config-hasher entry point.
+fn main() {}
