@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Makes sure the third-party images the stack names exist locally: the runtime base
+# (debian:bookworm-slim), postgres:15-bookworm and nginx:1.27-bookworm.
+#
+# For each one it uses the real image when present or pullable. Only when the pull fails (a
+# machine with no image registry) does it build a stand-in from Debian packages, under a name
+# that cannot collide with the real image (stackship-standin/...), and it says so on stderr.
+# Prints the image to use for each as KEY=VALUE lines on stdout:
+#   BASE_IMAGE=...  POSTGRES_IMAGE=...  NGINX_IMAGE=...
+set -Eeuo pipefail
+
+SCRIPT_NAME="base-images"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+REAL_BASE_IMAGE="debian:bookworm-slim"
+REAL_POSTGRES_IMAGE="postgres:15-bookworm"
+REAL_NGINX_IMAGE="nginx:1.27-bookworm"
+STANDIN_BASE_IMAGE="stackship-standin/debian:bookworm"
+STANDIN_POSTGRES_IMAGE="stackship-standin/postgres:15"
+STANDIN_NGINX_IMAGE="stackship-standin/nginx:1.22"
+
+usage() {
+    cat <<USAGE
+Usage: scripts/base-images.sh [--rebuild-standins] [--help]
+
+Ensures ${REAL_BASE_IMAGE}, ${REAL_POSTGRES_IMAGE} and ${REAL_NGINX_IMAGE} are available,
+pulling them; when a pull fails, builds local stand-ins (${STANDIN_BASE_IMAGE},
+${STANDIN_POSTGRES_IMAGE}, ${STANDIN_NGINX_IMAGE}) from Debian packages.
+Prints BASE_IMAGE=, POSTGRES_IMAGE=, NGINX_IMAGE= lines naming the images to use.
+
+  --rebuild-standins   rebuild stand-ins even when they already exist
+USAGE
+}
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# try_real IMAGE: true when the real image is local or can be pulled now.
+try_real() {
+    local image="$1"
+    image_exists "$image" && return 0
+    log "pulling ${image}"
+    timeout 300 docker pull -q "$image" >/dev/null 2>&1
+}
+
+standin_banner() {
+    warn "=================================================================="
+    warn "cannot pull ${1}: using the LOCAL STAND-IN ${2}"
+    warn "(built from Debian packages; not the real image)"
+    warn "=================================================================="
+}
+
+build_standin_base() {
+    local rootfs
+    if image_exists "$STANDIN_BASE_IMAGE" && [[ -z "$REBUILD" ]]; then
+        return 0
+    fi
+    apt_install debootstrap
+    need debootstrap
+    rootfs="$(mktemp -d /var/tmp/stackship-rootfs.XXXXXX)"
+    # shellcheck disable=SC2064  # expand now: the path is fixed for this trap
+    trap "rm -rf '${rootfs}'" RETURN
+    log "debootstrap bookworm (minbase) into ${rootfs}"
+    debootstrap --variant=minbase bookworm "$rootfs" >/dev/null \
+        || die "debootstrap failed (see ${rootfs}/debootstrap/debootstrap.log)"
+    # As in Debian's own container images: no service starts during package installs, and
+    # downloaded packages and lists are not kept.
+    printf '#!/bin/sh\nexit 101\n' > "$rootfs/usr/sbin/policy-rc.d"
+    chmod 755 "$rootfs/usr/sbin/policy-rc.d"
+    cat > "$rootfs/etc/apt/apt.conf.d/docker-clean" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";
+APT
+    printf 'APT::Install-Recommends "false";\n' > "$rootfs/etc/apt/apt.conf.d/no-recommends"
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+    log "importing ${STANDIN_BASE_IMAGE}"
+    tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        - "$STANDIN_BASE_IMAGE" >/dev/null
+}
+
+# build_standin NAME CONTEXT BASE: build a stand-in image from images/<context>.
+build_standin() {
+    local name="$1" context="$2" base="$3"
+    if image_exists "$name" && [[ -z "$REBUILD" ]]; then
+        return 0
+    fi
+    log "building stand-in ${name} from $(repo_root)/images/${context}"
+    docker build -q --build-arg "BASE_IMAGE=${base}" -t "$name" "$(repo_root)/images/${context}" >/dev/null \
+        || die "building stand-in ${name} failed"
+}
+
+REBUILD=""
+
+main() {
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --rebuild-standins) REBUILD=1 ;;
+            -h | --help) usage; return 0 ;;
+            *) usage >&2; die "unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    ensure_docker
+
+    local base postgres nginx
+    if try_real "$REAL_BASE_IMAGE"; then
+        base="$REAL_BASE_IMAGE"
+    else
+        standin_banner "$REAL_BASE_IMAGE" "$STANDIN_BASE_IMAGE"
+        build_standin_base
+        base="$STANDIN_BASE_IMAGE"
+    fi
+    if try_real "$REAL_POSTGRES_IMAGE"; then
+        postgres="$REAL_POSTGRES_IMAGE"
+    else
+        standin_banner "$REAL_POSTGRES_IMAGE" "$STANDIN_POSTGRES_IMAGE"
+        build_standin "$STANDIN_POSTGRES_IMAGE" postgres "$base"
+        postgres="$STANDIN_POSTGRES_IMAGE"
+    fi
+    if try_real "$REAL_NGINX_IMAGE"; then
+        nginx="$REAL_NGINX_IMAGE"
+    else
+        standin_banner "$REAL_NGINX_IMAGE" "$STANDIN_NGINX_IMAGE"
+        build_standin "$STANDIN_NGINX_IMAGE" nginx "$base"
+        nginx="$STANDIN_NGINX_IMAGE"
+    fi
+    printf 'BASE_IMAGE=%s\nPOSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\n' "$base" "$postgres" "$nginx"
+}
+
+main "$@"

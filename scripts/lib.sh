@@ -1,0 +1,103 @@
+# shellcheck shell=bash
+# Shared helpers for the stack scripts: logging, prerequisites, Docker engine, swarm, registry.
+# Source it; it defines functions and defaults and runs nothing.
+
+STACKSHIP_PROJECT="${STACKSHIP_PROJECT:-stackship}"
+# Root of everything the local bring-up keeps on this machine.
+STACKSHIP_DATA="${STACKSHIP_DATA:-/data/${STACKSHIP_PROJECT}}"
+# Where deploy.sh and one environment's files live on the manager, as the pipeline puts them.
+STACKSHIP_DEPLOY_DIR="${STACKSHIP_DEPLOY_DIR:-${STACKSHIP_DATA}/deploy}"
+# The local registry that stands in for GitLab Registry.
+STACKSHIP_REGISTRY_ADDR="${STACKSHIP_REGISTRY_ADDR:-127.0.0.1:5000}"
+STACKSHIP_REGISTRY_USER="${STACKSHIP_REGISTRY_USER:-stackship}"
+# Host ports the proxy publishes, per environment (mode: host).
+STACKSHIP_PROD_HTTP_PORT=80
+STACKSHIP_PROD_HTTPS_PORT=443
+STACKSHIP_DEV_HTTP_PORT=8880
+
+log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "${SCRIPT_NAME:-stackship}" "$*" >&2; }
+warn() { printf '%s [%s] WARNING: %s\n' "$(date -u +%H:%M:%S)" "${SCRIPT_NAME:-stackship}" "$*" >&2; }
+die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "${SCRIPT_NAME:-stackship}" "$*" >&2; exit 1; }
+
+# repo_root: the working tree these scripts belong to.
+repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd); }
+
+# need CMD [HINT]: fail with an install hint when CMD is missing.
+need() {
+    command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not installed${2:+ ($2)}"
+}
+
+require_root() {
+    [[ "$(id -u)" -eq 0 ]] || die "must run as root (it installs packages and manages the Docker engine)"
+}
+
+# apt_install PKG...: install the Debian packages not yet installed, without prompts.
+apt_install() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    require_root
+    need apt-get "a Debian or Ubuntu host is expected"
+    log "installing Debian packages: ${missing[*]}"
+    # apt-get update once per run: lists may be missing or stale on a fresh machine.
+    # DPkg::Lock::Timeout waits for another package manager instead of failing.
+    if [[ -z "${STACKSHIP_APT_UPDATED:-}" ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 || die "apt-get update failed"
+        STACKSHIP_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+        || die "apt-get install ${missing[*]} failed"
+}
+
+# wait_until TIMEOUT_S DESCRIPTION CMD...: poll CMD every second until it succeeds.
+wait_until() {
+    local timeout="$1" what="$2" deadline
+    shift 2
+    deadline=$((SECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "timed out after ${timeout}s waiting for ${what}"
+        sleep 1
+    done
+}
+
+# ensure_docker: Docker engine installed and answering.
+ensure_docker() {
+    if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1; then
+        apt_install docker.io
+    fi
+    if docker info >/dev/null 2>&1; then
+        return 0
+    fi
+    require_root
+    log "starting dockerd (log: /var/log/dockerd.log)"
+    # Machines without an init system: start the daemon directly, detached from this shell.
+    setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+    wait_until 60 "dockerd to answer" docker info
+}
+
+# ensure_swarm: this engine is a swarm manager (single-node swarm when it was not in one).
+ensure_swarm() {
+    local state
+    state="$(docker info --format '{{.Swarm.LocalNodeState}}')"
+    case "$state" in
+        active)
+            [[ "$(docker info --format '{{.Swarm.ControlAvailable}}')" == "true" ]] \
+                || die "this engine is a swarm worker; run on a manager"
+            ;;
+        inactive)
+            log "initialising a single-node swarm"
+            docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+            ;;
+        *) die "swarm state is '${state}'; fix the swarm first (docker info)" ;;
+    esac
+}
+
+# stack_name ENV: the swarm stack of an environment.
+stack_name() { printf '%s-%s\n' "$STACKSHIP_PROJECT" "$1"; }
+
+# check_env ENV: only dev and prod exist.
+check_env() {
+    [[ "$1" == dev || "$1" == prod ]] || die "unknown environment '$1' (expected dev or prod)"
+}
