@@ -72,13 +72,24 @@ pub struct Declarations {
 /// # Errors
 /// [`Error::Syntax`], [`Error::Layout`], [`Error::Entry`] or [`Error::Several`].
 pub fn parse_compose(text: &str, path: &Path) -> Result<Declarations, Error> {
+    let (declarations, errors) = parse_collecting(text, path)?;
+    Error::combine(path, errors)?;
+    Ok(declarations)
+}
+
+/// As [`parse_compose`], but entry problems are returned beside the entries
+/// that are fine, so that a caller can go on and report everything at once.
+pub(crate) fn parse_collecting(
+    text: &str,
+    path: &Path,
+) -> Result<(Declarations, Vec<Error>), Error> {
     let doc: Value = serde_norway::from_str(text).map_err(|e| Error::Syntax {
         path: path.to_path_buf(),
         location: e.location().map(|l| (l.line(), l.column())),
         message: e.to_string(),
     })?;
     let top = match untag(&doc) {
-        Value::Null => return Ok(Declarations::default()),
+        Value::Null => return Ok((Declarations::default(), Vec::new())),
         Value::Mapping(m) => m,
         other => {
             return Err(Error::Layout {
@@ -143,8 +154,7 @@ pub fn parse_compose(text: &str, path: &Path) -> Result<Declarations, Error> {
             }
         }
     }
-    Error::combine(path, errors)?;
-    Ok(out)
+    Ok((out, errors))
 }
 
 type EntryOutcome = Option<Result<Declared, SkipReason>>;

@@ -247,6 +247,15 @@ impl Error {
         }
     }
 
+    /// The individual errors, owned: itself, or the members of [`Error::Several`].
+    #[must_use]
+    pub fn into_all(self) -> Vec<Error> {
+        match self {
+            Error::Several { errors, .. } => errors,
+            other => vec![other],
+        }
+    }
+
     /// The entry-level problems, with their entries (empty for file-level errors).
     #[must_use]
     pub fn problems(&self) -> Vec<(&EntryId, &Problem)> {

@@ -168,8 +168,14 @@ pub fn hash_compose_file(path: &Path, options: &Options) -> Result<Report, Error
 /// Any [`Error`].
 pub fn hash_compose_str(text: &str, path: &Path, options: &Options) -> Result<Report, Error> {
     check_options(options)?;
-    let declarations = parse_compose(text, path)?;
-    hash_declarations(&declarations, path, options)
+    let (declarations, mut errors) = compose::parse_collecting(text, path)?;
+    match hash_declarations(&declarations, path, options) {
+        Ok(report) => Error::combine(path, errors).map(|()| report),
+        Err(e) => {
+            errors.extend(e.into_all());
+            Err(Error::combine(path, errors).unwrap_err())
+        }
+    }
 }
 
 /// Hashes the files of already parsed declarations and builds the names.
