@@ -10,9 +10,7 @@ STACKSHIP_DEPLOY_DIR="${STACKSHIP_DEPLOY_DIR:-${STACKSHIP_DATA}/deploy}"
 # The local registry that stands in for GitLab Registry.
 STACKSHIP_REGISTRY_ADDR="${STACKSHIP_REGISTRY_ADDR:-127.0.0.1:5000}"
 STACKSHIP_REGISTRY_USER="${STACKSHIP_REGISTRY_USER:-stackship}"
-# Host ports the proxy publishes, per environment (mode: host).
-STACKSHIP_PROD_HTTP_PORT=80
-STACKSHIP_PROD_HTTPS_PORT=443
+# Host port of the dev proxy (prod publishes 80 and 443), as in docker-compose.dev.yaml.
 STACKSHIP_DEV_HTTP_PORT=8880
 
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "${SCRIPT_NAME:-stackship}" "$*" >&2; }
@@ -100,4 +98,40 @@ stack_name() { printf '%s-%s\n' "$STACKSHIP_PROJECT" "$1"; }
 # check_env ENV: only dev and prod exist.
 check_env() {
     [[ "$1" == dev || "$1" == prod ]] || die "unknown environment '$1' (expected dev or prod)"
+}
+
+# The local registry standing in for GitLab Registry (Debian's docker-registry).
+STACKSHIP_REGISTRY_DIR="${STACKSHIP_REGISTRY_DIR:-${STACKSHIP_DATA}/registry}"
+# Generated secrets and the self-signed certificate, kept so re-runs reuse them.
+STACKSHIP_SECRETS_DIR="${STACKSHIP_SECRETS_DIR:-${STACKSHIP_DATA}/secrets}"
+
+# registry_status: the HTTP status of the registry's /v2/ (401 = up with auth, 000 = down).
+registry_status() {
+    curl -s -o /dev/null -m 3 -w '%{http_code}' "http://${STACKSHIP_REGISTRY_ADDR}/v2/" || true
+}
+
+# registry_password: the generated password of the local registry user.
+registry_password() {
+    [[ -s "${STACKSHIP_REGISTRY_DIR}/password" ]] || die "no local registry password (run scripts/up.sh)"
+    cat "${STACKSHIP_REGISTRY_DIR}/password"
+}
+
+# env_url ENV: the address of an environment's proxy on this machine.
+env_url() {
+    case "$1" in
+        prod) printf 'https://localhost\n' ;;
+        dev) printf 'http://localhost:%s\n' "$STACKSHIP_DEV_HTTP_PORT" ;;
+        *) die "unknown environment '$1'" ;;
+    esac
+}
+
+# curl_env ENV ARGS...: curl against an environment's proxy, trusting prod's self-signed cert.
+curl_env() {
+    local env="$1"
+    shift
+    if [[ "$env" == prod ]]; then
+        curl -sS -m 10 --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" "$@"
+    else
+        curl -sS -m 10 "$@"
+    fi
 }

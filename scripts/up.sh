@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Brings the whole system up on this machine, from nothing, the way production deploys it:
+# Docker engine, single-node swarm, a local registry with login standing in for GitLab
+# Registry, base and stand-in images, the service images built and pushed with their tag,
+# secrets, the copy step into /data/stackship/deploy, and deploy.sh for each environment.
+# Safe to re-run: every step checks before it acts. scripts/down.sh undoes it.
+set -Eeuo pipefail
+
+SCRIPT_NAME="up"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/up.sh [--prod | --dev | --all] [--help]
+
+Brings up the stack on this machine (root, Debian) and prints its URLs.
+  --prod   the prod stack (default): https://localhost (http://localhost redirects)
+  --dev    the dev stack: http://localhost:8880
+  --all    both, side by side
+
+Honours CARGO_TARGET_DIR (default: target/ in the repository).
+State lives under /data/stackship (registry, secrets, deploy directory, database data).
+USAGE
+}
+
+ensure_tools() {
+    apt_install ca-certificates curl openssl apache2-utils docker-registry psmisc
+    need cargo "install the Rust toolchain (rustup); the service binaries are built on this machine"
+    need git
+}
+
+# ensure_registry: docker-registry on 127.0.0.1:5000 with htpasswd auth, and the engine logged in.
+ensure_registry() {
+    local dir="$STACKSHIP_REGISTRY_DIR" status
+    mkdir -p "$dir/data"
+    chmod 0700 "$dir"
+    if [[ ! -s "$dir/password" ]]; then
+        (umask 077 && openssl rand -hex 24 > "$dir/password")
+    fi
+    if [[ ! -s "$dir/htpasswd" ]] || ! htpasswd -vb "$dir/htpasswd" "$STACKSHIP_REGISTRY_USER" "$(registry_password)" >/dev/null 2>&1; then
+        htpasswd -Bbn "$STACKSHIP_REGISTRY_USER" "$(registry_password)" > "$dir/htpasswd"
+    fi
+    if [[ ! -s "$dir/http-secret" ]]; then
+        (umask 077 && openssl rand -hex 32 > "$dir/http-secret")
+    fi
+    cat > "$dir/config.yml" <<CONFIG
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: ${dir}/data
+  delete:
+    enabled: true
+http:
+  addr: ${STACKSHIP_REGISTRY_ADDR}
+  secret: $(cat "$dir/http-secret")
+auth:
+  htpasswd:
+    realm: ${STACKSHIP_PROJECT}-registry
+    path: ${dir}/htpasswd
+CONFIG
+    status="$(registry_status)"
+    case "$status" in
+        401) ;;
+        000)
+            log "starting the local registry on ${STACKSHIP_REGISTRY_ADDR} (log: ${dir}/registry.log)"
+            setsid docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 < /dev/null &
+            echo "$!" > "$dir/registry.pid"
+            wait_until 30 "the registry to answer" test "$(registry_status)" = 401
+            ;;
+        *) die "${STACKSHIP_REGISTRY_ADDR} answers HTTP ${status} without auth: another registry holds the port" ;;
+    esac
+    log "docker login ${STACKSHIP_REGISTRY_ADDR}"
+    registry_password | docker login --username "$STACKSHIP_REGISTRY_USER" --password-stdin \
+        "$STACKSHIP_REGISTRY_ADDR" >/dev/null 2>&1 || die "docker login to the local registry failed"
+}
+
+# resolve_third_party_images: real images when pullable, else stand-ins pushed to the registry.
+resolve_third_party_images() {
+    local line key value
+    BASE_IMAGE="" POSTGRES_IMAGE="" NGINX_IMAGE=""
+    while IFS= read -r line; do
+        key="${line%%=*}"
+        value="${line#*=}"
+        case "$key" in
+            BASE_IMAGE) BASE_IMAGE="$value" ;;
+            POSTGRES_IMAGE) POSTGRES_IMAGE="$(publish_standin "$value")" ;;
+            NGINX_IMAGE) NGINX_IMAGE="$(publish_standin "$value")" ;;
+        esac
+    done < <("$(repo_root)/scripts/base-images.sh")
+    [[ -n "$BASE_IMAGE" && -n "$POSTGRES_IMAGE" && -n "$NGINX_IMAGE" ]] || die "base-images.sh gave no image names"
+}
+
+# publish_standin IMAGE: stand-ins go to the local registry so every swarm node can pull them;
+# real images are used as they are.
+publish_standin() {
+    local image="$1" target
+    if [[ "$image" != "${STACKSHIP_PROJECT}-standin/"* ]]; then
+        printf '%s\n' "$image"
+        return 0
+    fi
+    target="${STACKSHIP_REGISTRY_ADDR}/${image}"
+    docker tag "$image" "$target"
+    docker push -q "$target" >/dev/null || die "docker push ${target} failed"
+    warn "the stack will run the STAND-IN ${target}"
+    printf '%s\n' "$target"
+}
+
+build_and_push() {
+    local root
+    root="$(repo_root)"
+    TAG="$("$root/scripts/image-tag.sh")"
+    log "building config-hasher"
+    (cd "$root" && cargo build --release --locked -p config-hasher) >&2 || die "cargo build of config-hasher failed"
+    log "building service images with tag ${TAG}"
+    REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$root/scripts/build-images.sh" --tag "$TAG" --push \
+        --base-image "$BASE_IMAGE" --nginx-image "$NGINX_IMAGE" >/dev/null
+}
+
+ensure_node_label() {
+    local node
+    node="$(docker info --format '{{.Swarm.NodeID}}')"
+    docker node update --label-add stackship.postgres=true "$node" >/dev/null
+}
+
+# ensure_secrets ENV: DB password (generated once) and, for prod, a self-signed certificate.
+ensure_secrets() {
+    local env="$1" dir="${STACKSHIP_SECRETS_DIR}/$1"
+    mkdir -p "$dir"
+    chmod 0700 "$STACKSHIP_SECRETS_DIR" "$dir"
+    if [[ ! -s "$dir/db_password" ]]; then
+        (umask 077 && openssl rand -hex 24 > "$dir/db_password")
+    fi
+    create_secret "$(stack_name "$env")-db-password" "$dir/db_password"
+    if [[ "$env" == prod ]]; then
+        if [[ ! -s "$dir/tls.crt" || ! -s "$dir/tls.key" ]]; then
+            log "creating a self-signed certificate for localhost"
+            (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -days 825 -subj "/CN=localhost" \
+                -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+                -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null) || die "openssl req failed"
+            chmod 0644 "$dir/tls.crt"
+        fi
+        create_secret "$(stack_name "$env")-tls-cert" "$dir/tls.crt"
+        create_secret "$(stack_name "$env")-tls-key" "$dir/tls.key"
+    fi
+}
+
+create_secret() {
+    local name="$1" file="$2"
+    docker secret inspect "$name" >/dev/null 2>&1 && return 0
+    log "creating secret ${name}"
+    docker secret create --label "${STACKSHIP_PROJECT}.managed-by=up.sh" "$name" "$file" >/dev/null \
+        || die "docker secret create ${name} failed"
+}
+
+# deploy_env ENV: the copy step, local settings for deploy.sh, then deploy.sh itself.
+deploy_env() {
+    local env="$1" root
+    root="$(repo_root)"
+    ensure_secrets "$env"
+    "$root/scripts/copy-manifests.sh" "--$env" --dest "$STACKSHIP_DEPLOY_DIR"
+    cat > "$STACKSHIP_DEPLOY_DIR/deploy.env" <<ENVFILE
+# Written by scripts/up.sh: the local registry and the images this machine uses.
+REGISTRY=${STACKSHIP_REGISTRY_ADDR}
+IMAGE_TAG=${TAG}
+POSTGRES_IMAGE=${POSTGRES_IMAGE}
+NGINX_IMAGE=${NGINX_IMAGE}
+ENVFILE
+    log "deploy.sh --${env}"
+    REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
+        "$STACKSHIP_DEPLOY_DIR/deploy.sh" "--$env" || die "deploy of ${env} failed"
+}
+
+# check_answers ENV: the proxy serves the frontend and the backend's version.
+check_answers() {
+    local env="$1" url version
+    url="$(env_url "$env")"
+    wait_until 60 "${url}/api/service/version" curl_env "$env" -fo /dev/null "${url}/api/service/version"
+    version="$(curl_env "$env" -f "${url}/api/service/version")"
+    log "${env}: ${url}/api/service/version -> ${version}"
+}
+
+main() {
+    local envs=(prod) started=$SECONDS env
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --prod) envs=(prod) ;;
+            --dev) envs=(dev) ;;
+            --all) envs=(dev prod) ;;
+            -h | --help) usage; return 0 ;;
+            *) usage >&2; die "unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    require_root
+    log "step 1/6: tools and Docker engine"
+    ensure_tools
+    ensure_docker
+    log "step 2/6: swarm"
+    ensure_swarm
+    ensure_node_label
+    log "step 3/6: local registry"
+    ensure_registry
+    log "step 4/6: base and third-party images"
+    resolve_third_party_images
+    log "step 5/6: service images"
+    build_and_push
+    log "step 6/6: deploy ${envs[*]}"
+    for env in "${envs[@]}"; do
+        deploy_env "$env"
+    done
+    for env in "${envs[@]}"; do
+        check_answers "$env"
+    done
+    log "up in $((SECONDS - started))s"
+    for env in "${envs[@]}"; do
+        printf '%s: %s/\n' "$env" "$(env_url "$env")"
+    done
+    if [[ " ${envs[*]} " == *" prod "* ]]; then
+        printf 'prod certificate (self-signed): %s/prod/tls.crt\n' "$STACKSHIP_SECRETS_DIR"
+    fi
+}
+
+main "$@"
