@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The project's test command: static checks, the Rust tests against a real throwaway PostgreSQL,
+# then the end-to-end tests of the stack on a local Docker Swarm. Installs what it needs.
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+# shellcheck source=scripts/lib/pg.sh
+. "$ROOT/scripts/lib/pg.sh"
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/test.sh [--no-stack] [--no-lint] [-- CARGO_TEST_ARGS...]
+
+Runs, in order:
+  1. lint:   cargo fmt --check, cargo clippy --all-targets -D warnings, shellcheck
+  2. cargo test --workspace, against a throwaway PostgreSQL started on a free loopback port
+     (the Debian postgresql package is installed when missing) and stopped at the end
+  3. the stack's end-to-end tests (scripts/test-stack.sh): Docker Engine, local swarm,
+     images, deploys, rollbacks, a headless browser
+
+Options:
+  --no-stack   skip step 3 (quick local runs; CI runs everything)
+  --no-lint    skip step 1
+  -h, --help   this text
+Run as root on a fresh Debian machine, it installs every prerequisite itself.
+USAGE
+}
+
+lint() {
+    log "cargo fmt --check"
+    cargo fmt --all --check
+    log "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+    need_cmd shellcheck shellcheck
+    log "shellcheck"
+    local scripts=()
+    mapfile -t scripts < <(cd "$ROOT" && git ls-files '*.sh' .ci/run 2>/dev/null || true)
+    if ((${#scripts[@]})); then
+        (cd "$ROOT" && shellcheck -x "${scripts[@]}")
+    fi
+}
+
+cargo_tests() {
+    pg_start_throwaway
+    trap pg_stop_throwaway EXIT
+    log "cargo test --workspace"
+    (cd "$ROOT" && cargo test --workspace "$@")
+    pg_stop_throwaway
+    trap - EXIT
+}
+
+main() {
+    local stack=1 do_lint=1
+    while (($#)); do
+        case $1 in
+        --no-stack) stack=0 ;;
+        --no-lint) do_lint=0 ;;
+        -h | --help) usage; return 0 ;;
+        --) shift; break ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+        esac
+        shift
+    done
+    cd "$ROOT"
+    command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
+    need_cmd python3 python3
+    need_cmd runuser util-linux
+    cargo --version >&2
+    ((do_lint)) && lint
+    cargo_tests "$@"
+    if ((stack)); then
+        if [[ -x "$ROOT/scripts/test-stack.sh" ]]; then
+            log "stack end-to-end tests"
+            "$ROOT/scripts/test-stack.sh"
+        else
+            die "scripts/test-stack.sh is missing"
+        fi
+    fi
+    log "all tests passed"
+}
+
+main "$@"

@@ -1,0 +1,267 @@
+//! HTTP handlers and the router.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{self, ApiError};
+use crate::state::AppState;
+use crate::store::{self, LogEntry, WriteError};
+use crate::{metrics, telemetry};
+
+/// The service's name in `/api/service/version`.
+pub const SERVICE_NAME: &str = "backend";
+
+/// The version baked in at build time (`APP_VERSION`, the image tag), else the crate version.
+pub fn version() -> &'static str {
+    match option_env!("APP_VERSION") {
+        Some(v) if !v.is_empty() => v,
+        _ => env!("CARGO_PKG_VERSION"),
+    }
+}
+
+/// The application's router with all middleware.
+pub fn app(state: AppState) -> Router {
+    let settings = state.settings.clone();
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/api/service/ping", get(ping))
+        .route("/api/service/ready", get(ready))
+        .route("/api/service/version", get(version_handler))
+        .route("/api/service/info", get(info))
+        .route("/api/log", post(post_log))
+        .route("/api/logs", get(list_logs))
+        .route("/metrics", get(metrics_handler))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.server.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(middleware::from_fn(error::log_server_errors))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(telemetry::make_span))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    settings.server.request_timeout(),
+                )),
+        )
+        .with_state(state)
+}
+
+async fn ping() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 only when migrations are done, the database answers and the service is not draining.
+async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::ShuttingDown);
+    }
+    ensure_migrated(&state)?;
+    store::ping(&state.pool).await?;
+    Ok(Json(json!({ "status": "ok" })))
+}
+
+async fn version_handler() -> Json<serde_json::Value> {
+    Json(json!({ "name": SERVICE_NAME, "version": version() }))
+}
+
+async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "name": SERVICE_NAME,
+        "version": version(),
+        "environment": state.settings.app.environment,
+        "title": state.settings.app.title,
+    }))
+}
+
+async fn post_log(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    // A map, not a derived struct: serde would also accept `["text"]` for `{message}`.
+    let Json(object) =
+        body.map_err(|r| ApiError::from_json_rejection(r, state.settings.server.body_limit_bytes))?;
+    let raw = match object.get("message") {
+        Some(serde_json::Value::String(m)) => m,
+        Some(_) => return Err(ApiError::Unprocessable("`message` must be a string".into())),
+        None => return Err(ApiError::Unprocessable("missing field `message`".into())),
+    };
+    let message = validate_message(raw, state.settings.logs.max_message_chars)?;
+    ensure_migrated(&state)?;
+    let client = client_addr(peer, &headers, state.settings.server.trust_forwarded_for);
+    let entry = state
+        .writer
+        .insert(message, client)
+        .await
+        .map_err(|e| match e {
+            WriteError::Database(e) if error::is_unavailable(&e) => ApiError::Unavailable(None),
+            WriteError::Database(e) => ApiError::Internal(anyhow::anyhow!("group insert: {e}")),
+            WriteError::Stopped => ApiError::ShuttingDown,
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        [(
+            header::LOCATION,
+            format!("/api/logs?before={}&limit=1", entry.id + 1),
+        )],
+        Json(entry),
+    ))
+}
+
+/// Trims the message and checks it is non-empty, within the limit, and storable (Postgres text
+/// cannot hold NUL).
+fn validate_message(raw: &str, max_chars: usize) -> Result<String, ApiError> {
+    let message = raw.trim();
+    if message.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "`message` must not be empty".into(),
+        ));
+    }
+    let chars = message.chars().count();
+    if chars > max_chars {
+        return Err(ApiError::Unprocessable(format!(
+            "`message` is {chars} characters long; the limit is {max_chars}"
+        )));
+    }
+    if message.contains('\0') {
+        return Err(ApiError::Unprocessable(
+            "`message` must not contain NUL characters".into(),
+        ));
+    }
+    Ok(message.to_owned())
+}
+
+/// The client's address: the peer, or — behind our own proxy — the last `X-Forwarded-For` hop.
+fn client_addr(peer: SocketAddr, headers: &HeaderMap, trust_forwarded_for: bool) -> String {
+    if trust_forwarded_for
+        && let Some(ip) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .next_back()
+    {
+        return ip.to_string();
+    }
+    peer.ip().to_string()
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct PageOut {
+    entries: Vec<LogEntry>,
+    /// Pass as `?before=` to get the next (older) page; null on the last page.
+    next_before: Option<i64>,
+}
+
+async fn list_logs(
+    State(state): State<AppState>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let Query(page) = page?;
+    let logs = &state.settings.logs;
+    let limit = page.limit.unwrap_or(logs.default_page_size);
+    if !(1..=logs.max_page_size).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            code: "bad_query",
+            message: format!("`limit` must be between 1 and {}", logs.max_page_size),
+        });
+    }
+    if page.before.is_some_and(|b| b < 1) {
+        return Err(ApiError::BadRequest {
+            code: "bad_query",
+            message: "`before` must be a positive entry id".into(),
+        });
+    }
+    ensure_migrated(&state)?;
+    let entries = store::list(&state.pool, limit, page.before).await?;
+    let next_before = if entries.len() as i64 == limit {
+        entries.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(PageOut {
+        entries,
+        next_before,
+    }))
+}
+
+fn ensure_migrated(state: &AppState) -> Result<(), ApiError> {
+    if state.migrated.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(None))
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    let body = state
+        .metrics
+        .render(&state.pool, state.settings.database.max_connections);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_validation() {
+        assert_eq!(validate_message("  hi ", 5).unwrap(), "hi");
+        assert!(validate_message("   ", 5).is_err());
+        assert!(validate_message("ééééé", 5).is_ok());
+        assert!(validate_message("éééééé", 5).is_err());
+        assert!(validate_message("a\0b", 5).is_err());
+    }
+
+    #[test]
+    fn client_addr_uses_last_forwarded_hop_only_when_trusted() {
+        let peer: SocketAddr = "10.0.0.9:1234".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
+        assert_eq!(client_addr(peer, &h, true), "5.6.7.8");
+        assert_eq!(client_addr(peer, &h, false), "10.0.0.9");
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_addr(peer, &h, true), "10.0.0.9");
+    }
+}

@@ -1,0 +1,208 @@
+//! Building and running the application: pool, migrations, writer, listener, graceful shutdown.
+//!
+//! Shutdown sequence (on the future passed to [`Application::run_until_stopped`], which `main`
+//! ties to SIGTERM and SIGINT):
+//! 1. readiness turns 503 at once (`draining`);
+//! 2. the service keeps serving for `drain_delay` — Swarm's DNS drops the task and the proxy
+//!    re-resolves, so traffic moves away before the listener closes;
+//! 3. the listener closes; in-flight requests get `shutdown_timeout` to finish;
+//! 4. queued group commits are flushed, the pool is closed, and `run_until_stopped` returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::config::{DatabaseSettings, Settings};
+use crate::metrics::Metrics;
+use crate::routes;
+use crate::state::AppState;
+use crate::store::{self, LogWriter};
+
+/// A built application: listener bound, background tasks started, not serving yet.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    writer_task: JoinHandle<()>,
+    migrate_task: JoinHandle<()>,
+}
+
+/// Connection options from the settings.
+pub fn connect_options(db: &DatabaseSettings) -> PgConnectOptions {
+    let mut options = PgConnectOptions::new()
+        .host(&db.host)
+        .port(db.port)
+        .username(&db.user)
+        .database(&db.name)
+        .application_name("backend");
+    if let Some(password) = &db.password {
+        options = options.password(password.expose_secret());
+    }
+    options
+}
+
+/// A pool that connects on first use, so the service starts (and answers 503) while the
+/// database is down, and recovers by itself when it comes back.
+pub fn lazy_pool(db: &DatabaseSettings) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(db.max_connections)
+        .acquire_timeout(std::time::Duration::from_millis(db.acquire_timeout_ms))
+        // A connection broken by a database restart is detected and replaced on acquire.
+        .test_before_acquire(true)
+        .connect_lazy_with(connect_options(db))
+}
+
+impl Application {
+    /// Binds `server.host:server.port` (port 0 picks a free one) and starts the migrations and
+    /// the group-commit writer in the background.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = lazy_pool(&settings.database);
+        Self::build_with_pool(settings, pool).await
+    }
+
+    /// Like [`Application::build`] with a given pool (tests pass the one `#[sqlx::test]` made).
+    pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let port = listener.local_addr()?.port();
+
+        let metrics = Arc::new(Metrics::new());
+        let observer = {
+            let metrics = metrics.clone();
+            Arc::new(move |rows: usize| metrics.observe_batch(rows))
+        };
+        let (writer, writer_task) = LogWriter::spawn(
+            pool.clone(),
+            settings.logs.batch_max_rows,
+            settings.logs.max_inflight_batches,
+            observer,
+        );
+        let migrated = Arc::new(AtomicBool::new(false));
+        let migrate_task = tokio::spawn(store::migrate_until_done(pool.clone(), migrated.clone()));
+        let state = AppState {
+            settings: Arc::new(settings),
+            pool,
+            writer,
+            metrics,
+            draining: Arc::new(AtomicBool::new(false)),
+            migrated,
+        };
+        Ok(Self {
+            listener,
+            port,
+            state,
+            writer_task,
+            migrate_task,
+        })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests use it to look at `draining`).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains and stops as described in the module docs.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            port,
+            state,
+            writer_task,
+            migrate_task,
+        } = self;
+        let server_settings = state.settings.server.clone();
+        let draining = state.draining.clone();
+        let pool = state.pool.clone();
+        let stopped_accepting = Arc::new(Notify::new());
+
+        let stop_accepting = {
+            let stopped_accepting = stopped_accepting.clone();
+            let server_settings = server_settings.clone();
+            async move {
+                shutdown.await;
+                draining.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    drain_delay_ms = server_settings.drain_delay_ms,
+                    "shutdown requested: readiness is 503, still serving during the drain delay"
+                );
+                tokio::time::sleep(server_settings.drain_delay()).await;
+                tracing::info!(
+                    shutdown_timeout_ms = server_settings.shutdown_timeout_ms,
+                    "drain delay over: no new connections; finishing in-flight requests"
+                );
+                stopped_accepting.notify_one();
+            }
+        };
+
+        let app = routes::app(state);
+        tracing::info!(port, version = routes::version(), "listening");
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop_accepting);
+
+        let deadline = async {
+            stopped_accepting.notified().await;
+            tokio::time::sleep(server_settings.shutdown_timeout()).await;
+        };
+        let graceful = tokio::select! {
+            result = server => {
+                result.context("server failed")?;
+                true
+            }
+            () = deadline => {
+                tracing::warn!("shutdown timeout: abandoning requests still in flight");
+                false
+            }
+        };
+
+        // Once the router (and every LogWriter clone in it) is gone, the writer flushes its
+        // queue and exits. After a timeout, abandoned requests may still hold clones: don't wait
+        // long for them.
+        migrate_task.abort();
+        let grace = if graceful {
+            server_settings.shutdown_timeout()
+        } else {
+            std::time::Duration::from_secs(1)
+        };
+        if tokio::time::timeout(grace, writer_task).await.is_err() {
+            tracing::warn!("log writer did not finish in time");
+        }
+        if tokio::time::timeout(grace, pool.close()).await.is_err() {
+            tracing::warn!("database pool did not close in time");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM (what Swarm sends) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,98 @@
+//! ping, ready, version, info, metrics, and a database that is down from the start.
+
+use crate::helpers::{TestApp, assert_json_error, pool_for, test_settings};
+use sqlx::PgPool;
+
+#[sqlx::test]
+async fn ping_ready_version_and_info(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.app.title = "Test title".into();
+    settings.app.environment = "testenv".into();
+    let app = TestApp::spawn(pool, settings).await;
+
+    let r = app.get("/api/service/ping").await;
+    assert_eq!(r.status(), 200);
+    let r = app.get("/api/service/ready").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+
+    let v: serde_json::Value = app.get("/api/service/version").await.json().await.unwrap();
+    assert_eq!(v["name"], "backend");
+    assert_eq!(v["version"], backend::routes::version());
+    assert!(!v["version"].as_str().unwrap().is_empty());
+    assert_eq!(
+        v.as_object().unwrap().len(),
+        2,
+        "exactly name and version: {v}"
+    );
+
+    let i: serde_json::Value = app.get("/api/service/info").await.json().await.unwrap();
+    assert_eq!(i["title"], "Test title");
+    assert_eq!(i["environment"], "testenv");
+    assert_eq!(i["version"], backend::routes::version());
+    app.stop().await;
+}
+
+#[test]
+fn version_falls_back_to_the_crate_version() {
+    match option_env!("APP_VERSION") {
+        Some(v) if !v.is_empty() => assert_eq!(backend::routes::version(), v),
+        _ => assert_eq!(backend::routes::version(), env!("CARGO_PKG_VERSION")),
+    }
+}
+
+#[sqlx::test]
+async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
+    let app = TestApp::spawn(pool, test_settings()).await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/service/ping").await.status(), 200);
+    }
+    assert_eq!(app.get("/no/such/thing").await.status(), 404);
+    let r = app
+        .post_json("/api/log", &serde_json::json!({"message": "m"}))
+        .await;
+    assert_eq!(r.status(), 201);
+
+    let body = app.get("/metrics").await.text().await.unwrap();
+    let line = body
+        .lines()
+        .find(|l| {
+            l.starts_with("http_requests_total{")
+                && l.contains(r#"route="/api/service/ping""#)
+                && l.contains(r#"status="200""#)
+        })
+        .unwrap_or_else(|| panic!("no ping counter in:\n{body}"));
+    assert!(line.ends_with(" 3"), "{line}");
+    assert!(body.contains(r#"route="unmatched""#) && body.contains(r#"status="404""#));
+    assert!(body.contains("http_request_duration_seconds_bucket{"));
+    assert!(
+        body.contains(r#"db_pool_connections{state="max"} 10"#),
+        "{body}"
+    );
+    assert!(body.contains("log_group_commit_rows_count 1"), "{body}");
+    app.stop().await;
+}
+
+/// Nothing listens on the port: the service still starts, answers ping, and says 503 (JSON)
+/// everywhere the database is needed.
+#[tokio::test]
+async fn database_down_from_the_start_gives_503_not_a_crash() {
+    let mut settings = test_settings();
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    settings.database.port = unused.local_addr().unwrap().port();
+    drop(unused);
+    let pool = pool_for(&settings);
+    let app = TestApp::spawn_unready(pool, settings).await;
+
+    assert_eq!(app.get("/api/service/ping").await.status(), 200);
+    assert_json_error(app.get("/api/service/ready").await, 503).await;
+    let code = assert_json_error(app.get("/api/logs").await, 503).await;
+    assert_eq!(code, "database_unavailable");
+    let r = app
+        .post_json("/api/log", &serde_json::json!({"message": "hello"}))
+        .await;
+    assert_json_error(r, 503).await;
+    // Version needs no database either.
+    assert_eq!(app.get("/api/service/version").await.status(), 200);
+    app.stop().await;
+}
