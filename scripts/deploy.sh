@@ -244,7 +244,7 @@ deploy_stack() {
 # all its replicas. A rollback or a paused update fails the deploy. Bounded by ROLLOUT_TIMEOUT.
 wait_rollout() {
     local started=$SECONDS deadline=$((SECONDS + ROLLOUT_TIMEOUT)) svc state before pending failed
-    local -A finished=()
+    local -A finished=() rolling_back=()
     failed=()
     while :; do
         pending=()
@@ -257,9 +257,14 @@ wait_rollout() {
             if [[ -n "$upd" && "$started_at" != "$(cut -d'|' -f2 <<<"$before")" ]]; then
                 case "$upd" in
                     completed) finished[$svc]=ok; log "${svc}: update completed" ;;
-                    rollback_started | rollback_paused | rollback_completed | paused)
+                    rollback_paused | rollback_completed | paused)
                         finished[$svc]=failed; failed+=("${svc} (${upd})")
                         log "${svc}: update failed: ${upd}" ;;
+                    rollback_started)
+                        # Wait for the rollback to finish, so the stack is settled on exit.
+                        [[ -n "${rolling_back[$svc]:-}" ]] || log "${svc}: update failed, rolling back"
+                        rolling_back[$svc]=1
+                        pending+=("$svc") ;;
                     *) pending+=("$svc") ;;
                 esac
             elif ((SECONDS - started >= 5)) \

@@ -110,6 +110,9 @@ registry_status() {
     curl -s -o /dev/null -m 3 -w '%{http_code}' "http://${STACKSHIP_REGISTRY_ADDR}/v2/" || true
 }
 
+# registry_up: the registry answers and asks for credentials.
+registry_up() { [[ "$(registry_status)" == 401 ]]; }
+
 # registry_password: the generated password of the local registry user.
 registry_password() {
     [[ -s "${STACKSHIP_REGISTRY_DIR}/password" ]] || die "no local registry password (run scripts/up.sh)"

@@ -68,7 +68,7 @@ CONFIG
             log "starting the local registry on ${STACKSHIP_REGISTRY_ADDR} (log: ${dir}/registry.log)"
             setsid docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 < /dev/null &
             echo "$!" > "$dir/registry.pid"
-            wait_until 30 "the registry to answer" test "$(registry_status)" = 401
+            wait_until 30 "the registry to answer" registry_up
             ;;
         *) die "${STACKSHIP_REGISTRY_ADDR} answers HTTP ${status} without auth: another registry holds the port" ;;
     esac
@@ -102,6 +102,7 @@ publish_standin() {
         return 0
     fi
     target="${STACKSHIP_REGISTRY_ADDR}/${image}"
+    log "pushing stand-in ${image} to the local registry"
     docker tag "$image" "$target"
     docker push -q "$target" >/dev/null || die "docker push ${target} failed"
     warn "the stack will run the STAND-IN ${target}"

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Removes what scripts/up.sh brought up: both stacks, their secrets and configs, the local
+# registry (process and storage), the deploy directory and, unless --keep-data, the database
+# data and generated secrets under /data/stackship. The Docker engine and the swarm stay
+# (other things on the machine may use them); --leave-swarm leaves the swarm too.
+set -Eeuo pipefail
+
+SCRIPT_NAME="down"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/down.sh [--keep-data] [--leave-swarm] [--help]
+
+  --keep-data     keep /data/stackship/data (databases) and /data/stackship/secrets
+  --leave-swarm   also leave the swarm (docker swarm leave --force)
+USAGE
+}
+
+stack_gone() {
+    [[ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$1")" ]] \
+        && [[ -z "$(docker network ls -q --filter "label=com.docker.stack.namespace=$1")" ]]
+}
+
+remove_stack() {
+    local stack="$1"
+    if docker stack ls --format '{{.Name}}' | grep -qxF "$stack"; then
+        log "removing stack ${stack}"
+        docker stack rm "$stack" >/dev/null
+    fi
+    # Tasks get their stop_grace_period (postgres: 60 s) before they are killed.
+    wait_until 120 "stack ${stack} to stop" stack_gone "$stack"
+}
+
+remove_secrets() {
+    local env name
+    for env in prod dev; do
+        for name in db-password tls-cert tls-key; do
+            if docker secret inspect "$(stack_name "$env")-${name}" >/dev/null 2>&1; then
+                log "removing secret $(stack_name "$env")-${name}"
+                docker secret rm "$(stack_name "$env")-${name}" >/dev/null
+            fi
+        done
+    done
+}
+
+stop_registry() {
+    local pid_file="${STACKSHIP_REGISTRY_DIR}/registry.pid" pid
+    [[ -f "$pid_file" ]] || return 0
+    pid="$(cat "$pid_file")"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(cat "/proc/${pid}/comm" 2>/dev/null)" == docker-registry ]]; then
+        log "stopping the local registry (pid ${pid})"
+        kill "$pid"
+        wait_until 20 "the registry to stop" test ! -e "/proc/${pid}"
+    fi
+    rm -f "$pid_file"
+}
+
+main() {
+    local keep_data="" leave_swarm=""
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --keep-data) keep_data=1 ;;
+            --leave-swarm) leave_swarm=1 ;;
+            -h | --help) usage; return 0 ;;
+            *) usage >&2; die "unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    require_root
+    need docker
+    if docker info >/dev/null 2>&1 && [[ "$(docker info --format '{{.Swarm.LocalNodeState}}')" == active ]]; then
+        remove_stack "$(stack_name prod)"
+        remove_stack "$(stack_name dev)"
+        remove_secrets
+        if [[ -n "$leave_swarm" ]]; then
+            log "leaving the swarm"
+            docker swarm leave --force >/dev/null
+        fi
+    fi
+    stop_registry
+    docker logout "$STACKSHIP_REGISTRY_ADDR" >/dev/null 2>&1 || true
+    log "removing ${STACKSHIP_DEPLOY_DIR} and ${STACKSHIP_REGISTRY_DIR}"
+    rm -rf "$STACKSHIP_DEPLOY_DIR" "$STACKSHIP_REGISTRY_DIR"
+    if [[ -z "$keep_data" ]]; then
+        log "removing ${STACKSHIP_DATA}/data and ${STACKSHIP_SECRETS_DIR}"
+        rm -rf "${STACKSHIP_DATA}/data" "$STACKSHIP_SECRETS_DIR"
+    fi
+    log "down"
+}
+
+main "$@"
