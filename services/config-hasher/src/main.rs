@@ -32,10 +32,15 @@ entry succeeded, so the output is always safe to export.";
 
 const AFTER_HELP: &str = "\
 Examples:
-  config-hasher --prod                       # VAR=value lines for ./docker-compose.prod.yaml
-  eval \"$(config-hasher --prod --format export)\" && docker stack deploy -c docker-compose.prod.yaml app
+  config-hasher --prod                   # VAR=value lines for ./docker-compose.prod.yaml
+  config-hasher --dev --check            # CI: validate everything, print no names
   config-hasher --compose stack/compose.yaml --format json
-  config-hasher --dev --check                # CI: validate, print no names
+
+  # on the manager, before deploying (a failure must stop the deploy, and
+  # `eval \"$(...)\"` alone would hide it):
+  exports=\"$(config-hasher --prod --format export)\" || exit 1
+  eval \"$exports\"
+  docker stack deploy -c docker-compose.prod.yaml project
 
 Exit status: 0 success (also when there is nothing to name: a warning goes to
 stderr), 1 the compose file or an entry is wrong (every problem is reported on

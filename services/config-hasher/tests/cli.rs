@@ -234,7 +234,7 @@ fn help_documents_every_flag() {
         "--check",
         "--verbose",
         "Exit status:",
-        "eval \"$(config-hasher --prod --format export)\"",
+        "exports=\"$(config-hasher --prod --format export)\" || exit 1",
     ] {
         assert!(help.contains(flag), "missing {flag:?} in:\n{help}");
     }
