@@ -25,7 +25,8 @@ configs (1 to 40 KiB each, plus services with anchors and merge keys) in a tempo
 directory, then:
   * runs '--compose FILE --format export' ${WARMUP} times to warm the page cache, then
     --runs times (default ${RUNS}), timing each run with bash's EPOCHREALTIME;
-  * times /bin/true the same way, as the process start-up baseline;
+  * after each of those runs times /bin/true the same way, as the process start-up
+    baseline under the same load;
   * runs it 5 times under /usr/bin/time -v for the peak resident set size.
 Writes bench/results/config-hasher.txt (or --out FILE). Target: a run well under ${TARGET_MS} ms.
 Installs Debian's 'time' package when /usr/bin/time is missing.
@@ -98,17 +99,25 @@ generate_stack() {
     printf '%s\n' "$compose"
 }
 
-# time_runs CMD...: prints one wall time in microseconds per run of CMD.
+# time_runs OUT_BIN OUT_BASELINE BIN COMPOSE: times RUNS runs of the binary, each
+# followed by a run of /bin/true, so that both see the same machine load; writes
+# one wall time in microseconds per line to each output file.
 time_runs() {
-    local i start end
+    local out_bin="$1" out_base="$2" bin="$3" compose="$4" i start end
     for ((i = 0; i < WARMUP; i++)); do
-        "$@" >/dev/null
+        "$bin" --compose "$compose" --format export >/dev/null
     done
+    : >"$out_bin"
+    : >"$out_base"
     for ((i = 0; i < RUNS; i++)); do
         start=${EPOCHREALTIME/./}
-        "$@" >/dev/null
+        "$bin" --compose "$compose" --format export >/dev/null
         end=${EPOCHREALTIME/./}
-        printf '%d\n' "$((end - start))"
+        printf '%d\n' "$((end - start))" >>"$out_bin"
+        start=${EPOCHREALTIME/./}
+        /bin/true >/dev/null
+        end=${EPOCHREALTIME/./}
+        printf '%d\n' "$((end - start))" >>"$out_base"
     done
 }
 
@@ -158,10 +167,8 @@ main() {
     load="$(cut -d' ' -f1-3 /proc/loadavg)"
     log "timing ${RUNS} runs (after ${WARMUP} warm-up runs); load average ${load}"
     samples="$WORK/samples.txt"
-    time_runs "$bin" --compose "$compose" --format export >"$samples"
+    time_runs "$samples" "$WORK/baseline.txt" "$bin" "$compose"
     read -r min median p90 p99 max mean < <(stats "$samples")
-    log "timing ${RUNS} runs of /bin/true as the process start-up baseline"
-    time_runs /bin/true >"$WORK/baseline.txt"
     spawn="$(stats "$WORK/baseline.txt" | awk '{ print $2 }')"
     log "measuring peak RSS"
     rss="$(peak_rss_kb "$bin" "$compose")"
@@ -176,7 +183,7 @@ main() {
         printf '# rustc: %s\n' "$(rustc --version)"
         printf '# command: config-hasher --compose docker-compose.bench.yaml --format export (stdout to /dev/null)\n'
         printf '# timing: %d runs after %d warm-up runs, wall clock per process (fork+exec included)\n' "$RUNS" "$WARMUP"
-        printf '# baseline: /bin/true timed the same way (process start-up alone on this machine)\n'
+        printf '# baseline: /bin/true timed the same way, alternating with the runs (process start-up alone)\n'
         printf '# peak RSS: largest of 5 runs under /usr/bin/time -v\n'
         printf '# target: median well under %d ms\n' "$TARGET_MS"
         printf 'configs=%d\n' "$CONFIGS"

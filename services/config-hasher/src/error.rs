@@ -196,8 +196,9 @@ pub enum Error {
         /// Why it cannot be read.
         reason: String,
     },
-    /// The compose file is not valid YAML.
-    #[error("{}: YAML syntax error{}: {message}", path.display(), fmt_location(*location))]
+    /// The compose file is not valid YAML, or cannot be loaded (several
+    /// documents, an alias expansion beyond the parser's limits).
+    #[error("{}: {}: {message}", path.display(), fmt_location(*location))]
     Syntax {
         /// The compose file.
         path: PathBuf,
@@ -291,8 +292,9 @@ impl Error {
 
 fn fmt_location(location: Option<(usize, usize)>) -> String {
     match location {
-        Some((line, column)) => format!(" at line {line}, column {column}"),
-        None => String::new(),
+        Some((line, column)) => format!("YAML syntax error at line {line}, column {column}"),
+        // Errors without a position: several documents, alias expansion limits.
+        None => "cannot load YAML".to_owned(),
     }
 }
 

@@ -75,6 +75,28 @@ fn yaml_syntax_error_has_line_and_column() {
 }
 
 #[test]
+fn yaml_that_cannot_be_loaded() {
+    let t = Tree::new();
+    let compose = t.compose("configs: {}\n---\nservices: {}\n");
+    let msg = run(&compose).unwrap_err().to_string();
+    assert!(msg.contains("compose.yaml: cannot load YAML: "), "{msg}");
+    assert!(msg.contains("more than one document"), "{msg}");
+
+    // An alias bomb (10^10 scalars once expanded) is refused quickly, not expanded.
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    text.push_str("configs:\n  c:\n    name: ${C}\n    file: c\n");
+    let compose = t.compose(&text);
+    let started = std::time::Instant::now();
+    let msg = run(&compose).unwrap_err().to_string();
+    assert!(msg.contains("repetition limit exceeded"), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
 fn referenced_file_missing() {
     let t = Tree::new();
     let compose = t.compose(ONE_CONFIG);
