@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Benchmarks the backend against references measured in the same run on the same machine:
+#   POST /api/log (group commit)  vs  pgbench single-row INSERTs into the same table
+#   GET /api/service/version      vs  nginx serving a static file of the same size
+# and writes the figures to bench/results/backend.txt (ratios at the end, as key=value lines).
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+# shellcheck source=scripts/lib/pg.sh
+. "$ROOT/scripts/lib/pg.sh"
+
+DURATION=${BENCH_DURATION:-10}
+CONNECTIONS=16
+OUT="$ROOT/bench/results/backend.txt"
+WORK=""
+BACKEND_PID=""
+NGINX_PID=""
+
+usage() {
+    cat <<USAGE
+Usage: scripts/bench-backend.sh [--duration SECONDS] [--out FILE]
+
+Runs each load for --duration seconds (default $DURATION) at $CONNECTIONS connections/clients:
+  1. POST /api/log            (wrk)      vs  pgbench INSERT into log_entries  -> post_vs_pgbench
+  2. GET /api/service/version (wrk)      vs  nginx static file, same size     -> get_vs_nginx
+Writes $OUT (or --out FILE). Installs wrk, nginx and PostgreSQL (Debian) when missing.
+USAGE
+}
+
+cleanup() {
+    [[ -n "$BACKEND_PID" ]] && kill "$BACKEND_PID" 2>/dev/null && wait "$BACKEND_PID" 2>/dev/null
+    [[ -n "$NGINX_PID" ]] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
+    pg_stop_throwaway
+    [[ -n "$WORK" ]] && rm -rf "$WORK"
+    return 0
+}
+
+# wrk output -> "rps p50_ms p99_ms"; fails on socket errors or non-2xx answers.
+parse_wrk() {
+    local file=$1
+    if grep -q 'Non-2xx' "$file"; then
+        cat "$file" >&2
+        die "wrk saw non-2xx answers"
+    fi
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+            if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+            return v
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }
+    ' "$file"
+}
+
+run_wrk() {
+    local name=$1
+    shift
+    log "wrk: $name (${DURATION}s, $CONNECTIONS connections)"
+    wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" >"$WORK/$name.wrk"
+    parse_wrk "$WORK/$name.wrk"
+}
+
+start_backend() {
+    cat >"$WORK/config.toml" <<TOML
+[server]
+host = "127.0.0.1"
+port = $BACKEND_PORT
+[database]
+host = "127.0.0.1"
+port = $PG_PORT
+user = "postgres"
+name = "postgres"
+password_file = "$PG_DIR/pwfile"
+[telemetry]
+format = "json"
+filter = "warn"
+TOML
+    "$BACKEND_BIN" --config "$WORK/config.toml" >"$WORK/backend.log" 2>&1 &
+    BACKEND_PID=$!
+    local _
+    for _ in $(seq 1 100); do
+        if "$BACKEND_BIN" healthcheck --ready --config "$WORK/config.toml" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    cat "$WORK/backend.log" >&2
+    die "backend did not become ready"
+}
+
+start_nginx() {
+    mkdir -p "$WORK/www" "$WORK/nginx"
+    curl -fsS "http://127.0.0.1:$BACKEND_PORT/api/service/version" >"$WORK/www/version.json"
+    cat >"$WORK/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    default_type application/json;
+    client_body_temp_path $WORK/nginx;
+    proxy_temp_path $WORK/nginx;
+    fastcgi_temp_path $WORK/nginx;
+    uwsgi_temp_path $WORK/nginx;
+    scgi_temp_path $WORK/nginx;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        root $WORK/www;
+    }
+}
+NGINX
+    # nginx workers run unprivileged when started as root: let them read the files.
+    chmod 755 "$WORK" "$WORK/www"
+    nginx -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
+    NGINX_PID=$!
+    local _
+    for _ in $(seq 1 50); do
+        curl -fsS "http://127.0.0.1:$NGINX_PORT/version.json" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    cat "$WORK/nginx/stderr" "$WORK/nginx/error.log" >&2 2>/dev/null || true
+    die "nginx did not start"
+}
+
+main() {
+    while (($#)); do
+        case $1 in
+        --duration) DURATION=${2:?--duration needs a value}; shift ;;
+        --out) OUT=${2:?--out needs a value}; shift ;;
+        -h | --help) usage; return 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+        esac
+        shift
+    done
+    [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive number of seconds, got '$DURATION'"
+    need_cmd wrk wrk
+    need_cmd nginx nginx-light
+    need_cmd curl curl
+    need_cmd python3 python3
+    pg_ensure_installed
+    trap cleanup EXIT
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-backend.XXXXXX")
+
+    log "building the release backend"
+    (cd "$ROOT" && cargo build --release -p backend --quiet)
+    local target
+    target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    BACKEND_BIN="$target/release/backend"
+
+    pg_start_throwaway
+    BACKEND_PORT=$(free_port)
+    NGINX_PORT=$(free_port)
+    start_backend
+    start_nginx
+
+    cat >"$WORK/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"message":"benchmark entry from wrk"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+    cat >"$WORK/insert.sql" <<'SQL'
+INSERT INTO log_entries (message, client_addr) VALUES ('benchmark entry from wrk', '127.0.0.1');
+SQL
+
+    local post get nginx_static pgbench_tps
+    post=$(run_wrk post -s "$WORK/post.lua" "http://127.0.0.1:$BACKEND_PORT/api/log")
+    log "pgbench: single-row INSERT (${DURATION}s, $CONNECTIONS clients)"
+    PGPASSWORD=$PG_PASSWORD "$PG_BIN_DIR/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n \
+        -c "$CONNECTIONS" -j 2 -T "$DURATION" -f "$WORK/insert.sql" postgres >"$WORK/pgbench.out" 2>&1 ||
+        { cat "$WORK/pgbench.out" >&2; die "pgbench failed"; }
+    pgbench_tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$WORK/pgbench.out")
+    [[ -n "$pgbench_tps" ]] || { cat "$WORK/pgbench.out" >&2; die "no tps in pgbench output"; }
+    get=$(run_wrk version "http://127.0.0.1:$BACKEND_PORT/api/service/version")
+    nginx_static=$(run_wrk nginx "http://127.0.0.1:$NGINX_PORT/version.json")
+
+    local post_rps post_p50 post_p99 get_rps get_p50 get_p99 ngx_rps ngx_p50 ngx_p99
+    read -r post_rps post_p50 post_p99 <<<"$post"
+    read -r get_rps get_p50 get_p99 <<<"$get"
+    read -r ngx_rps ngx_p50 ngx_p99 <<<"$nginx_static"
+    local rows
+    rows=$(PGPASSWORD=$PG_PASSWORD "$PG_BIN_DIR/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -Atc \
+        "SELECT count(*) FROM log_entries" postgres)
+    local batches
+    batches=$(curl -fsS "http://127.0.0.1:$BACKEND_PORT/metrics" | awk '/^log_group_commit_rows_(sum|count) / { v[$1] = $2 } END { if (v["log_group_commit_rows_count"] > 0) printf "%.1f", v["log_group_commit_rows_sum"] / v["log_group_commit_rows_count"] }')
+
+    mkdir -p "$(dirname "$OUT")"
+    {
+        echo "# backend benchmark"
+        echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "machine: $(uname -srm), $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+        echo "backend: $("$BACKEND_BIN" --version), release build; PostgreSQL $("$PG_BIN_DIR/postgres" --version | awk '{ print $3 }') throwaway cluster (fsync on, synchronous_commit on)"
+        echo "load: ${DURATION}s per run, $CONNECTIONS connections/clients, wrk -t2, everything on this one machine"
+        echo
+        printf '%-38s %10s %10s %10s\n' "run" "req/s" "p50 ms" "p99 ms"
+        printf '%-38s %10s %10s %10s\n' "POST /api/log (group commit)" "$post_rps" "$post_p50" "$post_p99"
+        printf '%-38s %10s %10s %10s\n' "pgbench single-row INSERT (tps)" "$pgbench_tps" "-" "-"
+        printf '%-38s %10s %10s %10s\n' "GET /api/service/version" "$get_rps" "$get_p50" "$get_p99"
+        printf '%-38s %10s %10s %10s\n' "nginx static file, same size" "$ngx_rps" "$ngx_p50" "$ngx_p99"
+        echo
+        echo "rows in log_entries after the runs: $rows; mean rows per group commit: ${batches:-n/a}"
+        echo
+        echo "post_log_rps=$post_rps"
+        echo "post_log_p50_ms=$post_p50"
+        echo "post_log_p99_ms=$post_p99"
+        echo "pgbench_insert_tps=$pgbench_tps"
+        echo "post_vs_pgbench=$(awk -v a="$post_rps" -v b="$pgbench_tps" 'BEGIN { printf "%.2f", a / b }')"
+        echo "get_version_rps=$get_rps"
+        echo "nginx_static_rps=$ngx_rps"
+        echo "get_vs_nginx=$(awk -v a="$get_rps" -v b="$ngx_rps" 'BEGIN { printf "%.2f", a / b }')"
+    } >"$OUT"
+    log "wrote $OUT"
+    cat "$OUT" >&2
+}
+
+main "$@"
