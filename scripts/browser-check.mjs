@@ -46,6 +46,9 @@ try {
   page.on("console", (msg) => {
     if (msg.type() === "error") pageErrors.push(msg.text());
   });
+  page.on("response", (response) => {
+    if (response.status() >= 400) pageErrors.push(`HTTP ${response.status()} for ${response.url()}`);
+  });
 
   await page.goto(url, { waitUntil: "load", timeout: 30_000 });
   await page.waitForSelector('#backend-version[data-state="ready"]', { timeout: 20_000 });
