@@ -2,12 +2,10 @@
 //!
 //! Client mistakes map to 4xx with a message saying what was wrong. Database outages map to 503
 //! so clients and proxies can retry. Anything unexpected is an opaque 500; its detail goes to
-//! the log (by the [`log_server_errors`] middleware), never to the client.
+//! the log (by the request middleware, see [`server_error_detail`]), never to the client.
 
-use axum::extract::Request;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -134,13 +132,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Logs the detail of every 5xx answered by a handler; the client only sees the generic message.
-pub async fn log_server_errors(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let uri = req.uri().path().to_owned();
-    let response = next.run(req).await;
-    if let Some(ErrorDetail(detail)) = response.extensions().get::<ErrorDetail>() {
-        tracing::error!(%method, path = %uri, status = response.status().as_u16(), error = %detail, "request failed");
-    }
+/// The logged detail of a 5xx answered by a handler, if any (the client only sees the generic
+/// message). Read by the request middleware in [`crate::metrics`].
+pub fn server_error_detail(response: &Response) -> Option<&str> {
     response
+        .extensions()
+        .get::<ErrorDetail>()
+        .map(|d| d.0.as_str())
 }

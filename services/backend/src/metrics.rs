@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,7 +19,7 @@ use sqlx::PgPool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
@@ -111,20 +112,38 @@ impl Default for Metrics {
     }
 }
 
+/// A bounded label for the method: arbitrary method names must not grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 /// Middleware: counts and times every request under its matched route (`unmatched` for 404s,
-/// so random paths cannot blow up the label set).
+/// so random paths cannot blow up the label set), and logs the detail of 5xx answers.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(req).await;
+    let status = response.status().as_u16();
+    if let Some(detail) = crate::error::server_error_detail(&response) {
+        tracing::error!(method, route, status, error = detail, "request failed");
+    }
     let labels = RequestLabels {
         method,
         route,
-        status: response.status().as_u16(),
+        status,
     };
     metrics.requests.get_or_create(&labels).inc();
     metrics

