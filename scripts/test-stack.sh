@@ -115,8 +115,21 @@ task_ips() {
     done
 }
 
-# can_connect PID IP PORT: a TCP connection from the network namespace of process PID.
-can_connect() { nsenter -t "$1" -n timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null; }
+# postgres_answers PID IP: a PostgreSQL server answers on IP:5432, seen from the network
+# namespace of process PID. It speaks the protocol (an SSLRequest must get 'S' or 'N'): a bare
+# TCP connect proves nothing where something upstream accepts every connection.
+postgres_answers() {
+    nsenter -t "$1" -n timeout 8 python3 -c '
+import socket, struct, sys
+try:
+    with socket.create_connection((sys.argv[1], 5432), timeout=3) as s:
+        s.settimeout(3)
+        s.sendall(struct.pack("!ii", 8, 80877103))
+        sys.exit(0 if s.recv(1) in (b"S", b"N") else 1)
+except OSError:
+    sys.exit(1)
+' "$2" 2>/dev/null
+}
 
 test_dev_prod_isolated() {
     local dev_version prod_pg_ips dev_pg_ips dev_backend dev_pid dev_pg ip
@@ -133,11 +146,11 @@ test_dev_prod_isolated() {
     dev_pid="$(docker inspect "$dev_backend" --format '{{.State.Pid}}')"
     # Control: the dev backend reaches its own database...
     for ip in $dev_pg_ips; do
-        can_connect "$dev_pid" "$ip" 5432 || fail "dev backend cannot reach dev postgres ${ip}:5432 (control)"
+        postgres_answers "$dev_pid" "$ip" || fail "dev backend cannot reach dev postgres ${ip}:5432 (control)"
     done
     # ...and not prod's, by address...
     for ip in $prod_pg_ips; do
-        if can_connect "$dev_pid" "$ip" 5432; then fail "dev backend reaches prod postgres ${ip}:5432"; fi
+        if postgres_answers "$dev_pid" "$ip"; then fail "dev backend reaches prod postgres ${ip}:5432"; fi
     done
     # ...nor by name.
     dev_pg="$(container_of "${DEV_STACK}_postgres")"
@@ -236,7 +249,15 @@ test_unhealthy_image_rolls_back() {
 run_test() {
     local name="$1" started=$SECONDS
     log "running ${name}"
-    if "test_${name}"; then
+    # A subshell with errexit: the first failed check ends the test (not the run).
+    set +e
+    (
+        set -Eeuo pipefail
+        "test_${name}"
+    )
+    local rc=$?
+    set -e
+    if ((rc == 0)); then
         printf 'PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
         PASSED=$((PASSED + 1))
     else
