@@ -132,7 +132,7 @@ except OSError:
 }
 
 test_dev_prod_isolated() {
-    local dev_version prod_pg_ips dev_pg_ips dev_backend dev_pid dev_pg ip
+    local dev_version prod_pg_ips dev_pg_ips dev_backend dev_pid dev_pg prod_backend prod_pid ip
     dev_version="$(curl -sS -m 10 -f "$(env_url dev)/api/service/info" | json environment)" \
         || fail "dev does not answer on $(env_url dev)"
     [[ "$dev_version" == dev ]] || fail "dev reports environment '${dev_version}'"
@@ -148,9 +148,19 @@ test_dev_prod_isolated() {
     for ip in $dev_pg_ips; do
         postgres_answers "$dev_pid" "$ip" || fail "dev backend cannot reach dev postgres ${ip}:5432 (control)"
     done
-    # ...and not prod's, by address...
+    # ...and not prod's, by address (overlay subnets differ per stack and are not routed)...
     for ip in $prod_pg_ips; do
         if postgres_answers "$dev_pid" "$ip"; then fail "dev backend reaches prod postgres ${ip}:5432"; fi
+    done
+    # The same the other way round: prod's backend does not reach dev's database.
+    prod_backend="$(container_of "${PROD_STACK}_backend")"
+    [[ -n "$prod_backend" ]] || fail "no running prod backend container"
+    prod_pid="$(docker inspect "$prod_backend" --format '{{.State.Pid}}')"
+    for ip in $prod_pg_ips; do
+        postgres_answers "$prod_pid" "$ip" || fail "prod backend cannot reach prod postgres ${ip}:5432 (control)"
+    done
+    for ip in $dev_pg_ips; do
+        if postgres_answers "$prod_pid" "$ip"; then fail "prod backend reaches dev postgres ${ip}:5432"; fi
     done
     # ...nor by name.
     dev_pg="$(container_of "${DEV_STACK}_postgres")"
