@@ -162,7 +162,7 @@ hash_configs() {
 }
 
 validate_stack_file() {
-    if docker stack config --help >/dev/null 2>&1; then
+    if docker stack --help 2>/dev/null | grep -qE '^[[:space:]]+config[[:space:]]'; then
         docker stack config -c "$COMPOSE" >/dev/null || die "${COMPOSE} is not a valid stack file"
     else
         log "this docker CLI has no 'docker stack config': stack file validation left to the deploy"
@@ -236,7 +236,13 @@ record_state() {
 
 deploy_stack() {
     log "docker stack deploy ${STACK} (backend ${BACKEND_TAG}, frontend ${FRONTEND_TAG})"
-    docker stack deploy --with-registry-auth --prune --detach=true -c "$COMPOSE" "$STACK" >&2 \
+    # The rollout is watched below; newer CLIs would otherwise wait (and still exit 0 after a
+    # rollback). Older CLIs have no --detach and never wait.
+    local detach=()
+    if docker stack deploy --help 2>/dev/null | grep -q -- '--detach'; then
+        detach=(--detach=true)
+    fi
+    docker stack deploy --with-registry-auth --prune "${detach[@]}" -c "$COMPOSE" "$STACK" >&2 \
         || die "docker stack deploy failed"
 }
 

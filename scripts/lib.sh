@@ -30,6 +30,7 @@ require_root() {
 }
 
 # apt_install PKG...: install the Debian packages not yet installed, without prompts.
+# Recommended packages only with APT_RECOMMENDS=1.
 apt_install() {
     local missing=() pkg
     for pkg in "$@"; do
@@ -45,7 +46,9 @@ apt_install() {
         DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 || die "apt-get update failed"
         STACKSHIP_APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+    local recommends=(--no-install-recommends)
+    [[ -z "${APT_RECOMMENDS:-}" ]] || recommends=()
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${recommends[@]}" "${missing[@]}" >&2 \
         || die "apt-get install ${missing[*]} failed"
 }
 
@@ -63,7 +66,8 @@ wait_until() {
 # ensure_docker: Docker engine installed and answering.
 ensure_docker() {
     if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1; then
-        apt_install docker.io
+        # With its recommends (cgroupfs-mount, apparmor, ...), as Debian installs it.
+        APT_RECOMMENDS=1 apt_install docker.io
     fi
     if docker info >/dev/null 2>&1; then
         return 0
