@@ -69,6 +69,38 @@ restore_prod() {
         && deploy_prod
 }
 
+# traffic_during OUT CMD...: runs CMD while GETting /api/service/version through the proxy
+# every 0.1 s (a new connection each time); one HTTP status per line in OUT.
+traffic_during() {
+    local out="$1" flag pid rc=0
+    shift
+    flag="$(mktemp)"
+    : > "$out"
+    (
+        local deadline=$((SECONDS + 600))
+        while [[ -e "$flag" ]] && ((SECONDS < deadline)); do
+            curl_env prod -o /dev/null -w '%{http_code}\n' https://localhost/api/service/version >> "$out" 2>/dev/null \
+                || printf 'error\n' >> "$out"
+            sleep 0.1
+        done
+    ) &
+    pid=$!
+    "$@" || rc=$?
+    rm -f "$flag"
+    wait "$pid" || true
+    return "$rc"
+}
+
+# no_failed_requests OUT: every request of a traffic_during run got 200.
+no_failed_requests() {
+    local total bad
+    total="$(wc -l < "$1")"
+    bad="$(grep -cvx 200 "$1" || true)"
+    log "traffic during the rollout: ${total} requests, ${bad} not 200"
+    ((total > 0)) || fail "no requests were made during the rollout"
+    ((bad == 0)) || fail "${bad} of ${total} requests failed during the rollout: $(sort "$1" | uniq -c | tr '\n' ' ')"
+}
+
 test_https_serves_frontend() {
     local body redirect
     body="$(curl_env prod -f https://localhost/)" || fail "GET https://localhost/ failed (certificate checked against the self-signed CA)"
@@ -196,6 +228,7 @@ test_browser_shows_version_and_entry() {
 }
 
 test_config_change_rolls_backend_only() {
+    mkdir -p "$ARTIFACTS"
     local before_tasks after_tasks before_config after_config title config line svc
     before_tasks="$(all_running_tasks "$PROD_STACK")"
     before_config="$(backend_config_name)"
@@ -205,7 +238,8 @@ test_config_change_rolls_backend_only() {
     config="${STACKSHIP_DEPLOY_DIR}/deploy-manifests/prod/backend/config.toml"
     sed -i "s/^title = .*/title = \"${title}\"/" "$config"
     grep -qF "title = \"${title}\"" "$config" || fail "could not change the title in ${config}"
-    deploy_prod || fail "deploy.sh --prod failed after the config change"
+    traffic_during "${ARTIFACTS}/rollout-traffic.txt" deploy_prod \
+        || fail "deploy.sh --prod failed after the config change"
     after_config="$(backend_config_name)"
     after_tasks="$(all_running_tasks "$PROD_STACK")"
     [[ "$after_config" != "$before_config" ]] || fail "backend config name unchanged (${after_config})"
@@ -221,6 +255,8 @@ test_config_change_rolls_backend_only() {
     done <<<"$before_tasks"
     docker config inspect "$before_config" >/dev/null 2>&1 \
         || fail "the previous config ${before_config} was removed (a rollback needs it)"
+    # The proxy followed the task IPs: no request failed while the backend rolled.
+    no_failed_requests "${ARTIFACTS}/rollout-traffic.txt"
     log "restoring the prod config"
     restore_prod || fail "restoring the prod config failed"
     [[ "$(curl_env prod -f https://localhost/api/service/info | json title)" == stackship ]] \
