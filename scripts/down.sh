@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Removes what scripts/up.sh brought up: both stacks, their secrets and configs, the local
 # registry (process and storage), the deploy directory and, unless --keep-data, the database
-# data and generated secrets under /data/stackship. The Docker engine and the swarm stay
-# (other things on the machine may use them); --leave-swarm leaves the swarm too.
+# data and generated secrets under /data/stackship. The Docker engine, the swarm and the built
+# images stay (other things on the machine may use them; images make the next bring-up fast);
+# --images and --leave-swarm remove those too.
 set -Eeuo pipefail
 
 SCRIPT_NAME="down"
@@ -11,9 +12,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/down.sh [--keep-data] [--leave-swarm] [--help]
+Usage: scripts/down.sh [--keep-data] [--images] [--leave-swarm] [--help]
 
   --keep-data     keep /data/stackship/data (databases) and /data/stackship/secrets
+  --images        also remove the project's images (services and stand-ins)
   --leave-swarm   also leave the swarm (docker swarm leave --force)
 USAGE
 }
@@ -57,12 +59,23 @@ stop_registry() {
     rm -f "$pid_file"
 }
 
+remove_images() {
+    local images
+    images="$(docker images --format '{{.Repository}}:{{.Tag}}' \
+        | grep -E "(^|/)${STACKSHIP_PROJECT}(-standin)?/" || true)"
+    [[ -n "$images" ]] || return 0
+    log "removing $(wc -l <<<"$images") ${STACKSHIP_PROJECT} images"
+    # shellcheck disable=SC2086  # one image reference per word
+    docker rmi $images >/dev/null
+}
+
 main() {
-    local keep_data="" leave_swarm=""
+    local keep_data="" leave_swarm="" images=""
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --keep-data) keep_data=1 ;;
             --leave-swarm) leave_swarm=1 ;;
+            --images) images=1 ;;
             -h | --help) usage; return 0 ;;
             *) usage >&2; die "unknown argument '$1'" ;;
         esac
@@ -80,6 +93,9 @@ main() {
         fi
     fi
     stop_registry
+    if [[ -n "$images" ]] && docker info >/dev/null 2>&1; then
+        remove_images
+    fi
     docker logout "$STACKSHIP_REGISTRY_ADDR" >/dev/null 2>&1 || true
     log "removing ${STACKSHIP_DEPLOY_DIR} and ${STACKSHIP_REGISTRY_DIR}"
     rm -rf "$STACKSHIP_DEPLOY_DIR" "$STACKSHIP_REGISTRY_DIR"
