@@ -36,7 +36,7 @@ lint() {
     need_cmd shellcheck shellcheck
     log "shellcheck"
     local scripts=()
-    mapfile -t scripts < <(cd "$ROOT" && git ls-files '*.sh' .ci/run 2>/dev/null || true)
+    mapfile -t scripts < <(git -C "$ROOT" ls-files '*.sh' .ci/run)
     if ((${#scripts[@]})); then
         (cd "$ROOT" && shellcheck -x "${scripts[@]}")
     fi

@@ -170,7 +170,7 @@ impl Default for LogsSettings {
             default_page_size: 50,
             max_page_size: 500,
             batch_max_rows: 512,
-            max_inflight_batches: 2,
+            max_inflight_batches: 1,
         }
     }
 }
