@@ -25,7 +25,7 @@ USAGE
 }
 
 ensure_tools() {
-    apt_install ca-certificates curl openssl apache2-utils docker-registry psmisc
+    apt_install ca-certificates curl openssl apache2-utils docker-registry iproute2
     need cargo "install the Rust toolchain (rustup); the service binaries are built on this machine"
     need git
 }
@@ -157,10 +157,22 @@ create_secret() {
         || die "docker secret create ${name} failed"
 }
 
+# check_ports ENV: the proxy's host ports are free or already Docker's (a previous bring-up).
+check_ports() {
+    local port holders
+    local -a ports=("$STACKSHIP_DEV_HTTP_PORT")
+    [[ "$1" == prod ]] && ports=(80 443)
+    for port in "${ports[@]}"; do
+        holders="$(ss -Hltnp "sport = :${port}" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)".*/\1/p' | sort -u | grep -vx docker-proxy || true)"
+        [[ -z "$holders" ]] || die "host port ${port} (${1} proxy) is taken by: ${holders//$'\n'/ }; stop it first"
+    done
+}
+
 # deploy_env ENV: the copy step, local settings for deploy.sh, then deploy.sh itself.
 deploy_env() {
     local env="$1" root
     root="$(repo_root)"
+    check_ports "$env"
     ensure_secrets "$env"
     "$root/scripts/copy-manifests.sh" "--$env" --dest "$STACKSHIP_DEPLOY_DIR"
     cat > "$STACKSHIP_DEPLOY_DIR/deploy.env" <<ENVFILE
