@@ -88,7 +88,7 @@ pub struct ServerSettings {
     pub port: u16,
     /// Largest accepted request body; larger bodies get 413.
     pub body_limit_bytes: usize,
-    /// A request that takes longer than this gets 408.
+    /// A request that waits on the database (ready, log write/read) longer than this gets 408.
     pub request_timeout_ms: u64,
     /// After SIGTERM, keep serving this long while readiness says 503, so DNS-based proxies
     /// (Swarm `dnsrr` + nginx re-resolving) stop sending before the listener closes.

@@ -37,14 +37,21 @@ pub fn version() -> &'static str {
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let request_id = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/api/service/ping", get(ping))
+    // Routes that wait on the database get a deadline; the cheap ones skip the timer.
+    let database_routes = Router::new()
         .route("/api/service/ready", get(ready))
-        .route("/api/service/version", get(version_handler))
-        .route("/api/service/info", get(info))
         .route("/api/log", post(post_log))
         .route("/api/logs", get(list_logs))
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.server.request_timeout(),
+        ));
+    Router::new()
+        .route("/api/service/ping", get(ping))
+        .route("/api/service/version", get(version_handler))
+        .route("/api/service/info", get(info))
         .route("/metrics", get(metrics_handler))
+        .merge(database_routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.server.body_limit_bytes))
@@ -56,11 +63,7 @@ pub fn app(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(telemetry::make_span))
-                .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    settings.server.request_timeout(),
-                )),
+                .layer(PropagateRequestIdLayer::new(request_id)),
         )
         .with_state(state)
 }
