@@ -5,11 +5,12 @@
 # and writes the figures to bench/results/backend.txt (ratios at the end, as key=value lines).
 set -Eeuo pipefail
 
+SCRIPT_NAME="bench-backend"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=scripts/lib/common.sh
-. "$ROOT/scripts/lib/common.sh"
-# shellcheck source=scripts/lib/pg.sh
-. "$ROOT/scripts/lib/pg.sh"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+# shellcheck source=scripts/pg-throwaway.sh
+. "$ROOT/scripts/pg-throwaway.sh"
 
 DURATION=${BENCH_DURATION:-10}
 CONNECTIONS=16

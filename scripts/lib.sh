@@ -25,6 +25,13 @@ need() {
     command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not installed${2:+ ($2)}"
 }
 
+# need_cmd CMD PACKAGE: install the Debian PACKAGE when CMD is missing.
+need_cmd() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    apt_install "$2"
+    command -v "$1" >/dev/null 2>&1 || die "'$1' still missing after installing the package $2"
+}
+
 require_root() {
     [[ "$(id -u)" -eq 0 ]] || die "must run as root (it installs packages and manages the Docker engine)"
 }

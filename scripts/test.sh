@@ -3,11 +3,12 @@
 # then the end-to-end tests of the stack on a local Docker Swarm. Installs what it needs.
 set -Eeuo pipefail
 
+SCRIPT_NAME="test"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=scripts/lib/common.sh
-. "$ROOT/scripts/lib/common.sh"
-# shellcheck source=scripts/lib/pg.sh
-. "$ROOT/scripts/lib/pg.sh"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+# shellcheck source=scripts/pg-throwaway.sh
+. "$ROOT/scripts/pg-throwaway.sh"
 
 usage() {
     cat <<'USAGE'

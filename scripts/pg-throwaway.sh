@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Throwaway PostgreSQL clusters for tests and benchmarks (sourced, not run).
+# Throwaway PostgreSQL clusters for tests and benchmarks. Source it after scripts/lib.sh.
 #
 #   pg_ensure_installed          install the Debian postgresql package if missing
 #   pg_start_throwaway           start a cluster in a temp dir on a free loopback port; sets
@@ -23,11 +23,6 @@ pg_ensure_installed() {
     if pg_bin_dir; then
         return 0
     fi
-    [[ $(id -u) -eq 0 ]] || {
-        echo "PostgreSQL server binaries not found; install the 'postgresql' package" >&2
-        return 1
-    }
-    echo "==> installing PostgreSQL (Debian package postgresql)" >&2
     apt_install postgresql
     pg_bin_dir
 }
@@ -54,7 +49,7 @@ pg_start_throwaway() {
     if [[ $(id -u) -eq 0 ]]; then
         chown -R postgres: "$PG_DIR"
     fi
-    echo "==> starting a throwaway PostgreSQL on 127.0.0.1:$PG_PORT ($PG_DIR)" >&2
+    log "starting a throwaway PostgreSQL on 127.0.0.1:$PG_PORT ($PG_DIR)"
     pg_as_owner "$PG_BIN_DIR/initdb" -D "$PG_DIR/data" -U postgres --pwfile="$PG_DIR/pwfile" \
         --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$PG_DIR/initdb.log" 2>&1 ||
         { cat "$PG_DIR/initdb.log" >&2; return 1; }
@@ -67,7 +62,7 @@ pg_start_throwaway() {
 
 pg_stop_throwaway() {
     if [[ -n "${PG_DIR:-}" && -d "$PG_DIR" ]]; then
-        echo "==> stopping the throwaway PostgreSQL ($PG_DIR)" >&2
+        log "stopping the throwaway PostgreSQL ($PG_DIR)"
         pg_as_owner "$PG_BIN_DIR/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
         rm -rf "$PG_DIR"
     fi
