@@ -12,7 +12,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/pg-throwaway.sh
 . "$ROOT/scripts/pg-throwaway.sh"
 
-DURATION=${BENCH_DURATION:-10}
+DURATION=${BENCH_DURATION:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
 CONNECTIONS=16
 OUT="$ROOT/bench/results/backend.txt"
 WORK=""
@@ -21,9 +22,10 @@ NGINX_PID=""
 
 usage() {
     cat <<USAGE
-Usage: scripts/bench-backend.sh [--duration SECONDS] [--out FILE]
+Usage: scripts/bench-backend.sh [--duration SECONDS] [--rounds N] [--out FILE]
 
-Runs each load for --duration seconds (default $DURATION) at $CONNECTIONS connections/clients:
+Runs each load for --duration seconds (default $DURATION) at $CONNECTIONS connections/clients,
+alternating with its reference for --rounds rounds (default $ROUNDS), and keeps the median run:
   1. POST /api/log            (wrk)      vs  pgbench INSERT into log_entries  -> post_vs_pgbench
   2. GET /api/service/version (wrk)      vs  nginx static file, same size     -> get_vs_nginx
 Writes $OUT (or --out FILE). Installs wrk, nginx and PostgreSQL (Debian) when missing.
@@ -65,6 +67,23 @@ run_wrk() {
     log "wrk: $name (${DURATION}s, $CONNECTIONS connections)"
     wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" >"$WORK/$name.wrk"
     parse_wrk "$WORK/$name.wrk"
+}
+
+# run_pgbench ROUND: single-row INSERTs into the backend's table; prints tps.
+run_pgbench() {
+    log "pgbench: single-row INSERT (${DURATION}s, $CONNECTIONS clients)"
+    PGPASSWORD=$PG_PASSWORD "$PG_BIN_DIR/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n \
+        -c "$CONNECTIONS" -j 2 -T "$DURATION" -f "$WORK/insert.sql" postgres >"$WORK/pgbench-$1.out" 2>&1 ||
+        { cat "$WORK/pgbench-$1.out" >&2; die "pgbench failed"; }
+    local tps
+    tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$WORK/pgbench-$1.out")
+    [[ -n "$tps" ]] || { cat "$WORK/pgbench-$1.out" >&2; die "no tps in pgbench output"; }
+    echo "$tps"
+}
+
+# median_run LINES: of "rps p50 p99" lines, the one with the median rps.
+median_run() {
+    sed '/^$/d' <<<"$1" | sort -n -k1,1 | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'
 }
 
 start_backend() {
@@ -135,6 +154,7 @@ main() {
     while (($#)); do
         case $1 in
         --duration) DURATION=${2:?--duration needs a value}; shift ;;
+        --rounds) ROUNDS=${2:?--rounds needs a value}; shift ;;
         --out) OUT=${2:?--out needs a value}; shift ;;
         -h | --help) usage; return 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -142,6 +162,7 @@ main() {
         shift
     done
     [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive number of seconds, got '$DURATION'"
+    [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive number, got '$ROUNDS'"
     need_cmd wrk wrk
     need_cmd nginx nginx-light
     need_cmd curl curl
@@ -171,16 +192,21 @@ LUA
 INSERT INTO log_entries (message, client_addr) VALUES ('benchmark entry from wrk', '127.0.0.1');
 SQL
 
-    local post get nginx_static pgbench_tps
-    post=$(run_wrk post -s "$WORK/post.lua" "http://127.0.0.1:$BACKEND_PORT/api/log")
-    log "pgbench: single-row INSERT (${DURATION}s, $CONNECTIONS clients)"
-    PGPASSWORD=$PG_PASSWORD "$PG_BIN_DIR/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n \
-        -c "$CONNECTIONS" -j 2 -T "$DURATION" -f "$WORK/insert.sql" postgres >"$WORK/pgbench.out" 2>&1 ||
-        { cat "$WORK/pgbench.out" >&2; die "pgbench failed"; }
-    pgbench_tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$WORK/pgbench.out")
-    [[ -n "$pgbench_tps" ]] || { cat "$WORK/pgbench.out" >&2; die "no tps in pgbench output"; }
-    get=$(run_wrk version "http://127.0.0.1:$BACKEND_PORT/api/service/version")
-    nginx_static=$(run_wrk nginx "http://127.0.0.1:$NGINX_PORT/version.json")
+    # Alternate the runs and its reference, ROUNDS times, and keep each one's median run:
+    # a burst of noise on this shared machine then hits both sides alike.
+    local round posts="" gets="" nginxs="" pgbenchs=""
+    for round in $(seq 1 "$ROUNDS"); do
+        log "round $round of $ROUNDS"
+        posts+=$(run_wrk "post-$round" -s "$WORK/post.lua" "http://127.0.0.1:$BACKEND_PORT/api/log")$'\n'
+        pgbenchs+="$(run_pgbench "$round") - -"$'\n'
+        gets+=$(run_wrk "version-$round" "http://127.0.0.1:$BACKEND_PORT/api/service/version")$'\n'
+        nginxs+=$(run_wrk "nginx-$round" "http://127.0.0.1:$NGINX_PORT/version.json")$'\n'
+    done
+    local post get nginx_static pgbench_tps _
+    post=$(median_run "$posts")
+    get=$(median_run "$gets")
+    nginx_static=$(median_run "$nginxs")
+    read -r pgbench_tps _ <<<"$(median_run "$pgbenchs")"
 
     local post_rps post_p50 post_p99 get_rps get_p50 get_p99 ngx_rps ngx_p50 ngx_p99
     read -r post_rps post_p50 post_p99 <<<"$post"
@@ -198,7 +224,8 @@ SQL
         echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "machine: $(uname -srm), $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
         echo "backend: $("$BACKEND_BIN" --version), release build; PostgreSQL $("$PG_BIN_DIR/postgres" --version | awk '{ print $3 }') throwaway cluster (fsync on, synchronous_commit on)"
-        echo "load: ${DURATION}s per run, $CONNECTIONS connections/clients, wrk -t2, everything on this one machine"
+        echo "load: ${DURATION}s per run, $CONNECTIONS connections/clients, wrk -t2, everything on this one machine;"
+        echo "      $ROUNDS rounds alternating each run with its reference; the median run of each is shown"
         echo
         printf '%-38s %10s %10s %10s\n' "run" "req/s" "p50 ms" "p99 ms"
         printf '%-38s %10s %10s %10s\n' "POST /api/log (group commit)" "$post_rps" "$post_p50" "$post_p99"

@@ -96,3 +96,21 @@ async fn database_down_from_the_start_gives_503_not_a_crash() {
     assert_eq!(app.get("/api/service/version").await.status(), 200);
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn request_ids_are_kept_or_made(pool: PgPool) {
+    let app = TestApp::spawn(pool, test_settings()).await;
+    let r = app
+        .client
+        .get(app.url("/api/service/ping"))
+        .header("x-request-id", "from-the-proxy-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "from-the-proxy-42");
+    let a = app.get("/api/service/ping").await.headers()["x-request-id"].clone();
+    let b = app.get("/api/service/ping").await.headers()["x-request-id"].clone();
+    assert_ne!(a, b);
+    assert!(!a.is_empty());
+    app.stop().await;
+}
