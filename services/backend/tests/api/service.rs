@@ -114,3 +114,44 @@ async fn request_ids_are_kept_or_made(pool: PgPool) {
     assert!(!a.is_empty());
     app.stop().await;
 }
+
+/// `backend healthcheck` (the image's HEALTHCHECK) exits 0 only when the probed endpoint is 2xx.
+#[tokio::test]
+async fn healthcheck_subcommand_exits_by_the_probed_endpoint() {
+    let mut settings = test_settings();
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = unused.local_addr().unwrap().port();
+    drop(unused);
+    settings.database.port = dead_port;
+    let pool = pool_for(&settings);
+    let app = TestApp::spawn_unready(pool, settings).await;
+
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_backend"))
+            .arg("healthcheck")
+            .args(args)
+            .output()
+            .await
+            .expect("run backend healthcheck")
+    };
+    // Alive: ping answers 200.
+    let ping = run(vec!["--url".into(), app.url("/api/service/ping")]).await;
+    assert!(ping.status.success(), "{ping:?}");
+    // Not ready (no database): 503 -> exit 1, with the answer on stderr.
+    let ready = run(vec!["--url".into(), app.url("/api/service/ready")]).await;
+    assert_eq!(ready.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&ready.stderr).contains("503"),
+        "{ready:?}"
+    );
+    // Nothing listening: exit 1.
+    let none = run(vec![
+        "--url".into(),
+        format!("http://127.0.0.1:{dead_port}/api/service/ping"),
+        "--timeout-ms".into(),
+        "1000".into(),
+    ])
+    .await;
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    app.stop().await;
+}
