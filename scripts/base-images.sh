@@ -9,7 +9,6 @@
 #   BASE_IMAGE=...  POSTGRES_IMAGE=...  NGINX_IMAGE=...
 set -Eeuo pipefail
 
-SCRIPT_NAME="base-images"
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

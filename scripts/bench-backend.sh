@@ -5,7 +5,6 @@
 # and writes the figures to bench/results/backend.txt (ratios at the end, as key=value lines).
 set -Eeuo pipefail
 
-SCRIPT_NAME="bench-backend"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"

@@ -4,7 +4,6 @@
 # as key=value lines at the end (wall_ms_median and peak_rss_kb last).
 set -Eeuo pipefail
 
-SCRIPT_NAME="bench-config-hasher"
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

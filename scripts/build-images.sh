@@ -5,7 +5,6 @@
 # that directory instead. The tag comes from scripts/image-tag.sh unless given.
 set -Eeuo pipefail
 
-SCRIPT_NAME="build-images"
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -5,7 +5,6 @@
 # A deploy.env (local settings, not a deployed file) is kept.
 set -Eeuo pipefail
 
-SCRIPT_NAME="copy-manifests"
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -6,7 +6,6 @@
 # --images and --leave-swarm remove those too.
 set -Eeuo pipefail
 
-SCRIPT_NAME="down"
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

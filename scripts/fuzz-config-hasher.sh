@@ -8,7 +8,6 @@
 # nightly already. If the toolchain still refuses, the script says so and fails.
 set -Eeuo pipefail
 
-SCRIPT_NAME="fuzz-config-hasher"
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -13,9 +13,12 @@ STACKSHIP_REGISTRY_USER="${STACKSHIP_REGISTRY_USER:-stackship}"
 # Host port of the dev proxy (prod publishes 80 and 443), as in docker-compose.dev.yaml.
 STACKSHIP_DEV_HTTP_PORT=8880
 
-log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "${SCRIPT_NAME:-stackship}" "$*" >&2; }
-warn() { printf '%s [%s] WARNING: %s\n' "$(date -u +%H:%M:%S)" "${SCRIPT_NAME:-stackship}" "$*" >&2; }
-die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "${SCRIPT_NAME:-stackship}" "$*" >&2; exit 1; }
+# The name shown in progress lines: the script that was run (the outermost source), e.g. `up`.
+STACKSHIP_SCRIPT="$(basename "${BASH_SOURCE[-1]}" .sh)"
+
+log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "$STACKSHIP_SCRIPT" "$*" >&2; }
+warn() { printf '%s [%s] WARNING: %s\n' "$(date -u +%H:%M:%S)" "$STACKSHIP_SCRIPT" "$*" >&2; }
+die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$STACKSHIP_SCRIPT" "$*" >&2; exit 1; }
 
 # repo_root: the working tree these scripts belong to.
 repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd); }

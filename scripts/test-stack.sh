@@ -7,7 +7,6 @@
 # current build (scripts/down.sh removes them), and a second run starts from that state.
 set -Eeuo pipefail
 
-SCRIPT_NAME="test-stack"
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -3,7 +3,6 @@
 # then the end-to-end tests of the stack on a local Docker Swarm. Installs what it needs.
 set -Eeuo pipefail
 
-SCRIPT_NAME="test"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
@@ -39,7 +38,8 @@ lint() {
     local scripts=()
     mapfile -t scripts < <(git -C "$ROOT" ls-files '*.sh' .ci/run)
     if ((${#scripts[@]})); then
-        (cd "$ROOT" && shellcheck -x "${scripts[@]}")
+        # Following sources (-x), and each file on its own, as an editor checks it.
+        (cd "$ROOT" && shellcheck -x "${scripts[@]}" && shellcheck -S warning "${scripts[@]}")
     fi
 }
 

@@ -6,7 +6,6 @@
 # Safe to re-run: every step checks before it acts. scripts/down.sh undoes it.
 set -Eeuo pipefail
 
-SCRIPT_NAME="up"
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
