@@ -28,6 +28,9 @@ pub enum ApiError {
     Unavailable(#[source] Option<sqlx::Error>),
     #[error("service is shutting down")]
     ShuttingDown,
+    /// Not ready once since start; the reason (e.g. the database refused the password).
+    #[error("not ready since start: {0}")]
+    Starting(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Starting(_) => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -11,6 +11,9 @@ use hyper_util::rt::TokioExecutor;
 /// Which endpoint to probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
+    /// `/api/service/health`: ready once since start, then liveness (the container
+    /// healthcheck and so the rollout gate).
+    Health,
     /// `/api/service/ping`: the process serves HTTP (liveness).
     Ping,
     /// `/api/service/ready`: the database answers and the service is not draining.
@@ -20,6 +23,7 @@ pub enum Probe {
 impl Probe {
     fn path(self) -> &'static str {
         match self {
+            Probe::Health => "/api/service/health",
             Probe::Ping => "/api/service/ping",
             Probe::Ready => "/api/service/ready",
         }
@@ -54,4 +58,25 @@ pub async fn check(url: &str, timeout: Duration) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_probe_has_its_own_endpoint() {
+        assert_eq!(
+            probe_url(8080, Probe::Health),
+            "http://127.0.0.1:8080/api/service/health"
+        );
+        assert_eq!(
+            probe_url(8080, Probe::Ping),
+            "http://127.0.0.1:8080/api/service/ping"
+        );
+        assert_eq!(
+            probe_url(9, Probe::Ready),
+            "http://127.0.0.1:9/api/service/ready"
+        );
+    }
 }

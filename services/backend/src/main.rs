@@ -24,11 +24,16 @@ enum Command {
     /// Run the service (the default).
     Serve,
     /// Probe the service running on this host; exit 0 when healthy, 1 otherwise.
+    ///
+    /// By default probes /api/service/health: healthy once the service has been ready
+    /// (database reachable, migrations applied) since it started, then as long as it is alive.
     Healthcheck {
-        /// Probe /api/service/ready (database reachable, not draining) instead of
-        /// /api/service/ping (process alive).
-        #[arg(long)]
+        /// Probe /api/service/ready (database reachable now, not draining) instead.
+        #[arg(long, conflicts_with = "live")]
         ready: bool,
+        /// Probe /api/service/ping (process alive, nothing else) instead.
+        #[arg(long)]
+        live: bool,
         /// Probe this URL instead of the one derived from the config's port.
         #[arg(long)]
         url: Option<String>,
@@ -44,9 +49,17 @@ fn main() -> ExitCode {
         Command::Serve => serve(&cli.config),
         Command::Healthcheck {
             ready,
+            live,
             url,
             timeout_ms,
-        } => healthcheck(&cli.config, ready, url, timeout_ms),
+        } => {
+            let probe = match (ready, live) {
+                (true, _) => Probe::Ready,
+                (_, true) => Probe::Ping,
+                _ => Probe::Health,
+            };
+            healthcheck(&cli.config, probe, url, timeout_ms)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,11 +82,10 @@ fn serve(config: &std::path::Path) -> anyhow::Result<()> {
 
 fn healthcheck(
     config: &std::path::Path,
-    ready: bool,
+    probe: Probe,
     url: Option<String>,
     timeout_ms: u64,
 ) -> anyhow::Result<()> {
-    let probe = if ready { Probe::Ready } else { Probe::Ping };
     let url = match url {
         Some(url) => url,
         None => {

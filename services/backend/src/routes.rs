@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         ));
     Router::new()
         .route("/api/service/ping", get(ping))
+        .route("/api/service/health", get(health))
         .route("/api/service/version", get(version_handler))
         .route("/api/service/info", get(info))
         .route("/metrics", get(metrics_handler))
@@ -73,6 +74,25 @@ pub fn app(state: AppState) -> Router {
 
 async fn ping() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// The container healthcheck: 503 until the service has been ready once (database reachable
+/// with its credentials, migrations applied), then liveness only, like `ping`.
+///
+/// A release that cannot reach its database, or whose migration fails, therefore never turns
+/// healthy and Swarm rolls it back; a database restart later does not make Swarm kill running
+/// backends (that is what `/api/service/ready` is for: routing, not restarting).
+async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.migrated.load(Ordering::SeqCst) {
+        return Ok(Json(json!({ "status": "ok" })));
+    }
+    let why = state
+        .migration_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| "database migrations not applied yet".to_owned());
+    Err(ApiError::Starting(why))
 }
 
 /// 200 only when migrations are done, the database answers and the service is not draining.

@@ -91,7 +91,12 @@ impl Application {
             observer,
         );
         let migrated = Arc::new(AtomicBool::new(false));
-        let migrate_task = tokio::spawn(store::migrate_until_done(pool.clone(), migrated.clone()));
+        let migration_error = Arc::new(std::sync::Mutex::new(None));
+        let migrate_task = tokio::spawn(store::migrate_until_done(
+            pool.clone(),
+            migrated.clone(),
+            migration_error.clone(),
+        ));
         let state = AppState {
             settings: Arc::new(settings),
             pool,
@@ -99,6 +104,7 @@ impl Application {
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
             migrated,
+            migration_error,
         };
         Ok(Self {
             listener,

@@ -1,7 +1,7 @@
 //! State shared by every handler.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
 
@@ -18,6 +18,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set once on SIGTERM/SIGINT: readiness answers 503 from then on.
     pub draining: Arc<AtomicBool>,
-    /// Set once the migrations have been applied.
+    /// Set once the migrations have been applied: the database was reachable with our
+    /// credentials and the schema is current. Never cleared (see `/api/service/health`).
     pub migrated: Arc<AtomicBool>,
+    /// Why the migrations have not been applied yet (the last attempt's error), for
+    /// `/api/service/health` and so for `docker inspect` and the rollout watcher.
+    pub migration_error: Arc<Mutex<Option<String>>>,
 }

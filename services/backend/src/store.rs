@@ -204,11 +204,16 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
 }
 
 /// Runs the migrations, retrying while the database is unreachable, then sets `done`.
+/// Each failed attempt's error is kept in `last_error` (cleared on success).
 ///
 /// sqlx takes a Postgres advisory lock around the run, so replicas starting together migrate
 /// once. Migrations applied by a newer version are tolerated (`ignore_missing`): during a
 /// start-first update or after a rollback, the older version must start on the newer schema.
-pub async fn migrate_until_done(pool: PgPool, done: Arc<AtomicBool>) {
+pub async fn migrate_until_done(
+    pool: PgPool,
+    done: Arc<AtomicBool>,
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
+) {
     let mut migrator: Migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
     let mut backoff = Duration::from_millis(200);
@@ -216,10 +221,13 @@ pub async fn migrate_until_done(pool: PgPool, done: Arc<AtomicBool>) {
         match migrator.run(&pool).await {
             Ok(()) => {
                 tracing::info!("database migrations applied");
+                *last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 done.store(true, Ordering::SeqCst);
                 return;
             }
             Err(e) => {
+                *last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("database migrations failed: {e}"));
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "database migrations failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -15,10 +15,16 @@ async fn survives_database_loss_and_recovers() {
     let app = TestApp::spawn_unready(pool, settings).await;
     assert_eq!(app.get("/api/service/ping").await.status(), 200);
     assert_json_error(app.get("/api/service/ready").await, 503).await;
+    // The rollout gate: not healthy before it has been ready once.
+    assert_eq!(
+        assert_json_error(app.get("/api/service/health").await, 503).await,
+        "starting"
+    );
 
     // The database appears: migrations run by themselves and the app turns ready.
     cluster.start();
     app.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(app.get("/api/service/health").await.status(), 200);
     let r = app
         .post_json("/api/log", &json!({"message": "before"}))
         .await;
@@ -38,6 +44,8 @@ async fn survives_database_loss_and_recovers() {
     assert_json_error(app.get("/api/logs").await, 503).await;
     assert_json_error(app.get("/api/service/ready").await, 503).await;
     assert_eq!(app.get("/api/service/ping").await.status(), 200);
+    // Ready once, so healthy now: a database restart must not make Swarm kill backends.
+    assert_eq!(app.get("/api/service/health").await.status(), 200);
 
     // It comes back: the app recovers without a restart.
     cluster.start();
@@ -62,5 +70,32 @@ async fn survives_database_loss_and_recovers() {
         .map(|e| e["message"].as_str().unwrap())
         .collect();
     assert_eq!(messages, ["after", "before"]);
+    app.stop().await;
+}
+
+/// A release whose password the database refuses never turns healthy, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_never_healthy_and_says_why() {
+    let cluster = PgCluster::init();
+    cluster.start();
+    let mut settings = cluster.settings();
+    settings.database.password = Some("not-the-password".to_owned().into());
+    let pool = pool_for(&settings);
+    let app = TestApp::spawn_unready(pool, settings).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        let r = app.get("/api/service/health").await;
+        assert_eq!(r.status(), 503, "healthy with a wrong password");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "starting");
+        let message = body["error"]["message"].as_str().unwrap().to_owned();
+        if message.contains("password authentication failed") {
+            break message;
+        }
+        assert!(Instant::now() < deadline, "no reason given: {message}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!message.contains("not-the-password"), "{message}");
+    assert_json_error(app.get("/api/service/ready").await, 503).await;
     app.stop().await;
 }
