@@ -19,11 +19,11 @@ usage() {
     cat <<USAGE
 Usage: scripts/fuzz-config-hasher.sh [--time SECONDS] [--max-len BYTES] [--help]
 
-Builds the cargo-fuzz target '${TARGET}' in services/config-hasher/fuzz and runs it
+Builds the cargo-fuzz target '${TARGET}' in tools/config-hasher/fuzz and runs it
 for --time seconds (default ${SECONDS_TO_FUZZ}; libFuzzer's -max_total_time), with inputs
 up to --max-len bytes (default ${MAX_LEN}). The corpus is seeded with the test
-fixtures' compose files and kept in services/config-hasher/fuzz/corpus/${TARGET};
-crashes land in services/config-hasher/fuzz/artifacts/${TARGET} (both git-ignored).
+fixtures' compose files and kept in tools/config-hasher/fuzz/corpus/${TARGET};
+crashes land in tools/config-hasher/fuzz/artifacts/${TARGET} (both git-ignored).
 
 Installs cargo-fuzz with 'cargo install cargo-fuzz' when it is missing.
 Uses CARGO_TARGET_DIR when set. Exits non-zero on a crash, a build failure, or
@@ -81,7 +81,7 @@ build_target() {
     if ! (cd "$crate" && cargo fuzz build "$TARGET" >&2); then
         die "cannot build the fuzz target with $(rustc --version): cargo fuzz needs nightly-only" \
             "compiler flags and this toolchain refuses them even with RUSTC_BOOTSTRAP=1;" \
-            "see services/config-hasher/README.md (Fuzzing)"
+            "see tools/config-hasher/README.md (Fuzzing)"
     fi
 }
 
@@ -111,7 +111,7 @@ main() {
     parse_args "$@"
     local root crate corpus
     root="$(repo_root)"
-    crate="$root/services/config-hasher"
+    crate="$root/tools/config-hasher"
     corpus="$crate/fuzz/corpus/$TARGET"
     ensure_cargo_fuzz
     choose_toolchain
