@@ -155,3 +155,40 @@ async fn healthcheck_subcommand_exits_by_the_probed_endpoint() {
     assert_eq!(none.status.code(), Some(1), "{none:?}");
     app.stop().await;
 }
+
+/// Environment variables that are not UTF-8: foreign ones are ignored, ours are named in an
+/// error. (`std::env::vars()` panicked on any of them, in `healthcheck` too.)
+#[test]
+fn non_utf8_environment_variables_do_not_crash_the_binary() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempfile::tempdir().unwrap();
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = unused.local_addr().unwrap().port();
+    drop(unused);
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[server]\nport = {port}\n")).unwrap();
+    let run = |var: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_backend"))
+            .args(["--config", config.to_str().unwrap(), "healthcheck"])
+            .args(["--timeout-ms", "1000"])
+            .env_remove("DB_PASS")
+            .env_remove("DB_PASS_FILE")
+            .env(var, OsString::from_vec(vec![b'a', 0xff, b'b']))
+            .output()
+            .unwrap()
+    };
+    // Foreign: ignored; the probe runs and fails only because nothing listens.
+    let out = run("SOME_OTHER_TOOL");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    // Ours: a clear error naming it.
+    let out = run("BACKEND_APP__TITLE");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BACKEND_APP__TITLE is not valid UTF-8"),
+        "{stderr}"
+    );
+}
