@@ -24,8 +24,18 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The database cannot be reached now; the detail (for the log) when there is one.
     #[error("database unavailable")]
-    Unavailable(#[source] Option<sqlx::Error>),
+    Unavailable(Option<String>),
+    /// The request waited longer than `server.request_timeout_ms` (milliseconds); nothing was
+    /// written.
+    #[error("no answer from the database within {0} ms; nothing was stored, retrying is safe")]
+    Timeout(u64),
+    /// A write timed out while its row was already being written: it may have been stored.
+    #[error(
+        "no answer from the database within {0} ms; the write was already under way and may have been stored"
+    )]
+    TimeoutUnknownOutcome(u64),
     #[error("service is shutting down")]
     ShuttingDown,
     /// Not ready once since start; the reason (e.g. the database refused the password).
@@ -51,6 +61,10 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::TimeoutUnknownOutcome(_) => {
+                (StatusCode::GATEWAY_TIMEOUT, "timeout_unknown_outcome")
+            }
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Starting(_) => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -89,7 +103,7 @@ impl From<QueryRejection> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if is_unavailable(&e) {
-            ApiError::Unavailable(Some(e))
+            ApiError::Unavailable(Some(e.to_string()))
         } else {
             ApiError::Internal(e.into())
         }
@@ -97,15 +111,14 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// Whether a database error means "the database cannot be reached right now" (retryable)
-/// rather than a bug.
+/// rather than a bug. A protocol error is a bug (ours or the driver's), not an outage.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 57P: operator intervention (shutdown, cannot connect now);
             // 53: insufficient resources (too many connections).
@@ -143,4 +156,138 @@ pub fn server_error_detail(response: &Response) -> Option<&str> {
         .extensions()
         .get::<ErrorDetail>()
         .map(|d| d.0.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db_error(code: &str) -> sqlx::Error {
+        // A database error as Postgres reports it, through the driver's own type.
+        #[derive(Debug)]
+        struct Db(String);
+        impl std::fmt::Display for Db {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "database error {}", self.0)
+            }
+        }
+        impl std::error::Error for Db {}
+        impl sqlx::error::DatabaseError for Db {
+            fn message(&self) -> &str {
+                "boom"
+            }
+            fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some(self.0.as_str().into())
+            }
+            fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+                self
+            }
+            fn kind(&self) -> sqlx::error::ErrorKind {
+                sqlx::error::ErrorKind::Other
+            }
+        }
+        sqlx::Error::Database(Box::new(Db(code.to_owned())))
+    }
+
+    #[test]
+    fn only_outages_count_as_unavailable() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        for e in [
+            sqlx::Error::Io(io()),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+            db_error("08006"),
+            db_error("57P01"),
+            db_error("53300"),
+        ] {
+            assert!(is_unavailable(&e), "{e:?}");
+        }
+        for e in [
+            sqlx::Error::Protocol("group insert returned 1 rows for 2 inputs".into()),
+            sqlx::Error::RowNotFound,
+            db_error("23505"),
+            db_error("42P01"),
+            db_error("P0001"),
+        ] {
+            assert!(!is_unavailable(&e), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn server_errors_keep_their_detail_for_the_log_and_hide_it_from_the_client() {
+        let cases = [
+            (
+                ApiError::from(sqlx::Error::PoolTimedOut),
+                503,
+                "database_unavailable",
+                Some("database unavailable: pool timed out while waiting for an open connection"),
+            ),
+            (
+                ApiError::from(sqlx::Error::Protocol("bad frame".into())),
+                500,
+                "internal",
+                Some("bad frame"),
+            ),
+            (
+                ApiError::Internal(anyhow::anyhow!("cause").context("outer")),
+                500,
+                "internal",
+                Some("outer: cause"),
+            ),
+            (
+                ApiError::Timeout(7),
+                504,
+                "timeout",
+                Some(
+                    "no answer from the database within 7 ms; nothing was stored, retrying is safe",
+                ),
+            ),
+            (
+                ApiError::TimeoutUnknownOutcome(7),
+                504,
+                "timeout_unknown_outcome",
+                None,
+            ),
+            (ApiError::NotFound("/x".into()), 404, "not_found", None),
+            (
+                ApiError::PayloadTooLarge(10),
+                413,
+                "payload_too_large",
+                None,
+            ),
+        ];
+        for (error, status, code, detail) in cases {
+            let client_message = error.to_string();
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status, "{code}");
+            let logged = server_error_detail(&response);
+            match detail {
+                Some(d) => assert!(logged.unwrap().contains(d), "{code}: {logged:?}"),
+                None if status >= 500 => assert!(logged.is_some(), "{code}"),
+                None => assert!(logged.is_none(), "{code}"),
+            }
+            let body = futures_body(response);
+            assert_eq!(body["error"]["code"], code);
+            assert_eq!(body["error"]["message"], client_message.as_str());
+            if status == 500 {
+                assert_eq!(client_message, "internal error", "500s are opaque");
+            }
+        }
+    }
+
+    fn futures_body(response: Response) -> serde_json::Value {
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(response.into_body(), 1 << 16))
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
 }

@@ -17,6 +17,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
+use crate::store::WriterEvent;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: &'static str,
@@ -29,6 +31,11 @@ struct PoolLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
 /// The application's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +43,7 @@ pub struct Metrics {
     latency: Family<RequestLabels, Histogram>,
     pool: Family<PoolLabels, Gauge>,
     batch_rows: Histogram,
+    abandoned: Family<StageLabels, Counter>,
 }
 
 impl Metrics {
@@ -72,18 +80,42 @@ impl Metrics {
             "Rows per group-commit INSERT of POST /api/log",
             batch_rows.clone(),
         );
+        let abandoned = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "log_rows_abandoned",
+            "POST /api/log rows whose request went away (client gone or timed out): dropped while \
+             queued (stage=queued, never written) or committed anyway (stage=in_flight)",
+            abandoned.clone(),
+        );
+        for stage in ["queued", "in_flight"] {
+            // Both series exist from the start, at 0, so a rate() over them is never empty.
+            let _ = abandoned.get_or_create(&StageLabels { stage });
+        }
         Self {
             registry,
             requests,
             latency,
             pool,
             batch_rows,
+            abandoned,
         }
     }
 
-    /// Records the size of one group commit.
-    pub fn observe_batch(&self, rows: usize) {
-        self.batch_rows.observe(rows as f64);
+    /// Records what the group-commit writer reports.
+    pub fn observe_writer(&self, event: WriterEvent) {
+        match event {
+            WriterEvent::Batch(rows) => self.batch_rows.observe(rows as f64),
+            WriterEvent::DroppedQueued(rows) => {
+                self.abandoned
+                    .get_or_create(&StageLabels { stage: "queued" })
+                    .inc_by(rows as u64);
+            }
+            WriterEvent::CommittedAbandoned => {
+                self.abandoned
+                    .get_or_create(&StageLabels { stage: "in_flight" })
+                    .inc();
+            }
+        }
     }
 
     /// Prometheus text exposition, with pool gauges read now.
@@ -151,4 +183,60 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         .get_or_create(&labels)
         .observe(start.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_the_method_or_other() {
+        for (m, label) in [
+            (Method::GET, "GET"),
+            (Method::POST, "POST"),
+            (Method::HEAD, "HEAD"),
+            (Method::PUT, "PUT"),
+            (Method::DELETE, "DELETE"),
+            (Method::PATCH, "PATCH"),
+            (Method::OPTIONS, "OPTIONS"),
+            (Method::TRACE, "OTHER"),
+            (Method::from_bytes(b"BREW").unwrap(), "OTHER"),
+        ] {
+            assert_eq!(method_label(&m), label);
+        }
+    }
+
+    #[tokio::test]
+    async fn writer_events_are_counted() {
+        let m = Metrics::new();
+        m.observe_writer(WriterEvent::Batch(3));
+        m.observe_writer(WriterEvent::DroppedQueued(2));
+        m.observe_writer(WriterEvent::DroppedQueued(3));
+        m.observe_writer(WriterEvent::CommittedAbandoned);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let text = m.render(&pool, 7);
+        assert!(
+            text.contains(r#"log_rows_abandoned_total{stage="queued"} 5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"log_rows_abandoned_total{stage="in_flight"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("log_group_commit_rows_sum 3.0"), "{text}");
+        assert!(
+            text.contains(r#"db_pool_connections{state="max"} 7"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"db_pool_connections{state="idle"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"db_pool_connections{state="in_use"} 0"#),
+            "{text}"
+        );
+    }
 }

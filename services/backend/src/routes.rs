@@ -4,21 +4,21 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{self, ApiError};
 use crate::state::AppState;
-use crate::store::{self, LogEntry, WriteError};
+use crate::store::{self, LogEntry, WriteError, WriteTicket};
 use crate::{metrics, telemetry};
 use axum::body::Bytes;
 
@@ -42,9 +42,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/service/ready", get(ready))
         .route("/api/log", post(post_log))
         .route("/api/logs", get(list_logs))
-        .route_layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            settings.server.request_timeout(),
+        .route_layer(middleware::from_fn_with_state(
+            settings.server.request_timeout_ms,
+            deadline,
         ));
     Router::new()
         .route("/api/service/ping", get(ping))
@@ -70,6 +70,20 @@ pub fn app(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::new(request_id)),
         )
         .with_state(state)
+}
+
+/// Middleware: answers a JSON 504 when the request takes longer than `timeout_ms`, and drops the
+/// handler. The request's [`WriteTicket`] (used by `POST /api/log`) tells whether a write it
+/// started can still be stopped (nothing stored) or was already under way (may be stored).
+async fn deadline(State(timeout_ms): State<u64>, mut req: Request, next: Next) -> Response {
+    let ticket = WriteTicket::new();
+    req.extensions_mut().insert(ticket.clone());
+    let limit = std::time::Duration::from_millis(timeout_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) if ticket.abandon() => ApiError::Timeout(timeout_ms).into_response(),
+        Err(_) => ApiError::TimeoutUnknownOutcome(timeout_ms).into_response(),
+    }
 }
 
 async fn ping() -> Json<serde_json::Value> {
@@ -126,6 +140,7 @@ async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
 async fn post_log(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ticket: Option<Extension<WriteTicket>>,
     headers: HeaderMap,
     body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -140,15 +155,12 @@ async fn post_log(
     let message = validate_message(raw, state.settings.logs.max_message_chars)?;
     ensure_migrated(&state)?;
     let client = client_addr(peer, &headers, state.settings.server.trust_forwarded_for);
+    let ticket = ticket.map(|Extension(t)| t).unwrap_or_default();
     let entry = state
         .writer
-        .insert(message, client)
+        .insert(message, client, ticket)
         .await
-        .map_err(|e| match e {
-            WriteError::Database(e) if error::is_unavailable(&e) => ApiError::Unavailable(None),
-            WriteError::Database(e) => ApiError::Internal(anyhow::anyhow!("group insert: {e}")),
-            WriteError::Stopped => ApiError::ShuttingDown,
-        })?;
+        .map_err(write_error)?;
     Ok((
         StatusCode::CREATED,
         [(
@@ -157,6 +169,21 @@ async fn post_log(
         )],
         Json(entry),
     ))
+}
+
+/// The answer to a failed group commit.
+fn write_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::Database(e) if error::is_unavailable(&e) => {
+            ApiError::Unavailable(Some(format!("group insert: {e}")))
+        }
+        WriteError::Database(e) => ApiError::Internal(anyhow::anyhow!("group insert: {e}")),
+        // Rolled back: an impossible state, a 500 with the cause in the log.
+        WriteError::Inconsistent(why) => {
+            ApiError::Internal(anyhow::anyhow!("group insert rolled back: {why}"))
+        }
+        WriteError::Stopped => ApiError::ShuttingDown,
+    }
 }
 
 /// Trims the message and checks it is non-empty, within the limit, and storable (Postgres text
@@ -182,16 +209,18 @@ fn validate_message(raw: &str, max_chars: usize) -> Result<String, ApiError> {
     Ok(message.to_owned())
 }
 
-/// The client's address: the peer, or — behind our own proxy — the last `X-Forwarded-For` hop.
+/// The client's address: the peer, or — behind our own proxy — the last `X-Forwarded-For` hop,
+/// the one our proxy appended. Earlier hops are whatever the client sent, so when the last hop
+/// does not parse the answer is the peer, never an earlier hop.
 fn client_addr(peer: SocketAddr, headers: &HeaderMap, trust_forwarded_for: bool) -> String {
     if trust_forwarded_for
         && let Some(ip) = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
             .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
     {
         return ip.to_string();
     }
@@ -294,5 +323,44 @@ mod tests {
         assert_eq!(client_addr(peer, &h, false), "10.0.0.9");
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
         assert_eq!(client_addr(peer, &h, true), "10.0.0.9");
+        // A last hop that does not parse: the peer, never the client-supplied earlier hop.
+        for forged in ["1.2.3.4, garbage", "1.2.3.4,", "1.2.3.4, 5.6.7.8:99"] {
+            h.insert("x-forwarded-for", forged.parse().unwrap());
+            assert_eq!(client_addr(peer, &h, true), "10.0.0.9", "{forged}");
+        }
+        // Several headers: the last one holds the last hop.
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        h.append("x-forwarded-for", "9.9.9.9".parse().unwrap());
+        assert_eq!(client_addr(peer, &h, true), "9.9.9.9");
+        h.append("x-forwarded-for", "junk".parse().unwrap());
+        assert_eq!(client_addr(peer, &h, true), "10.0.0.9");
+        h.insert("x-forwarded-for", " 2001:db8::1 ".parse().unwrap());
+        assert_eq!(client_addr(peer, &h, true), "2001:db8::1");
+    }
+
+    #[test]
+    fn write_errors_map_to_their_answers() {
+        use std::sync::Arc;
+        let status = |e: WriteError| write_error(e).into_response().status().as_u16();
+        assert_eq!(
+            status(WriteError::Database(Arc::new(sqlx::Error::PoolTimedOut))),
+            503
+        );
+        assert_eq!(
+            status(WriteError::Database(Arc::new(sqlx::Error::RowNotFound))),
+            500
+        );
+        assert_eq!(status(WriteError::Inconsistent("x".into())), 500);
+        assert_eq!(status(WriteError::Stopped), 503);
+        let r = write_error(WriteError::Inconsistent("row 0 does not pair".into())).into_response();
+        let detail = error::server_error_detail(&r).unwrap();
+        assert!(detail.contains("row 0 does not pair"), "{detail}");
+        let r =
+            write_error(WriteError::Database(Arc::new(sqlx::Error::PoolTimedOut))).into_response();
+        assert!(
+            error::server_error_detail(&r)
+                .unwrap()
+                .contains("pool timed out")
+        );
     }
 }

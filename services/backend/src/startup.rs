@@ -82,7 +82,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let observer = {
             let metrics = metrics.clone();
-            Arc::new(move |rows: usize| metrics.observe_batch(rows))
+            Arc::new(move |event| metrics.observe_writer(event))
         };
         let (writer, writer_task) = LogWriter::spawn(
             pool.clone(),
