@@ -5,8 +5,13 @@
 //! 1. readiness turns 503 at once (`draining`);
 //! 2. the service keeps serving for `drain_delay` — Swarm's DNS drops the task and the proxy
 //!    re-resolves, so traffic moves away before the listener closes;
-//! 3. the listener closes; in-flight requests get `shutdown_timeout` to finish;
-//! 4. queued group commits are flushed, the pool is closed, and `run_until_stopped` returns.
+//! 3. the listener closes; from here one budget, `shutdown_timeout`, covers everything left:
+//!    in-flight requests finish, queued group commits are flushed, the pool is closed;
+//! 4. `run_until_stopped` returns Ok, or an error naming what the budget cut short (the process
+//!    then exits 1). So the whole shutdown takes at most `drain_delay + shutdown_timeout`, which
+//!    the stack's `stop_grace_period` exceeds: Swarm never has to SIGKILL mid-write.
+//!
+//! A second SIGTERM or SIGINT during all this exits at once (status 128 + signal number).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{DatabaseSettings, Settings};
 use crate::metrics::Metrics;
@@ -140,10 +146,13 @@ impl Application {
         let server_settings = state.settings.server.clone();
         let draining = state.draining.clone();
         let pool = state.pool.clone();
+        // Set when the drain delay is over: the end of the one shutdown budget.
+        let budget_end = Arc::new(std::sync::OnceLock::<Instant>::new());
         let stopped_accepting = Arc::new(Notify::new());
 
         let stop_accepting = {
             let stopped_accepting = stopped_accepting.clone();
+            let budget_end = budget_end.clone();
             let server_settings = server_settings.clone();
             async move {
                 shutdown.await;
@@ -155,8 +164,10 @@ impl Application {
                 tokio::time::sleep(server_settings.drain_delay()).await;
                 tracing::info!(
                     shutdown_timeout_ms = server_settings.shutdown_timeout_ms,
-                    "drain delay over: no new connections; finishing in-flight requests"
+                    "drain delay over: no new connections; in-flight requests, queued writes and \
+                     the pool get one budget"
                 );
+                let _ = budget_end.set(Instant::now() + server_settings.shutdown_timeout());
                 stopped_accepting.notify_one();
             }
         };
@@ -169,42 +180,49 @@ impl Application {
         )
         .with_graceful_shutdown(stop_accepting);
 
+        let end = || {
+            *budget_end
+                .get()
+                .expect("the budget starts before the listener closes")
+        };
         let deadline = async {
             stopped_accepting.notified().await;
-            tokio::time::sleep(server_settings.shutdown_timeout()).await;
+            tokio::time::sleep_until(end()).await;
         };
-        let graceful = tokio::select! {
-            result = server => {
-                result.context("server failed")?;
-                true
-            }
-            () = deadline => {
-                tracing::warn!("shutdown timeout: abandoning requests still in flight");
-                false
-            }
-        };
+        let mut cut_short = Vec::new();
+        tokio::select! {
+            result = server => result.context("server failed")?,
+            () = deadline => cut_short.push("requests still in flight were abandoned"),
+        }
 
         // Once the router (and every LogWriter clone in it) is gone, the writer flushes its
-        // queue and exits. After a timeout, abandoned requests may still hold clones: don't wait
-        // long for them.
+        // queue and exits. Abandoned requests may still hold clones: the budget bounds the wait.
         migrate_task.abort();
-        let grace = if graceful {
-            server_settings.shutdown_timeout()
+        if tokio::time::timeout_at(end(), writer_task).await.is_err() {
+            cut_short.push("queued log writes were not all flushed");
+        }
+        if tokio::time::timeout_at(end(), pool.close()).await.is_err() {
+            cut_short.push("the database pool did not close");
+        }
+        if cut_short.is_empty() {
+            tracing::info!("stopped");
+            Ok(())
         } else {
-            std::time::Duration::from_secs(1)
-        };
-        if tokio::time::timeout(grace, writer_task).await.is_err() {
-            tracing::warn!("log writer did not finish in time");
+            let why = cut_short.join("; ");
+            tracing::error!(
+                shutdown_timeout_ms = server_settings.shutdown_timeout_ms,
+                "shutdown budget ran out: {why}"
+            );
+            anyhow::bail!(
+                "shutdown budget of {} ms ran out: {why}",
+                server_settings.shutdown_timeout_ms
+            )
         }
-        if tokio::time::timeout(grace, pool.close()).await.is_err() {
-            tracing::warn!("database pool did not close in time");
-        }
-        tracing::info!("stopped");
-        Ok(())
     }
 }
 
-/// Resolves on SIGTERM (what Swarm sends) or SIGINT (Ctrl-C).
+/// Resolves on SIGTERM (what Swarm sends) or SIGINT (Ctrl-C). From then on, a second one exits
+/// the process at once with status 128 + its number: an operator who insists is obeyed.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
@@ -213,4 +231,13 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    tokio::spawn(async move {
+        let (name, number) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 15),
+            _ = int.recv() => ("SIGINT", 2),
+        };
+        tracing::warn!("second {name}: exiting at once");
+        eprintln!("backend: second {name} during shutdown: exiting at once");
+        std::process::exit(128 + number);
+    });
 }

@@ -207,6 +207,11 @@ impl PgCluster {
         cluster
     }
 
+    /// A tool of this PostgreSQL installation, e.g. `psql`.
+    pub fn bin(&self, tool: &str) -> PathBuf {
+        self.bin.join(tool)
+    }
+
     fn data(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }

@@ -1,9 +1,10 @@
-//! SIGTERM on the real binary: readiness 503 at once, in-flight requests complete, exit 0.
+//! SIGTERM on the real binary: readiness 503 at once, in-flight requests complete, exit 0; a
+//! stuck database cannot stretch the shutdown past its budget; a second signal exits at once.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::helpers::PgCluster;
@@ -11,6 +12,34 @@ use crate::helpers::PgCluster;
 struct Backend {
     child: Child,
     port: u16,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Backend {
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "backend did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Backend {
@@ -22,6 +51,16 @@ impl Drop for Backend {
 
 /// Starts the binary with a config for `cluster` and learns its port from the "listening" log.
 fn start_backend(cluster: &PgCluster, dir: &std::path::Path) -> Backend {
+    start_backend_with(cluster, dir, 1500, 10_000, 30_000)
+}
+
+fn start_backend_with(
+    cluster: &PgCluster,
+    dir: &std::path::Path,
+    drain_delay_ms: u64,
+    shutdown_timeout_ms: u64,
+    request_timeout_ms: u64,
+) -> Backend {
     let config = dir.join("config.toml");
     std::fs::write(dir.join("pw"), format!("{}\n", cluster.password)).unwrap();
     std::fs::write(
@@ -31,8 +70,9 @@ fn start_backend(cluster: &PgCluster, dir: &std::path::Path) -> Backend {
 [server]
 host = "127.0.0.1"
 port = 0
-drain_delay_ms = 1500
-shutdown_timeout_ms = 10000
+drain_delay_ms = {drain_delay_ms}
+shutdown_timeout_ms = {shutdown_timeout_ms}
+request_timeout_ms = {request_timeout_ms}
 [database]
 host = "127.0.0.1"
 port = {port}
@@ -54,8 +94,19 @@ format = "json"
         .env_remove("DB_PASS")
         .env_remove("DB_PASS_FILE")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start backend");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    {
+        let (pipe, stderr) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("backend stderr: {line}");
+                stderr.lock().unwrap().push_str(&line);
+            }
+        });
+    }
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -70,7 +121,11 @@ format = "json"
     let port = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("backend logs its port");
-    Backend { child, port }
+    Backend {
+        child,
+        port,
+        stderr,
+    }
 }
 
 fn get_status(port: u16, path: &str) -> std::io::Result<u16> {
@@ -164,4 +219,107 @@ fn sigterm_drains_then_finishes_in_flight_requests_and_exits_0() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");
+}
+
+/// The issue this guards against: the writer wait and the pool close each got a fresh timeout,
+/// so a stuck database stretched the shutdown past Swarm's stop_grace_period (then SIGKILL).
+#[test]
+fn a_stuck_database_cannot_stretch_the_shutdown_past_its_budget() {
+    let cluster = PgCluster::init();
+    cluster.start();
+    let dir = tempfile::tempdir().unwrap();
+    let (drain, budget) = (200, 3_000);
+    let mut backend = start_backend_with(&cluster, dir.path(), drain, budget, 300);
+    let port = backend.port;
+    wait_for("ready", Duration::from_secs(30), || {
+        get_status(port, "/api/service/ready").ok() == Some(200)
+    });
+
+    // Block every write from another session, so a group commit hangs inside the database.
+    let mut locker = Command::new(cluster.bin("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "postgres"])
+        .env("PGPASSWORD", &cluster.password)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let mut sql = locker.stdin.take().unwrap();
+    // psql waits for more input with the transaction open, until it is killed.
+    writeln!(sql, "BEGIN; LOCK TABLE log_entries IN EXCLUSIVE MODE;").unwrap();
+    sql.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The write times out for the client (JSON 504) but stays stuck in the database.
+    let response = post(port, r#"{"message":"stuck"}"#);
+    assert!(response.starts_with("HTTP/1.1 504"), "{response}");
+    assert!(response.contains("timeout_unknown_outcome"), "{response}");
+
+    let terminated = Instant::now();
+    backend.signal("TERM");
+    let status = backend.wait_exit(Duration::from_secs(20));
+    let took = terminated.elapsed();
+    let _ = locker.kill();
+    let _ = locker.wait();
+    // Budget: the drain delay plus one shutdown timeout, with a margin for a busy machine.
+    let limit = Duration::from_millis(drain + budget + 1_500);
+    assert!(took < limit, "shutdown took {took:?}, over {limit:?}");
+    assert!(
+        took >= Duration::from_millis(drain + budget - 100),
+        "took {took:?}"
+    );
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the exit status says the budget ran out"
+    );
+    let stderr = backend.stderr.lock().unwrap().clone();
+    assert!(stderr.contains("shutdown budget"), "{stderr}");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let cluster = PgCluster::init();
+    cluster.start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = start_backend_with(&cluster, dir.path(), 10_000, 10_000, 30_000);
+    let port = backend.port;
+    wait_for("ready", Duration::from_secs(30), || {
+        get_status(port, "/api/service/ready").ok() == Some(200)
+    });
+    backend.signal("INT");
+    wait_for("ready turns 503", Duration::from_secs(2), || {
+        get_status(port, "/api/service/ready").ok() == Some(503)
+    });
+    let second = Instant::now();
+    backend.signal("TERM");
+    let status = backend.wait_exit(Duration::from_secs(5));
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        second.elapsed()
+    );
+    assert_eq!(status.code(), Some(128 + 15), "{status}");
+    let stderr = backend.stderr.lock().unwrap().clone();
+    assert!(stderr.contains("second SIGTERM"), "{stderr}");
+}
+
+fn post(port: u16, body: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /api/log HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
