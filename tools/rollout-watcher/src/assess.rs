@@ -1,0 +1,385 @@
+//! The verdict on one service's rollout, from plain data: the service and task JSON the
+//! Docker API returns, and what the service looked like before the deploy.
+//!
+//! No I/O here: [`crate::watch`] polls Docker and feeds each sample to [`Tracker::observe`].
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bollard::models::{
+    Service, ServiceSpecUpdateConfigFailureActionEnum, ServiceUpdateStatusStateEnum, Task,
+    TaskState,
+};
+use serde::{Deserialize, Serialize};
+
+/// What a service looked like just before the deploy: its update status (state and start
+/// time), so that an old `rollback_completed` of an earlier deploy is not taken for a new one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceBefore {
+    pub update_state: Option<String>,
+    pub update_started_at: Option<String>,
+}
+
+impl ServiceBefore {
+    /// The update status of `service` as it is now.
+    pub fn of(service: &Service) -> Self {
+        let status = service.update_status.as_ref();
+        Self {
+            update_state: status
+                .and_then(|s| s.state)
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty()),
+            update_started_at: status
+                .and_then(|s| s.started_at.as_ref())
+                .map(|t| t.to_rfc3339()),
+        }
+    }
+}
+
+/// Task counts shown in progress lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Tasks the service should run (replicas; for a global service, one per node it runs on).
+    pub wanted: u64,
+    /// Tasks meant to run that carry the service's current spec.
+    pub on_new_spec: u64,
+    /// Of those, tasks running (with a healthcheck: running means it passed).
+    pub healthy: u64,
+    /// Tasks meant to run that still carry an older spec.
+    pub stale: u64,
+    /// Tasks created since the deploy that failed or were rejected.
+    pub failed: u64,
+}
+
+/// Where a service's rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Not settled yet; the text says what it waits for.
+    Pending(String),
+    /// Settled: the wanted number of tasks run the current spec and are healthy.
+    Ok(String),
+    /// Settled badly; the text says why.
+    Failed(String),
+}
+
+impl Phase {
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, Phase::Pending(_))
+    }
+}
+
+/// Settings of the verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// A service with no update of its own (first deploy) fails after this many task failures.
+    pub max_task_failures: u64,
+    /// How long `paused` may last before it counts as a failure when the service's
+    /// failure action is `rollback` (Swarm may pass through `paused` on its way there).
+    pub paused_grace: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            max_task_failures: 3,
+            paused_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Follows one service across samples (it remembers since when an update is paused).
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    before: Option<ServiceBefore>,
+    before_tasks: BTreeSet<String>,
+    rules: Rules,
+    paused_since: Option<Duration>,
+    rolled_back: bool,
+}
+
+/// The tasks meant to run now (desired state running).
+fn desired_running(tasks: &[Task]) -> impl Iterator<Item = &Task> {
+    tasks
+        .iter()
+        .filter(|t| t.desired_state == Some(TaskState::RUNNING))
+}
+
+fn state_of(task: &Task) -> Option<TaskState> {
+    task.status.as_ref().and_then(|s| s.state)
+}
+
+/// Whether `task` was made from the service's current task template.
+///
+/// Swarm copies the template into each task, but the API prints the two differently: Swarm
+/// stores them as protobuf, where an absent field and its zero value are the same thing, and
+/// `docker service inspect` fills in Swarm's defaults (`insertDefaults`), which the task keeps
+/// absent. So both are compared with zero values (null, false, 0, "", {}, []), values equal to
+/// those defaults, and `Runtime` removed.
+pub fn on_current_spec(service: &Service, task: &Task) -> bool {
+    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
+    match (template, task.spec.as_ref()) {
+        (Some(template), Some(spec)) => {
+            let a = serde_json::to_value(template).map(|v| normalized(without_defaults(v)));
+            let b = serde_json::to_value(spec).map(|v| normalized(without_defaults(v)));
+            matches!((a, b), (Ok(a), Ok(b)) if a == b)
+        }
+        _ => false,
+    }
+}
+
+/// Swarm's task defaults (swarmkit `api/defaults`) as `docker service inspect` inserts them.
+const DEFAULTS: &[(&str, &str, i64)] = &[
+    ("/ContainerSpec", "StopGracePeriod", 10_000_000_000),
+    ("/RestartPolicy", "Delay", 5_000_000_000),
+];
+
+fn without_defaults(mut spec: serde_json::Value) -> serde_json::Value {
+    for (parent, key, default) in DEFAULTS {
+        if let Some(obj) = spec.pointer_mut(parent).and_then(|p| p.as_object_mut())
+            && obj.get(*key).and_then(|v| v.as_i64()) == Some(*default)
+        {
+            obj.remove(*key);
+        }
+    }
+    if let Some(obj) = spec
+        .pointer_mut("/RestartPolicy")
+        .and_then(|p| p.as_object_mut())
+        && obj.get("Condition").and_then(|v| v.as_str()) == Some("any")
+    {
+        obj.remove("Condition");
+    }
+    spec
+}
+
+/// `value` without zero values and without the `Runtime` key, recursively.
+fn normalized(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, _)| k != "Runtime")
+                .map(|(k, v)| (k, normalized(v)))
+                .filter(|(_, v)| !is_zero(v))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(normalized).collect()),
+        other => other,
+    }
+}
+
+fn is_zero(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// How many tasks the service wants, or None for job modes (not followed).
+fn wanted(service: &Service, tasks: &[Task]) -> Option<u64> {
+    let mode = service.spec.as_ref()?.mode.as_ref()?;
+    if let Some(replicated) = &mode.replicated {
+        return Some(replicated.replicas.unwrap_or(1).max(0) as u64);
+    }
+    if mode.global.is_some() {
+        let nodes: BTreeSet<&str> = desired_running(tasks)
+            .filter_map(|t| t.node_id.as_deref())
+            .collect();
+        return Some(nodes.len() as u64);
+    }
+    None
+}
+
+/// Counts for one sample.
+pub fn counts(service: &Service, tasks: &[Task], before_tasks: &BTreeSet<String>) -> Counts {
+    let current: Vec<&Task> = desired_running(tasks)
+        .filter(|t| on_current_spec(service, t))
+        .collect();
+    Counts {
+        wanted: wanted(service, tasks).unwrap_or(0),
+        on_new_spec: current.len() as u64,
+        stale: (desired_running(tasks).count() - current.len()) as u64,
+        healthy: current
+            .iter()
+            .filter(|t| state_of(t) == Some(TaskState::RUNNING))
+            .count() as u64,
+        failed: new_failures(tasks, before_tasks).len() as u64,
+    }
+}
+
+/// Tasks created since the deploy that failed or were rejected, newest first.
+pub fn new_failures<'a>(tasks: &'a [Task], before_tasks: &BTreeSet<String>) -> Vec<&'a Task> {
+    let mut failed: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.id.as_ref().is_some_and(|id| !before_tasks.contains(id)))
+        .filter(|t| matches!(state_of(t), Some(TaskState::FAILED | TaskState::REJECTED)))
+        .collect();
+    failed.sort_by(|a, b| {
+        let ts = |t: &Task| t.status.as_ref().and_then(|s| s.timestamp);
+        ts(b).cmp(&ts(a))
+    });
+    failed
+}
+
+/// The most recent failed task since the deploy, if any.
+pub fn last_failure<'a>(tasks: &'a [Task], before_tasks: &BTreeSet<String>) -> Option<&'a Task> {
+    new_failures(tasks, before_tasks).into_iter().next()
+}
+
+/// A task's error as Swarm reports it ("task: non-zero exit (1)", "No such image: ...").
+pub fn task_error(task: &Task) -> String {
+    let status = task.status.as_ref();
+    let err = status.and_then(|s| s.err.as_deref()).unwrap_or("");
+    let message = status.and_then(|s| s.message.as_deref()).unwrap_or("");
+    let state = state_of(task).map(|s| s.to_string()).unwrap_or_default();
+    match (err.is_empty(), message.is_empty()) {
+        (false, _) => format!("{state}: {err}"),
+        (true, false) => format!("{state}: {message}"),
+        (true, true) => state,
+    }
+}
+
+impl Tracker {
+    /// `before` is None for a service the deploy creates; `before_tasks` are the IDs of every
+    /// task of the stack before the deploy.
+    pub fn new(
+        before: Option<ServiceBefore>,
+        before_tasks: BTreeSet<String>,
+        rules: Rules,
+    ) -> Self {
+        Self {
+            before,
+            before_tasks,
+            rules,
+            paused_since: None,
+            rolled_back: false,
+        }
+    }
+
+    /// Whether an update status was seen that is not the one from before the deploy.
+    fn new_update(&self, service: &Service) -> bool {
+        let now = ServiceBefore::of(service);
+        if now.update_state.is_none() {
+            return false;
+        }
+        match &self.before {
+            None => true,
+            Some(before) => *before != now,
+        }
+    }
+
+    /// Whether Swarm rolled this service back during the watch (even if it is settled now).
+    pub fn rolled_back(&self) -> bool {
+        self.rolled_back
+    }
+
+    /// The verdict for one sample taken `elapsed` after the watch began.
+    pub fn observe(
+        &mut self,
+        service: &Service,
+        tasks: &[Task],
+        elapsed: Duration,
+    ) -> (Phase, Counts) {
+        let c = counts(service, tasks, &self.before_tasks);
+        if wanted(service, tasks).is_none() {
+            return (Phase::Ok("job mode: not followed".into()), c);
+        }
+        let replicas_ok = c.healthy >= c.wanted && c.on_new_spec == c.healthy && c.stale == 0;
+        let update_message = service
+            .update_status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default();
+        let with_message = |what: &str| {
+            if update_message.is_empty() {
+                what.to_owned()
+            } else {
+                format!("{what}: {update_message}")
+            }
+        };
+        if self.new_update(service) {
+            let state = service
+                .update_status
+                .as_ref()
+                .and_then(|s| s.state)
+                .unwrap_or(ServiceUpdateStatusStateEnum::EMPTY);
+            if state != ServiceUpdateStatusStateEnum::PAUSED {
+                self.paused_since = None;
+            }
+            let phase = match state {
+                ServiceUpdateStatusStateEnum::UPDATING => Phase::Pending("updating".into()),
+                ServiceUpdateStatusStateEnum::ROLLBACK_STARTED => {
+                    self.rolled_back = true;
+                    Phase::Pending(with_message("update failed, rolling back"))
+                }
+                ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED => {
+                    self.rolled_back = true;
+                    Phase::Failed(with_message("rolled back"))
+                }
+                ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED => {
+                    self.rolled_back = true;
+                    Phase::Failed(with_message("rollback paused"))
+                }
+                ServiceUpdateStatusStateEnum::PAUSED => {
+                    let since = *self.paused_since.get_or_insert(elapsed);
+                    let rolls_back = service
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.update_config.as_ref())
+                        .and_then(|u| u.failure_action)
+                        == Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK);
+                    if rolls_back && elapsed.saturating_sub(since) < self.rules.paused_grace {
+                        Phase::Pending(with_message("update paused"))
+                    } else {
+                        Phase::Failed(with_message("update paused"))
+                    }
+                }
+                ServiceUpdateStatusStateEnum::COMPLETED | ServiceUpdateStatusStateEnum::EMPTY => {
+                    if self.rolled_back {
+                        // Completed after a rollback we saw start: still a failed deploy.
+                        Phase::Failed(with_message("rolled back"))
+                    } else if replicas_ok {
+                        Phase::Ok("updated".into())
+                    } else if c.failed >= self.rules.max_task_failures {
+                        Phase::Failed(format!(
+                            "update completed but {} tasks failed since",
+                            c.failed
+                        ))
+                    } else {
+                        Phase::Pending("update completed, waiting for its tasks".into())
+                    }
+                }
+            };
+            return (phase, c);
+        }
+        self.paused_since = None;
+        if self.rolled_back {
+            return (Phase::Failed(with_message("rolled back")), c);
+        }
+        if replicas_ok {
+            let what = if c.failed > 0 || self.before.is_none() {
+                "running"
+            } else {
+                "unchanged, running"
+            };
+            return (Phase::Ok(what.into()), c);
+        }
+        if c.failed >= self.rules.max_task_failures {
+            return (
+                Phase::Failed(format!(
+                    "{} tasks failed since the deploy (a crash loop?)",
+                    c.failed
+                )),
+                c,
+            );
+        }
+        (
+            Phase::Pending(format!("{}/{} tasks healthy", c.healthy, c.wanted)),
+            c,
+        )
+    }
+}
