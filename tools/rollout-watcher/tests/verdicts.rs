@@ -308,7 +308,7 @@ fn budget_follows_the_services_own_settings() {
 fn prune_keeps_current_previous_and_recent_deploys() {
     let f = fixture("update_completed");
     let mut service = f.service.clone();
-    let mut record = |id: &str, config: &str| history::DeployRecord {
+    let record = |id: &str, config: &str| history::DeployRecord {
         id: id.into(),
         stack: "s".into(),
         services: [(
@@ -370,7 +370,7 @@ fn deploy_records_round_trip_and_sort_by_id() {
     for id in ["20261123T020000.000Z", "20261122T235959.000Z"] {
         history::write(
             dir.path(),
-            &history::record_of(id, "rw-fixture", &[f.service.service.clone()]),
+            &history::record_of(id, "rw-fixture", std::slice::from_ref(&f.service.service)),
         )
         .unwrap();
     }
