@@ -7,7 +7,7 @@
 use std::fmt;
 use std::path::Path;
 
-use serde_norway::{Mapping, Value};
+use yaml_serde::{Mapping, Value};
 
 use crate::error::{EntryId, Error, Kind, Problem};
 use crate::interpolate::{NameRef, parse_name};
@@ -83,7 +83,7 @@ pub(crate) fn parse_collecting(
     text: &str,
     path: &Path,
 ) -> Result<(Declarations, Vec<Error>), Error> {
-    let doc: Value = serde_norway::from_str(text).map_err(|e| Error::Syntax {
+    let doc: Value = yaml_serde::from_str(text).map_err(|e| Error::Syntax {
         path: path.to_path_buf(),
         location: e.location().map(|l| (l.line(), l.column())),
         message: e.to_string(),
