@@ -282,6 +282,50 @@ mod tests {
         }
     }
 
+    /// A request body that fails while it is read (as when the client goes away).
+    struct BrokenBody;
+    impl hyper::body::Body for BrokenBody {
+        type Data = axum::body::Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+            std::task::Poll::Ready(Some(Err(std::io::Error::other("connection reset"))))
+        }
+    }
+
+    #[test]
+    fn json_rejections_map_by_kind() {
+        use axum::extract::FromRequest;
+        let rejection = |body: axum::body::Body, content_type: &str| {
+            let request = axum::http::Request::builder()
+                .method("POST")
+                .header("content-type", content_type)
+                .body(body)
+                .unwrap();
+            let result = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(axum::Json::<serde_json::Value>::from_request(request, &()));
+            ApiError::from_json_rejection(result.unwrap_err(), 42)
+        };
+        let code = |e: ApiError| e.status_and_code();
+        // Over axum's default limit of 2 MB.
+        let big = axum::body::Body::from(vec![b' '; 3 << 20]);
+        let e = rejection(big, "application/json");
+        assert!(matches!(e, ApiError::PayloadTooLarge(42)), "{e:?}");
+        let e = rejection(axum::body::Body::new(BrokenBody), "application/json");
+        assert_eq!(code(e), (StatusCode::BAD_REQUEST, "bad_request"));
+        let e = rejection(axum::body::Body::from("{"), "application/json");
+        assert_eq!(code(e), (StatusCode::BAD_REQUEST, "malformed_json"));
+        let e = rejection(axum::body::Body::from("{}"), "text/plain");
+        assert_eq!(
+            code(e),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        );
+    }
+
     fn futures_body(response: Response) -> serde_json::Value {
         let bytes = tokio::runtime::Builder::new_current_thread()
             .build()

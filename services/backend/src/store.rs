@@ -211,9 +211,7 @@ fn take_live(queued: Vec<Pending>, observe: &WriterObserver) -> Vec<Pending> {
         .into_iter()
         .filter(|p| !p.reply.is_closed() && p.ticket.take())
         .collect();
-    if batch.len() < before {
-        observe(WriterEvent::DroppedQueued(before - batch.len()));
-    }
+    observe(WriterEvent::DroppedQueued(before - batch.len()));
     batch
 }
 

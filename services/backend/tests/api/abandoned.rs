@@ -115,6 +115,52 @@ async fn timed_out_writes_answer_json_504_and_queued_ones_are_never_written(pool
         metric(&text, r#"log_rows_abandoned_total{stage="in_flight"}"#),
         "1"
     );
+    // Two INSERTs (A, then D): the batch whose rows were all dropped never went out.
+    assert_eq!(metric(&text, "log_group_commit_rows_count"), "2");
+    app.stop().await;
+}
+
+/// Rows that queue while a batch is in flight form batches of at most `batch_max_rows`.
+#[sqlx::test]
+async fn batches_stay_within_batch_max_rows(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.logs.batch_max_rows = 4;
+    settings.logs.max_inflight_batches = 1;
+    let app = TestApp::spawn(pool.clone(), settings).await;
+    let block = WriteBlock::take(&pool).await;
+    let post = |i: usize| {
+        let (client, url) = (app.client.clone(), app.url("/api/log"));
+        tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .json(&json!({ "message": format!("m{i}") }))
+                .send()
+                .await;
+            r.unwrap().status().as_u16()
+        })
+    };
+    let first = post(0);
+    wait_for_blocked_inserts(&pool, 1).await;
+    let queued: Vec<_> = (1..=13).map(post).collect();
+    // Let all 13 reach the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    block.release().await;
+    assert_eq!(first.await.unwrap(), 201);
+    for q in queued {
+        assert_eq!(q.await.unwrap(), 201);
+    }
+    assert_eq!(app.row_count().await, 14);
+    let text = app.get("/metrics").await.text().await.unwrap();
+    // 1 + 13 rows in batches of at most 4: 1 + 4 + 4 + 4 + 1.
+    assert_eq!(metric(&text, "log_group_commit_rows_count"), "5");
+    assert_eq!(
+        metric(&text, r#"log_group_commit_rows_bucket{le="4.0"}"#),
+        "5"
+    );
+    assert_eq!(
+        metric(&text, r#"log_group_commit_rows_bucket{le="2.0"}"#),
+        "2"
+    );
     app.stop().await;
 }
 

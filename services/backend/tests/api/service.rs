@@ -192,3 +192,46 @@ fn non_utf8_environment_variables_do_not_crash_the_binary() {
         "{stderr}"
     );
 }
+
+/// `backend healthcheck` reads the port from the config and probes /health by default,
+/// /ready with --ready and /ping with --live: three answers that differ before the database has
+/// been reached once, and after it went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_probes_the_endpoint_its_flags_name_on_the_configured_port() {
+    use crate::helpers::PgCluster;
+    let cluster = PgCluster::init();
+    let settings = cluster.settings();
+    let app = TestApp::spawn_unready(pool_for(&settings), settings).await;
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[server]\nport = {port}\n")).unwrap();
+    let probe = |flag: Option<&'static str>| {
+        let config = config.clone();
+        async move {
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_backend"));
+            command.arg("--config").arg(&config).arg("healthcheck");
+            command
+                .args(flag)
+                .env_remove("DB_PASS")
+                .env_remove("DB_PASS_FILE");
+            command.output().await.unwrap().status.code()
+        }
+    };
+    // Never ready yet: health 503, ready 503, ping 200.
+    assert_eq!(probe(None).await, Some(1), "health before ready once");
+    assert_eq!(probe(Some("--ready")).await, Some(1));
+    assert_eq!(probe(Some("--live")).await, Some(0));
+    // Ready once, then the database goes away: health 200, ready 503.
+    cluster.start();
+    app.wait_ready(std::time::Duration::from_secs(30)).await;
+    cluster.stop();
+    assert_eq!(probe(None).await, Some(0), "health after ready once");
+    assert_eq!(
+        probe(Some("--ready")).await,
+        Some(1),
+        "ready without a database"
+    );
+    assert_eq!(probe(Some("--live")).await, Some(0));
+    app.stop().await;
+}

@@ -12,6 +12,7 @@ use crate::helpers::PgCluster;
 struct Backend {
     child: Child,
     port: u16,
+    stdout: Arc<Mutex<Vec<serde_json::Value>>>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -109,21 +110,28 @@ format = "json"
     }
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "listening"
-            {
-                let _ = tx.send(v["port"].as_u64().unwrap() as u16);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if v["message"] == "listening" {
+                    let _ = tx.send(v["port"].as_u64().unwrap() as u16);
+                }
+                lines.lock().unwrap().push(v);
             }
-        }
-    });
+        });
+    }
     let port = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("backend logs its port");
     Backend {
         child,
         port,
+        stdout: lines,
         stderr,
     }
 }
@@ -279,8 +287,37 @@ fn a_stuck_database_cannot_stretch_the_shutdown_past_its_budget() {
         Some(1),
         "the exit status says the budget ran out"
     );
-    let stderr = backend.stderr.lock().unwrap().clone();
-    assert!(stderr.contains("shutdown budget"), "{stderr}");
+    wait_for("the budget on stderr", Duration::from_secs(2), || {
+        backend.stderr.lock().unwrap().contains("shutdown budget")
+    });
+    // The 504 was logged as a JSON line in the request's span, with the cause.
+    wait_for("the budget in the log", Duration::from_secs(2), || {
+        let logs = backend.stdout.lock().unwrap();
+        logs.iter()
+            .any(|l| l["level"] == "ERROR" && l["shutdown_timeout_ms"] == 3000)
+    });
+    let logs = backend.stdout.lock().unwrap().clone();
+    let failed = logs
+        .iter()
+        .find(|l| l["message"] == "request failed" && l["status"] == 504)
+        .unwrap_or_else(|| panic!("no 'request failed' line in {logs:?}"));
+    assert_eq!(failed["status"], 504, "{failed}");
+    assert_eq!(failed["method"], "POST", "{failed}");
+    assert_eq!(failed["span"]["route"], "/api/log", "{failed}");
+    assert!(
+        !failed["span"]["request_id"].as_str().unwrap().is_empty(),
+        "{failed}"
+    );
+    assert!(
+        failed["error"].as_str().unwrap().contains("300 ms"),
+        "{failed}"
+    );
+    assert!(
+        logs.iter().any(|l| l["message"]
+            == "shutdown budget ran out: queued log writes \
+             were not all flushed; the database pool did not close"),
+        "{logs:?}"
+    );
 }
 
 #[test]
@@ -306,8 +343,12 @@ fn a_second_signal_exits_at_once() {
         second.elapsed()
     );
     assert_eq!(status.code(), Some(128 + 15), "{status}");
-    let stderr = backend.stderr.lock().unwrap().clone();
-    assert!(stderr.contains("second SIGTERM"), "{stderr}");
+    // The reader thread may still be catching up with the pipe.
+    wait_for(
+        "the second signal on stderr",
+        Duration::from_secs(2),
+        || backend.stderr.lock().unwrap().contains("second SIGTERM"),
+    );
 }
 
 fn post(port: u16, body: &str) -> String {
