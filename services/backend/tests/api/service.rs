@@ -69,6 +69,15 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
         body.contains(r#"db_pool_connections{state="max"} 10"#),
         "{body}"
     );
+    // The requests above are done: every open connection is idle, none in use.
+    assert!(
+        body.contains(r#"db_pool_connections{state="in_use"} 0"#),
+        "{body}"
+    );
+    assert!(
+        !body.contains(r#"db_pool_connections{state="idle"} 0"#),
+        "{body}"
+    );
     assert!(body.contains("log_group_commit_rows_count 1"), "{body}");
     app.stop().await;
 }

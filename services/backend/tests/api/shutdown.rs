@@ -52,7 +52,8 @@ impl Drop for Backend {
 
 /// Starts the binary with a config for `cluster` and learns its port from the "listening" log.
 fn start_backend(cluster: &PgCluster, dir: &std::path::Path) -> Backend {
-    start_backend_with(cluster, dir, 1500, 10_000, 30_000)
+    // RUST_LOG wins over the configured filter: "off" in the file, yet the port is logged.
+    start_backend_with(cluster, dir, 1500, 10_000, 30_000, ("off", "info"))
 }
 
 fn start_backend_with(
@@ -61,6 +62,7 @@ fn start_backend_with(
     drain_delay_ms: u64,
     shutdown_timeout_ms: u64,
     request_timeout_ms: u64,
+    (filter, rust_log): (&str, &str),
 ) -> Backend {
     let config = dir.join("config.toml");
     std::fs::write(dir.join("pw"), format!("{}\n", cluster.password)).unwrap();
@@ -82,6 +84,7 @@ name = "postgres"
 password_file = "{pw}"
 [telemetry]
 format = "json"
+filter = "{filter}"
 "#,
             port = cluster.port,
             pw = dir.join("pw").display()
@@ -91,7 +94,7 @@ format = "json"
     let mut child = Command::new(env!("CARGO_BIN_EXE_backend"))
         .arg("--config")
         .arg(&config)
-        .env_remove("RUST_LOG")
+        .env("RUST_LOG", rust_log)
         .env_remove("DB_PASS")
         .env_remove("DB_PASS_FILE")
         .stdout(Stdio::piped())
@@ -237,7 +240,8 @@ fn a_stuck_database_cannot_stretch_the_shutdown_past_its_budget() {
     cluster.start();
     let dir = tempfile::tempdir().unwrap();
     let (drain, budget) = (200, 3_000);
-    let mut backend = start_backend_with(&cluster, dir.path(), drain, budget, 300);
+    // An empty RUST_LOG counts as unset: the file's filter applies.
+    let mut backend = start_backend_with(&cluster, dir.path(), drain, budget, 300, ("info", ""));
     let port = backend.port;
     wait_for("ready", Duration::from_secs(30), || {
         get_status(port, "/api/service/ready").ok() == Some(200)
@@ -325,7 +329,8 @@ fn a_second_signal_exits_at_once() {
     let cluster = PgCluster::init();
     cluster.start();
     let dir = tempfile::tempdir().unwrap();
-    let mut backend = start_backend_with(&cluster, dir.path(), 10_000, 10_000, 30_000);
+    let mut backend =
+        start_backend_with(&cluster, dir.path(), 10_000, 10_000, 30_000, ("info", ""));
     let port = backend.port;
     wait_for("ready", Duration::from_secs(30), || {
         get_status(port, "/api/service/ready").ok() == Some(200)
