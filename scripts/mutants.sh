@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Mutation testing (cargo-mutants): how many deliberate bugs in backend and config-hasher the
+# tests catch. Not part of scripts/test.sh: it rebuilds and reruns the tests once per mutant,
+# which takes an hour or more on 2 cores. Writes bench/results/mutants.txt.
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+# shellcheck source=scripts/pg-throwaway.sh
+. "$ROOT/scripts/pg-throwaway.sh"
+
+RESULTS="$ROOT/bench/results/mutants.txt"
+CRATES=(backend config-hasher)
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/mutants.sh [--crate NAME]... [--jobs N] [--out DIR] [--report-only]
+
+Runs cargo-mutants on each crate (default: backend and config-hasher) against a throwaway
+PostgreSQL (the backend's tests need one), at the lowest CPU priority, and writes per crate the
+caught, missed, timeout and unviable counts to bench/results/mutants.txt, with the missed
+mutants listed. Mutants judged equivalent are excluded, each with its reason, in
+.cargo/mutants.toml.
+
+Options:
+  --crate NAME   only this crate (repeatable)
+  --jobs N       mutants built and tested at once (default 1: other work shares the machine)
+  --out DIR      keep cargo-mutants' own output here (default: a temp dir, removed)
+  --report-only  write the results from an earlier run's --out DIR, running nothing
+  -h, --help     this text
+Installs cargo-mutants (cargo install --locked) when missing.
+USAGE
+}
+
+ensure_cargo_mutants() {
+    command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
+    if ! cargo mutants --version >/dev/null 2>&1; then
+        log "installing cargo-mutants"
+        cargo install --locked cargo-mutants >&2 || die "cargo install cargo-mutants failed"
+    fi
+    log "$(cargo mutants --version)"
+}
+
+# count DIR OUTCOME: mutants with that outcome (cargo-mutants lists one per line).
+count() {
+    local file="$1/mutants.out/$2.txt"
+    if [[ -s "$file" ]]; then wc -l <"$file"; else echo 0; fi
+}
+
+# run_crate CRATE OUT: cargo mutants on one crate; its output under OUT/CRATE.
+run_crate() {
+    local crate="$1" out="$2/$1" status=0
+    mkdir -p "$out"
+    log "cargo mutants -p $crate (output: $out/mutants.out)"
+    # Without debug info the many rebuilds link faster; the copies get their own target dir.
+    (cd "$ROOT" && env -u CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG=0 \
+        nice -n 19 cargo mutants -p "$crate" --jobs "$JOBS" --output "$out" --no-shuffle \
+        --timeout-multiplier 3 >"$out/cargo-mutants.log" 2>&1) || status=$?
+    # 0: all caught; 2: some missed; 3: some timed out. Anything else is a failure of the run.
+    case $status in
+    0 | 2 | 3) ;;
+    *) tail -n 30 "$out/cargo-mutants.log" >&2; die "cargo mutants -p $crate failed (exit $status)" ;;
+    esac
+}
+
+report_crate() {
+    local crate="$1" out="$2/$1" caught missed timeout unviable viable pct
+    caught=$(count "$out" caught)
+    missed=$(count "$out" missed)
+    timeout=$(count "$out" timeout)
+    unviable=$(count "$out" unviable)
+    viable=$((caught + missed + timeout))
+    # A mutant that makes the tests hang was noticed: timeouts count as caught.
+    pct=$(python3 -c "print(f'{100 * ($caught + $timeout) / max($viable, 1):.1f}')")
+    {
+        printf '\n## %s (%s min)\n' "$crate" "$(cat "$out/minutes" 2>/dev/null || echo '?')"
+        printf 'caught %s, missed %s, timeout %s (counted as caught), unviable %s: %s%% of %s viable caught\n' \
+            "$caught" "$missed" "$timeout" "$unviable" "$pct" "$viable"
+        if ((missed)); then
+            printf 'missed:\n'
+            sed 's/^/  /' "$out/mutants.out/missed.txt"
+        fi
+    } >>"$RESULTS.tmp"
+    KEYS+=("${crate}_caught=$caught" "${crate}_missed=$missed" "${crate}_timeout=$timeout"
+        "${crate}_unviable=$unviable" "${crate}_caught_pct=$pct")
+}
+
+main() {
+    local crates=() out="" report_only=0
+    JOBS=1
+    while (($#)); do
+        case $1 in
+        --crate) [[ $# -ge 2 ]] || die "--crate needs a name"; crates+=("$2"); shift ;;
+        --jobs) [[ $# -ge 2 ]] || die "--jobs needs a number"; JOBS=$2; shift ;;
+        --out) [[ $# -ge 2 ]] || die "--out needs a directory"; out=$2; shift ;;
+        --report-only) report_only=1 ;;
+        -h | --help) usage; return 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+        esac
+        shift
+    done
+    ((${#crates[@]})) || crates=("${CRATES[@]}")
+    need_cmd python3 python3
+    need_cmd runuser util-linux
+    ensure_cargo_mutants
+    local crate started=$SECONDS
+    if ((report_only)); then
+        [[ -n "$out" && -d "$out" ]] || die "--report-only needs the --out DIR of an earlier run"
+        write_results "$out" "${crates[@]}"
+        return 0
+    fi
+    if [[ -z "$out" ]]; then
+        out=$(mktemp -d "${TMPDIR:-/tmp}/stackship-mutants.XXXXXX")
+        trap 'pg_stop_throwaway; rm -rf "$out"' EXIT
+    else
+        mkdir -p "$out"
+        trap pg_stop_throwaway EXIT
+    fi
+    pg_start_throwaway
+    for crate in "${crates[@]}"; do
+        run_crate "$crate" "$out"
+        printf '%s\n' $(((SECONDS - started) / 60)) >"$out/$crate/minutes"
+        started=$SECONDS
+    done
+    write_results "$out" "${crates[@]}"
+}
+
+# write_results OUT CRATE...: bench/results/mutants.txt from the runs under OUT.
+write_results() {
+    local out="$1" crate
+    shift
+    KEYS=()
+    {
+        printf '# Mutation testing: cargo mutants, %s\n' "$(date -u +%Y-%m-%d)"
+        printf 'machine: %s, %s cores; %s; commit %s; --jobs %s\n' \
+            "$(uname -m)" "$(nproc)" "$(cargo mutants --version)" \
+            "$(git -C "$ROOT" rev-parse --short HEAD)" "$JOBS"
+        printf 'Excluded equivalent mutants and why: .cargo/mutants.toml\n'
+    } >"$RESULTS.tmp"
+    for crate in "$@"; do
+        report_crate "$crate" "$out"
+    done
+    printf '\n' >>"$RESULTS.tmp"
+    printf '%s\n' "${KEYS[@]}" >>"$RESULTS.tmp"
+    mkdir -p "$(dirname "$RESULTS")"
+    mv "$RESULTS.tmp" "$RESULTS"
+    cat "$RESULTS"
+}
+
+main "$@"
