@@ -65,7 +65,7 @@ run_crate() {
 }
 
 report_crate() {
-    local crate="$1" out="$2/$1" caught missed timeout unviable viable pct
+    local crate="$1" out="$2/$1" caught missed timeout unviable viable pct total
     caught=$(count "$out" caught)
     missed=$(count "$out" missed)
     timeout=$(count "$out" timeout)
@@ -73,8 +73,15 @@ report_crate() {
     viable=$((caught + missed + timeout))
     # A mutant that makes the tests hang was noticed: timeouts count as caught.
     pct=$(python3 -c "print(f'{100 * ($caught + $timeout) / max($viable, 1):.1f}')")
+    # A run cut short (time limit, Ctrl-C) says how far it got.
+    total=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' \
+        "$out/mutants.out/mutants.json" 2>/dev/null || echo '?')
     {
         printf '\n## %s (%s min)\n' "$crate" "$(cat "$out/minutes" 2>/dev/null || echo '?')"
+        if [[ "$total" != "$((viable + unviable))" ]]; then
+            printf 'PARTIAL RUN: %s of %s mutants tested; the figures below cover those only\n' \
+                "$((viable + unviable))" "$total"
+        fi
         printf 'caught %s, missed %s, timeout %s (counted as caught), unviable %s: %s%% of %s viable caught\n' \
             "$caught" "$missed" "$timeout" "$unviable" "$pct" "$viable"
         if ((missed)); then
