@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The copy step: puts exactly one environment's deploy files into the deploy directory, as the
-# pipeline does on the manager, and removes whatever a previous copy left there:
-#   deploy.sh, config-hasher, docker-compose.<env>.yaml, deploy-manifests/<env>/
-# A deploy.env (local settings, not a deployed file) is kept.
+# The copy step: puts exactly one environment's release into its deploy directory, as the
+# pipeline does on the manager, replacing whatever a previous copy left there:
+#   <dest>/current/{deploy.sh, config-hasher, rollout-watcher, docker-compose.<env>.yaml,
+#                   deploy-manifests/<env>/}
+# <dest> defaults to /data/stackship/deploy/<env>; its deploy.env, lock and history are not
+# touched, nor is any other environment's directory. The swap happens under the environment's
+# deploy lock, so it never changes the files of a deploy that is running.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -10,21 +13,23 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<USAGE
-Usage: scripts/copy-manifests.sh --prod|--dev [--dest DIR] [--config-hasher PATH]
+Usage: scripts/copy-manifests.sh --prod|--dev [--dest DIR] [--bin-dir DIR] [--lock-wait S]
 
-  --dest DIR            deploy directory (default: ${STACKSHIP_DEPLOY_DIR})
-  --config-hasher PATH  the config-hasher binary to ship
-                        (default: \${CARGO_TARGET_DIR:-target}/release/config-hasher)
+  --dest DIR        the environment's deploy directory (default: ${STACKSHIP_DEPLOY_ROOT}/<env>)
+  --bin-dir DIR     where the config-hasher and rollout-watcher binaries are
+                    (default: \${CARGO_TARGET_DIR:-target}/release)
+  --lock-wait S     how long to wait for a running deploy of this environment (default 900)
 USAGE
 }
 
 main() {
-    local env="" dest="$STACKSHIP_DEPLOY_DIR" hasher="" root staging
+    local env="" dest="" bin_dir="" lock_wait=900 root staging tool
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --prod | --dev) [[ -z "$env" ]] || die "give exactly one of --prod / --dev"; env="${1#--}" ;;
             --dest) [[ $# -ge 2 ]] || die "--dest needs a value"; dest="$2"; shift ;;
-            --config-hasher) [[ $# -ge 2 ]] || die "--config-hasher needs a value"; hasher="$2"; shift ;;
+            --bin-dir) [[ $# -ge 2 ]] || die "--bin-dir needs a value"; bin_dir="$2"; shift ;;
+            --lock-wait) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || die "--lock-wait needs a number of seconds"; lock_wait="$2"; shift ;;
             -h | --help) usage; return 0 ;;
             *) usage >&2; die "unknown argument '$1'" ;;
         esac
@@ -32,31 +37,41 @@ main() {
     done
     [[ -n "$env" ]] || { usage >&2; die "missing --prod or --dev"; }
     root="$(repo_root)"
-    hasher="${hasher:-${CARGO_TARGET_DIR:-$root/target}/release/config-hasher}"
-    [[ -x "$hasher" ]] || die "config-hasher binary '${hasher}' not found (cargo build --release -p config-hasher)"
+    dest="${dest:-${STACKSHIP_DEPLOY_ROOT}/${env}}"
+    bin_dir="${bin_dir:-${CARGO_TARGET_DIR:-$root/target}/release}"
+    for tool in config-hasher rollout-watcher; do
+        [[ -x "$bin_dir/$tool" ]] || die "${tool} binary '${bin_dir}/${tool}' not found (cargo build --release -p ${tool})"
+    done
     [[ -f "$root/docker-compose.${env}.yaml" ]] || die "docker-compose.${env}.yaml is missing"
     [[ -d "$root/deploy-manifests/${env}" ]] || die "deploy-manifests/${env} is missing"
     [[ "$dest" == /* && "$dest" != / ]] || die "--dest '${dest}' must be an absolute directory other than /"
+    need flock "apt-get install util-linux"
 
-    mkdir -p "$(dirname "$dest")"
-    staging="$(mktemp -d "${dest}.new.XXXXXX")"
+    mkdir -p "$dest"
+    staging="$(mktemp -d "${dest}/.incoming.XXXXXX")"
     mkdir -p "$staging/deploy-manifests"
     install -m 0755 "$root/scripts/deploy.sh" "$staging/deploy.sh"
-    install -m 0755 "$hasher" "$staging/config-hasher"
+    install -m 0755 "$bin_dir/config-hasher" "$staging/config-hasher"
+    install -m 0755 "$bin_dir/rollout-watcher" "$staging/rollout-watcher"
     install -m 0644 "$root/docker-compose.${env}.yaml" "$staging/"
     cp -R "$root/deploy-manifests/${env}" "$staging/deploy-manifests/${env}"
-    if [[ -f "$dest/deploy.env" ]]; then
-        cp -p "$dest/deploy.env" "$staging/deploy.env"
-    fi
     chmod 0755 "$staging"
-    # Swap in the new tree: nothing stale survives, and a failed copy leaves the old one intact.
-    rm -rf "${dest}.old"
-    if [[ -e "$dest" ]]; then
-        mv "$dest" "${dest}.old"
-    fi
-    mv "$staging" "$dest"
-    rm -rf "${dest}.old"
-    log "copied ${env} deploy files to ${dest}"
+    # Swap in the new tree under the environment's deploy lock: nothing stale survives, a
+    # failed copy leaves the old one intact, and a running deploy keeps its files.
+    (
+        exec 9>>"$dest/deploy.lock"
+        if ! flock -n 9; then
+            log "a ${env} deploy is running ($(cat "$dest/deploy.lock.owner" 2>/dev/null || echo 'unknown holder')); waiting up to ${lock_wait}s"
+            flock -w "$lock_wait" 9 || die "the ${env} deploy lock is still held after ${lock_wait}s"
+        fi
+        rm -rf "$dest/current.old"
+        if [[ -e "$dest/current" ]]; then
+            mv "$dest/current" "$dest/current.old"
+        fi
+        mv "$staging" "$dest/current"
+        rm -rf "$dest/current.old"
+    ) || { rm -rf "$staging"; die "copy step for ${env} failed"; }
+    log "copied the ${env} release to ${dest}/current"
 }
 
 main "$@"

@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Deploys one environment's stack on a Swarm manager. Runs in the deploy directory
-# (/data/stackship/deploy), where the copy step put: this script, config-hasher,
-# docker-compose.<env>.yaml and deploy-manifests/<env>/.
+# Deploys one environment's stack on a Swarm manager. Runs from the environment's release
+# directory (/data/stackship/deploy/<env>/current), where the copy step put: this script,
+# config-hasher, rollout-watcher, docker-compose.<env>.yaml and deploy-manifests/<env>/.
+# Beside it, in /data/stackship/deploy/<env>/: deploy.env (local settings), deploy.lock, the
+# deploy records (history/) and the last rollout report (last-rollout.json).
 #
-# Validates everything first (arguments, images, config-hasher --check, the stack file, external
-# secrets, the database node), then logs in, deploys with --with-registry-auth, waits until every
-# service finished its rollout (and fails when one did not, e.g. it rolled back), and finally
-# removes the stack's configs that neither the current nor the previous service specs use.
+# Takes the environment's deploy lock (waiting a bounded time, naming who holds it), validates
+# everything (arguments, images, config-hasher --check, the stack file, external secrets, the
+# database node), logs in, snapshots the stack, deploys with --with-registry-auth, and has
+# rollout-watcher follow every service until it settled: a rollback, a paused update, a crash
+# loop or a timeout fails the deploy with Swarm's message, the task error and its last log
+# lines. A successful deploy is recorded, then configs and secrets that neither the current or
+# previous specs nor the last PRUNE_KEEP deploys use are removed.
 set -Eeuo pipefail
 
 PROJECT="stackship"
 SCRIPT_NAME="deploy"
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The environment's directory: settings, lock and records outlive each copy of the release.
+ENV_DIR="$(dirname "$DEPLOY_DIR")"
 # Keys deploy.env may set; the environment wins over the file.
 ENV_FILE_KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD IMAGE_TAG BACKEND_TAG FRONTEND_TAG
-    POSTGRES_IMAGE NGINX_IMAGE ROLLOUT_TIMEOUT)
+    POSTGRES_IMAGE NGINX_IMAGE ROLLOUT_TIMEOUT LOCK_WAIT PRUNE_KEEP MAX_TASK_FAILURES)
 TAG_RE='^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$'
 
 ENVIRONMENT=""
@@ -34,24 +41,28 @@ Deploys docker-compose.<env>.yaml from this directory as stack stackship-<env>.
 Options:
   --prod | --dev     the environment (required)
   --tag TAG          image tag of the project's services (default: $IMAGE_TAG)
-  --timeout SECONDS  how long the rollout may take (default: $ROLLOUT_TIMEOUT or 600)
+  --timeout SECONDS  how long the rollout may take (default: $ROLLOUT_TIMEOUT, else derived
+                     by rollout-watcher from each service's update and healthcheck settings)
   -h, --help         this help
 
-Environment (also read from ./deploy.env, KEY=VALUE lines; the environment wins):
+Environment (also read from ../deploy.env, KEY=VALUE lines; the environment wins):
   REGISTRY            image registry host[:port] (default: $CI_REGISTRY)
   REGISTRY_USER       registry login user     (default: $CI_REGISTRY_USER)
   REGISTRY_PASSWORD   registry login password (default: $CI_REGISTRY_PASSWORD);
                       without user and password no login is done
   IMAGE_TAG           tag for every project image; BACKEND_TAG / FRONTEND_TAG override one
   POSTGRES_IMAGE, NGINX_IMAGE   third-party images (default: the stack file's)
+  LOCK_WAIT           seconds to wait for another deploy of this environment (default 900)
+  PRUNE_KEEP          deploys whose configs and secrets are kept (default 3)
+  MAX_TASK_FAILURES   a new service fails after this many task failures (default 3)
 
-Exit status: 0 when every service completed its rollout, 1 otherwise.
+Exit status: 0 when every service settled healthy on its new spec, 1 otherwise.
 USAGE
 }
 
 # load_env_file: KEY=VALUE lines from ./deploy.env for keys not already set. Not sourced.
 load_env_file() {
-    local file="$DEPLOY_DIR/deploy.env" line key value allowed
+    local file="$ENV_DIR/deploy.env" line key value allowed
     [[ -f "$file" ]] || return 0
     while IFS= read -r line || [[ -n "$line" ]]; do
         [[ -z "$line" || "$line" == \#* ]] && continue
@@ -105,7 +116,10 @@ resolve_settings() {
     IMAGE_TAG="${IMAGE_TAG:-}"
     BACKEND_TAG="${BACKEND_TAG:-$IMAGE_TAG}"
     FRONTEND_TAG="${FRONTEND_TAG:-$IMAGE_TAG}"
-    ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-600}"
+    ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-}"
+    LOCK_WAIT="${LOCK_WAIT:-900}"
+    PRUNE_KEEP="${PRUNE_KEEP:-3}"
+    MAX_TASK_FAILURES="${MAX_TASK_FAILURES:-3}"
 
     [[ -n "$REGISTRY" ]] || die "REGISTRY (or CI_REGISTRY) is not set"
     [[ "$REGISTRY" =~ ^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$ ]] \
@@ -114,7 +128,10 @@ resolve_settings() {
         || die "no image tag: give --tag, IMAGE_TAG, or BACKEND_TAG and FRONTEND_TAG"
     [[ "$BACKEND_TAG" =~ $TAG_RE ]] || die "BACKEND_TAG '${BACKEND_TAG}' is not a valid image tag"
     [[ "$FRONTEND_TAG" =~ $TAG_RE ]] || die "FRONTEND_TAG '${FRONTEND_TAG}' is not a valid image tag"
-    [[ "$ROLLOUT_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout '${ROLLOUT_TIMEOUT}' is not a number of seconds"
+    [[ -z "$ROLLOUT_TIMEOUT" || "$ROLLOUT_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout '${ROLLOUT_TIMEOUT}' is not a number of seconds"
+    [[ "$LOCK_WAIT" =~ ^[0-9]+$ ]] || die "LOCK_WAIT '${LOCK_WAIT}' is not a number of seconds"
+    [[ "$PRUNE_KEEP" =~ ^[1-9][0-9]*$ ]] || die "PRUNE_KEEP '${PRUNE_KEEP}' is not a positive number"
+    [[ "$MAX_TASK_FAILURES" =~ ^[1-9][0-9]*$ ]] || die "MAX_TASK_FAILURES '${MAX_TASK_FAILURES}' is not a positive number"
     if [[ -n "$REGISTRY_USER" && -z "$REGISTRY_PASSWORD" ]] || [[ -z "$REGISTRY_USER" && -n "$REGISTRY_PASSWORD" ]]; then
         die "set both REGISTRY_USER and REGISTRY_PASSWORD, or neither"
     fi
@@ -126,6 +143,7 @@ resolve_settings() {
 check_prerequisites() {
     need docker "install the Docker engine"
     need awk
+    need flock "apt-get install util-linux"
     [[ -f "$DEPLOY_DIR/$COMPOSE" ]] || die "${DEPLOY_DIR}/${COMPOSE} is missing (run the copy step for ${ENVIRONMENT})"
     [[ -d "$DEPLOY_DIR/deploy-manifests/$ENVIRONMENT" ]] \
         || die "${DEPLOY_DIR}/deploy-manifests/${ENVIRONMENT} is missing (run the copy step for ${ENVIRONMENT})"
@@ -136,9 +154,32 @@ check_prerequisites() {
     else
         die "config-hasher is neither in ${DEPLOY_DIR} nor on PATH"
     fi
+    if [[ -x "$DEPLOY_DIR/rollout-watcher" ]]; then
+        WATCHER="$DEPLOY_DIR/rollout-watcher"
+    elif command -v rollout-watcher >/dev/null 2>&1; then
+        WATCHER="$(command -v rollout-watcher)"
+    else
+        die "rollout-watcher is neither in ${DEPLOY_DIR} nor on PATH"
+    fi
     docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine"
     [[ "$(docker info --format '{{.Swarm.ControlAvailable}}')" == "true" ]] \
         || die "this engine is not a swarm manager"
+}
+
+# take_lock: one deploy of this environment at a time. The lock is flock(1) on a file in the
+# environment directory: released when this process exits, however it exits.
+take_lock() {
+    local lock="$ENV_DIR/deploy.lock" owner="$ENV_DIR/deploy.lock.owner" holder
+    exec 9>>"$lock" || die "cannot open the lock file ${lock}"
+    if ! flock -n 9; then
+        holder="$(cat "$owner" 2>/dev/null || true)"
+        log "another ${ENVIRONMENT} deploy holds ${lock} (${holder:-unknown holder}); waiting up to ${LOCK_WAIT}s"
+        flock -w "$LOCK_WAIT" 9 \
+            || die "the ${ENVIRONMENT} deploy lock is still held after ${LOCK_WAIT}s by: ${holder:-unknown} (${lock})"
+    fi
+    printf 'pid %s on %s, started %s%s\n' "$$" "$(hostname)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+        "${CI_JOB_URL:+, job ${CI_JOB_URL}}" > "$owner"
+    log "holding the ${ENVIRONMENT} deploy lock"
 }
 
 registry_login() {
@@ -207,31 +248,9 @@ pull_images() {
     done
 }
 
-# service_state NAME: "<update state>|<update started at>|<version index>".
-service_state() {
-    docker service inspect "$1" \
-        --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}|{{.UpdateStatus.StartedAt}}{{else}}|{{end}}|{{.Version.Index}}' \
-        2>/dev/null || printf '||\n'
-}
-
-stack_services() { docker stack services "$STACK" --format '{{.Name}}' 2>/dev/null | sort; }
-
-running_replicas() {
-    docker service ps "$1" --filter desired-state=running --format '{{.CurrentState}}' 2>/dev/null \
-        | grep -c '^Running' || true
-}
-
-desired_replicas() {
-    docker service inspect "$1" --format '{{if .Spec.Mode.Replicated}}{{.Spec.Mode.Replicated.Replicas}}{{else}}-1{{end}}'
-}
-
-declare -A BEFORE=()
-
-record_state() {
-    local svc
-    while IFS= read -r svc; do
-        [[ -n "$svc" ]] && BEFORE["$svc"]="$(service_state "$svc")"
-    done < <(stack_services)
+snapshot() {
+    SNAPSHOT="$(mktemp "${TMPDIR:-/tmp}/${STACK}-snapshot.XXXXXX")"
+    "$WATCHER" snapshot "$STACK" --output "$SNAPSHOT" || die "cannot take a snapshot of ${STACK}"
 }
 
 deploy_stack() {
@@ -246,90 +265,47 @@ deploy_stack() {
         || die "docker stack deploy failed"
 }
 
-# wait_rollout: every service either finished a new update ("completed"), or had none and runs
-# all its replicas. A rollback or a paused update fails the deploy. Bounded by ROLLOUT_TIMEOUT.
-wait_rollout() {
-    local started=$SECONDS deadline=$((SECONDS + ROLLOUT_TIMEOUT)) svc state before pending failed
-    local -A finished=() rolling_back=()
-    failed=()
-    while :; do
-        pending=()
-        while IFS= read -r svc; do
-            [[ -n "$svc" && -z "${finished[$svc]:-}" ]] || continue
-            state="$(service_state "$svc")"
-            before="${BEFORE[$svc]:-||}"
-            local upd="${state%%|*}" started_at
-            started_at="$(cut -d'|' -f2 <<<"$state")"
-            if [[ -n "$upd" && "$started_at" != "$(cut -d'|' -f2 <<<"$before")" ]]; then
-                case "$upd" in
-                    completed) finished[$svc]=ok; log "${svc}: update completed" ;;
-                    rollback_paused | rollback_completed | paused)
-                        finished[$svc]=failed; failed+=("${svc} (${upd})")
-                        log "${svc}: update failed: ${upd}" ;;
-                    rollback_started)
-                        # Wait for the rollback to finish, so the stack is settled on exit.
-                        [[ -n "${rolling_back[$svc]:-}" ]] || log "${svc}: update failed, rolling back"
-                        rolling_back[$svc]=1
-                        pending+=("$svc") ;;
-                    *) pending+=("$svc") ;;
-                esac
-            elif ((SECONDS - started >= 5)) \
-                && [[ "$(running_replicas "$svc")" -ge "$(desired_replicas "$svc")" ]]; then
-                finished[$svc]=ok
-                log "${svc}: running ($(running_replicas "$svc")/$(desired_replicas "$svc")), no update needed"
-            else
-                pending+=("$svc")
-            fi
-        done < <(stack_services)
-        [[ ${#pending[@]} -eq 0 ]] && break
-        if ((SECONDS >= deadline)); then
-            failed+=("${pending[@]/%/ (timed out)}")
-            break
-        fi
-        sleep 2
-    done
-    if [[ ${#failed[@]} -gt 0 ]]; then
-        for svc in $(stack_services); do
-            docker service ps "$svc" --no-trunc --format '{{.Name}} {{.Image}} {{.CurrentState}} {{.Error}}' 2>/dev/null \
-                | head -n 5 >&2 || true
-        done
-        die "rollout of ${STACK} failed: ${failed[*]}"
-    fi
-    log "rollout of ${STACK} complete in $((SECONDS - started))s"
+# watch_rollout: rollout-watcher follows every service until it settled; its summary goes to
+# stdout, its report to last-rollout.json, and a successful deploy is recorded in history/.
+watch_rollout() {
+    local args=(watch "$STACK" --snapshot "$SNAPSHOT" --max-task-failures "$MAX_TASK_FAILURES"
+        --json "$ENV_DIR/last-rollout.json" --record "$ENV_DIR/history") rc=0
+    [[ -z "$ROLLOUT_TIMEOUT" ]] || args+=(--timeout "$ROLLOUT_TIMEOUT")
+    log "following the rollout of ${STACK}"
+    "$WATCHER" "${args[@]}" || rc=$?
+    rm -f "$SNAPSHOT"
+    case "$rc" in
+        0) log "rollout of ${STACK} complete" ;;
+        1) die "rollout of ${STACK} FAILED (see above; report: ${ENV_DIR}/last-rollout.json)" ;;
+        *) die "rollout-watcher could not follow ${STACK} (exit ${rc})" ;;
+    esac
 }
 
-# prune_configs: remove this stack's configs that no service spec (current or previous, which
-# a rollback returns to) references.
-prune_configs() {
-    local used config svc
-    used="$(for svc in $(stack_services); do
-        docker service inspect "$svc" --format \
-            '{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{println .ConfigName}}{{end}}{{if .PreviousSpec}}{{range .PreviousSpec.TaskTemplate.ContainerSpec.Configs}}{{println .ConfigName}}{{end}}{{end}}'
-    done | sort -u)"
-    while IFS= read -r config; do
-        [[ -n "$config" ]] || continue
-        if ! grep -qxF "$config" <<<"$used"; then
-            log "removing unused config ${config}"
-            docker config rm "$config" >/dev/null || log "could not remove config ${config} (still in use?)"
-        fi
-    done < <(docker config ls --filter "label=com.docker.stack.namespace=${STACK}" --format '{{.Name}}')
+# prune: configs and secrets no current/previous spec and none of the last PRUNE_KEEP deploys use.
+prune() {
+    log "pruning unused configs and secrets of ${STACK} (keeping the last ${PRUNE_KEEP} deploys)"
+    "$WATCHER" prune "$STACK" --history "$ENV_DIR/history" --keep "$PRUNE_KEEP" >&2 \
+        || log "WARNING: prune left some objects (see above); the deploy itself succeeded"
 }
 
 main() {
     parse_args "$@"
+    SNAPSHOT=""
+    trap 'rm -f "${SNAPSHOT:-}"' EXIT
     cd "$DEPLOY_DIR"
     resolve_settings
     check_prerequisites
+    take_lock
     hash_configs
     validate_stack_file
     check_secrets
     check_database_node
     registry_login
     pull_images
-    record_state
+    snapshot
     deploy_stack
-    wait_rollout
-    prune_configs
+    watch_rollout
+    prune
     log "${STACK} deployed"
 }
 

@@ -96,8 +96,8 @@ main() {
         remove_images
     fi
     docker logout "$STACKSHIP_REGISTRY_ADDR" >/dev/null 2>&1 || true
-    log "removing ${STACKSHIP_DEPLOY_DIR} and ${STACKSHIP_REGISTRY_DIR}"
-    rm -rf "$STACKSHIP_DEPLOY_DIR" "$STACKSHIP_REGISTRY_DIR"
+    log "removing ${STACKSHIP_DEPLOY_ROOT} and ${STACKSHIP_REGISTRY_DIR}"
+    rm -rf "$STACKSHIP_DEPLOY_ROOT" "$STACKSHIP_REGISTRY_DIR"
     if [[ -z "$keep_data" ]]; then
         log "removing ${STACKSHIP_DATA}/data and ${STACKSHIP_SECRETS_DIR}"
         rm -rf "${STACKSHIP_DATA}/data" "$STACKSHIP_SECRETS_DIR"

@@ -5,8 +5,12 @@
 STACKSHIP_PROJECT="${STACKSHIP_PROJECT:-stackship}"
 # Root of everything the local bring-up keeps on this machine.
 STACKSHIP_DATA="${STACKSHIP_DATA:-/data/${STACKSHIP_PROJECT}}"
-# Where deploy.sh and one environment's files live on the manager, as the pipeline puts them.
-STACKSHIP_DEPLOY_DIR="${STACKSHIP_DEPLOY_DIR:-${STACKSHIP_DATA}/deploy}"
+# Where each environment's deploy directory lives on the manager, as the pipeline puts them:
+# <root>/<env>/current/ (deploy.sh and the release), deploy.env, deploy.lock, history/.
+STACKSHIP_DEPLOY_ROOT="${STACKSHIP_DEPLOY_ROOT:-${STACKSHIP_DATA}/deploy}"
+
+# env_deploy_dir ENV: one environment's deploy directory.
+env_deploy_dir() { printf '%s/%s\n' "$STACKSHIP_DEPLOY_ROOT" "$1"; }
 # The local registry that stands in for GitLab Registry.
 STACKSHIP_REGISTRY_ADDR="${STACKSHIP_REGISTRY_ADDR:-127.0.0.1:5000}"
 STACKSHIP_REGISTRY_USER="${STACKSHIP_REGISTRY_USER:-stackship}"
@@ -73,6 +77,24 @@ wait_until() {
     done
 }
 
+# spawn_daemon LOG CMD...: starts a long-lived daemon detached from this shell (own session,
+# no stdin, output appended to LOG) without the file descriptors this shell inherited, so it
+# never holds a caller's lock file (e.g. `flock FILE scripts/up.sh`) for the rest of its life.
+spawn_daemon() {
+    local logfile="$1"
+    shift
+    (
+        local fd
+        for fd in /proc/self/fd/*; do
+            fd="${fd##*/}"
+            if ((fd > 2)); then eval "exec ${fd}>&-" 2>/dev/null || true; fi
+        done
+        exec setsid "$@" >>"$logfile" 2>&1 </dev/null
+    ) &
+    # shellcheck disable=SC2034 # read by the caller
+    SPAWNED_PID=$!
+}
+
 # ensure_docker: Docker engine installed and answering.
 ensure_docker() {
     if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1; then
@@ -85,7 +107,7 @@ ensure_docker() {
     require_root
     log "starting dockerd (log: /var/log/dockerd.log)"
     # Machines without an init system: start the daemon directly, detached from this shell.
-    setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+    spawn_daemon /var/log/dockerd.log dockerd
     wait_until 60 "dockerd to answer" docker info
 }
 

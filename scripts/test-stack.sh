@@ -30,7 +30,9 @@ Runs the end-to-end tests (all, or the named ones) against the local swarm.
 
 Tests: https_serves_frontend version_is_built_tag log_entry_is_listed dev_prod_isolated
        browser_shows_version_and_entry config_change_rolls_backend_only
-       noop_redeploy_restarts_nothing unhealthy_image_rolls_back
+       noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
+       wrong_db_password_rolls_back concurrent_deploys_take_turns prune_keeps_last_deploys
+       copy_step_touches_one_environment
 USAGE
 }
 
@@ -55,17 +57,58 @@ backend_config_name() {
         --format '{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}}{{end}}'
 }
 
-# deploy_prod [VAR=VALUE...]: deploy.sh --prod from the deploy directory, as up.sh runs it.
+PROD_DIR="$(env_deploy_dir prod)"
+
+# deploy_prod [VAR=VALUE...]: deploy.sh --prod from the prod deploy directory, as up.sh runs it.
 deploy_prod() {
     env "$@" REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
-        ROLLOUT_TIMEOUT=300 "${STACKSHIP_DEPLOY_DIR}/deploy.sh" --prod
+        "${PROD_DIR}/current/deploy.sh" --prod
 }
 
-# restore_prod: the prod deploy files of this checkout, deployed.
-restore_prod() {
-    "$(repo_root)/scripts/copy-manifests.sh" --prod --dest "$STACKSHIP_DEPLOY_DIR" \
-        --config-hasher "${CARGO_TARGET_DIR:-$(repo_root)/target}/release/config-hasher" \
-        && deploy_prod
+# copy_prod: the copy step for prod with this checkout's files and tools.
+copy_prod() {
+    "$(repo_root)/scripts/copy-manifests.sh" --prod --dest "$PROD_DIR" \
+        --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release"
+}
+
+# restore_prod [VAR=VALUE...]: the prod deploy files of this checkout, deployed.
+restore_prod() { copy_prod && deploy_prod "$@"; }
+
+# prod_config: the backend config file of the prod release in the deploy directory.
+prod_config() { printf '%s/current/deploy-manifests/prod/backend/config.toml\n' "$PROD_DIR"; }
+
+# set_prod_title TITLE: copy step, then a new title in the release's backend config.
+set_prod_title() {
+    copy_prod || fail "copy step failed"
+    sed -i "s/^title = .*/title = \"$1\"/" "$(prod_config)"
+    grep -qF "title = \"$1\"" "$(prod_config)" || fail "could not change the title in $(prod_config)"
+}
+
+# prod_version: the version prod's backend answers through the proxy.
+prod_version() { curl_env prod -f https://localhost/api/service/version | json version; }
+
+# push_variant SUFFIX DOCKERFILE_LINES: a backend image built FROM the current one, pushed as
+# <tag>-SUFFIX; prints that tag.
+push_variant() {
+    local suffix="$1" lines="$2" image dir
+    image="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend"
+    dir="$(mktemp -d)"
+    printf 'FROM %s:%s\n%s\n' "$image" "$TAG" "$lines" > "$dir/Dockerfile"
+    docker build -q -t "${image}:${TAG}-${suffix}" "$dir" >/dev/null 2>&1 || { rm -rf "$dir"; fail "building the ${suffix} image failed"; }
+    rm -rf "$dir"
+    docker push -q "${image}:${TAG}-${suffix}" >/dev/null || fail "pushing the ${suffix} image failed"
+    printf '%s-%s\n' "$TAG" "$suffix"
+}
+
+# assert_rolled_back_to_tag OUTPUT_FILE: the backend is back on TAG and serves it.
+assert_rolled_back_to_tag() {
+    local state
+    state="$(docker service inspect "${PROD_STACK}_backend" --format '{{.UpdateStatus.State}}')"
+    [[ "$state" == rollback_completed ]] || fail "backend update state is '${state}', expected rollback_completed"
+    [[ "$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')" == *"/backend:${TAG}@"* ]] \
+        || fail "backend spec is not back on ${TAG}"
+    [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)'"
+    grep -q "backend: FAILED" "$1" || fail "the deploy output has no 'backend: FAILED' summary line"
 }
 
 # traffic_during OUT CMD...: runs CMD while GETting /api/service/version through the proxy
@@ -228,15 +271,11 @@ test_browser_shows_version_and_entry() {
 
 test_config_change_rolls_backend_only() {
     mkdir -p "$ARTIFACTS"
-    local before_tasks after_tasks before_config after_config title config line svc
+    local before_tasks after_tasks before_config after_config title line svc
     before_tasks="$(all_running_tasks "$PROD_STACK")"
     before_config="$(backend_config_name)"
     title="stackship e2e $(date -u +%H%M%S)"
-    "$(repo_root)/scripts/copy-manifests.sh" --prod --dest "$STACKSHIP_DEPLOY_DIR" \
-        --config-hasher "${CARGO_TARGET_DIR:-$(repo_root)/target}/release/config-hasher" || fail "copy step failed"
-    config="${STACKSHIP_DEPLOY_DIR}/deploy-manifests/prod/backend/config.toml"
-    sed -i "s/^title = .*/title = \"${title}\"/" "$config"
-    grep -qF "title = \"${title}\"" "$config" || fail "could not change the title in ${config}"
+    set_prod_title "$title"
     traffic_during "${ARTIFACTS}/rollout-traffic.txt" deploy_prod \
         || fail "deploy.sh --prod failed after the config change"
     after_config="$(backend_config_name)"
@@ -271,23 +310,104 @@ test_noop_redeploy_restarts_nothing() {
 }
 
 test_unhealthy_image_rolls_back() {
-    local bad="${TAG}-unhealthy" image state version rc=0 dir
-    image="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend"
-    dir="$(mktemp -d)"
+    local bad out rc=0 started
+    out="$(mktemp)"
     # The real binary, but the server never starts: the healthcheck can never pass.
-    printf 'FROM %s:%s\nCMD ["/bin/sh", "-c", "trap \\"exit 0\\" TERM; while :; do sleep 1; done"]\n' \
-        "$image" "$TAG" > "$dir/Dockerfile"
-    docker build -q -t "${image}:${bad}" "$dir" >/dev/null 2>&1 || fail "building the unhealthy image failed"
-    rm -rf "$dir"
-    docker push -q "${image}:${bad}" >/dev/null || fail "pushing the unhealthy image failed"
-    deploy_prod BACKEND_TAG="$bad" || rc=$?
+    bad="$(push_variant unhealthy 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM; while :; do sleep 1; done"]')"
+    started=$SECONDS
+    deploy_prod BACKEND_TAG="$bad" > "$out" 2>&1 || rc=$?
+    log "deploy of an unhealthy image: exit ${rc} after $((SECONDS - started))s"
     ((rc != 0)) || fail "deploy.sh exited 0 with a backend that never turns healthy"
-    state="$(docker service inspect "${PROD_STACK}_backend" --format '{{.UpdateStatus.State}}')"
-    [[ "$state" == rollback_completed ]] || fail "backend update state is '${state}', expected rollback_completed"
-    [[ "$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')" == "${image}:${TAG}"* ]] \
-        || fail "backend spec is not back on ${TAG}"
-    version="$(curl_env prod -f https://localhost/api/service/version | json version)"
-    [[ "$version" == "$TAG" ]] || fail "after the rollback the version is '${version}'"
+    assert_rolled_back_to_tag "$out"
+    grep -q "rolled back" "$out" || fail "the deploy output does not say the backend was rolled back"
+    rm -f "$out"
+}
+
+test_crash_at_start_rolls_back() {
+    local bad out rc=0
+    out="$(mktemp)"
+    bad="$(push_variant crash 'CMD ["/bin/sh", "-c", "echo fatal: cannot start >&2; exit 1"]')"
+    deploy_prod BACKEND_TAG="$bad" > "$out" 2>&1 || rc=$?
+    ((rc != 0)) || fail "deploy.sh exited 0 with a backend that exits 1 at start"
+    assert_rolled_back_to_tag "$out"
+    grep -q "non-zero exit (1)" "$out" || fail "the task error (non-zero exit (1)) is not in the deploy output"
+    grep -q "fatal: cannot start" "$out" || fail "the failed task's log line is not in the deploy output"
+    rm -f "$out"
+}
+
+test_wrong_db_password_rolls_back() {
+    local out rc=0
+    out="$(mktemp)"
+    copy_prod || fail "copy step failed"
+    # The release's config names a password the database refuses.
+    sed -i 's#^password_file = .*#password = "not-the-database-password"#' "$(prod_config)"
+    grep -q '^password = "not-the-database-password"' "$(prod_config)" || fail "could not set a wrong password"
+    deploy_prod > "$out" 2>&1 || rc=$?
+    ((rc != 0)) || fail "deploy.sh exited 0 with a backend that cannot log in to its database"
+    assert_rolled_back_to_tag "$out"
+    grep -q "password authentication failed" "$out" || fail "the deploy output does not say why (password authentication failed)"
+    if grep -q "not-the-database-password" "$out"; then fail "the password appears in the deploy output"; fi
+    rm -f "$out"
+    restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
+}
+
+test_concurrent_deploys_take_turns() {
+    local a b rc_a=0 rc_b=0 pid_a pid_b
+    a="$(mktemp)" b="$(mktemp)"
+    copy_prod || fail "copy step failed"
+    deploy_prod > "$a" 2>&1 &
+    pid_a=$!
+    deploy_prod > "$b" 2>&1 &
+    pid_b=$!
+    wait "$pid_a" || rc_a=$?
+    wait "$pid_b" || rc_b=$?
+    ((rc_a == 0 && rc_b == 0)) || fail "concurrent deploys: exit ${rc_a} and ${rc_b}: $(tail -n 5 "$a" "$b")"
+    cat "$a" "$b" | grep -q "another prod deploy holds" || fail "neither deploy waited for the other's lock"
+    [[ "$(grep -c "holding the prod deploy lock" "$a" "$b" | awk -F: '{s+=$2} END {print s}')" == 2 ]] \
+        || fail "both deploys should have held the lock in turn"
+    rm -f "$a" "$b"
+}
+
+# config_of_title TITLE: the prod backend config whose content has that title, if it still exists.
+backend_config_with_title() {
+    local name
+    for name in $(docker config ls --filter "label=com.docker.stack.namespace=${PROD_STACK}" --format '{{.Name}}'); do
+        [[ "$name" == *backend* ]] || continue
+        if docker config inspect "$name" --format '{{printf "%s" .Spec.Data}}' | grep -qF "title = \"$1\""; then
+            printf '%s\n' "$name"
+        fi
+    done
+}
+
+test_prune_keeps_last_deploys() {
+    local stamp t configs=() i
+    stamp="$(date -u +%H%M%S)"
+    for i in 1 2 3; do
+        t="prune ${stamp} ${i}"
+        set_prod_title "$t"
+        deploy_prod PRUNE_KEEP=3 >/dev/null 2>&1 || fail "deploy ${i} failed"
+        configs+=("$(backend_config_with_title "$t")")
+        [[ -n "${configs[-1]}" ]] || fail "no backend config with title '${t}'"
+    done
+    # Deploy 1 is neither the current nor the previous spec: only the last-3 rule keeps it.
+    [[ -n "$(backend_config_with_title "prune ${stamp} 1")" ]] || fail "deploy 1's config was pruned although it is among the last 3 deploys"
+    restore_prod PRUNE_KEEP=2 >/dev/null 2>&1 || fail "restoring prod failed"
+    [[ -z "$(backend_config_with_title "prune ${stamp} 1")" ]] || fail "deploy 1's config was kept beyond the last 2 deploys"
+    [[ -z "$(backend_config_with_title "prune ${stamp} 2")" ]] || fail "deploy 2's config was kept beyond the last 2 deploys"
+    [[ -n "$(backend_config_with_title "prune ${stamp} 3")" ]] || fail "deploy 3's config (previous spec) was pruned"
+    [[ "$(curl_env prod -f https://localhost/api/service/info | json title)" == stackship ]] || fail "title not restored"
+}
+
+test_copy_step_touches_one_environment() {
+    local dev_dir before after
+    dev_dir="$(env_deploy_dir dev)"
+    before="$(find "$dev_dir" -printf '%p %T@\n' | sort)"
+    copy_prod || fail "copy step failed"
+    after="$(find "$dev_dir" -printf '%p %T@\n' | sort)"
+    [[ "$before" == "$after" ]] || fail "the prod copy step changed files of dev"
+    [[ -x "${PROD_DIR}/current/rollout-watcher" && -x "${PROD_DIR}/current/config-hasher" ]] || fail "tools missing from the prod release"
+    [[ -f "${PROD_DIR}/deploy.env" ]] || fail "the copy step removed prod's deploy.env"
+    [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.incoming.*')" ]] || fail "a staging directory was left behind"
 }
 
 # run_test NAME: runs test_NAME, prints PASS/FAIL with its duration.
@@ -314,7 +434,9 @@ run_test() {
 
 ALL_TESTS=(https_serves_frontend version_is_built_tag log_entry_is_listed dev_prod_isolated
     browser_shows_version_and_entry config_change_rolls_backend_only
-    noop_redeploy_restarts_nothing unhealthy_image_rolls_back)
+    noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
+    wrong_db_password_rolls_back concurrent_deploys_take_turns prune_keeps_last_deploys
+    copy_step_touches_one_environment)
 
 main() {
     local up=1 tests=() name started=$SECONDS

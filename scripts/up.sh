@@ -19,7 +19,7 @@ Brings up the stack on this machine (root, Debian) and prints its URLs.
   --all    both, side by side
 
 Honours CARGO_TARGET_DIR (default: target/ in the repository).
-State lives under /data/stackship (registry, secrets, deploy directory, database data).
+State lives under /data/stackship (registry, secrets, deploy directories, database data).
 USAGE
 }
 
@@ -65,8 +65,8 @@ CONFIG
         401) ;;
         000)
             log "starting the local registry on ${STACKSHIP_REGISTRY_ADDR} (log: ${dir}/registry.log)"
-            setsid docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 < /dev/null &
-            echo "$!" > "$dir/registry.pid"
+            spawn_daemon "$dir/registry.log" docker-registry serve "$dir/config.yml"
+            echo "$SPAWNED_PID" > "$dir/registry.pid"
             wait_until 30 "the registry to answer" registry_up
             ;;
         *) die "${STACKSHIP_REGISTRY_ADDR} answers HTTP ${status} without auth: another registry holds the port" ;;
@@ -112,8 +112,9 @@ build_and_push() {
     local root
     root="$(repo_root)"
     TAG="$("$root/scripts/image-tag.sh")"
-    log "building config-hasher"
-    (cd "$root" && cargo build --release --locked -p config-hasher) >&2 || die "cargo build of config-hasher failed"
+    log "building the deploy tools (config-hasher, rollout-watcher)"
+    (cd "$root" && cargo build --release --locked -p config-hasher -p rollout-watcher) >&2 \
+        || die "cargo build of the deploy tools failed"
     log "building service images with tag ${TAG}"
     REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$root/scripts/build-images.sh" --tag "$TAG" --push \
         --base-image "$BASE_IMAGE" --nginx-image "$NGINX_IMAGE" >/dev/null
@@ -169,12 +170,13 @@ check_ports() {
 
 # deploy_env ENV: the copy step, local settings for deploy.sh, then deploy.sh itself.
 deploy_env() {
-    local env="$1" root
+    local env="$1" root dir
     root="$(repo_root)"
+    dir="$(env_deploy_dir "$env")"
     check_ports "$env"
     ensure_secrets "$env"
-    "$root/scripts/copy-manifests.sh" "--$env" --dest "$STACKSHIP_DEPLOY_DIR"
-    cat > "$STACKSHIP_DEPLOY_DIR/deploy.env" <<ENVFILE
+    "$root/scripts/copy-manifests.sh" "--$env" --dest "$dir"
+    cat > "$dir/deploy.env" <<ENVFILE
 # Written by scripts/up.sh: the local registry and the images this machine uses.
 REGISTRY=${STACKSHIP_REGISTRY_ADDR}
 IMAGE_TAG=${TAG}
@@ -183,7 +185,7 @@ NGINX_IMAGE=${NGINX_IMAGE}
 ENVFILE
     log "deploy.sh --${env}"
     REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
-        "$STACKSHIP_DEPLOY_DIR/deploy.sh" "--$env" || die "deploy of ${env} failed"
+        "$dir/current/deploy.sh" "--$env" || die "deploy of ${env} failed"
 }
 
 # check_answers ENV: the proxy serves the frontend and the backend's version.

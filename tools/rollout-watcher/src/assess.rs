@@ -230,6 +230,20 @@ pub fn last_failure<'a>(tasks: &'a [Task], before_tasks: &BTreeSet<String>) -> O
     new_failures(tasks, before_tasks).into_iter().next()
 }
 
+/// The task that explains a failed rollout: the most recent failed task since the deploy, or
+/// else the most recent task the deploy started that Swarm has since stopped (a task that never
+/// turned healthy is stopped by Swarm and may exit 0 on SIGTERM, so it is not "failed").
+pub fn problem_task<'a>(tasks: &'a [Task], before_tasks: &BTreeSet<String>) -> Option<&'a Task> {
+    if let Some(task) = last_failure(tasks, before_tasks) {
+        return Some(task);
+    }
+    tasks
+        .iter()
+        .filter(|t| t.id.as_ref().is_some_and(|id| !before_tasks.contains(id)))
+        .filter(|t| t.desired_state != Some(TaskState::RUNNING))
+        .max_by_key(|t| t.created_at)
+}
+
 /// A task's error as Swarm reports it ("task: non-zero exit (1)", "No such image: ...").
 pub fn task_error(task: &Task) -> String {
     let status = task.status.as_ref();

@@ -260,7 +260,7 @@ pub fn watch(
         let detail = match &f.phase {
             Phase::Ok(w) | Phase::Failed(w) | Phase::Pending(w) => w.clone(),
         };
-        let last = assess::last_failure(&f.tasks, &snapshot.tasks);
+        let last = assess::problem_task(&f.tasks, &snapshot.tasks);
         let (task_error, log_tail) = match (failed, last) {
             (true, Some(task)) => (
                 Some(assess::task_error(task)),

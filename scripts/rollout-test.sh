@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# The rollout load test: a bounded load through the prod proxy (scripts/loadgen.py: version,
+# log list and log writes, keep-alive on and off) while each of seven rollouts happens, counting
+# every failed request; then the acknowledged rows are checked in the database, and a Postgres
+# restart is timed. Writes bench/results/rollout.txt, ending with key=value lines.
+#
+# Needs the local prod stack (scripts/up.sh). Leaves prod as this checkout deploys it.
+set -Eeuo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RATE="${RATE:-200}"
+MIN_REQUESTS="${MIN_REQUESTS:-10000}"
+PROD_STACK="$(stack_name prod)"
+PROD_DIR="$(env_deploy_dir prod)"
+WORK=""
+TAG=""
+RESULTS=()
+KV=()
+
+usage() {
+    cat <<USAGE
+Usage: scripts/rollout-test.sh [--help]
+
+Runs seven rollout cases against the local prod stack under load and writes
+bench/results/rollout.txt. Each case sends at least \$MIN_REQUESTS (${MIN_REQUESTS}) requests
+at \$RATE (${RATE}) req/s through https://localhost:
+  1 backend image update      2 backend config change     3 backend never healthy (rollback)
+  4 backend exits 1 at start  5 backend with a wrong DB password (rollback)
+  6 frontend image update     7 nginx-proxy config change (stop-first: the gap is measured)
+Then: every acknowledged POST is in the database, and a Postgres restart is timed.
+Takes about 15 minutes. Run scripts/up.sh first.
+USAGE
+}
+
+cleanup() {
+    [[ -z "$WORK" ]] || rm -rf "$WORK"
+}
+
+deploy_prod() {
+    env "$@" REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
+        "${PROD_DIR}/current/deploy.sh" --prod
+}
+
+copy_prod() {
+    "$(repo_root)/scripts/copy-manifests.sh" --prod --dest "$PROD_DIR" \
+        --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release" >/dev/null 2>&1
+}
+
+prod_file() { printf '%s/current/deploy-manifests/prod/%s\n' "$PROD_DIR" "$1"; }
+
+json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
+
+# variant IMAGE SUFFIX DOCKERFILE_LINES: IMAGE:TAG rebuilt with extra lines, pushed as TAG-SUFFIX.
+variant() {
+    local repo="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/$1" dir
+    dir="$(mktemp -d "$WORK/variant.XXXXXX")"
+    printf 'FROM %s:%s\n%s\n' "$repo" "$TAG" "$3" > "$dir/Dockerfile"
+    docker build -q -t "${repo}:${TAG}-$2" "$dir" >/dev/null || die "building ${repo}:${TAG}-$2 failed"
+    docker push -q "${repo}:${TAG}-$2" >/dev/null || die "pushing ${repo}:${TAG}-$2 failed"
+}
+
+# build_next_backend: the backend built again with version TAG-next (a real new version).
+build_next_backend() {
+    local base line
+    base="$("$(repo_root)/scripts/base-images.sh" | sed -n 's/^BASE_IMAGE=//p')"
+    [[ -n "$base" ]] || die "no base image"
+    REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$(repo_root)/scripts/build-images.sh" --tag "${TAG}-next" \
+        --push --base-image "$base" backend >/dev/null || die "building the backend ${TAG}-next failed"
+    line="$(docker run --rm --entrypoint /app/backend "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${TAG}-next" --version)"
+    [[ "$line" == *"${TAG}-next"* ]] || die "the next backend reports '${line}'"
+}
+
+# run_case N NAME EXPECT(ok|fail) SERVICE CMD...: CMD under load; records the figures.
+run_case() {
+    local n="$1" name="$2" expect="$3" service="$4" rc=0 started took report out stop
+    shift 4
+    report="$WORK/case${n}.json"
+    out="$WORK/case${n}.log"
+    stop="$WORK/case${n}.running"
+    : > "$stop"
+    log "case ${n}: ${name}"
+    python3 "$(repo_root)/scripts/loadgen.py" --url https://localhost \
+        --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" --rate "$RATE" \
+        --min-requests "$MIN_REQUESTS" --max-seconds 900 --stop-file "$stop" \
+        --run "case${n}-$$" --out "$report" > "$WORK/case${n}.load" 2>&1 &
+    local load_pid=$!
+    sleep 2
+    started=$SECONDS
+    "$@" > "$out" 2>&1 || rc=$?
+    took=$((SECONDS - started))
+    rm -f "$stop"
+    wait "$load_pid" || die "the load generator failed in case ${n}: $(cat "$WORK/case${n}.load")"
+    local requests failed versions floor duration ratio="" result
+    requests="$(json_get "$report" 'd["requests"]')"
+    failed="$(json_get "$report" 'd["failed"]')"
+    versions="$(json_get "$report" '" -> ".join("%s@%ss" % (x["version"], x["at"]) for x in d["versions_over_time"])')"
+    if [[ "$expect" == ok ]]; then
+        ((rc == 0)) && result="deploy ok" || result="DEPLOY FAILED (exit ${rc}, expected success)"
+    else
+        ((rc != 0)) && result="deploy failed as expected after ${took}s" || result="DEPLOY SUCCEEDED (expected a failure)"
+    fi
+    floor="$(json_get "$PROD_DIR/last-rollout.json" "next((s['floor_seconds'] or 0) for s in d['services'] if s['service'] == '${service}')" 2>/dev/null || echo 0)"
+    duration="$(json_get "$PROD_DIR/last-rollout.json" "next(s['seconds'] for s in d['services'] if s['service'] == '${service}')" 2>/dev/null || echo 0)"
+    if [[ "$expect" == ok ]] && python3 -c "import sys; sys.exit(0 if float('${floor}') > 0 else 1)"; then
+        ratio="$(python3 -c "print(round(${duration} / ${floor}, 2))")"
+    fi
+    RESULTS+=("case ${n} ${name}: ${requests} requests, ${failed} failed $(json_get "$report" 'd["failed_by_kind"]'); ${result}; ${service} settled in ${duration}s${ratio:+, floor ${floor}s, ratio ${ratio}}; versions ${versions}")
+    KV+=("case${n}_requests=${requests}" "case${n}_failed=${failed}")
+    CASE_TOOK=$took CASE_RATIO="$ratio" CASE_REPORT="$report"
+    log "case ${n}: ${RESULTS[-1]}"
+    if [[ "$expect" == fail ]]; then
+        ((rc != 0)) || die "case ${n}: the deploy did not fail: $(tail -n 20 "$out")"
+        [[ "$(curl_env prod -f https://localhost/api/service/info | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" != *-unhealthy* ]] || die "a bad version answers"
+    else
+        ((rc == 0)) || die "case ${n}: the deploy failed: $(tail -n 30 "$out")"
+    fi
+}
+
+# check_rows: every acknowledged row of every case is in the database with its message.
+check_rows() {
+    local pg lost
+    pg="$(docker ps -q --filter "label=com.docker.swarm.service.name=${PROD_STACK}_postgres" --filter status=running | head -n 1)"
+    [[ -n "$pg" ]] || die "no running postgres container"
+    docker exec "$pg" psql -U backend -d backend -AtF $'\t' -c \
+        "SELECT id, message FROM log_entries WHERE message LIKE 'load case%-$$ w%'" > "$WORK/rows.tsv"
+    lost="$(python3 - "$WORK" <<'PY'
+import glob, json, sys
+work = sys.argv[1]
+stored = {}
+for line in open(work + "/rows.tsv"):
+    i, m = line.rstrip("\n").split("\t", 1)
+    stored[int(i)] = m
+acked = [r for f in sorted(glob.glob(work + "/case*.json")) for r in json.load(open(f))["acked_rows"]]
+lost = [r for r in acked if stored.get(r[0]) != r[1]]
+print(len(lost), len(acked))
+PY
+)"
+    ROWS_LOST="${lost%% *}"
+    ROWS_ACKED="${lost##* }"
+    log "acknowledged rows: ${ROWS_ACKED}, lost: ${ROWS_LOST}"
+}
+
+# postgres_restart: /ready turns 503 while Postgres is down and 200 within 10 s after it is up.
+postgres_restart() {
+    local pg t0 saw_503="" up_at="" ready_at="" status
+    pg="$(docker ps -q --filter "label=com.docker.swarm.service.name=${PROD_STACK}_postgres" --filter status=running | head -n 1)"
+    log "restarting postgres (docker restart ${pg:0:12})"
+    t0=$SECONDS
+    docker restart -t 30 "$pg" >/dev/null &
+    local restart_pid=$!
+    while ((SECONDS - t0 < 120)); do
+        status="$(curl_env prod -o /dev/null -w '%{http_code}' https://localhost/api/service/ready 2>/dev/null || true)"
+        [[ "$status" != 503 ]] || saw_503=1
+        if [[ -z "$up_at" ]] && docker exec "$pg" pg_isready -q -h 127.0.0.1 -U backend >/dev/null 2>&1 && [[ -n "$saw_503" ]]; then
+            up_at=$SECONDS
+        fi
+        if [[ -n "$up_at" && "$status" == 200 ]]; then
+            ready_at=$SECONDS
+            break
+        fi
+        sleep 0.5
+    done
+    wait "$restart_pid" || true
+    PG_SAW_503="${saw_503:-0}"
+    PG_READY_AFTER="$([[ -n "$ready_at" ]] && echo $((ready_at - up_at)) || echo never)"
+    log "postgres restart: ready 503 while down: ${PG_SAW_503}; ready again ${PG_READY_AFTER}s after postgres answered"
+}
+
+main() {
+    [[ "${1:-}" == -h || "${1:-}" == --help ]] && { usage; return 0; }
+    [[ $# -eq 0 ]] || { usage >&2; die "unknown argument '$1'"; }
+    require_root
+    need python3
+    need docker
+    docker service inspect "${PROD_STACK}_backend" >/dev/null 2>&1 || die "no prod stack: run scripts/up.sh first"
+    WORK="$(mktemp -d)"
+    trap cleanup EXIT
+    TAG="$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' | sed -e 's/@sha256:.*//' -e 's/.*://')"
+    log "prod runs ${TAG}; preparing images"
+    copy_prod
+    deploy_prod LOCK_WAIT=900 >/dev/null 2>&1 || die "prod does not deploy cleanly before the test"
+    build_next_backend
+    variant backend unhealthy 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM; while :; do sleep 1; done"]'
+    variant backend crash 'CMD ["/bin/sh", "-c", "echo fatal: cannot start >&2; exit 1"]'
+    variant frontend next 'LABEL stackship.rollout-test=next'
+
+    run_case 1 "backend image update" ok backend deploy_prod BACKEND_TAG="${TAG}-next"
+    sed -i 's/^title = .*/title = "rollout test"/' "$(prod_file backend/config.toml)"
+    run_case 2 "backend config change" ok backend deploy_prod BACKEND_TAG="${TAG}-next"
+    local ratio2="$CASE_RATIO"
+    local ratio1
+    ratio1="$(grep -o 'ratio [0-9.]*' <<<"${RESULTS[0]}" | cut -d' ' -f2)"
+    run_case 3 "backend never healthy" fail backend deploy_prod BACKEND_TAG="${TAG}-unhealthy"
+    local bad_image_fail_s=$CASE_TOOK
+    run_case 4 "backend exits 1 at start" fail backend deploy_prod BACKEND_TAG="${TAG}-crash"
+    local crash_fail_s=$CASE_TOOK
+    cp "$(prod_file backend/config.toml)" "$WORK/config.toml.good"
+    sed -i 's#^password_file = .*#password = "not-the-database-password"#' "$(prod_file backend/config.toml)"
+    run_case 5 "backend with a wrong DB password" fail backend deploy_prod BACKEND_TAG="${TAG}-next"
+    local wrong_pw_fail_s=$CASE_TOOK
+    cp "$WORK/config.toml.good" "$(prod_file backend/config.toml)"
+    run_case 6 "frontend image update" ok frontend deploy_prod BACKEND_TAG="${TAG}-next" FRONTEND_TAG="${TAG}-next"
+    printf '\n# rollout test %s\n' "$$" >> "$(prod_file nginx-proxy/default.conf)"
+    run_case 7 "nginx-proxy config change (stop-first)" ok nginx-proxy deploy_prod BACKEND_TAG="${TAG}-next" FRONTEND_TAG="${TAG}-next"
+    local gap_ms
+    gap_ms="$(json_get "$CASE_REPORT" 'int(((d["last_failure_at"] or 0) - (d["first_failure_at"] or 0)) * 1000) if d["failed"] else 0')"
+    KV+=("case7_gap_ms=${gap_ms}")
+
+    check_rows
+    postgres_restart
+    log "restoring prod to ${TAG} and this checkout's configs"
+    copy_prod
+    deploy_prod LOCK_WAIT=900 >/dev/null 2>&1 || die "restoring prod failed"
+
+    local worst
+    worst="$(printf '%s\n' "$ratio1" "$ratio2" | sort -g | tail -n 1)"
+    local out
+    out="$(repo_root)/bench/results/rollout.txt"
+    mkdir -p "$(dirname "$out")"
+    {
+        printf '# Rollout load test, %s, %s (%s cores), prod stack on one node\n' "$(date -u +%Y-%m-%d)" "$(uname -n)" "$(nproc)"
+        printf '# load: %s req/s through https://localhost, >= %s requests per case, mix 40%% GET version, 30%% GET logs, 30%% POST log; half keep-alive\n' "$RATE" "$MIN_REQUESTS"
+        printf '%s\n' "${RESULTS[@]}"
+        printf 'bad releases reported failed after: never healthy %ss, exit 1 at start %ss, wrong DB password %ss (target: healthcheck window 22 s + 30 s = 52 s)\n' \
+            "$bad_image_fail_s" "$crash_fail_s" "$wrong_pw_fail_s"
+        printf 'case 7 gap: %s ms with failures (host-mode ports force stop-first: the old proxy stops before the new one binds)\n' "$gap_ms"
+        printf 'acknowledged rows: %s, lost: %s\n' "$ROWS_ACKED" "$ROWS_LOST"
+        printf 'postgres restart: /ready 503 while down: %s; ready again %ss after postgres answered (target <= 10 s)\n' "$PG_SAW_503" "$PG_READY_AFTER"
+        printf '%s\n' "${KV[@]}"
+        printf 'rollout_over_floor=%s\n' "$worst"
+        printf 'bad_image_fail_s=%s\n' "$bad_image_fail_s"
+        printf 'rows_lost=%s\n' "$ROWS_LOST"
+        printf 'pg_restart_ready_s=%s\n' "$PG_READY_AFTER"
+    } > "$out"
+    cat "$out"
+}
+
+main "$@"
