@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# Tests of the GitLab pipeline without a GitLab:
+#   1. .gitlab-ci.yml against GitLab's CI schema (check-jsonschema --builtin-schema vendor.gitlab-ci)
+#      and listed without errors by gitlab-ci-local;
+#   2. the label matrix: for each MR label set / push / tag, which jobs exist and whether they
+#      are manual or automatic, asserted through `gitlab-ci-local --list-csv`;
+#   3. the CI job scripts (scripts/ci/) against a local HTTP server standing in for the GitLab
+#      API and a stub docker: MR notes (method, path, token header, body), the token never in a
+#      job log, a failing note never hides a failed build, a missing token skips with a warning;
+#   4. the image pins (scripts/pin-image.sh, deploy.sh --print-images).
+# Prints one PASS/FAIL line per check and "N passed, M failed"; exits 1 when any failed.
+# Installs its tools into a cache outside the repository (gitlab-ci-local from npm,
+# check-jsonschema from PyPI into a venv).
+set -Eeuo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# gitlab-ci-local 4.7x needs Node 22; 4.64.1 runs on Node 20 and validates against the schema.
+GCL_VERSION="4.64.1"
+CHECK_JSONSCHEMA_VERSION="0.39.0"
+CACHE_DIR="${STACKSHIP_CACHE:-${STACKSHIP_DATA}/cache}"
+
+usage() {
+    cat <<USAGE
+Usage: scripts/test-pipeline.sh [--only SECTION] [--help]
+
+Tests .gitlab-ci.yml and the CI job scripts without a GitLab (sections: schema, matrix, note,
+pins; default all). Tools are installed into ${CACHE_DIR} (override with STACKSHIP_CACHE).
+Prints PASS/FAIL per check and "N passed, M failed"; exit status 1 when any check failed.
+USAGE
+}
+
+PASSED=0
+FAILED=0
+WORK=""
+ROOT="$(repo_root)"
+
+pass() { PASSED=$((PASSED + 1)); printf 'PASS %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$*"; }
+
+# check NAME CMD...: PASS when CMD succeeds.
+check() {
+    local name="$1"
+    shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# expect_eq NAME WANT GOT
+expect_eq() {
+    if [[ "$2" == "$3" ]]; then
+        pass "$1"
+    else
+        fail "$1"
+        printf '  want: %s\n  got:  %s\n' "$2" "$3"
+    fi
+}
+
+# expect_contains NAME NEEDLE HAYSTACK_FILE
+expect_contains() {
+    if grep -qF -- "$2" "$3"; then
+        pass "$1"
+    else
+        fail "$1"
+        printf '  %s does not contain: %s\n' "$3" "$2"
+    fi
+}
+
+# expect_absent NAME NEEDLE FILE
+expect_absent() {
+    if grep -qF -- "$2" "$3"; then
+        fail "$1"
+        printf '  %s contains what it must not\n' "$3"
+    else
+        pass "$1"
+    fi
+}
+
+GCL=""
+VENV=""
+
+ensure_tools() {
+    need node "Node 20 (Debian nodejs or nodesource)"
+    need npm
+    need git
+    need_cmd python3 python3
+    need_cmd jq jq
+    need_cmd curl curl
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    mkdir -p "$CACHE_DIR"
+    GCL="$CACHE_DIR/gitlab-ci-local/node_modules/.bin/gitlab-ci-local"
+    if [[ ! -x "$GCL" || "$("$GCL" --version 2>/dev/null)" != "$GCL_VERSION" ]]; then
+        log "npm install gitlab-ci-local@${GCL_VERSION} into ${CACHE_DIR}/gitlab-ci-local"
+        npm install --prefix "$CACHE_DIR/gitlab-ci-local" --no-audit --no-fund --loglevel=error \
+            "gitlab-ci-local@${GCL_VERSION}" >&2 || die "npm install gitlab-ci-local@${GCL_VERSION} failed"
+    fi
+    VENV="$CACHE_DIR/venv"
+    if [[ "$("$VENV/bin/check-jsonschema" --version 2>/dev/null)" != *" ${CHECK_JSONSCHEMA_VERSION}" ]]; then
+        log "pip install check-jsonschema==${CHECK_JSONSCHEMA_VERSION} into ${VENV}"
+        python3 -m venv "$VENV" || die "python3 -m venv ${VENV} failed"
+        "$VENV/bin/pip" install -q "check-jsonschema==${CHECK_JSONSCHEMA_VERSION}" >&2 \
+            || die "pip install check-jsonschema failed"
+    fi
+}
+
+# A throwaway git repository holding the pipeline file, with an origin remote as
+# gitlab-ci-local expects: its state directory never lands in the working tree.
+make_gcl_repo() {
+    GCL_REPO="$WORK/gcl-repo"
+    mkdir -p "$GCL_REPO"
+    cp "$ROOT/.gitlab-ci.yml" "$GCL_REPO/"
+    git -C "$GCL_REPO" init -q -b main
+    git -C "$GCL_REPO" add .gitlab-ci.yml
+    git -C "$GCL_REPO" -c user.name=test -c user.email=test@localhost commit -q -m pipeline
+    git -C "$GCL_REPO" remote add origin https://gitlab.invalid/group/stackship.git
+    # The workflow rules as one job's rules: gitlab-ci-local 4.64 does not evaluate `workflow:`,
+    # and a job's rules decide the same way (a matching rule without `when` runs it, `when:
+    # never` or no match drops it). The probe job exists exactly when GitLab makes a pipeline.
+    mkdir -p "$GCL_REPO/probe"
+    "$VENV/bin/python" - "$ROOT/.gitlab-ci.yml" "$GCL_REPO/probe/.gitlab-ci.yml" <<'PY'
+import json, sys
+from ruamel.yaml import YAML
+doc = YAML(typ="safe").load(open(sys.argv[1]))
+rules = doc["workflow"]["rules"]
+json.dump({"workflow-probe": {"script": ["true"], "rules": rules}}, open(sys.argv[2], "w"))
+PY
+}
+
+# gcl_list DIR VAR=VALUE...: "job=manual|auto" lines of the jobs gitlab-ci-local lists.
+gcl_list() {
+    local dir="$1" kv args=() names=()
+    shift
+    for kv in "$@"; do
+        args+=(--variable "$kv")
+        names+=("${kv%%=*}")
+    done
+    local IFS=,
+    (cd "$dir" && GCL_IGNORE_PREDEFINED_VARS="${names[*]}" "$GCL" --list-csv "${args[@]}") 2>"$WORK/gcl.err" \
+        | awk -F';' 'NR > 1 { print $1 "=" ($4 == "manual" ? "manual" : "auto") }'
+}
+
+# pipeline_jobs VAR=VALUE...: the jobs of the pipeline GitLab would create, one line each,
+# sorted; nothing when the workflow rules create no pipeline.
+pipeline_jobs() {
+    local probe
+    probe="$(gcl_list "$GCL_REPO/probe" "$@")" || return 1
+    [[ "$probe" == "workflow-probe=auto" ]] || return 0
+    gcl_list "$GCL_REPO" "$@" | sort
+}
+
+section_schema() {
+    check "schema: .gitlab-ci.yml passes GitLab's CI JSON schema (check-jsonschema vendor.gitlab-ci)" \
+        "$VENV/bin/check-jsonschema" --builtin-schema vendor.gitlab-ci "$ROOT/.gitlab-ci.yml"
+    local out rc=0
+    out="$(cd "$GCL_REPO" && GCL_IGNORE_PREDEFINED_VARS=CI_PIPELINE_SOURCE "$GCL" --list-csv \
+        --variable CI_PIPELINE_SOURCE=push 2>&1)" || rc=$?
+    if [[ "$rc" -eq 0 && "$out" == *"name;description;stage;when"* && "$out" != *rror* ]]; then
+        pass "schema: gitlab-ci-local ${GCL_VERSION} lists the pipeline without errors"
+    else
+        fail "schema: gitlab-ci-local lists the pipeline without errors (exit ${rc})"
+        printf '%s\n' "$out" | sed 's/^/  /'
+    fi
+    # A broken file must fail the same checks (the checks can fail).
+    printf 'build-lint-test:\n  stage: build\n  script: true\n  when: sometimes\n' > "$WORK/broken.yml"
+    if "$VENV/bin/check-jsonschema" --builtin-schema vendor.gitlab-ci "$WORK/broken.yml" >/dev/null 2>&1; then
+        fail "schema: a job with 'when: sometimes' is rejected"
+    else
+        pass "schema: a job with 'when: sometimes' is rejected"
+    fi
+    local name
+    for name in build-lint-test image-backend image-frontend dev-deploy prod-deploy; do
+        check "schema: job ${name} is defined" grep -q "^${name}:" "$ROOT/.gitlab-ci.yml"
+    done
+}
+
+# mr CASE LABELS EXPECTED...: an MR pipeline with these labels has exactly these jobs.
+mr() {
+    local name="$1" labels="$2" got want
+    shift 2
+    want="$(printf '%s\n' "$@" | sort)"
+    got="$(pipeline_jobs CI_PIPELINE_SOURCE=merge_request_event CI_COMMIT_BRANCH= \
+        CI_MERGE_REQUEST_IID=7 "CI_MERGE_REQUEST_LABELS=${labels}")" || got="gitlab-ci-local failed: $(cat "$WORK/gcl.err")"
+    expect_eq "matrix: MR with labels '${labels}' (${name})" "${want//$'\n'/ }" "${got//$'\n'/ }"
+}
+
+# push CASE EXPECTED_OR_EMPTY VAR=VALUE...: a push pipeline's jobs.
+push() {
+    local name="$1" want="$2" got
+    shift 2
+    got="$(pipeline_jobs "$@")" || got="gitlab-ci-local failed: $(cat "$WORK/gcl.err")"
+    want="$(tr ' ' '\n' <<<"$want" | sed '/^$/d' | sort)"
+    expect_eq "matrix: ${name}" "${want//$'\n'/ }" "${got//$'\n'/ }"
+}
+
+section_matrix() {
+    local all_manual=(build-lint-test=manual image-backend=manual image-frontend=manual
+        dev-deploy=manual prod-deploy=manual)
+    mr "nothing automatic" "" "${all_manual[@]}"
+    mr "tests only" "tests" build-lint-test=auto image-backend=manual image-frontend=manual \
+        dev-deploy=manual prod-deploy=manual
+    mr "one image" "build-backend" build-lint-test=auto image-backend=auto image-frontend=manual \
+        dev-deploy=manual prod-deploy=manual
+    mr "two images" "build-backend,build-frontend" build-lint-test=auto image-backend=auto \
+        image-frontend=auto dev-deploy=manual prod-deploy=manual
+    mr "frontend only" "build-frontend" build-lint-test=auto image-backend=manual \
+        image-frontend=auto dev-deploy=manual prod-deploy=manual
+    mr "lookalike labels build nothing" "rebuild-backend-old,build-backends,xbuild-frontend" \
+        "${all_manual[@]}"
+    mr "lookalike deploy labels" "prod-deploy-later,dev-deployment" "${all_manual[@]}"
+    mr "labels with other labels around" "bug,build-frontend,tests,docs" build-lint-test=auto \
+        image-backend=manual image-frontend=auto dev-deploy=manual prod-deploy=manual
+    mr "prod deploy" "prod-deploy" build-lint-test=auto image-backend=manual \
+        image-frontend=manual dev-deploy=manual prod-deploy=auto
+    mr "dev deploy" "dev-deploy" build-lint-test=auto image-backend=manual \
+        image-frontend=manual dev-deploy=auto prod-deploy=manual
+    mr "build and deploy to dev" "build-backend,dev-deploy" build-lint-test=auto \
+        image-backend=auto image-frontend=manual dev-deploy=auto prod-deploy=manual
+    push "push to the default branch deploys prod, not dev" \
+        "build-lint-test=auto image-backend=manual image-frontend=manual prod-deploy=auto" \
+        CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main
+    push "feature-branch push without an MR: no pipeline" "" \
+        CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=feature/x CI_DEFAULT_BRANCH=main
+    push "feature-branch push with an open MR: no duplicate pipeline" "" \
+        CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=feature/x CI_DEFAULT_BRANCH=main \
+        'CI_OPEN_MERGE_REQUESTS=group/stackship!7'
+    push "tag pipeline builds and tests, deploys nothing" \
+        "build-lint-test=auto image-backend=manual image-frontend=manual" \
+        CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH= CI_COMMIT_TAG=v1.0.0 CI_DEFAULT_BRANCH=main
+    push "scheduled pipeline on the default branch does not deploy" \
+        "build-lint-test=auto image-backend=manual image-frontend=manual" \
+        CI_PIPELINE_SOURCE=schedule CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main
+    # Manual jobs never block an MR pipeline (allow_failure), automatic ones count.
+    local blocking
+    blocking="$(cd "$GCL_REPO" && GCL_IGNORE_PREDEFINED_VARS=CI_PIPELINE_SOURCE "$GCL" --list-csv \
+        --variable CI_PIPELINE_SOURCE=merge_request_event 2>/dev/null \
+        | awk -F';' 'NR > 1 && $4 == "manual" && $5 != "true" { print $1 }')"
+    expect_eq "matrix: manual MR jobs do not block the pipeline (allow_failure)" "" "$blocking"
+}
+
+main() {
+    local only=""
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --only) [[ $# -ge 2 ]] || die "--only needs a section"; only="$2"; shift ;;
+            -h | --help) usage; return 0 ;;
+            *) usage >&2; die "unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    case "$only" in
+        "" | schema | matrix | note | pins) ;;
+        *) die "unknown section '${only}' (schema, matrix, note, pins)" ;;
+    esac
+    ensure_tools
+    WORK="$(mktemp -d "${TMPDIR:-/tmp}/stackship-test-pipeline.XXXXXX")"
+    trap 'rm -rf "$WORK"' EXIT
+    make_gcl_repo
+    local section
+    for section in schema matrix note pins; do
+        [[ -z "$only" || "$only" == "$section" ]] || continue
+        if declare -F "section_${section}" >/dev/null; then
+            log "section ${section}"
+            "section_${section}"
+        fi
+    done
+    printf '%s passed, %s failed\n' "$PASSED" "$FAILED"
+    [[ "$FAILED" -eq 0 ]]
+}
+
+main "$@"
