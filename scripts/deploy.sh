@@ -170,6 +170,15 @@ check_prerequisites() {
 # environment directory: released when this process exits, however it exits.
 take_lock() {
     local lock="$ENV_DIR/deploy.lock" owner="$ENV_DIR/deploy.lock.owner" holder
+    # A caller that already holds the lock (e.g. a step that swapped in this release under it)
+    # passes its descriptor in STACKSHIP_DEPLOY_LOCK_FD: the lock is then ours already.
+    if [[ -n "${STACKSHIP_DEPLOY_LOCK_FD:-}" ]]; then
+        [[ "$STACKSHIP_DEPLOY_LOCK_FD" =~ ^[0-9]+$ && "$(readlink -f "/proc/$$/fd/${STACKSHIP_DEPLOY_LOCK_FD}" 2>/dev/null)" == "$(readlink -f "$lock")" ]] \
+            || die "STACKSHIP_DEPLOY_LOCK_FD=${STACKSHIP_DEPLOY_LOCK_FD} is not an open descriptor of ${lock}"
+        flock -n "$STACKSHIP_DEPLOY_LOCK_FD" || die "STACKSHIP_DEPLOY_LOCK_FD does not hold ${lock}"
+        log "holding the ${ENVIRONMENT} deploy lock (taken by the caller)"
+        return 0
+    fi
     exec 9>>"$lock" || die "cannot open the lock file ${lock}"
     if ! flock -n 9; then
         holder="$(cat "$owner" 2>/dev/null || true)"

@@ -345,7 +345,7 @@ test_wrong_db_password_rolls_back() {
     deploy_prod > "$out" 2>&1 || rc=$?
     ((rc != 0)) || fail "deploy.sh exited 0 with a backend that cannot log in to its database"
     assert_rolled_back_to_tag "$out"
-    grep -q "password authentication failed" "$out" || fail "the deploy output does not say why (password authentication failed)"
+    grep -q "password authentication failed" "$out" || fail "the deploy output does not say why (password authentication failed): $(grep -A12 -- "--- backend failed" "$out")"
     if grep -q "not-the-database-password" "$out"; then fail "the password appears in the deploy output"; fi
     rm -f "$out"
     restore_prod >/dev/null 2>&1 || fail "restoring prod failed"

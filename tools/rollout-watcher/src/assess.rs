@@ -231,17 +231,30 @@ pub fn last_failure<'a>(tasks: &'a [Task], before_tasks: &BTreeSet<String>) -> O
 }
 
 /// The task that explains a failed rollout: the most recent failed task since the deploy, or
-/// else the most recent task the deploy started that Swarm has since stopped (a task that never
-/// turned healthy is stopped by Swarm and may exit 0 on SIGTERM, so it is not "failed").
-pub fn problem_task<'a>(tasks: &'a [Task], before_tasks: &BTreeSet<String>) -> Option<&'a Task> {
+/// else the most recent task the deploy started that ran a container and that Swarm has since
+/// stopped, preferring one of the release that was rolled back (not on the service's current
+/// spec). A task that never turned healthy is stopped by Swarm and may exit 0 on SIGTERM, so
+/// it is not "failed"; a rollback may also create tasks that are stopped before they start.
+pub fn problem_task<'a>(
+    service: &Service,
+    tasks: &'a [Task],
+    before_tasks: &BTreeSet<String>,
+) -> Option<&'a Task> {
     if let Some(task) = last_failure(tasks, before_tasks) {
         return Some(task);
     }
+    let ran = |t: &Task| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.container_status.as_ref())
+            .and_then(|c| c.container_id.as_deref())
+            .is_some_and(|id| !id.is_empty())
+    };
     tasks
         .iter()
         .filter(|t| t.id.as_ref().is_some_and(|id| !before_tasks.contains(id)))
         .filter(|t| t.desired_state != Some(TaskState::RUNNING))
-        .max_by_key(|t| t.created_at)
+        .max_by_key(|t| (!on_current_spec(service, t), ran(t), t.created_at))
 }
 
 /// A task's error as Swarm reports it ("task: non-zero exit (1)", "No such image: ...").

@@ -178,6 +178,30 @@ pub fn task_log_tail(task_id: &str, lines: usize) -> String {
     }
 }
 
+/// The last healthcheck output of a container on this node (e.g. why `/health` said 503),
+/// or None when the container is not here or has no healthcheck.
+pub fn container_health_output(container_id: &str) -> Option<String> {
+    let text = docker(&[
+        "inspect",
+        "--type",
+        "container",
+        "--format",
+        "{{json .State.Health}}",
+        container_id,
+    ])
+    .ok()?;
+    let health: Value = serde_json::from_str(text.trim()).ok()?;
+    let last = health.get("Log")?.as_array()?.last()?;
+    let output = last.get("Output")?.as_str()?.trim();
+    (!output.is_empty()).then(|| {
+        format!(
+            "{} (exit {})",
+            output,
+            last.get("ExitCode").and_then(Value::as_i64).unwrap_or(-1)
+        )
+    })
+}
+
 /// A config or secret listed by `docker {config,secret} ls --format '{{json .}}'`.
 #[derive(Debug, Deserialize)]
 struct Listed {

@@ -95,6 +95,8 @@ pub struct ServiceResult {
     pub task_error: Option<String>,
     /// The last lines of that task's log.
     pub log_tail: Option<String>,
+    /// That task's last healthcheck output, when it never turned healthy.
+    pub health_output: Option<String>,
     /// Seconds from the start of the watch until the service settled.
     pub seconds: f64,
     /// For an update: what Swarm itself needs by the service's settings (each new task's
@@ -121,6 +123,55 @@ struct Followed {
     new_image: String,
     tasks: Vec<Task>,
     service: ServiceInspect,
+    /// Every distinct `UpdateStatus.Message` seen, in order (Swarm overwrites the telling
+    /// "rolled back due to failure of task X" with "rollback completed").
+    messages: Vec<String>,
+}
+
+/// What was seen of a new task while it was still starting: its containers are removed once
+/// Swarm stops them, so logs and healthcheck output are kept as the watch goes.
+#[derive(Default)]
+struct Seen {
+    log_tail: BTreeMap<String, String>,
+    health: BTreeMap<String, String>,
+    last_fetch: BTreeMap<String, Instant>,
+}
+
+impl Seen {
+    /// Fetches (at most every 3 s per task) the log tail and health output of new tasks that
+    /// are starting, i.e. have not passed their healthcheck yet.
+    fn remember(&mut self, tasks: &[Task], before: &BTreeSet<String>, lines: usize) {
+        for task in tasks {
+            let Some(id) = task.id.as_deref() else {
+                continue;
+            };
+            if before.contains(id) {
+                continue;
+            }
+            let status = task.status.as_ref();
+            if status.and_then(|s| s.state) != Some(TaskState::STARTING) {
+                continue;
+            }
+            if self
+                .last_fetch
+                .get(id)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
+            {
+                continue;
+            }
+            self.last_fetch.insert(id.to_owned(), Instant::now());
+            let tail = docker::task_log_tail(id, lines);
+            if !tail.trim().is_empty() && !tail.starts_with("(no logs") {
+                self.log_tail.insert(id.to_owned(), tail);
+            }
+            let container = status
+                .and_then(|s| s.container_status.as_ref())
+                .and_then(|c| c.container_id.as_deref());
+            if let Some(output) = container.and_then(docker::container_health_output) {
+                self.health.insert(id.to_owned(), output);
+            }
+        }
+    }
 }
 
 /// `repo/name:tag@sha256:...` shown as `name:tag`.
@@ -187,6 +238,7 @@ pub fn watch(
     let stack = snapshot.stack.as_str();
     let start = Instant::now();
     let mut followed: BTreeMap<String, Followed> = BTreeMap::new();
+    let mut seen = Seen::default();
     let mut deadline = options.timeout.unwrap_or(budget::MARGIN);
     loop {
         let elapsed = start.elapsed();
@@ -215,8 +267,20 @@ pub fn watch(
                     new_image: image_of(&service),
                     tasks: Vec::new(),
                     service: service.clone(),
+                    messages: Vec::new(),
                 }
             });
+            seen.remember(&tasks, &snapshot.tasks, options.log_lines);
+            if let Some(m) = service
+                .service
+                .update_status
+                .as_ref()
+                .and_then(|s| s.message.clone())
+                .filter(|m| !m.is_empty())
+                && entry.messages.last() != Some(&m)
+            {
+                entry.messages.push(m);
+            }
             if options.timeout.is_none() {
                 deadline = deadline.max(entry.budget);
             }
@@ -260,15 +324,23 @@ pub fn watch(
         let detail = match &f.phase {
             Phase::Ok(w) | Phase::Failed(w) | Phase::Pending(w) => w.clone(),
         };
-        let last = assess::problem_task(&f.tasks, &snapshot.tasks);
-        let (task_error, log_tail) = match (failed, last) {
-            (true, Some(task)) => (
-                Some(assess::task_error(task)),
-                task.id
-                    .as_deref()
-                    .map(|id| docker::task_log_tail(id, options.log_lines)),
-            ),
-            _ => (None, None),
+        let last = assess::problem_task(&f.service.service, &f.tasks, &snapshot.tasks);
+        let (task_error, log_tail, health_output) = match (failed, last) {
+            (true, Some(task)) => {
+                let id = task.id.as_deref().unwrap_or("");
+                let live = docker::task_log_tail(id, options.log_lines);
+                let tail = if live.trim().is_empty() || live.starts_with("(no logs") {
+                    seen.log_tail.get(id).cloned().or(Some(live))
+                } else {
+                    Some(live)
+                };
+                (
+                    Some(assess::task_error(task)),
+                    tail.filter(|t| !t.trim().is_empty()),
+                    seen.health.get(id).cloned(),
+                )
+            }
+            _ => (None, None, None),
         };
         let old_image = snapshot
             .services
@@ -284,15 +356,10 @@ pub fn watch(
             new_image: f.new_image.clone(),
             final_image: image_of(&f.service),
             counts: f.counts,
-            update_message: f
-                .service
-                .service
-                .update_status
-                .as_ref()
-                .and_then(|s| s.message.clone())
-                .filter(|m| failed && !m.is_empty()),
+            update_message: (failed && !f.messages.is_empty()).then(|| f.messages.join(" -> ")),
             task_error,
             log_tail,
+            health_output,
             seconds: f.settled_at.unwrap_or_default().as_secs_f64(),
             floor_seconds: if updated || f.detail_is_update() {
                 measured_floor(&f.service, &f.tasks, &snapshot.tasks)
@@ -346,6 +413,9 @@ pub fn summary(report: &Report) -> String {
         }
         if let Some(e) = &r.task_error {
             out.push_str(&format!("    task:  {e}\n"));
+        }
+        if let Some(h) = &r.health_output {
+            out.push_str(&format!("    last healthcheck: {h}\n"));
         }
         if let Some(l) = &r.log_tail {
             out.push_str("    last log lines:\n");
