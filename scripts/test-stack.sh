@@ -31,8 +31,8 @@ Runs the end-to-end tests (all, or the named ones) against the local swarm.
 Tests: https_serves_frontend version_is_built_tag log_entry_is_listed dev_prod_isolated
        browser_shows_version_and_entry config_change_rolls_backend_only
        noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
-       wrong_db_password_rolls_back concurrent_deploys_take_turns prune_keeps_last_deploys
-       copy_step_touches_one_environment
+       wrong_db_password_rolls_back failing_migration_rolls_back concurrent_deploys_take_turns
+       prune_keeps_last_deploys copy_step_touches_one_environment poll_version_reports
 USAGE
 }
 
@@ -351,6 +351,59 @@ test_wrong_db_password_rolls_back() {
     restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
 }
 
+# prod_psql SQL: runs SQL in prod's database (as the backend role), prints the rows.
+prod_psql() {
+    local pg
+    pg="$(container_of "${PROD_STACK}_postgres")"
+    [[ -n "$pg" ]] || fail "no running prod postgres container"
+    docker exec "$pg" psql -U backend -d backend -v ON_ERROR_STOP=1 -Atc "$1"
+}
+
+test_failing_migration_rolls_back() {
+    local out rc=0 version checksum
+    out="$(mktemp)"
+    # A migration that fails on the new tasks only: sqlx refuses to run when an applied
+    # migration's checksum differs from the one built in (running tasks migrated at start).
+    version="$(prod_psql "SELECT version FROM _sqlx_migrations ORDER BY version LIMIT 1")"
+    checksum="$(prod_psql "SELECT encode(checksum, 'hex') FROM _sqlx_migrations WHERE version = ${version}")"
+    [[ -n "$checksum" ]] || fail "no applied migration found"
+    prod_psql "UPDATE _sqlx_migrations SET checksum = sha384('tampered') WHERE version = ${version}" >/dev/null
+    set_prod_title "migration test $(date -u +%H%M%S)"
+    deploy_prod > "$out" 2>&1 || rc=$?
+    prod_psql "UPDATE _sqlx_migrations SET checksum = decode('${checksum}', 'hex') WHERE version = ${version}" >/dev/null
+    ((rc != 0)) || fail "deploy.sh exited 0 with a backend whose migration fails"
+    assert_rolled_back_to_tag "$out"
+    grep -q "previously applied but has been modified" "$out" || fail "the deploy output does not say the migration failed: $(grep -A12 -- "--- backend failed" "$out")"
+    [[ "$(curl_env prod -f https://localhost/api/service/info | json title)" == stackship ]] \
+        || fail "the old release does not keep serving its config"
+    rm -f "$out"
+    restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
+}
+
+test_poll_version_reports() {
+    local out rc=0
+    out="$(mktemp)"
+    "$(repo_root)/scripts/poll-version.sh" https://localhost/api/service/version \
+        --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" --count 3 --interval 0.2 > "$out" 2>&1 \
+        || fail "poll-version.sh --count 3 failed: $(cat "$out")"
+    [[ "$(grep -c " 200 .*\"version\":\"${TAG}\"" "$out")" == 3 ]] || fail "expected 3 lines with 200 and ${TAG}: $(cat "$out")"
+    grep -q -- "--- 3 requests in .*, 0 errors" "$out" || fail "no summary line: $(cat "$out")"
+    "$(repo_root)/scripts/poll-version.sh" https://localhost/api/service/version \
+        --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" --until-version "$TAG" \
+        --ready-url https://localhost/api/service/ready --timeout 10 > "$out" 2>&1 \
+        || fail "--until-version ${TAG} did not succeed: $(cat "$out")"
+    "$(repo_root)/scripts/poll-version.sh" https://localhost/api/service/version \
+        --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" --until-version no-such-version \
+        --interval 0.5 --timeout 3 > "$out" 2>&1 || rc=$?
+    ((rc == 1)) || fail "--until-version of a version that never answers exited ${rc}, expected 1"
+    grep -q "did not answer" "$out" || fail "no message for the missing version"
+    # Errors are counted: a port nothing listens on.
+    rc=0
+    "$(repo_root)/scripts/poll-version.sh" http://127.0.0.1:9/api/service/version --count 2 --interval 0.1 > "$out" 2>&1 || rc=$?
+    grep -q -- "--- 2 requests in .*, 2 errors" "$out" || fail "connection errors not counted: $(cat "$out")"
+    rm -f "$out"
+}
+
 test_concurrent_deploys_take_turns() {
     local a b rc_a=0 rc_b=0 pid_a pid_b
     a="$(mktemp)" b="$(mktemp)"
@@ -435,8 +488,8 @@ run_test() {
 ALL_TESTS=(https_serves_frontend version_is_built_tag log_entry_is_listed dev_prod_isolated
     browser_shows_version_and_entry config_change_rolls_backend_only
     noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
-    wrong_db_password_rolls_back concurrent_deploys_take_turns prune_keeps_last_deploys
-    copy_step_touches_one_environment)
+    wrong_db_password_rolls_back failing_migration_rolls_back concurrent_deploys_take_turns
+    prune_keeps_last_deploys copy_step_touches_one_environment poll_version_reports)
 
 main() {
     local up=1 tests=() name started=$SECONDS
