@@ -237,6 +237,220 @@ section_matrix() {
     expect_eq "matrix: manual MR jobs do not block the pipeline (allow_failure)" "" "$blocking"
 }
 
+# ---- section note: the MR-note and image job scripts against a stand-in GitLab API ----
+
+FAKE_PID=""
+FAKE_PORT=""
+TOKEN="glpat-test-$$-SECRETVALUE"
+
+# start_fake_gitlab: a python3 http.server on 127.0.0.1 (free port) that records every request
+# (method, path, headers, body) as a JSON line in $WORK/requests.jsonl and answers with the
+# status in $WORK/status (201 when absent). Its error answers echo the request headers, as a
+# careless proxy might, so a test can see that the token is not shown from them.
+start_fake_gitlab() {
+    cat > "$WORK/fake_gitlab.py" <<'PY'
+import http.server, json, os, sys
+work = sys.argv[1]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        with open(os.path.join(work, "requests.jsonl"), "a") as f:
+            f.write(json.dumps({"method": self.command, "path": self.path,
+                                "headers": dict(self.headers.items()), "body": body}) + "\n")
+        try:
+            status = int(open(os.path.join(work, "status")).read().strip())
+        except FileNotFoundError:
+            status = 201
+        answer = {"id": 1} if status < 300 else {"message": "refused", "echo": dict(self.headers.items())}
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+with open(os.path.join(work, "port.tmp"), "w") as f:
+    f.write(str(server.server_address[1]))
+os.rename(os.path.join(work, "port.tmp"), os.path.join(work, "port"))
+server.serve_forever()
+PY
+    python3 "$WORK/fake_gitlab.py" "$WORK" </dev/null >"$WORK/fake_gitlab.log" 2>&1 &
+    FAKE_PID=$!
+    wait_until 10 "the stand-in GitLab API" test -s "$WORK/port"
+    FAKE_PORT="$(cat "$WORK/port")"
+}
+
+stop_fake_gitlab() {
+    if [[ -n "$FAKE_PID" ]]; then
+        kill "$FAKE_PID" 2>/dev/null || true
+        wait "$FAKE_PID" 2>/dev/null || true
+        FAKE_PID=""
+    fi
+}
+
+# reset_api [STATUS]: forget recorded requests; answer STATUS from now on.
+reset_api() {
+    rm -f "$WORK/requests.jsonl"
+    if [[ -n "${1:-}" ]]; then printf '%s\n' "$1" > "$WORK/status"; else rm -f "$WORK/status"; fi
+}
+
+request_count() { if [[ -f "$WORK/requests.jsonl" ]]; then wc -l < "$WORK/requests.jsonl"; else echo 0; fi; }
+
+# request_field JQ: a field of the last recorded request.
+request_field() { tail -n 1 "$WORK/requests.jsonl" | jq -r "$1"; }
+
+# with_ci_env CMD...: CMD with the variables GitLab gives an MR pipeline's job.
+with_ci_env() {
+    env CI_API_V4_URL="http://127.0.0.1:${FAKE_PORT}/api/v4" CI_PROJECT_ID=42 CI_MERGE_REQUEST_IID=7 \
+        CI_JOB_URL="https://gitlab.invalid/group/stackship/-/jobs/314" MR_NOTE_TOKEN="$TOKEN" \
+        CI_COMMIT_SHA=0123456789abcdef0123456789abcdef01234567 CI_COMMIT_TIMESTAMP=2026-11-23T01:02:03+00:00 \
+        CI_REGISTRY=registry.invalid:5050 CI_REGISTRY_USER=gitlab-ci-token \
+        CI_REGISTRY_PASSWORD="regpass-$$-SECRET" CI_REGISTRY_IMAGE=registry.invalid:5050/group/stackship \
+        "$@"
+}
+
+# make_stub_repo: a copy of the scripts and what the image build reads, so stub builds never
+# touch the working tree; and a stub docker on PATH that records its calls.
+make_stub_repo() {
+    STUB_REPO="$WORK/repo"
+    mkdir -p "$STUB_REPO/services" "$WORK/bin"
+    cp -R "$ROOT/scripts" "$ROOT/Dockerfile" "$STUB_REPO/"
+    cp -R "$ROOT/services/frontend" "$STUB_REPO/services/"
+    cat > "$WORK/bin/docker" <<'SH'
+#!/usr/bin/env bash
+# Stub docker: records each call; `login` records what it read on stdin; STUB_DOCKER_FAIL=build
+# makes builds fail.
+printf '%s\n' "$*" >> "$STUB_LOG"
+case "$1" in
+    login) printf 'login-stdin:%s\n' "$(cat)" >> "$STUB_LOG" ;;
+    build) [[ "${STUB_DOCKER_FAIL:-}" != build ]] || { echo "stub: build failed" >&2; exit 1; } ;;
+esac
+exit 0
+SH
+    chmod +x "$WORK/bin/docker"
+}
+
+# run_image SERVICE [ENV...]: the image job's script with a stub docker; output in $WORK/job.log.
+run_image() {
+    local svc="$1"
+    shift
+    : > "$WORK/docker.log"
+    rm -f "$WORK/jobdir/built-image.env"
+    mkdir -p "$WORK/jobdir"
+    IMAGE_RC=0
+    (cd "$WORK/jobdir" && with_ci_env env PATH="$WORK/bin:$PATH" STUB_LOG="$WORK/docker.log" "$@" \
+        "$STUB_REPO/scripts/ci/image.sh" "$svc") > "$WORK/job.log" 2>&1 || IMAGE_RC=$?
+}
+
+section_note() {
+    start_fake_gitlab
+    local body want_tag="20261123_01234567"
+    body=$'Deploy **ok**: "quotes", `code`, back\\slash, ünïcode\nsecond line'
+
+    reset_api
+    printf '%s' "$body" | with_ci_env "$ROOT/scripts/ci/mr-note.sh" - > "$WORK/note.log" 2>&1
+    expect_eq "note: one request" 1 "$(request_count)"
+    expect_eq "note: method POST" POST "$(request_field .method)"
+    expect_eq "note: path from CI_API_V4_URL, project and MR" "/api/v4/projects/42/merge_requests/7/notes" \
+        "$(request_field .path)"
+    expect_eq "note: PRIVATE-TOKEN header carries the token" "$TOKEN" "$(request_field '.headers["PRIVATE-TOKEN"]')"
+    expect_eq "note: JSON content type" application/json "$(request_field '.headers["Content-Type"]')"
+    expect_eq "note: body is the Markdown, JSON-encoded intact" "$body" "$(request_field '.body | fromjson | .body')"
+    expect_absent "note: the token is not in the log" "$TOKEN" "$WORK/note.log"
+
+    reset_api 500
+    local rc=0
+    printf 'x' | with_ci_env "$ROOT/scripts/ci/mr-note.sh" - > "$WORK/note.log" 2>&1 || rc=$?
+    expect_eq "note: an API error exits 1" 1 "$rc"
+    expect_contains "note: an API error names the HTTP status" "HTTP 500" "$WORK/note.log"
+    expect_absent "note: the token echoed by the API is not in the log" "$TOKEN" "$WORK/note.log"
+
+    reset_api
+    rc=0
+    printf 'x' | with_ci_env env -u MR_NOTE_TOKEN "$ROOT/scripts/ci/mr-note.sh" - > "$WORK/note.log" 2>&1 || rc=$?
+    expect_eq "note: without a token it skips with exit 0" "0 0" "$rc $(request_count)"
+    expect_contains "note: without a token it warns" "WARNING: MR_NOTE_TOKEN is not set" "$WORK/note.log"
+
+    rc=0
+    printf 'x' | with_ci_env env -u CI_MERGE_REQUEST_IID "$ROOT/scripts/ci/mr-note.sh" - > "$WORK/note.log" 2>&1 || rc=$?
+    expect_eq "note: outside an MR pipeline it skips without a request" "0 0" "$rc $(request_count)"
+
+    rc=0
+    printf 'x' | with_ci_env env CI_API_V4_URL="http://127.0.0.1:1/api/v4" "$ROOT/scripts/ci/mr-note.sh" - \
+        > "$WORK/note.log" 2>&1 || rc=$?
+    expect_eq "note: an unreachable API exits 1" 1 "$rc"
+
+    make_stub_repo
+    reset_api
+    run_image frontend
+    expect_eq "image: a good build exits 0" 0 "$IMAGE_RC"
+    check "image: pushes \$CI_REGISTRY_IMAGE/frontend:<tag>" grep -qxE \
+        "push( -q)? registry\.invalid:5050/group/stackship/frontend:${want_tag}" "$WORK/docker.log"
+    check "image: builds with services/frontend/Dockerfile" grep -qE \
+        "^build .*-t registry\.invalid:5050/group/stackship/frontend:${want_tag} .*services/frontend/Dockerfile" "$WORK/docker.log"
+    expect_contains "image: docker login with the password on stdin" \
+        "login-stdin:regpass-$$-SECRET" "$WORK/docker.log"
+    expect_absent "image: the registry password is not on docker's command line" \
+        "--password regpass" "$WORK/docker.log"
+    expect_eq "image: dotenv report for dev-deploy" "BUILT_FRONTEND_TAG=${want_tag}" \
+        "$(cat "$WORK/jobdir/built-image.env" 2>/dev/null)"
+    expect_eq "image: one MR note" 1 "$(request_count)"
+    request_field '.body | fromjson | .body' > "$WORK/note.md" 2>/dev/null || true
+    expect_contains "image: the note names the service and tag" "Image built: \`frontend\`** — tag \`${want_tag}\`" "$WORK/note.md"
+    expect_contains "image: the note has the exact pin line" "FRONTEND_TAG=${want_tag}" "$WORK/note.md"
+    expect_absent "image: the token is not in the job log" "$TOKEN" "$WORK/job.log"
+    expect_absent "image: the registry password is not in the job log" "regpass-$$-SECRET" "$WORK/job.log"
+
+    reset_api
+    run_image frontend STUB_DOCKER_FAIL=build
+    expect_eq "image: a failed build fails the job" 1 "$IMAGE_RC"
+    request_field '.body | fromjson | .body' > "$WORK/note.md" 2>/dev/null || true
+    expect_contains "image: a failed build posts 'build failed'" "build failed" "$WORK/note.md"
+    expect_contains "image: the failure note links the job" "https://gitlab.invalid/group/stackship/-/jobs/314" "$WORK/note.md"
+    check "image: a failed build leaves no dotenv report" test ! -e "$WORK/jobdir/built-image.env"
+
+    reset_api 500
+    run_image frontend STUB_DOCKER_FAIL=build
+    expect_eq "image: a failing note does not hide a failed build" 1 "$IMAGE_RC"
+    expect_contains "image: ... and the build failure is in the log" "image frontend FAILED" "$WORK/job.log"
+    expect_absent "image: ... and the token is not in the log" "$TOKEN" "$WORK/job.log"
+
+    reset_api 500
+    run_image frontend
+    expect_eq "image: a failing note does not fail a good build" 0 "$IMAGE_RC"
+    expect_contains "image: ... it warns" "WARNING: the MR note could not be posted" "$WORK/job.log"
+
+    reset_api
+    run_image frontend env -u MR_NOTE_TOKEN
+    expect_eq "image: without a token the build still passes, no request" "0 0" "$IMAGE_RC $(request_count)"
+    expect_contains "image: ... with a warning" "WARNING: MR_NOTE_TOKEN is not set" "$WORK/job.log"
+
+    run_image frontend CI_REGISTRY_IMAGE=registry.invalid:5050/group/other
+    expect_eq "image: a project path not ending in /stackship fails" 1 "$IMAGE_RC"
+    expect_contains "image: ... saying why" "does not end in /stackship" "$WORK/job.log"
+
+    # A Rust service: the root Dockerfile packs the build job's binary, no cargo in the job.
+    mkdir -p "$STUB_REPO/services/backend" "$WORK/target/release"
+    cp "$ROOT/services/backend/Cargo.toml" "$STUB_REPO/services/backend/"
+    run_image backend CARGO_TARGET_DIR="$WORK/target"
+    expect_eq "image: backend without the build job's binary fails" 1 "$IMAGE_RC"
+    expect_contains "image: ... naming the missing binary" "$WORK/target/release/backend not found" "$WORK/job.log"
+    printf '#!/bin/sh\n' > "$WORK/target/release/backend"
+    chmod +x "$WORK/target/release/backend"
+    run_image backend CARGO_TARGET_DIR="$WORK/target"
+    expect_eq "image: backend from the build job's binary" 0 "$IMAGE_RC"
+    check "image: ... with the root Dockerfile and SERVICE=backend" grep -qE \
+        "^build .*--build-arg SERVICE=backend .*-f ${STUB_REPO}/Dockerfile ${STUB_REPO}\$" "$WORK/docker.log"
+    expect_eq "image: ... its dotenv report" "BUILT_BACKEND_TAG=${want_tag}" "$(cat "$WORK/jobdir/built-image.env" 2>/dev/null)"
+    check "image: ... and never runs cargo" test ! -e "$STUB_REPO/target"
+
+    run_image backends
+    expect_eq "image: an unknown service fails" 1 "$IMAGE_RC"
+    stop_fake_gitlab
+}
+
 main() {
     local only=""
     while [[ $# -gt 0 ]]; do
@@ -253,7 +467,7 @@ main() {
     esac
     ensure_tools
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/stackship-test-pipeline.XXXXXX")"
-    trap 'rm -rf "$WORK"' EXIT
+    trap 'stop_fake_gitlab; rm -rf "$WORK"' EXIT
     make_gcl_repo
     local section
     for section in schema matrix note pins; do
