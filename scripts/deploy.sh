@@ -23,10 +23,13 @@ ENV_DIR="$(dirname "$DEPLOY_DIR")"
 ENV_FILE_KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD IMAGE_TAG BACKEND_TAG FRONTEND_TAG
     POSTGRES_IMAGE NGINX_IMAGE ROLLOUT_TIMEOUT LOCK_WAIT PRUNE_KEEP MAX_TASK_FAILURES)
 TAG_RE='^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$'
+# The project's images: <SERVICE>_TAG names each one's tag, in the pins and the settings.
+IMAGE_SERVICES=(backend frontend)
 
 ENVIRONMENT=""
 STACK=""
 COMPOSE=""
+PRINT_IMAGES=""
 
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; }
 die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; exit 1; }
@@ -34,16 +37,22 @@ need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not instal
 
 usage() {
     cat <<'USAGE'
-Usage: deploy.sh --prod|--dev [--tag TAG] [--timeout SECONDS]
+Usage: deploy.sh --prod|--dev [--tag TAG] [--timeout SECONDS] [--print-images]
 
 Deploys docker-compose.<env>.yaml from this directory as stack stackship-<env>.
 
 Options:
   --prod | --dev     the environment (required)
-  --tag TAG          image tag of the project's services (default: $IMAGE_TAG)
+  --tag TAG          image tag of the project's services (default: $IMAGE_TAG, else the pins)
   --timeout SECONDS  how long the rollout may take (default: $ROLLOUT_TIMEOUT, else derived
                      by rollout-watcher from each service's update and healthcheck settings)
+  --print-images     print each project image this deploy would run, with where its tag
+                     comes from, and exit (no Docker needed)
   -h, --help         this help
+
+Image tags: deploy-manifests/<env>/images.env pins each service's tag (BACKEND_TAG=...,
+FRONTEND_TAG=...; scripts/pin-image.sh edits it). --tag / IMAGE_TAG and <SERVICE>_TAG, from the
+environment or deploy.env, override the pins. Every image is pulled before the deploy starts.
 
 Environment (also read from ../deploy.env, KEY=VALUE lines; the environment wins):
   REGISTRY            image registry host[:port] (default: $CI_REGISTRY)
@@ -81,6 +90,62 @@ load_env_file() {
     done < "$file"
 }
 
+# load_pins: PIN_<SERVICE>_TAG from deploy-manifests/<env>/images.env, the committed tag of
+# each service in this environment (KEY=VALUE lines, not sourced; an empty value: not pinned).
+load_pins() {
+    local file="$DEPLOY_DIR/deploy-manifests/$ENVIRONMENT/images.env" line key value svc allowed
+    PINS_FILE="deploy-manifests/${ENVIRONMENT}/images.env"
+    for svc in "${IMAGE_SERVICES[@]}"; do
+        printf -v "PIN_${svc^^}_TAG" '%s' ""
+    done
+    [[ -f "$file" ]] || return 0
+    while IFS= read -r line || [[ -n "$line" ]]; do
+        [[ -z "$line" || "$line" == \#* ]] && continue
+        [[ "$line" == *=* ]] || die "${PINS_FILE}: line '${line}' is not KEY=VALUE"
+        key="${line%%=*}"
+        value="${line#*=}"
+        allowed=""
+        for svc in "${IMAGE_SERVICES[@]}"; do
+            [[ "$key" == "${svc^^}_TAG" ]] && allowed=1
+        done
+        [[ -n "$allowed" ]] || die "${PINS_FILE}: unknown key '${key}' (one <SERVICE>_TAG per service: ${IMAGE_SERVICES[*]})"
+        [[ -z "$value" || "$value" =~ $TAG_RE ]] || die "${PINS_FILE}: ${key} '${value}' is not a valid image tag"
+        printf -v "PIN_${key}" '%s' "$value"
+    done < "$file"
+}
+
+# resolve_tags: each service's tag and where it came from: <SERVICE>_TAG (environment or
+# deploy.env), else --tag / IMAGE_TAG, else the pin.
+resolve_tags() {
+    local svc var pin
+    load_pins
+    for svc in "${IMAGE_SERVICES[@]}"; do
+        var="${svc^^}_TAG"
+        pin="PIN_${var}"
+        if [[ -n "${!var:-}" ]]; then
+            printf -v "SOURCE_${var}" '%s' "$var"
+        elif [[ -n "$IMAGE_TAG" ]]; then
+            printf -v "$var" '%s' "$IMAGE_TAG"
+            printf -v "SOURCE_${var}" '%s' "--tag/IMAGE_TAG"
+        elif [[ -n "${!pin}" ]]; then
+            printf -v "$var" '%s' "${!pin}"
+            printf -v "SOURCE_${var}" '%s' "pin in ${PINS_FILE}"
+        else
+            die "no image tag for ${svc}: pin one (scripts/pin-image.sh ${ENVIRONMENT} ${svc} TAG, in ${PINS_FILE}) or give --tag, IMAGE_TAG or ${var}"
+        fi
+    done
+}
+
+# print_images: the project images this deploy would run and where each tag comes from.
+print_images() {
+    local svc var source
+    for svc in "${IMAGE_SERVICES[@]}"; do
+        var="${svc^^}_TAG"
+        source="SOURCE_${var}"
+        printf '%s %s/%s/%s:%s (%s)\n' "$svc" "$REGISTRY" "$PROJECT" "$svc" "${!var}" "${!source}"
+    done
+}
+
 parse_args() {
     while [[ $# -gt 0 ]]; do
         case "$1" in
@@ -98,6 +163,7 @@ parse_args() {
                 ROLLOUT_TIMEOUT="$2"
                 shift
                 ;;
+            --print-images) PRINT_IMAGES=1 ;;
             -h | --help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument '$1'" ;;
         esac
@@ -114,8 +180,7 @@ resolve_settings() {
     REGISTRY_USER="${REGISTRY_USER:-${CI_REGISTRY_USER:-}}"
     REGISTRY_PASSWORD="${REGISTRY_PASSWORD:-${CI_REGISTRY_PASSWORD:-}}"
     IMAGE_TAG="${IMAGE_TAG:-}"
-    BACKEND_TAG="${BACKEND_TAG:-$IMAGE_TAG}"
-    FRONTEND_TAG="${FRONTEND_TAG:-$IMAGE_TAG}"
+    resolve_tags
     ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-}"
     LOCK_WAIT="${LOCK_WAIT:-900}"
     PRUNE_KEEP="${PRUNE_KEEP:-3}"
@@ -124,8 +189,6 @@ resolve_settings() {
     [[ -n "$REGISTRY" ]] || die "REGISTRY (or CI_REGISTRY) is not set"
     [[ "$REGISTRY" =~ ^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$ ]] \
         || die "REGISTRY '${REGISTRY}' is not host[:port][/path]"
-    [[ -n "$BACKEND_TAG" && -n "$FRONTEND_TAG" ]] \
-        || die "no image tag: give --tag, IMAGE_TAG, or BACKEND_TAG and FRONTEND_TAG"
     [[ "$BACKEND_TAG" =~ $TAG_RE ]] || die "BACKEND_TAG '${BACKEND_TAG}' is not a valid image tag"
     [[ "$FRONTEND_TAG" =~ $TAG_RE ]] || die "FRONTEND_TAG '${FRONTEND_TAG}' is not a valid image tag"
     [[ -z "$ROLLOUT_TIMEOUT" || "$ROLLOUT_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout '${ROLLOUT_TIMEOUT}' is not a number of seconds"
@@ -249,11 +312,16 @@ check_database_node() {
     fi
 }
 
+# pull_images: every project image exists (and is on this node) before anything changes.
 pull_images() {
-    local image
-    for image in "${REGISTRY}/${PROJECT}/backend:${BACKEND_TAG}" "${REGISTRY}/${PROJECT}/frontend:${FRONTEND_TAG}"; do
-        log "checking ${image}"
-        docker pull -q "$image" >/dev/null || die "cannot pull ${image}"
+    local svc var source image
+    for svc in "${IMAGE_SERVICES[@]}"; do
+        var="${svc^^}_TAG"
+        source="SOURCE_${var}"
+        image="${REGISTRY}/${PROJECT}/${svc}:${!var}"
+        log "checking ${image} (${!source})"
+        docker pull -q "$image" >/dev/null \
+            || die "cannot pull ${image} (${svc} tag from ${!source}): is it built and pushed, and may this manager pull it?"
     done
 }
 
@@ -303,6 +371,10 @@ main() {
     trap 'rm -f "${SNAPSHOT:-}"' EXIT
     cd "$DEPLOY_DIR"
     resolve_settings
+    if [[ -n "$PRINT_IMAGES" ]]; then
+        print_images
+        return 0
+    fi
     check_prerequisites
     take_lock
     hash_configs

@@ -451,6 +451,88 @@ section_note() {
     stop_fake_gitlab
 }
 
+# ---- section pins: scripts/pin-image.sh and deploy.sh's choice of tags ----
+
+# print_images ENV [VAR=VALUE...]: deploy.sh --print-images from a release staged in
+# $WORK/deploy/ENV/current; output (stdout and stderr) in $WORK/print.log.
+print_images() {
+    local env="$1"
+    shift
+    PRINT_RC=0
+    env -u IMAGE_TAG -u BACKEND_TAG -u FRONTEND_TAG REGISTRY=registry.invalid:5050/group "$@" \
+        "$WORK/deploy/${env}/current/deploy.sh" "--${env}" --print-images > "$WORK/print.log" 2>&1 || PRINT_RC=$?
+}
+
+section_pins() {
+    local repo="$WORK/pin-repo" file before
+    mkdir -p "$repo"
+    cp -R "$ROOT/scripts" "$ROOT/deploy-manifests" "$repo/"
+    file="$repo/deploy-manifests/prod/images.env"
+    local env key
+    for env in dev prod; do
+        for key in BACKEND_TAG FRONTEND_TAG; do
+            check "pins: deploy-manifests/${env}/images.env has a ${key} line" \
+                grep -qx "${key}=.*" "$ROOT/deploy-manifests/${env}/images.env"
+        done
+    done
+    before="$(grep -v '^BACKEND_TAG=' "$file")"
+    check "pins: pin-image.sh prod backend TAG succeeds" "$repo/scripts/pin-image.sh" prod backend 20261123_0123abcd
+    check "pins: ... sets exactly that line" grep -qx 'BACKEND_TAG=20261123_0123abcd' "$file"
+    expect_eq "pins: ... and leaves every other line alone" "$before" "$(grep -v '^BACKEND_TAG=' "$file")"
+    "$repo/scripts/pin-image.sh" prod backend 20261124_fedcba98 2>/dev/null || true
+    expect_eq "pins: re-pinning replaces, never duplicates" "BACKEND_TAG=20261124_fedcba98" "$(grep '^BACKEND_TAG=' "$file")"
+    check "pins: dev untouched by a prod pin" grep -qx 'BACKEND_TAG=' "$repo/deploy-manifests/dev/images.env"
+    cp "$file" "$WORK/pins.before"
+    local bad
+    for bad in "prod backend bad/tag" "prod backends 20261123_0123abcd" "staging backend 20261123_0123abcd" "prod backend"; do
+        # shellcheck disable=SC2086 # the words are the arguments
+        if "$repo/scripts/pin-image.sh" $bad >/dev/null 2>&1; then
+            fail "pins: pin-image.sh ${bad} is refused"
+        else
+            check "pins: pin-image.sh ${bad} is refused, file unchanged" cmp -s "$file" "$WORK/pins.before"
+        fi
+    done
+
+    # deploy.sh reads the pins of the release it runs from; overrides win.
+    for env in dev prod; do
+        mkdir -p "$WORK/deploy/${env}/current"
+        cp "$ROOT/scripts/deploy.sh" "$WORK/deploy/${env}/current/"
+        cp -R "$repo/deploy-manifests" "$WORK/deploy/${env}/current/"
+    done
+    "$repo/scripts/pin-image.sh" prod frontend 20261120_aaaabbbb 2>/dev/null
+    cp "$repo/deploy-manifests/prod/images.env" "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
+    print_images prod
+    expect_eq "pins: deploy.sh deploys the pins" \
+        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (pin in deploy-manifests/prod/images.env)|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)" \
+        "$(paste -sd'|' "$WORK/print.log")"
+    print_images prod BACKEND_TAG=20261125_11112222
+    expect_eq "pins: BACKEND_TAG overrides one pin (dev-deploy's built image)" \
+        "backend:20261125_11112222 (BACKEND_TAG)|frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)" \
+        "$(sed 's#^[a-z]* [^ ]*/##' "$WORK/print.log" | paste -sd'|')"
+    print_images prod IMAGE_TAG=20261126_33334444
+    expect_eq "pins: IMAGE_TAG overrides every pin" \
+        "backend:20261126_33334444 (--tag/IMAGE_TAG)|frontend:20261126_33334444 (--tag/IMAGE_TAG)" \
+        "$(sed 's#^[a-z]* [^ ]*/##' "$WORK/print.log" | paste -sd'|')"
+    printf 'REGISTRY=127.0.0.1:5000\nIMAGE_TAG=20261127_55556666\n' > "$WORK/deploy/prod/deploy.env"
+    print_images prod
+    expect_eq "pins: deploy.env's IMAGE_TAG (scripts/up.sh) overrides the pins" \
+        "backend:20261127_55556666 (--tag/IMAGE_TAG)|frontend:20261127_55556666 (--tag/IMAGE_TAG)" \
+        "$(sed 's#^[a-z]* [^ ]*/##' "$WORK/print.log" | paste -sd'|')"
+    rm -f "$WORK/deploy/prod/deploy.env"
+    print_images dev
+    expect_eq "pins: nothing pinned and no override: deploy.sh stops" 1 "$PRINT_RC"
+    expect_contains "pins: ... naming the service and the pin file" \
+        "no image tag for backend: pin one (scripts/pin-image.sh dev backend TAG, in deploy-manifests/dev/images.env)" "$WORK/print.log"
+    printf 'BACKEND_TAG=20261123_0123abcd\nPOSTGRES_TAG=15\n' > "$WORK/deploy/dev/current/deploy-manifests/dev/images.env"
+    print_images dev
+    expect_eq "pins: an unknown key in images.env stops the deploy" 1 "$PRINT_RC"
+    expect_contains "pins: ... naming it" "unknown key 'POSTGRES_TAG'" "$WORK/print.log"
+    # shellcheck disable=SC2016 # a literal command substitution: it must not run
+    printf 'BACKEND_TAG=20261123_0123abcd\nFRONTEND_TAG=$(touch /tmp/x)\n' > "$WORK/deploy/dev/current/deploy-manifests/dev/images.env"
+    print_images dev
+    expect_eq "pins: an invalid tag in images.env stops the deploy (the file is not sourced)" 1 "$PRINT_RC"
+}
+
 main() {
     local only=""
     while [[ $# -gt 0 ]]; do
