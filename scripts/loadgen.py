@@ -153,10 +153,14 @@ def main():
         for k, v in w.failed.items():
             failed[k] = failed.get(k, 0) + v
     versions = sorted(v for w in workers for v in w.versions)
-    timeline = []
+    # One span per version: first and last answer, and how many (during a start-first
+    # update both versions answer side by side, so a list of flips would be long).
+    spans = {}
     for t, v in versions:
-        if not timeline or timeline[-1]["version"] != v:
-            timeline.append({"at": round(t - t0, 2), "version": v})
+        span = spans.setdefault(v, {"version": v, "at": round(t - t0, 2), "count": 0})
+        span["until"] = round(t - t0, 2)
+        span["count"] += 1
+    timeline = sorted(spans.values(), key=lambda s: s["at"])
     failure_times = sorted(t for w in workers for t in w.failure_times)
     report = {
         "requests": sum(w.requests for w in workers),
@@ -173,7 +177,7 @@ def main():
         json.dump(report, f)
     print("%d requests in %.1fs (%.0f/s), %d failed %s; versions %s" % (
         report["requests"], elapsed, report["rate"], report["failed"], failed,
-        " -> ".join(x["version"] for x in timeline)))
+        ", ".join("%s %.1f-%.1fs" % (x["version"], x["at"], x["until"]) for x in timeline)))
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ run_case() {
     local requests failed versions floor duration ratio="" result
     requests="$(json_get "$report" 'd["requests"]')"
     failed="$(json_get "$report" 'd["failed"]')"
-    versions="$(json_get "$report" '" -> ".join("%s@%ss" % (x["version"], x["at"]) for x in d["versions_over_time"])')"
+    versions="$(json_get "$report" '", ".join("%s at %s-%ss (%d answers)" % (x["version"], x["at"], x["until"], x["count"]) for x in d["versions_over_time"])')"
     if [[ "$expect" == ok ]]; then
         ((rc == 0)) && result="deploy ok" || result="DEPLOY FAILED (exit ${rc}, expected success)"
     else
