@@ -129,26 +129,21 @@ pub fn stack_services(stack: &str) -> anyhow::Result<Vec<ServiceInspect>> {
 
 /// Every task Swarm still knows of the service (current and history).
 pub fn service_tasks(service: &str) -> anyhow::Result<Vec<Task>> {
+    // A task pruned between listing and inspecting makes `docker inspect` fail: retry once.
+    match try_service_tasks(service) {
+        Ok(tasks) => Ok(tasks),
+        Err(_) => try_service_tasks(service),
+    }
+}
+
+fn try_service_tasks(service: &str) -> anyhow::Result<Vec<Task>> {
     let ids = lines(&docker(&["service", "ps", "-q", "--no-trunc", service])?);
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let mut args = vec!["inspect", "--type", "task"];
     args.extend(ids.iter().map(String::as_str));
-    // A task pruned between the two calls makes `docker inspect` fail: retry once.
-    let text = match docker(&args) {
-        Ok(t) => t,
-        Err(_) => {
-            let ids = lines(&docker(&["service", "ps", "-q", "--no-trunc", service])?);
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut args = vec!["inspect", "--type", "task"];
-            args.extend(ids.iter().map(String::as_str));
-            docker(&args)?
-        }
-    };
-    parse_tasks(&text)
+    parse_tasks(&docker(&args)?)
 }
 
 /// The last `lines` lines a task logged (stdout and stderr), or why there are none.
