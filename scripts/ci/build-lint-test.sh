@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The build-lint-test job: tool versions, cargo fmt --check, clippy -D warnings, the tests
-# (DATABASE_URL points at the job's Postgres service), then the release binaries the later
-# jobs use: backend (with APP_VERSION = the image tag baked in), config-hasher and
-# rollout-watcher, in ${CARGO_TARGET_DIR}/release/.
+# (DATABASE_URL points at the job's Postgres service), then the binaries the later jobs use:
+# backend in ${CARGO_TARGET_DIR}/release/ (APP_VERSION = the image tag baked in), and the
+# deploy tools config-hasher and rollout-watcher statically linked in .build/tools/
+# (scripts/build-tools.sh), so they run on whatever Linux the manager has.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -41,9 +42,9 @@ main() {
     cargo test --workspace --locked || die "tests failed"
     tag="$("$root/scripts/image-tag.sh")" || die "cannot compute the image tag"
     log "release binaries (APP_VERSION=${tag})"
-    APP_VERSION="$tag" cargo build --release --locked -p backend -p config-hasher -p rollout-watcher \
-        || die "release build failed"
-    log "binaries in ${CARGO_TARGET_DIR:-target}/release: backend config-hasher rollout-watcher"
+    APP_VERSION="$tag" cargo build --release --locked -p backend || die "release build failed"
+    "$root/scripts/build-tools.sh" --out "$root/.build/tools" >/dev/null
+    log "binaries: ${CARGO_TARGET_DIR:-target}/release/backend, .build/tools/{config-hasher,rollout-watcher}"
 }
 
 main "$@"
