@@ -33,6 +33,7 @@ Tests: https_serves_frontend version_is_built_tag log_entry_is_listed dev_prod_i
        noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
        wrong_db_password_rolls_back failing_migration_rolls_back concurrent_deploys_take_turns
        prune_keeps_last_deploys copy_step_touches_one_environment poll_version_reports
+       proxy_errors_are_json
 USAGE
 }
 
@@ -404,6 +405,10 @@ test_poll_version_reports() {
     rm -f "$out"
 }
 
+test_proxy_errors_are_json() {
+    "$(repo_root)/scripts/test-proxy-errors.sh" >&2 || fail "scripts/test-proxy-errors.sh failed"
+}
+
 test_concurrent_deploys_take_turns() {
     local a b rc_a=0 rc_b=0 pid_a pid_b
     a="$(mktemp)" b="$(mktemp)"
@@ -489,7 +494,8 @@ ALL_TESTS=(https_serves_frontend version_is_built_tag log_entry_is_listed dev_pr
     browser_shows_version_and_entry config_change_rolls_backend_only
     noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
     wrong_db_password_rolls_back failing_migration_rolls_back concurrent_deploys_take_turns
-    prune_keeps_last_deploys copy_step_touches_one_environment poll_version_reports)
+    prune_keeps_last_deploys copy_step_touches_one_environment poll_version_reports
+    proxy_errors_are_json)
 
 main() {
     local up=1 tests=() name started=$SECONDS
