@@ -7,7 +7,9 @@
 #   3. the CI job scripts (scripts/ci/) against a local HTTP server standing in for the GitLab
 #      API and a stub docker: MR notes (method, path, token header, body), the token never in a
 #      job log, a failing note never hides a failed build, a missing token skips with a warning;
-#   4. the image pins (scripts/pin-image.sh, deploy.sh --print-images).
+#   4. the image pins (scripts/pin-image.sh, deploy.sh --print-images);
+#   5. the deploy job's MR summary (rollout-note.sh) and the checks ssh-deploy.sh makes before
+#      it connects (the SSH end-to-end test is scripts/test-ssh-deploy.sh).
 # Prints one PASS/FAIL line per check and "N passed, M failed"; exits 1 when any failed.
 # Installs its tools into a cache outside the repository (gitlab-ci-local from npm,
 # check-jsonschema from PyPI into a venv).
@@ -26,7 +28,7 @@ usage() {
 Usage: scripts/test-pipeline.sh [--only SECTION] [--help]
 
 Tests .gitlab-ci.yml and the CI job scripts without a GitLab (sections: schema, matrix, note,
-pins; default all). Tools are installed into ${CACHE_DIR} (override with STACKSHIP_CACHE).
+pins, deploy; default all). Tools are installed into ${CACHE_DIR} (override with STACKSHIP_CACHE).
 Prints PASS/FAIL per check and "N passed, M failed"; exit status 1 when any check failed.
 USAGE
 }
@@ -533,6 +535,66 @@ section_pins() {
     expect_eq "pins: an invalid tag in images.env stops the deploy (the file is not sourced)" 1 "$PRINT_RC"
 }
 
+# ---- section deploy: the deploy job's summary and its checks before any connection ----
+
+section_deploy() {
+    cat > "$WORK/rollout.json" <<'JSON'
+{"stack": "stackship-dev", "ok": false, "seconds": 32.59, "services": [
+ {"service": "backend", "result": "failed", "detail": "rolled back: rollback completed",
+  "old_image": "registry.invalid:5050/group/stackship/backend:20261122_aaaaaaaa@sha256:5f73",
+  "new_image": "registry.invalid:5050/group/stackship/backend:20261123_bbbbbbbb@sha256:34d5",
+  "update_message": "update paused due to failure or early termination of task x",
+  "task_error": "task: non-zero exit (1)", "log_tail": "starting\nFATAL: password authentication failed | for user app\n"},
+ {"service": "frontend", "result": "ok", "detail": "unchanged, running",
+  "old_image": "registry.invalid:5050/group/stackship/frontend:20261122_aaaaaaaa@sha256:d61b",
+  "new_image": "registry.invalid:5050/group/stackship/frontend:20261122_aaaaaaaa@sha256:d61b",
+  "update_message": null, "task_error": null, "log_tail": null}]}
+JSON
+    CI_JOB_URL=https://gitlab.invalid/jobs/9 "$ROOT/scripts/ci/rollout-note.sh" dev "$WORK/rollout.json" > "$WORK/summary.md" 2>&1 || true
+    expect_contains "deploy note: headline says FAILED" "**dev deploy: FAILED** (\`stackship-dev\`, 32 s)" "$WORK/summary.md"
+    expect_contains "deploy note: old -> new tag of the failed service" \
+        "| backend | \`20261122_aaaaaaaa\` → \`20261123_bbbbbbbb\` | failed |" "$WORK/summary.md"
+    expect_contains "deploy note: the reason (Swarm's message, task error)" \
+        "rolled back: rollback completed; task: non-zero exit (1); update paused" "$WORK/summary.md"
+    expect_contains "deploy note: the last log line, its | escaped" \
+        'FATAL: password authentication failed \| for user app' "$WORK/summary.md"
+    expect_contains "deploy note: an unchanged service" "| frontend | \`20261122_aaaaaaaa\` (unchanged) | ok |  |" "$WORK/summary.md"
+    expect_contains "deploy note: the job link" "Job: https://gitlab.invalid/jobs/9" "$WORK/summary.md"
+    "$ROOT/scripts/ci/rollout-note.sh" prod "$WORK/missing.json" > "$WORK/summary.md" 2>&1 || true
+    expect_contains "deploy note: no report means failed before the rollout" "**prod deploy: FAILED before the rollout**" "$WORK/summary.md"
+
+    # ssh-deploy.sh refuses to start without what pins the host and the key.
+    : > "$WORK/empty"
+    printf 'not a key\n' > "$WORK/key"
+    local case_vars rc
+    deploy_job() {
+        rc=0
+        (cd "$WORK" && env SERVER_HOST=127.0.0.1 SERVER_USER=deploy SSH_PRIVATE_KEY="$WORK/key" \
+            SSH_KNOWN_HOSTS="$WORK/key" CI_REGISTRY_IMAGE=registry.invalid/group/stackship "$@" \
+            "$ROOT/scripts/ci/ssh-deploy.sh" dev) > "$WORK/deploy.log" 2>&1 || rc=$?
+    }
+    for case_vars in "SSH_KNOWN_HOSTS=|SSH_KNOWN_HOSTS must be a File variable" \
+        "SSH_KNOWN_HOSTS=${WORK}/empty|SSH_KNOWN_HOSTS must be a File variable" \
+        "SSH_PRIVATE_KEY=|SSH_PRIVATE_KEY must be a File variable" \
+        "SERVER_HOST=|SERVER_HOST is not set" \
+        "SERVER_HOST=-oProxyCommand=x|is not a host name" \
+        "SERVER_USER=root;rm|is not a user name" \
+        "CI_REGISTRY_IMAGE=registry.invalid/group/other|does not end in /stackship" \
+        "DEPLOY_REGISTRY_USER=token-user|set both DEPLOY_REGISTRY_USER and DEPLOY_REGISTRY_PASSWORD"; do
+        deploy_job "${case_vars%%|*}"
+        if [[ "$rc" -ne 0 ]] && grep -qF -- "${case_vars#*|}" "$WORK/deploy.log"; then
+            pass "deploy job: ${case_vars%%|*} stops it: ${case_vars#*|}"
+        else
+            fail "deploy job: ${case_vars%%|*} stops it: ${case_vars#*|} (exit ${rc})"
+            sed 's/^/  | /' "$WORK/deploy.log" | tail -n 5
+        fi
+    done
+    check "deploy job: never uses ssh-keyscan or StrictHostKeyChecking=no" \
+        bash -c "! grep -rEn '^[^#]*(ssh-keyscan|StrictHostKeyChecking=(no|accept-new))' '$ROOT/scripts/ci' '$ROOT/.gitlab-ci.yml'"
+    check "deploy job: ssh checks the host key strictly against SSH_KNOWN_HOSTS only" \
+        bash -c "grep -q 'StrictHostKeyChecking=yes' '$ROOT/scripts/ci/ssh-deploy.sh' && grep -q 'GlobalKnownHostsFile=/dev/null' '$ROOT/scripts/ci/ssh-deploy.sh'"
+}
+
 main() {
     local only=""
     while [[ $# -gt 0 ]]; do
@@ -544,15 +606,15 @@ main() {
         shift
     done
     case "$only" in
-        "" | schema | matrix | note | pins) ;;
-        *) die "unknown section '${only}' (schema, matrix, note, pins)" ;;
+        "" | schema | matrix | note | pins | deploy) ;;
+        *) die "unknown section '${only}' (schema, matrix, note, pins, deploy)" ;;
     esac
     ensure_tools
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/stackship-test-pipeline.XXXXXX")"
     trap 'stop_fake_gitlab; rm -rf "$WORK"' EXIT
     make_gcl_repo
     local section
-    for section in schema matrix note pins; do
+    for section in schema matrix note pins deploy; do
         [[ -z "$only" || "$only" == "$section" ]] || continue
         if declare -F "section_${section}" >/dev/null; then
             log "section ${section}"

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The dev-deploy / prod-deploy job: ships one environment's release to the Swarm manager over
+# SSH and deploys it there.
+#   1. stages the release locally with scripts/copy-manifests.sh (deploy.sh, the tool
+#      binaries from the build job, the stack file, deploy-manifests/<env>/ with its pins);
+#   2. checks the connection: the host key must be in $SSH_KNOWN_HOSTS (StrictHostKeyChecking
+#      yes, no other known_hosts file, never ssh-keyscan), the key from $SSH_PRIVATE_KEY; a
+#      wrong host key stops here, before anything is copied;
+#   3. rsyncs the release into <env dir>/.incoming-<job>/ on the manager;
+#   4. runs remote-deploy.sh there: under the environment's deploy lock it swaps the release
+#      in and runs deploy.sh; the registry login (a deploy token) goes over stdin;
+#   5. keeps the rollout report in rollout/ (artifact), prints its summary and, in an MR,
+#      posts it as a note.
+# Exits with the rollout's result: a rolled-back or failed rollout fails the job.
+set -Eeuo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/ci/ssh-deploy.sh dev|prod
+
+CI variables:
+  SERVER_HOST, SERVER_USER         the manager and the deploy user (scripts/setup-server.sh)
+  SERVER_PORT                      ssh port (default 22)
+  SSH_PRIVATE_KEY                  File variable: the CI private key
+  SSH_KNOWN_HOSTS                  File variable: the manager's host key line(s), as
+                                   setup-server.sh prints them
+  DEPLOY_REGISTRY_USER,            a deploy token with read_registry: the manager pulls with it
+  DEPLOY_REGISTRY_PASSWORD         (not the job token, which expires with the job)
+  CI_REGISTRY_IMAGE                <registry>/<group>/stackship; DEPLOY_REGISTRY overrides the
+                                   registry part (<registry>/<group>)
+  BUILT_BACKEND_TAG, BUILT_FRONTEND_TAG
+                                   dev only: images this pipeline built, over the dev pins
+  STACKSHIP_REMOTE_DEPLOY_ROOT     deploy root on the manager (default /data/stackship/deploy)
+  MR_NOTE_TOKEN                    optional: post the rollout summary on the MR
+Binaries: .build/tools/{config-hasher,rollout-watcher}, statically linked (build-lint-test,
+scripts/build-tools.sh); STACKSHIP_TOOLS_DIR overrides the directory.
+USAGE
+}
+
+ENV=""
+TMP=""
+SSH_OPTS=()
+TARGET=""
+ENV_DIR=""
+
+cleanup() { [[ -z "$TMP" ]] || rm -rf "$TMP"; }
+
+check_settings() {
+    [[ -n "${SERVER_HOST:-}" ]] || die "SERVER_HOST is not set"
+    [[ "$SERVER_HOST" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ || "$SERVER_HOST" =~ ^[0-9a-fA-F:]+$ ]] \
+        || die "SERVER_HOST '${SERVER_HOST}' is not a host name or address"
+    [[ "${SERVER_USER:-}" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "SERVER_USER '${SERVER_USER:-}' is not a user name"
+    SERVER_PORT="${SERVER_PORT:-22}"
+    [[ "$SERVER_PORT" =~ ^[1-9][0-9]{0,4}$ ]] || die "SERVER_PORT '${SERVER_PORT}' is not a port"
+    [[ -n "${SSH_PRIVATE_KEY:-}" && -f "$SSH_PRIVATE_KEY" ]] \
+        || die "SSH_PRIVATE_KEY must be a File variable (a path to the private key)"
+    [[ -n "${SSH_KNOWN_HOSTS:-}" && -s "$SSH_KNOWN_HOSTS" ]] \
+        || die "SSH_KNOWN_HOSTS must be a File variable with the manager's host key (scripts/setup-server.sh prints it); host keys are never fetched on first use"
+    REMOTE_ROOT="${STACKSHIP_REMOTE_DEPLOY_ROOT:-/data/${STACKSHIP_PROJECT}/deploy}"
+    [[ "$REMOTE_ROOT" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "STACKSHIP_REMOTE_DEPLOY_ROOT '${REMOTE_ROOT}' is not a plain absolute path"
+    if [[ -n "${DEPLOY_REGISTRY:-}" ]]; then
+        REGISTRY="$DEPLOY_REGISTRY"
+    else
+        [[ "${CI_REGISTRY_IMAGE:-}" == */"${STACKSHIP_PROJECT}" ]] \
+            || die "CI_REGISTRY_IMAGE '${CI_REGISTRY_IMAGE:-}' does not end in /${STACKSHIP_PROJECT} (set DEPLOY_REGISTRY to the registry part of the images)"
+        REGISTRY="${CI_REGISTRY_IMAGE%/"${STACKSHIP_PROJECT}"}"
+    fi
+    if [[ -n "${DEPLOY_REGISTRY_USER:-}" && -z "${DEPLOY_REGISTRY_PASSWORD:-}" ]] \
+        || [[ -z "${DEPLOY_REGISTRY_USER:-}" && -n "${DEPLOY_REGISTRY_PASSWORD:-}" ]]; then
+        die "set both DEPLOY_REGISTRY_USER and DEPLOY_REGISTRY_PASSWORD (a deploy token with read_registry), or neither"
+    fi
+    [[ -n "${DEPLOY_REGISTRY_USER:-}" ]] \
+        || warn "no DEPLOY_REGISTRY_USER: the manager pulls with the login it already has"
+    ENV_DIR="${REMOTE_ROOT%/}/${ENV}"
+    TARGET="${SERVER_USER}@${SERVER_HOST}"
+}
+
+# ssh_setup: the key in a private copy, and options that trust exactly $SSH_KNOWN_HOSTS.
+ssh_setup() {
+    need_cmd ssh openssh-client
+    need_cmd rsync rsync
+    need_cmd jq jq
+    need_cmd curl curl
+    # The MR note goes to the GitLab API over HTTPS (curl alone does not pull the CA bundle in).
+    [[ -s /etc/ssl/certs/ca-certificates.crt ]] || apt_install ca-certificates
+    (umask 077 && cat "$SSH_PRIVATE_KEY" > "$TMP/key")
+    # GitLab File variables lose a key's final newline when it was pasted without one.
+    [[ "$(tail -c 1 "$TMP/key" | od -An -c | tr -d ' ')" == '\n' ]] || printf '\n' >> "$TMP/key"
+    cp "$SSH_KNOWN_HOSTS" "$TMP/known_hosts"
+    SSH_OPTS=(-F /dev/null -p "$SERVER_PORT"
+        -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no
+        -o "UserKnownHostsFile=$TMP/known_hosts" -o GlobalKnownHostsFile=/dev/null
+        -o IdentitiesOnly=yes -o "IdentityFile=$TMP/key" -o IdentityAgent=none
+        -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no
+        -o ConnectTimeout=20 -o ServerAliveInterval=30 -o ServerAliveCountMax=4 -o LogLevel=ERROR)
+}
+
+# remote CMD: CMD runs in the deploy user's shell on the manager (built from validated paths).
+# shellcheck disable=SC2029 # expanded here on purpose
+remote() { ssh "${SSH_OPTS[@]}" "$TARGET" "$@"; }
+
+stage_release() {
+    local root bin_dir
+    root="$(repo_root)"
+    bin_dir="${STACKSHIP_TOOLS_DIR:-$root/.build/tools}"
+    log "staging the ${ENV} release (binaries from ${bin_dir})"
+    "$root/scripts/copy-manifests.sh" "--${ENV}" --dest "$TMP/stage" --bin-dir "$bin_dir" \
+        || die "staging the ${ENV} release failed (did build-lint-test run in this pipeline?)"
+    mkdir -p "$TMP/upload"
+    mv "$TMP/stage/current" "$TMP/upload/current"
+    install -m 0755 "$root/scripts/ci/remote-deploy.sh" "$TMP/upload/remote-deploy.sh"
+}
+
+# settings: what remote-deploy.sh reads on stdin.
+settings() {
+    printf 'REGISTRY=%s\n' "$REGISTRY"
+    printf 'REGISTRY_USER=%s\nREGISTRY_PASSWORD=%s\n' "${DEPLOY_REGISTRY_USER:-}" "${DEPLOY_REGISTRY_PASSWORD:-}"
+    printf 'CI_JOB_URL=%s\n' "${CI_JOB_URL:-}"
+    if [[ "$ENV" == dev ]]; then
+        # Images this pipeline built win over the dev pins; prod deploys its pins only.
+        printf 'BACKEND_TAG=%s\nFRONTEND_TAG=%s\n' "${BUILT_BACKEND_TAG:-}" "${BUILT_FRONTEND_TAG:-}"
+    fi
+}
+
+main() {
+    case "${1:-}" in
+        -h | --help) usage; return 0 ;;
+        dev | prod) ENV="$1" ;;
+        *) usage >&2; die "expected dev or prod" ;;
+    esac
+    [[ $# -eq 1 ]] || { usage >&2; die "expected exactly one environment"; }
+    check_settings
+    TMP="$(mktemp -d)"
+    trap cleanup EXIT
+    ssh_setup
+    stage_release
+
+    log "connecting to ${TARGET} port ${SERVER_PORT} (host key pinned by SSH_KNOWN_HOSTS)"
+    remote "test -d '${ENV_DIR}' && test -w '${ENV_DIR}'" \
+        || die "cannot use ${TARGET}:${ENV_DIR}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/setup-server.sh); nothing was copied"
+
+    local incoming rc=0 job="${CI_JOB_ID:-local}"
+    incoming="${ENV_DIR}/.incoming-${job//[^0-9A-Za-z]/}-$(date -u +%Y%m%d%H%M%S)-$$"
+    log "copying the release to ${TARGET}:${incoming}/"
+    rsync -a --delete -e "$(printf '%q ' ssh "${SSH_OPTS[@]}")" "$TMP/upload/" "${TARGET}:${incoming}/" \
+        || { remote "rm -rf '${incoming}'" || true; die "copying the release to ${TARGET} failed"; }
+
+    mkdir -p rollout
+    rm -f rollout/last-rollout.json
+    log "deploying ${ENV} on ${TARGET}"
+    settings | remote "'${incoming}/remote-deploy.sh' --${ENV}" > rollout/last-rollout.json || rc=$?
+
+    "$(repo_root)/scripts/ci/rollout-note.sh" "$ENV" rollout/last-rollout.json > rollout/summary.md \
+        || warn "cannot summarise the rollout report"
+    printf '%s\n' "----- ${ENV} rollout -----" >&2
+    cat rollout/summary.md >&2
+    if [[ -n "${CI_MERGE_REQUEST_IID:-}" ]]; then
+        "$(repo_root)/scripts/ci/mr-note.sh" rollout/summary.md || warn "the rollout summary could not be posted on the MR"
+    fi
+    [[ "$rc" -eq 0 ]] || die "the ${ENV} deploy FAILED (exit ${rc}); see the rollout above and rollout/last-rollout.json"
+    log "${ENV} deployed"
+}
+
+main "$@"

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Prepares a Swarm manager for the pipeline's deploy jobs. Run once as root on a fresh Debian
+# server (safe to re-run):
+#   - Docker Engine, openssh-server, rsync; a swarm (init when this engine is in none);
+#   - the Postgres node label (stackship.postgres=true) when no node has it;
+#   - the deploy user: key-only login with exactly the CI public key (restricted: no pty, no
+#     forwarding), no password, in the docker group;
+#   - per environment: the deploy directory (owned by the deploy user), the data directory,
+#     and the database password secret when it is missing;
+# and prints the host key line to paste into the CI variable SSH_KNOWN_HOSTS (stdout).
+set -Eeuo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+    cat <<USAGE
+Usage: scripts/setup-server.sh --ci-key FILE [options]
+
+  --ci-key FILE          the CI public key (the pair of the SSH_PRIVATE_KEY CI variable)
+  --user NAME            the deploy user (default stackship-deploy; the SERVER_USER CI variable)
+  --envs "dev prod"      environments to prepare (default both)
+  --deploy-root DIR      deploy directories (default ${STACKSHIP_DEPLOY_ROOT})
+  --ssh-host NAME        host name in the printed known_hosts line (default: hostname -f;
+                         use the SERVER_HOST CI variable's value)
+  --ssh-port N           sshd's port, for the known_hosts line (default 22)
+  --host-key FILE        sshd's public host key (default /etc/ssh/ssh_host_ed25519_key.pub)
+  --sshd-config-dir DIR  where the deploy user's sshd drop-in goes (default /etc/ssh/sshd_config.d)
+  --advertise-addr ADDR  swarm advertise address when the swarm is initialised here
+
+stdout: the line for SSH_KNOWN_HOSTS. Progress on stderr.
+USAGE
+}
+
+CI_KEY=""
+DEPLOY_USER="stackship-deploy"
+ENVS=(dev prod)
+DEPLOY_ROOT="$STACKSHIP_DEPLOY_ROOT"
+SSH_HOST=""
+SSH_PORT=22
+HOST_KEY="/etc/ssh/ssh_host_ed25519_key.pub"
+SSHD_DIR="/etc/ssh/sshd_config.d"
+ADVERTISE=""
+
+parse_args() {
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --ci-key) [[ $# -ge 2 ]] || die "--ci-key needs a file"; CI_KEY="$2"; shift ;;
+            --user) [[ $# -ge 2 ]] || die "--user needs a name"; DEPLOY_USER="$2"; shift ;;
+            --envs) [[ $# -ge 2 ]] || die "--envs needs a list"; read -r -a ENVS <<<"$2"; shift ;;
+            --deploy-root) [[ $# -ge 2 ]] || die "--deploy-root needs a directory"; DEPLOY_ROOT="$2"; shift ;;
+            --ssh-host) [[ $# -ge 2 ]] || die "--ssh-host needs a name"; SSH_HOST="$2"; shift ;;
+            --ssh-port) [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]{0,4}$ ]] || die "--ssh-port needs a port"; SSH_PORT="$2"; shift ;;
+            --host-key) [[ $# -ge 2 ]] || die "--host-key needs a file"; HOST_KEY="$2"; shift ;;
+            --sshd-config-dir) [[ $# -ge 2 ]] || die "--sshd-config-dir needs a directory"; SSHD_DIR="$2"; shift ;;
+            --advertise-addr) [[ $# -ge 2 ]] || die "--advertise-addr needs an address"; ADVERTISE="$2"; shift ;;
+            -h | --help) usage; exit 0 ;;
+            *) usage >&2; die "unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    [[ -n "$CI_KEY" ]] || { usage >&2; die "missing --ci-key FILE"; }
+    [[ -r "$CI_KEY" ]] || die "cannot read the CI public key '${CI_KEY}'"
+    [[ "$DEPLOY_USER" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "'${DEPLOY_USER}' is not a user name"
+    [[ "$DEPLOY_ROOT" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "--deploy-root '${DEPLOY_ROOT}' is not a plain absolute path"
+    [[ ${#ENVS[@]} -gt 0 ]] || die "--envs is empty"
+    local env
+    for env in "${ENVS[@]}"; do check_env "$env"; done
+    SSH_HOST="${SSH_HOST:-$(hostname -f 2>/dev/null || hostname)}"
+}
+
+ensure_swarm_here() {
+    local state
+    state="$(docker info --format '{{.Swarm.LocalNodeState}}')"
+    case "$state" in
+        active)
+            [[ "$(docker info --format '{{.Swarm.ControlAvailable}}')" == "true" ]] \
+                || die "this engine is a swarm worker: run setup-server.sh on a manager"
+            ;;
+        inactive)
+            log "docker swarm init${ADVERTISE:+ --advertise-addr ${ADVERTISE}}"
+            docker swarm init ${ADVERTISE:+--advertise-addr "$ADVERTISE"} >/dev/null \
+                || die "docker swarm init failed (give --advertise-addr ADDR on a host with several addresses)"
+            ;;
+        *) die "swarm state is '${state}'; fix the swarm first (docker info)" ;;
+    esac
+    if [[ -z "$(docker node ls -q --filter node.label=stackship.postgres=true)" ]]; then
+        log "labelling this node stackship.postgres=true (the database runs here)"
+        docker node update --label-add stackship.postgres=true "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+    fi
+}
+
+# ensure_user: the deploy user, key-only, with exactly the CI key.
+ensure_user() {
+    local home key_line
+    ssh-keygen -l -f "$CI_KEY" >/dev/null 2>&1 || die "'${CI_KEY}' is not an SSH public key"
+    [[ "$(grep -cv '^[[:space:]]*$' "$CI_KEY")" -eq 1 ]] || die "'${CI_KEY}' must hold exactly one public key"
+    [[ "$(head -c 40 "$CI_KEY")" != *PRIVATE* ]] || die "'${CI_KEY}' is a private key: give the .pub file"
+    if ! id "$DEPLOY_USER" >/dev/null 2>&1; then
+        log "creating user ${DEPLOY_USER}"
+        useradd --create-home --user-group --shell /bin/bash "$DEPLOY_USER" || die "useradd ${DEPLOY_USER} failed"
+    fi
+    # '*': no password can match, yet the account is not locked (sshd refuses locked ones).
+    usermod -p '*' "$DEPLOY_USER"
+    usermod -aG docker "$DEPLOY_USER"
+    home="$(getent passwd "$DEPLOY_USER" | cut -d: -f6)"
+    [[ -d "$home" ]] || die "the home directory of ${DEPLOY_USER} (${home}) is missing"
+    install -d -m 0700 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$home/.ssh"
+    key_line="restrict $(grep -v '^[[:space:]]*$' "$CI_KEY")"
+    (umask 077 && printf '%s\n' "$key_line" > "$home/.ssh/authorized_keys.new")
+    chown "$DEPLOY_USER:$DEPLOY_USER" "$home/.ssh/authorized_keys.new"
+    mv "$home/.ssh/authorized_keys.new" "$home/.ssh/authorized_keys"
+    log "${DEPLOY_USER}: authorized_keys holds only the CI key ($(ssh-keygen -l -f "$CI_KEY" | cut -d' ' -f2))"
+}
+
+# ensure_sshd: the deploy user may log in with a key only, whatever the rest of sshd allows.
+ensure_sshd() {
+    local file="$SSHD_DIR/50-${STACKSHIP_PROJECT}-${DEPLOY_USER}.conf"
+    mkdir -p "$SSHD_DIR"
+    cat > "$file" <<CONF
+# Written by ${STACKSHIP_PROJECT}'s scripts/setup-server.sh: the deploy user logs in with its key only.
+Match User ${DEPLOY_USER}
+    PasswordAuthentication no
+    KbdInteractiveAuthentication no
+    AuthenticationMethods publickey
+    AllowTcpForwarding no
+    X11Forwarding no
+    PermitTTY no
+CONF
+    chmod 0644 "$file"
+    if [[ "$SSHD_DIR" == /etc/ssh/sshd_config.d ]]; then
+        sshd -t || die "sshd rejects its configuration (see above); fix it before reloading"
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ssh 2>/dev/null; then
+            systemctl reload ssh || die "systemctl reload ssh failed"
+            log "sshd reloaded"
+        else
+            warn "sshd is not running under systemd here: start or reload it to apply ${file}"
+        fi
+    fi
+}
+
+ensure_env() {
+    local env="$1" dir="$DEPLOY_ROOT/$1" data="${STACKSHIP_DATA}/data/$1/postgres" secret pw
+    install -d -m 0755 "$DEPLOY_ROOT"
+    install -d -m 0750 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir"
+    install -d -m 0755 "$data"
+    secret="$(stack_name "$env")-db-password"
+    if ! docker secret inspect "$secret" >/dev/null 2>&1; then
+        log "creating secret ${secret} (random)"
+        pw="$(openssl rand -hex 24)" || die "openssl rand failed"
+        printf '%s' "$pw" | docker secret create --label "${STACKSHIP_PROJECT}.managed-by=setup-server.sh" "$secret" - >/dev/null \
+            || die "docker secret create ${secret} failed"
+    fi
+    if [[ "$env" == prod ]]; then
+        for secret in "$(stack_name prod)-tls-cert" "$(stack_name prod)-tls-key"; do
+            docker secret inspect "$secret" >/dev/null 2>&1 \
+                || warn "secret ${secret} is missing: docker secret create ${secret} FILE (the site's certificate / key)"
+        done
+    fi
+    log "${env}: ${dir} (owner ${DEPLOY_USER}), data ${data}"
+}
+
+print_known_hosts() {
+    [[ -r "$HOST_KEY" ]] || die "cannot read the host key '${HOST_KEY}'"
+    local name="$SSH_HOST"
+    [[ "$SSH_PORT" == 22 ]] || name="[${SSH_HOST}]:${SSH_PORT}"
+    log "put this line in the SSH_KNOWN_HOSTS CI variable (type File):"
+    printf '%s %s\n' "$name" "$(cut -d' ' -f1,2 "$HOST_KEY")"
+}
+
+main() {
+    parse_args "$@"
+    require_root
+    apt_install openssh-server openssh-client rsync util-linux openssl
+    ensure_docker
+    ensure_swarm_here
+    ensure_user
+    ensure_sshd
+    local env
+    for env in "${ENVS[@]}"; do ensure_env "$env"; done
+    print_known_hosts
+}
+
+main "$@"

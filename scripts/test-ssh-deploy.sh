@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# End-to-end test of the deploy job: the job's own script (scripts/ci/ssh-deploy.sh dev, with
+# the CI variables a GitLab job gets) against a real sshd on a loopback port, a deploy user
+# made by scripts/setup-server.sh (key-only, exactly the CI key), the host key pinned through
+# SSH_KNOWN_HOSTS, onto this machine's swarm (the dev stack):
+#   - a wrong or missing host key fails the job before anything is copied;
+#   - a good release deploys (the stack runs the pinned images) and the job passes;
+#   - an image this pipeline "built" that crashes overrides the pin, the rollout is rolled
+#     back, and the job fails with the watcher's reason.
+# Needs the local stack's registry and images (runs scripts/up.sh --dev when they are
+# missing). Holds /tmp/stackship-e2e.lock while it runs (set STACKSHIP_E2E_LOCK_HELD=1 when
+# the caller holds it already). Prints PASS/FAIL per check and "N passed, M failed".
+set -Eeuo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+E2E_LOCK="/tmp/stackship-e2e.lock"
+TEST_USER="stackship-e2e"
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/test-ssh-deploy.sh [--help]
+
+Root, Debian. Installs openssh-server and rsync when missing; starts its own sshd on a free
+loopback port (stopped at the end); creates and removes the user stackship-e2e.
+About 2 to 4 minutes. Honours CARGO_TARGET_DIR for the static tool binaries it builds
+(scripts/build-tools.sh).
+USAGE
+}
+
+PASSED=0
+FAILED=0
+pass() { PASSED=$((PASSED + 1)); printf 'PASS %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$*"; }
+check() {
+    local name="$1"
+    shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+expect_eq() {
+    if [[ "$2" == "$3" ]]; then pass "$1"; else fail "$1"; printf '  want: %s\n  got:  %s\n' "$2" "$3"; fi
+}
+expect_contains() {
+    if grep -qF -- "$2" "$3"; then pass "$1"; else fail "$1"; printf '  %s does not contain: %s\n' "$3" "$2"; fi
+}
+expect_absent() {
+    if grep -qF -- "$2" "$3"; then fail "$1"; printf '  %s contains what it must not\n' "$3"; else pass "$1"; fi
+}
+
+ROOT="$(repo_root)"
+WORK=""
+SSHD_PID=""
+PORT=""
+ENV_DIR=""
+GOOD_TAG=""
+
+cleanup() {
+    if [[ -n "$SSHD_PID" ]]; then
+        kill "$SSHD_PID" 2>/dev/null || true
+        wait "$SSHD_PID" 2>/dev/null || true
+    fi
+    if id "$TEST_USER" >/dev/null 2>&1; then
+        userdel -r "$TEST_USER" >/dev/null 2>&1 || warn "could not remove the user ${TEST_USER}"
+    fi
+    [[ -z "$WORK" ]] || rm -rf "$WORK"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ensure_stack: the registry, the images and the dev deploy settings of scripts/up.sh.
+ensure_stack() {
+    local env_file
+    env_file="$(env_deploy_dir dev)/deploy.env"
+    if [[ ! -f "$env_file" ]] || ! registry_up; then
+        log "the local dev stack is not up: scripts/up.sh --dev"
+        "$ROOT/scripts/up.sh" --dev >&2 || die "scripts/up.sh --dev failed"
+    fi
+    GOOD_TAG="$(sed -n 's/^IMAGE_TAG=//p' "$env_file")"
+    POSTGRES_IMAGE="$(sed -n 's/^POSTGRES_IMAGE=//p' "$env_file")"
+    NGINX_IMAGE="$(sed -n 's/^NGINX_IMAGE=//p' "$env_file")"
+    [[ -n "$GOOD_TAG" && -n "$POSTGRES_IMAGE" && -n "$NGINX_IMAGE" ]] || die "${env_file} lacks IMAGE_TAG, POSTGRES_IMAGE or NGINX_IMAGE"
+    registry_password | docker login --username "$STACKSHIP_REGISTRY_USER" --password-stdin \
+        "$STACKSHIP_REGISTRY_ADDR" >/dev/null 2>&1 || die "docker login to the local registry failed"
+}
+
+# test_images: <good tag>-e2enext, the good backend under a new tag (a release that updates
+# the stack), and <good tag>-e2ecrash, the good backend with a command that exits 1.
+test_images() {
+    local repo="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend"
+    NEXT_TAG="${GOOD_TAG}-e2enext"
+    CRASH_TAG="${GOOD_TAG}-e2ecrash"
+    docker pull -q "${repo}:${GOOD_TAG}" >/dev/null || die "cannot pull ${repo}:${GOOD_TAG}"
+    docker tag "${repo}:${GOOD_TAG}" "${repo}:${NEXT_TAG}"
+    printf 'FROM %s\nCMD ["/bin/sh", "-c", "echo crashing on purpose >&2; exit 1"]\n' "${repo}:${GOOD_TAG}" \
+        | docker build -q -t "${repo}:${CRASH_TAG}" - >/dev/null 2>"$WORK/build.err" \
+        || die "cannot build the crashing image: $(cat "$WORK/build.err")"
+    docker push -q "${repo}:${NEXT_TAG}" >/dev/null || die "cannot push ${repo}:${NEXT_TAG}"
+    docker push -q "${repo}:${CRASH_TAG}" >/dev/null || die "cannot push ${repo}:${CRASH_TAG}"
+}
+
+# backend_report FIELD: a field of the backend's entry in the job's rollout report.
+backend_report() {
+    jq -r --arg f "$1" '.services[] | select(.service == "backend") | .[$f] // ""' \
+        "$WORK/job/rollout/last-rollout.json" 2>/dev/null
+}
+
+# start_sshd: sshd on 127.0.0.1:$PORT, the port setup-server.sh wrote into the known_hosts line.
+start_sshd() {
+    mkdir -p /run/sshd
+    chmod 0755 /run/sshd
+    cat > "$WORK/sshd_config" <<CONF
+Port ${PORT}
+ListenAddress 127.0.0.1
+HostKey ${WORK}/host_key
+PidFile ${WORK}/sshd.pid
+UsePAM no
+StrictModes yes
+AuthorizedKeysFile .ssh/authorized_keys
+AllowUsers ${TEST_USER}
+LogLevel VERBOSE
+Include ${WORK}/sshd.d/*.conf
+CONF
+    /usr/sbin/sshd -t -f "$WORK/sshd_config" || die "sshd rejects the test configuration"
+    /usr/sbin/sshd -D -e -f "$WORK/sshd_config" >"$WORK/sshd.log" 2>&1 </dev/null &
+    SSHD_PID=$!
+    wait_until 10 "sshd on 127.0.0.1:${PORT}" bash -c "exec 3<>/dev/tcp/127.0.0.1/${PORT}"
+}
+
+# job [VAR=VALUE...]: the dev-deploy job's script with the job's CI variables; log in
+# $WORK/job.log, exit status in JOB_RC; runs in $WORK/job (its artifacts land there).
+job() {
+    mkdir -p "$WORK/job"
+    JOB_RC=0
+    (cd "$WORK/job" && env SERVER_HOST=127.0.0.1 SERVER_PORT="$PORT" SERVER_USER="$TEST_USER" \
+        SSH_PRIVATE_KEY="$WORK/ci_key" SSH_KNOWN_HOSTS="$WORK/known_hosts" \
+        DEPLOY_REGISTRY="$STACKSHIP_REGISTRY_ADDR" DEPLOY_REGISTRY_USER="$STACKSHIP_REGISTRY_USER" \
+        DEPLOY_REGISTRY_PASSWORD="$(registry_password)" STACKSHIP_REMOTE_DEPLOY_ROOT="$WORK/srv/deploy" \
+        CI_JOB_ID=4242 CI_JOB_URL=https://gitlab.invalid/group/stackship/-/jobs/4242 \
+        STACKSHIP_TOOLS_DIR="$WORK/tools" "$@" \
+        "$WORK/repo/scripts/ci/ssh-deploy.sh" dev) >"$WORK/job.log" 2>&1 || JOB_RC=$?
+}
+
+service_image() {
+    docker service inspect "$(stack_name dev)_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' 2>/dev/null \
+        | sed 's/@sha256:.*//'
+}
+
+no_upload_left() { ! compgen -G "${ENV_DIR}/.incoming-*" >/dev/null; }
+
+run_tests() {
+    local ssh_base=(ssh -F /dev/null -p "$PORT" -o BatchMode=yes -o StrictHostKeyChecking=yes
+        -o "UserKnownHostsFile=$WORK/known_hosts" -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes
+        -o IdentityAgent=none -o ConnectTimeout=10)
+    ENV_DIR="$WORK/srv/deploy/dev"
+
+    # --- the deploy tools run in an image with nothing else in it ---
+    local tool out
+    printf 'FROM scratch\nCOPY config-hasher rollout-watcher /\n' > "$WORK/tools/Dockerfile"
+    if docker build -q -t stackship-e2e-static:test "$WORK/tools" >/dev/null 2>"$WORK/build.err"; then
+        for tool in config-hasher rollout-watcher; do
+            out="$(docker run --rm stackship-e2e-static:test "/${tool}" --help 2>&1)" || out="failed: ${out}"
+            expect_contains "static tools: ${tool} runs in an empty (FROM scratch) image" "Usage" <(printf '%s\n' "$out")
+        done
+        docker image rm stackship-e2e-static:test >/dev/null 2>&1 || true
+    else
+        fail "static tools: cannot build the FROM scratch image"
+    fi
+    rm -f "$WORK/tools/Dockerfile"
+
+    # --- the server as setup-server.sh left it ---
+    expect_eq "setup: SSH_KNOWN_HOSTS line is [127.0.0.1]:PORT and the host key" \
+        "[127.0.0.1]:${PORT} $(cut -d' ' -f1,2 "$WORK/host_key.pub")" "$(cat "$WORK/known_hosts")"
+    local home
+    home="$(getent passwd "$TEST_USER" | cut -d: -f6)"
+    expect_eq "setup: authorized_keys holds exactly the CI key, restricted" \
+        "restrict $(cut -d' ' -f1,2 "$WORK/ci_key.pub")" "$(cut -d' ' -f1-3 "$home/.ssh/authorized_keys")"
+    expect_eq "setup: no password" '*' "$(getent shadow "$TEST_USER" | cut -d: -f2)"
+    check "setup: in the docker group" bash -c "id -nG '$TEST_USER' | tr ' ' '\n' | grep -qx docker"
+    expect_eq "setup: the deploy directory belongs to the deploy user" "$TEST_USER" "$(stat -c %U "$ENV_DIR")"
+    local effective
+    effective="$(/usr/sbin/sshd -T -f "$WORK/sshd_config" -C "user=${TEST_USER},host=ci,addr=127.0.0.1")"
+    check "setup: sshd allows the deploy user public keys only" grep -qx 'authenticationmethods publickey' <<<"$effective"
+    check "setup: sshd refuses passwords for the deploy user" grep -qx 'passwordauthentication no' <<<"$effective"
+    check "setup: the CI key logs in" "${ssh_base[@]}" -i "$WORK/ci_key" "${TEST_USER}@127.0.0.1" true
+    if "${ssh_base[@]}" -i "$WORK/other_key" "${TEST_USER}@127.0.0.1" true 2>/dev/null; then
+        fail "setup: another key is refused"
+    else
+        pass "setup: another key is refused"
+    fi
+    local again
+    again="$("$ROOT/scripts/setup-server.sh" "${SETUP_ARGS[@]}" 2>/dev/null)" || again="failed"
+    expect_eq "setup: a second run changes nothing and prints the same line" "$(cat "$WORK/known_hosts")" "$again"
+
+    # --- a wrong host key: the job fails before anything is copied ---
+    job SSH_KNOWN_HOSTS="$WORK/wrong_known_hosts"
+    expect_eq "host key: a wrong host key fails the job" 1 "$JOB_RC"
+    expect_contains "host key: ... saying nothing was copied" "nothing was copied" "$WORK/job.log"
+    check "host key: ... and nothing was copied" bash -c "[[ ! -e '$ENV_DIR/current' ]] && ! compgen -G '$ENV_DIR/.incoming-*' >/dev/null"
+    : > "$WORK/empty_known_hosts"
+    job SSH_KNOWN_HOSTS="$WORK/empty_known_hosts"
+    expect_eq "host key: an empty SSH_KNOWN_HOSTS fails the job (no trust on first use)" 1 "$JOB_RC"
+    check "host key: ... and nothing was copied" test ! -e "$ENV_DIR/current"
+    job SSH_KNOWN_HOSTS=
+    expect_eq "host key: no SSH_KNOWN_HOSTS fails the job" 1 "$JOB_RC"
+
+    # --- a new release: the pins deploy, the stack updates, the job passes ---
+    local before
+    before="$(service_image)"
+    job
+    expect_eq "deploy: the job passes" 0 "$JOB_RC"
+    [[ "$JOB_RC" -eq 0 ]] || tail -n 40 "$WORK/job.log" | sed 's/^/  | /'
+    expect_eq "deploy: the stack runs the pinned backend" \
+        "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${NEXT_TAG}" "$(service_image)"
+    check "deploy: ... which it did not run before (the stack updated)" test "$before" != "$(service_image)"
+    check "deploy: the report shows the update to the pinned tag" \
+        bash -c "[[ '$(backend_report new_image)' == *':${NEXT_TAG}@'* && '$(backend_report result)' == ok ]]"
+    expect_eq "deploy: the release is in place, owned by the deploy user" "$TEST_USER" \
+        "$(stat -c %U "$ENV_DIR/current/deploy.sh" 2>/dev/null)"
+    check "deploy: the release carries the pins" grep -qx "BACKEND_TAG=${NEXT_TAG}" "$ENV_DIR/current/deploy-manifests/dev/images.env"
+    check "deploy: no upload directory is left" no_upload_left
+    expect_contains "deploy: deploy.sh ran under the lock remote-deploy.sh took" \
+        "holding the dev deploy lock (taken by the caller)" "$WORK/job.log"
+    expect_contains "deploy: the tags came from the pins" "(pin in deploy-manifests/dev/images.env)" "$WORK/job.log"
+    expect_eq "deploy: the rollout report came back (artifact)" true "$(jq -r .ok "$WORK/job/rollout/last-rollout.json" 2>/dev/null)"
+    expect_contains "deploy: the summary says ok" "**dev deploy: ok**" "$WORK/job/rollout/summary.md"
+    check "deploy: a deploy record was written" bash -c "compgen -G '$ENV_DIR/history/*.json' >/dev/null"
+    expect_absent "deploy: the registry password is not in the job log" "$(registry_password)" "$WORK/job.log"
+
+    # --- a crashing image built "in this pipeline": overrides the pin, the job fails ---
+    job BUILT_BACKEND_TAG="$CRASH_TAG"
+    expect_eq "bad image: the job fails when the rollout fails" 1 "$JOB_RC"
+    expect_contains "bad image: the built tag overrode the pin" "backend:${CRASH_TAG} (BACKEND_TAG)" "$WORK/job.log"
+    expect_eq "bad image: the report says backend failed" failed "$(backend_report result)"
+    expect_contains "bad image: the summary says FAILED with old -> new tag" \
+        "\`${NEXT_TAG}\` → \`${CRASH_TAG}\` | failed |" "$WORK/job/rollout/summary.md"
+    expect_contains "bad image: ... and the reason" "rolled back" "$WORK/job/rollout/summary.md"
+    expect_eq "bad image: Swarm is back on the last good image" \
+        "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${NEXT_TAG}" "$(service_image)"
+    expect_contains "bad image: the job log says the deploy failed" "the dev deploy FAILED" "$WORK/job.log"
+
+    # --- a revert of the pin: the stack returns to the tag scripts/up.sh deployed ---
+    "$WORK/repo/scripts/pin-image.sh" dev backend "$GOOD_TAG" 2>/dev/null
+    job
+    expect_eq "revert: the job passes" 0 "$JOB_RC"
+    expect_eq "revert: the stack runs the reverted pin" \
+        "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${GOOD_TAG}" "$(service_image)"
+}
+
+main() {
+    case "${1:-}" in
+        -h | --help) usage; return 0 ;;
+        "") ;;
+        *) usage >&2; die "unknown argument '$1'" ;;
+    esac
+    require_root
+    if [[ -z "${STACKSHIP_E2E_LOCK_HELD:-}" ]]; then
+        need flock "apt-get install util-linux"
+        log "waiting for ${E2E_LOCK}"
+        exec flock -o "$E2E_LOCK" env STACKSHIP_E2E_LOCK_HELD=1 "$0" "$@"
+    fi
+    apt_install openssh-server openssh-client rsync jq python3
+    need cargo "install the Rust toolchain (rustup)"
+    ensure_docker
+    ensure_stack
+    WORK="$(mktemp -d /tmp/stackship-ssh-e2e.XXXXXX)"
+    trap cleanup EXIT
+    # The deploy tools as the build job makes them: statically linked.
+    "$ROOT/scripts/build-tools.sh" --out "$WORK/tools" >/dev/null || die "scripts/build-tools.sh failed"
+    # The deploy user reaches its deploy root below this directory.
+    chmod 0755 "$WORK"
+    ssh-keygen -q -t ed25519 -N '' -C ci -f "$WORK/ci_key"
+    ssh-keygen -q -t ed25519 -N '' -C other -f "$WORK/other_key"
+    ssh-keygen -q -t ed25519 -N '' -C host -f "$WORK/host_key"
+    ssh-keygen -q -t ed25519 -N '' -C impostor -f "$WORK/impostor_host_key"
+
+    # A checkout as the pipeline has it, the dev backend and frontend pinned to the good tag.
+    mkdir -p "$WORK/repo"
+    cp -R "$ROOT/scripts" "$ROOT/deploy-manifests" "$ROOT/docker-compose.dev.yaml" "$WORK/repo/"
+    test_images
+    "$WORK/repo/scripts/pin-image.sh" dev backend "$NEXT_TAG"
+    "$WORK/repo/scripts/pin-image.sh" dev frontend "$GOOD_TAG"
+
+    PORT="$(free_port)"
+    SETUP_ARGS=(--ci-key "$WORK/ci_key.pub" --user "$TEST_USER" --envs dev --deploy-root "$WORK/srv/deploy"
+        --ssh-host 127.0.0.1 --ssh-port "$PORT" --host-key "$WORK/host_key.pub" --sshd-config-dir "$WORK/sshd.d")
+    "$ROOT/scripts/setup-server.sh" "${SETUP_ARGS[@]}" > "$WORK/known_hosts" || die "setup-server.sh failed"
+    printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$WORK/impostor_host_key.pub")" > "$WORK/wrong_known_hosts"
+    # The manager's own settings (the third-party images this machine uses).
+    printf 'POSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\n' "$POSTGRES_IMAGE" "$NGINX_IMAGE" > "$WORK/srv/deploy/dev/deploy.env"
+    start_sshd
+
+    run_tests
+    printf '%s passed, %s failed\n' "$PASSED" "$FAILED"
+    [[ "$FAILED" -eq 0 ]]
+}
+
+main "$@"
