@@ -9,7 +9,8 @@
 #      job log, a failing note never hides a failed build, a missing token skips with a warning;
 #   4. the image pins (scripts/pin-image.sh, deploy.sh --print-images);
 #   5. the deploy job's MR summary (rollout-note.sh) and the checks ssh-deploy.sh makes before
-#      it connects (the SSH end-to-end test is scripts/test-ssh-deploy.sh).
+#      it connects (the SSH end-to-end test is scripts/test-ssh-deploy.sh);
+#   6. image tags: a tree with uncommitted changes never gets a clean commit's tag.
 # Prints one PASS/FAIL line per check and "N passed, M failed"; exits 1 when any failed.
 # Installs its tools into a cache outside the repository (gitlab-ci-local from npm,
 # check-jsonschema from PyPI into a venv).
@@ -28,7 +29,7 @@ usage() {
 Usage: scripts/test-pipeline.sh [--only SECTION] [--help]
 
 Tests .gitlab-ci.yml and the CI job scripts without a GitLab (sections: schema, matrix, note,
-pins, deploy; default all). Tools are installed into ${CACHE_DIR} (override with STACKSHIP_CACHE).
+pins, deploy, tag; default all). Tools are installed into ${CACHE_DIR} (override with STACKSHIP_CACHE).
 Prints PASS/FAIL per check and "N passed, M failed"; exit status 1 when any check failed.
 USAGE
 }
@@ -595,6 +596,46 @@ JSON
         bash -c "grep -q 'StrictHostKeyChecking=yes' '$ROOT/scripts/ci/ssh-deploy.sh' && grep -q 'GlobalKnownHostsFile=/dev/null' '$ROOT/scripts/ci/ssh-deploy.sh'"
 }
 
+# ---- section tag: scripts/image-tag.sh never gives two contents one tag ----
+
+section_tag() {
+    local repo="$WORK/tag-repo" clean tag1 tag2 tag3 sha
+    mkdir -p "$repo/scripts" "$repo/services/backend"
+    cp "$ROOT/scripts/image-tag.sh" "$repo/scripts/"
+    printf 'fn main() {}\n' > "$repo/services/backend/main.rs"
+    printf '[workspace]\n' > "$repo/Cargo.toml"
+    printf '# readme\n' > "$repo/README.md"
+    printf '/services/backend/target\n' > "$repo/.gitignore"
+    git -C "$repo" init -q -b main
+    git -C "$repo" add .
+    git -C "$repo" -c user.name=test -c user.email=test@localhost commit -q -m base
+    sha="$(git -C "$repo" rev-parse HEAD)"
+    clean="$(env -u CI_COMMIT_SHA -u CI_COMMIT_TIMESTAMP "$repo/scripts/image-tag.sh")"
+    expect_eq "tag: a clean tree gets YYYYMMDD_<sha8>" "$(date -u +%Y%m%d)_${sha:0:8}" "$clean"
+    printf '# changed\n' >> "$repo/README.md"
+    mkdir -p "$repo/services/backend/target"
+    printf 'build output\n' > "$repo/services/backend/target/x"
+    expect_eq "tag: changes outside the image inputs, and ignored files, keep the clean tag" "$clean" \
+        "$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    printf 'fn main() { println!("a"); }\n' > "$repo/services/backend/main.rs"
+    tag1="$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    check "tag: an uncommitted change to services/ says so (-dirty-<hash8>)" \
+        grep -qxE "${clean}-dirty-[0-9a-f]{8}" <<<"$tag1"
+    expect_eq "tag: the same tree gives the same dirty tag" "$tag1" "$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    printf 'fn main() { println!("b"); }\n' > "$repo/services/backend/main.rs"
+    tag2="$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    check "tag: a different change gives a different dirty tag" test "$tag2" != "$tag1" -a "$tag2" != "$clean"
+    git -C "$repo" checkout -q -- services
+    printf 'x\n' > "$repo/services/backend/new.rs"
+    tag3="$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    check "tag: an untracked file in services/ makes the tree dirty" grep -qxE "${clean}-dirty-[0-9a-f]{8}" <<<"$tag3"
+    git -C "$repo" add services/backend/new.rs
+    expect_eq "tag: ... staged, the same content keeps the same tag" "$tag3" "$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    expect_eq "tag: a pipeline (CI_COMMIT_SHA, CI_COMMIT_TIMESTAMP) gets its commit's tag" "20261122_${sha:0:8}" \
+        "$(CI_COMMIT_SHA="$sha" CI_COMMIT_TIMESTAMP=2026-11-22T23:59:59+00:00 "$repo/scripts/image-tag.sh")"
+    check "tag: every tag is a valid image tag" grep -qxE '[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}' <<<"$tag1"
+}
+
 main() {
     local only=""
     while [[ $# -gt 0 ]]; do
@@ -606,15 +647,15 @@ main() {
         shift
     done
     case "$only" in
-        "" | schema | matrix | note | pins | deploy) ;;
-        *) die "unknown section '${only}' (schema, matrix, note, pins, deploy)" ;;
+        "" | schema | matrix | note | pins | deploy | tag) ;;
+        *) die "unknown section '${only}' (schema, matrix, note, pins, deploy, tag)" ;;
     esac
     ensure_tools
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/stackship-test-pipeline.XXXXXX")"
     trap 'stop_fake_gitlab; rm -rf "$WORK"' EXIT
     make_gcl_repo
     local section
-    for section in schema matrix note pins deploy; do
+    for section in schema matrix note pins deploy tag; do
         [[ -z "$only" || "$only" == "$section" ]] || continue
         if declare -F "section_${section}" >/dev/null; then
             log "section ${section}"
