@@ -52,6 +52,8 @@ count() {
 run_crate() {
     local crate="$1" out="$2/$1" status=0
     mkdir -p "$out"
+    # cargo-mutants copies the working tree as it is now: record which commit that was.
+    git -C "$ROOT" describe --always --dirty >"$out/commit"
     log "cargo mutants -p $crate (output: $out/mutants.out)"
     # Without debug info the many rebuilds link faster; the copies get their own target dir.
     (cd "$ROOT" && env -u CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG=0 \
@@ -77,7 +79,8 @@ report_crate() {
     total=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' \
         "$out/mutants.out/mutants.json" 2>/dev/null || echo '?')
     {
-        printf '\n## %s (%s min)\n' "$crate" "$(cat "$out/minutes" 2>/dev/null || echo '?')"
+        printf '\n## %s (tree at %s, %s min)\n' "$crate" "$(cat "$out/commit" 2>/dev/null || echo '?')" \
+            "$(cat "$out/minutes" 2>/dev/null || echo '?')"
         if [[ "$total" != "$((viable + unviable))" ]]; then
             printf 'PARTIAL RUN: %s of %s mutants tested; the figures below cover those only\n' \
                 "$((viable + unviable))" "$total"
@@ -140,9 +143,8 @@ write_results() {
     KEYS=()
     {
         printf '# Mutation testing: cargo mutants, %s\n' "$(date -u +%Y-%m-%d)"
-        printf 'machine: %s, %s cores; %s; commit %s; --jobs %s\n' \
-            "$(uname -m)" "$(nproc)" "$(cargo mutants --version)" \
-            "$(git -C "$ROOT" rev-parse --short HEAD)" "$JOBS"
+        printf 'machine: %s, %s cores; %s; --jobs %s\n' \
+            "$(uname -m)" "$(nproc)" "$(cargo mutants --version)" "$JOBS"
         printf 'Excluded equivalent mutants and why: .cargo/mutants.toml\n'
     } >"$RESULTS.tmp"
     for crate in "$@"; do
