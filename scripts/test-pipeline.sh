@@ -246,40 +246,10 @@ FAKE_PID=""
 FAKE_PORT=""
 TOKEN="glpat-test-$$-SECRETVALUE"
 
-# start_fake_gitlab: a python3 http.server on 127.0.0.1 (free port) that records every request
-# (method, path, headers, body) as a JSON line in $WORK/requests.jsonl and answers with the
-# status in $WORK/status (201 when absent). Its error answers echo the request headers, as a
-# careless proxy might, so a test can see that the token is not shown from them.
+# start_fake_gitlab: scripts/ci/fake-gitlab-api.py on 127.0.0.1 (free port): records every
+# request in $WORK/requests.jsonl, answers with the status in $WORK/status (201 when absent).
 start_fake_gitlab() {
-    cat > "$WORK/fake_gitlab.py" <<'PY'
-import http.server, json, os, sys
-work = sys.argv[1]
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-        with open(os.path.join(work, "requests.jsonl"), "a") as f:
-            f.write(json.dumps({"method": self.command, "path": self.path,
-                                "headers": dict(self.headers.items()), "body": body}) + "\n")
-        try:
-            status = int(open(os.path.join(work, "status")).read().strip())
-        except FileNotFoundError:
-            status = 201
-        answer = {"id": 1} if status < 300 else {"message": "refused", "echo": dict(self.headers.items())}
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-    def log_message(self, *args):
-        pass
-server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-with open(os.path.join(work, "port.tmp"), "w") as f:
-    f.write(str(server.server_address[1]))
-os.rename(os.path.join(work, "port.tmp"), os.path.join(work, "port"))
-server.serve_forever()
-PY
-    python3 "$WORK/fake_gitlab.py" "$WORK" </dev/null >"$WORK/fake_gitlab.log" 2>&1 &
+    python3 "$ROOT/scripts/ci/fake-gitlab-api.py" "$WORK" </dev/null >"$WORK/fake_gitlab.log" 2>&1 &
     FAKE_PID=$!
     wait_until 10 "the stand-in GitLab API" test -s "$WORK/port"
     FAKE_PORT="$(cat "$WORK/port")"

@@ -51,11 +51,16 @@ expect_absent() {
 ROOT="$(repo_root)"
 WORK=""
 SSHD_PID=""
+API_PID=""
 PORT=""
 ENV_DIR=""
 GOOD_TAG=""
 
 cleanup() {
+    if [[ -n "$API_PID" ]]; then
+        kill "$API_PID" 2>/dev/null || true
+        wait "$API_PID" 2>/dev/null || true
+    fi
     if [[ -n "$SSHD_PID" ]]; then
         kill "$SSHD_PID" 2>/dev/null || true
         wait "$SSHD_PID" 2>/dev/null || true
@@ -229,8 +234,15 @@ run_tests() {
     check "deploy: a deploy record was written" bash -c "compgen -G '$ENV_DIR/history/*.json' >/dev/null"
     expect_absent "deploy: the registry password is not in the job log" "$(registry_password)" "$WORK/job.log"
 
-    # --- a crashing image built "in this pipeline": overrides the pin, the job fails ---
-    job BUILT_BACKEND_TAG="$CRASH_TAG"
+    # --- a crashing image built "in this pipeline" of an MR: overrides the pin, the job
+    # fails, and the rollout summary goes to the MR (a stand-in GitLab API on loopback) ---
+    mkdir -p "$WORK/api"
+    python3 "$ROOT/scripts/ci/fake-gitlab-api.py" "$WORK/api" </dev/null >"$WORK/api.log" 2>&1 &
+    API_PID=$!
+    wait_until 10 "the stand-in GitLab API" test -s "$WORK/api/port"
+    local token="glpat-e2e-$$-SECRET"
+    job BUILT_BACKEND_TAG="$CRASH_TAG" CI_MERGE_REQUEST_IID=7 CI_PROJECT_ID=42 MR_NOTE_TOKEN="$token" \
+        CI_API_V4_URL="http://127.0.0.1:$(cat "$WORK/api/port")/api/v4"
     expect_eq "bad image: the job fails when the rollout fails" 1 "$JOB_RC"
     expect_contains "bad image: the built tag overrode the pin" "backend:${CRASH_TAG} (BACKEND_TAG)" "$WORK/job.log"
     expect_eq "bad image: the report says backend failed" failed "$(backend_report result)"
@@ -240,6 +252,12 @@ run_tests() {
     expect_eq "bad image: Swarm is back on the last good image" \
         "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${NEXT_TAG}" "$(service_image)"
     expect_contains "bad image: the job log says the deploy failed" "the dev deploy FAILED" "$WORK/job.log"
+    expect_eq "bad image: one MR note, on MR 7" "/api/v4/projects/42/merge_requests/7/notes" \
+        "$(jq -r .path "$WORK/api/requests.jsonl" 2>/dev/null | paste -sd' ')"
+    jq -r '.body | fromjson | .body' "$WORK/api/requests.jsonl" > "$WORK/note.md" 2>/dev/null || true
+    expect_contains "bad image: the note is the rollout summary" \
+        "\`${NEXT_TAG}\` → \`${CRASH_TAG}\` | failed |" "$WORK/note.md"
+    expect_absent "bad image: the note token is not in the job log" "$token" "$WORK/job.log"
 
     # --- a revert of the pin: the stack returns to the tag scripts/up.sh deployed ---
     "$WORK/repo/scripts/pin-image.sh" dev backend "$GOOD_TAG" 2>/dev/null
