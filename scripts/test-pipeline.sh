@@ -116,6 +116,8 @@ make_gcl_repo() {
     git -C "$GCL_REPO" add .gitlab-ci.yml
     git -C "$GCL_REPO" -c user.name=test -c user.email=test@localhost commit -q -m pipeline
     git -C "$GCL_REPO" remote add origin https://gitlab.invalid/group/stackship.git
+    # A copy to break on purpose (inside the repository: gitlab-ci-local wants git around it).
+    mkdir -p "$GCL_REPO/broken-deps"
     # The workflow rules as one job's rules: gitlab-ci-local 4.64 does not evaluate `workflow:`,
     # and a job's rules decide the same way (a matching rule without `when` runs it, `when:
     # never` or no match drops it). The probe job exists exactly when GitLab makes a pipeline.
@@ -140,6 +142,20 @@ gcl_list() {
     local IFS=,
     (cd "$dir" && GCL_IGNORE_PREDEFINED_VARS="${names[*]}" "$GCL" --list-csv "${args[@]}") 2>"$WORK/gcl.err" \
         | awk -F';' 'NR > 1 { print $1 "=" ($4 == "manual" ? "manual" : "auto") }'
+}
+
+# gcl_dependencies DIR VAR=VALUE...: gitlab-ci-local --validate-dependency-chain passes
+# (its output in GCL_OUT).
+gcl_dependencies() {
+    local dir="$1" kv args=() names=()
+    shift
+    for kv in "$@"; do
+        args+=(--variable "$kv")
+        names+=("${kv%%=*}")
+    done
+    local IFS=,
+    GCL_OUT="$(cd "$dir" && GCL_IGNORE_PREDEFINED_VARS="${names[*]}" "$GCL" --validate-dependency-chain "${args[@]}" 2>&1)" \
+        && [[ "$GCL_OUT" == *"All job dependencies are valid"* ]]
 }
 
 # pipeline_jobs VAR=VALUE...: the jobs of the pipeline GitLab would create, one line each,
@@ -232,6 +248,25 @@ section_matrix() {
     push "scheduled pipeline on the default branch does not deploy" \
         "build-lint-test=auto image-backend=manual image-frontend=manual" \
         CI_PIPELINE_SOURCE=schedule CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main
+    # Every job's `dependencies` exist in the pipeline it runs in.
+    local vars
+    for vars in "CI_PIPELINE_SOURCE=merge_request_event CI_MERGE_REQUEST_LABELS=" \
+        "CI_PIPELINE_SOURCE=merge_request_event CI_MERGE_REQUEST_LABELS=build-backend,dev-deploy,prod-deploy" \
+        "CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main" \
+        "CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH= CI_COMMIT_TAG=v1.0.0"; do
+        # shellcheck disable=SC2086 # the words are VAR=VALUE pairs
+        check "matrix: dependencies valid (${vars})" gcl_dependencies "$GCL_REPO" $vars
+    done
+    # prod-deploy, on the default branch, needing dev-deploy, which does not run there.
+    sed '/^prod-deploy:/,/^$/ s/^  dependencies: \[build-lint-test\]$/  dependencies: [build-lint-test, dev-deploy]/' \
+        "$GCL_REPO/.gitlab-ci.yml" > "$GCL_REPO/broken-deps/.gitlab-ci.yml"
+    if gcl_dependencies "$GCL_REPO/broken-deps" CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main; then
+        fail "matrix: a dependency on a job absent from the pipeline is caught"
+    else
+        check "matrix: a dependency on a job absent from the pipeline is caught" \
+            grep -q 'dev-deploy.*prod-deploy\|prod-deploy.*dev-deploy' <<<"$GCL_OUT"
+    fi
+
     # Manual jobs never block an MR pipeline (allow_failure), automatic ones count.
     local blocking
     blocking="$(cd "$GCL_REPO" && GCL_IGNORE_PREDEFINED_VARS=CI_PIPELINE_SOURCE "$GCL" --list-csv \
