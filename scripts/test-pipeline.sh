@@ -543,6 +543,83 @@ section_pins() {
 
 # ---- section deploy: the deploy job's summary and its checks before any connection ----
 
+# upload NAME RC: an upload directory as ssh-deploy.sh leaves it on the manager, in
+# $WORK/manager/dev, whose stub deploy.sh records its environment and lock descriptor, writes
+# a rollout report, and exits RC.
+upload() {
+    local dir="$WORK/manager/dev/.incoming-$1"
+    mkdir -p "$dir/current/deploy-manifests/dev"
+    cp "$ROOT/scripts/ci/remote-deploy.sh" "$dir/"
+    cat > "$dir/current/deploy.sh" <<SH
+#!/usr/bin/env bash
+env_dir="\$(dirname "\$(cd "\$(dirname "\$0")" && pwd)")"
+{ echo "args=\$*"; echo "release=$1"; env | grep -E '^(REGISTRY|REGISTRY_USER|REGISTRY_PASSWORD|BACKEND_TAG|FRONTEND_TAG)=' | sort
+  echo "lockfd=\${STACKSHIP_DEPLOY_LOCK_FD:-}"
+  flock -n "\$env_dir/deploy.lock" true && echo "lock=free" || echo "lock=held"
+} > "\$env_dir/deploy-ran.txt"
+echo "summary on stdout"
+[[ $2 -eq 0 ]] && ok=true || ok=false
+echo "{\"stack\": \"stackship-dev\", \"ok\": \$ok, \"release\": \"$1\"}" > "\$env_dir/last-rollout.json"
+exit $2
+SH
+    chmod +x "$dir/current/deploy.sh"
+    printf '%s\n' "$1" > "$dir/current/marker"
+}
+
+remote_deploy_tests() {
+    local env_dir="$WORK/manager/dev" rc out
+    mkdir -p "$env_dir"
+    upload r1 0
+    rc=0
+    printf 'REGISTRY=registry.invalid/group\nREGISTRY_USER=deploy-token\nREGISTRY_PASSWORD=s3cret\nBACKEND_TAG=20261123_0123abcd\nFRONTEND_TAG=\n' \
+        | "$env_dir/.incoming-r1/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
+    expect_eq "remote deploy: exits with deploy.sh's status (0)" 0 "$rc"
+    expect_eq "remote deploy: the upload is swapped in as current/" r1 "$(cat "$env_dir/current/marker" 2>/dev/null)"
+    check "remote deploy: the upload directory is gone" test ! -e "$env_dir/.incoming-r1"
+    expect_contains "remote deploy: deploy.sh runs for the environment" "args=--dev" "$env_dir/deploy-ran.txt"
+    expect_contains "remote deploy: settings from stdin reach deploy.sh" "REGISTRY_PASSWORD=s3cret" "$env_dir/deploy-ran.txt"
+    expect_contains "remote deploy: ... the built tag too" "BACKEND_TAG=20261123_0123abcd" "$env_dir/deploy-ran.txt"
+    expect_absent "remote deploy: an empty setting is not set (the pin applies)" "FRONTEND_TAG=" "$env_dir/deploy-ran.txt"
+    expect_contains "remote deploy: deploy.sh gets the lock descriptor" "lockfd=9" "$env_dir/deploy-ran.txt"
+    expect_contains "remote deploy: ... and the lock is held while it runs" "lock=held" "$env_dir/deploy-ran.txt"
+    expect_eq "remote deploy: stdout is only the rollout report" r1 "$(jq -r .release "$WORK/remote.out" 2>/dev/null)"
+    expect_contains "remote deploy: deploy.sh's own output goes to the log" "summary on stdout" "$WORK/remote.log"
+
+    upload r2 1
+    rc=0
+    printf 'REGISTRY=registry.invalid/group\n' | "$env_dir/.incoming-r2/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
+    expect_eq "remote deploy: exits with deploy.sh's status (1)" 1 "$rc"
+    expect_eq "remote deploy: ... with that deploy's report" false "$(jq -r .ok "$WORK/remote.out" 2>/dev/null)"
+
+    upload r3 0
+    rc=0
+    printf 'REGISTRY=x\nPATH=/tmp/evil\n' | "$env_dir/.incoming-r3/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
+    expect_eq "remote deploy: an unknown setting is refused" 1 "$rc"
+    expect_eq "remote deploy: ... before anything is swapped in" r2 "$(cat "$env_dir/current/marker" 2>/dev/null)"
+
+    # Another deploy holds the lock: the swap waits, then gives up, leaving current/ alone.
+    rc=0
+    (
+        exec 8>>"$env_dir/deploy.lock"
+        flock 8
+        printf 'LOCK_WAIT=1\n' | "$env_dir/.incoming-r3/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log"
+    ) || rc=$?
+    expect_eq "remote deploy: a held lock stops the swap after LOCK_WAIT" 1 "$rc"
+    expect_contains "remote deploy: ... saying so" "lock is still held" "$WORK/remote.log"
+    expect_eq "remote deploy: ... and current/ is untouched" r2 "$(cat "$env_dir/current/marker" 2>/dev/null)"
+
+    # A deploy that stops before its rollout: no stale report of an earlier deploy on stdout.
+    rc=0
+    touch -d '1 hour ago' "$env_dir/last-rollout.json"
+    sed -i '/^echo "{/d' "$env_dir/.incoming-r3/current/deploy.sh"
+    sed -i 's/^exit 0$/exit 1/' "$env_dir/.incoming-r3/current/deploy.sh"
+    printf '' | "$env_dir/.incoming-r3/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
+    expect_eq "remote deploy: a deploy stopped before its rollout returns no old report" "1 0" \
+        "$rc $(wc -c < "$WORK/remote.out")"
+    out="$(CI_JOB_URL='' "$ROOT/scripts/ci/rollout-note.sh" dev "$WORK/remote.out")"
+    check "remote deploy: ... and the summary says it failed before the rollout" grep -q "FAILED before the rollout" <<<"$out"
+}
+
 section_deploy() {
     cat > "$WORK/rollout.json" <<'JSON'
 {"stack": "stackship-dev", "ok": false, "seconds": 32.59, "services": [
@@ -595,6 +672,8 @@ JSON
             sed 's/^/  | /' "$WORK/deploy.log" | tail -n 5
         fi
     done
+    remote_deploy_tests
+
     check "deploy job: never uses ssh-keyscan or StrictHostKeyChecking=no" \
         bash -c "! grep -rEn '^[^#]*(ssh-keyscan|StrictHostKeyChecking=(no|accept-new))' '$ROOT/scripts/ci' '$ROOT/.gitlab-ci.yml'"
     check "deploy job: ssh checks the host key strictly against SSH_KNOWN_HOSTS only" \
