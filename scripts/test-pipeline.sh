@@ -19,17 +19,15 @@ set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# gitlab-ci-local 4.7x needs Node 22; 4.64.1 runs on Node 20 and validates against the schema.
-GCL_VERSION="4.64.1"
-CHECK_JSONSCHEMA_VERSION="0.39.0"
-CACHE_DIR="${STACKSHIP_CACHE:-${STACKSHIP_DATA}/cache}"
+# shellcheck source=scripts/ci/test-tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ci/test-tools.sh"
 
 usage() {
     cat <<USAGE
 Usage: scripts/test-pipeline.sh [--only SECTION] [--help]
 
 Tests .gitlab-ci.yml and the CI job scripts without a GitLab (sections: schema, matrix, note,
-pins, deploy, tag; default all). Tools are installed into ${CACHE_DIR} (override with STACKSHIP_CACHE).
+pins, deploy, tag; default all). Tools are installed into ${STACKSHIP_CACHE} (override with STACKSHIP_CACHE).
 Prints PASS/FAIL per check and "N passed, M failed"; exit status 1 when any check failed.
 USAGE
 }
@@ -83,27 +81,10 @@ GCL=""
 VENV=""
 
 ensure_tools() {
-    need node "Node 20 (Debian nodejs or nodesource)"
-    need npm
-    need git
-    need_cmd python3 python3
     need_cmd jq jq
     need_cmd curl curl
-    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
-    mkdir -p "$CACHE_DIR"
-    GCL="$CACHE_DIR/gitlab-ci-local/node_modules/.bin/gitlab-ci-local"
-    if [[ ! -x "$GCL" || "$("$GCL" --version 2>/dev/null)" != "$GCL_VERSION" ]]; then
-        log "npm install gitlab-ci-local@${GCL_VERSION} into ${CACHE_DIR}/gitlab-ci-local"
-        npm install --prefix "$CACHE_DIR/gitlab-ci-local" --no-audit --no-fund --loglevel=error \
-            "gitlab-ci-local@${GCL_VERSION}" >&2 || die "npm install gitlab-ci-local@${GCL_VERSION} failed"
-    fi
-    VENV="$CACHE_DIR/venv"
-    if [[ "$("$VENV/bin/check-jsonschema" --version 2>/dev/null)" != *" ${CHECK_JSONSCHEMA_VERSION}" ]]; then
-        log "pip install check-jsonschema==${CHECK_JSONSCHEMA_VERSION} into ${VENV}"
-        python3 -m venv "$VENV" || die "python3 -m venv ${VENV} failed"
-        "$VENV/bin/pip" install -q "check-jsonschema==${CHECK_JSONSCHEMA_VERSION}" >&2 \
-            || die "pip install check-jsonschema failed"
-    fi
+    ensure_gitlab_ci_local
+    ensure_check_jsonschema
 }
 
 # A throwaway git repository holding the pipeline file, with an origin remote as
