@@ -6,7 +6,9 @@
 #   - a wrong or missing host key fails the job before anything is copied;
 #   - a good release deploys (the stack runs the pinned images) and the job passes;
 #   - an image this pipeline "built" that crashes overrides the pin, the rollout is rolled
-#     back, and the job fails with the watcher's reason.
+#     back, and the job fails with the watcher's reason;
+#   - the dev-deploy job of .gitlab-ci.yml itself, run by gitlab-ci-local's shell executor in
+#     an MR pipeline labelled dev-deploy, deploys.
 # Needs the local stack's registry and images (runs scripts/up.sh --dev when they are
 # missing). Holds /tmp/stackship-e2e.lock while it runs (set STACKSHIP_E2E_LOCK_HELD=1 when
 # the caller holds it already). Prints PASS/FAIL per check and "N passed, M failed".
@@ -14,6 +16,8 @@ set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/ci/test-tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ci/test-tools.sh"
 
 E2E_LOCK="/tmp/stackship-e2e.lock"
 TEST_USER="stackship-e2e"
@@ -148,6 +152,29 @@ job() {
         "$WORK/repo/scripts/ci/ssh-deploy.sh" dev) >"$WORK/job.log" 2>&1 || JOB_RC=$?
 }
 
+# gcl_job VAR=VALUE...: .gitlab-ci.yml's dev-deploy job in an MR pipeline labelled dev-deploy,
+# run by gitlab-ci-local's shell executor in the checkout $WORK/repo with the CI variables
+# from its project variables file (a value naming a file becomes a File variable there, as the
+# key and known_hosts are in GitLab; directories go on the command line); log in
+# $WORK/gcl.log, status in GCL_RC.
+gcl_job() {
+    local kv
+    {
+        printf 'SERVER_HOST: "127.0.0.1"\nSERVER_PORT: "%s"\nSERVER_USER: "%s"\n' "$PORT" "$TEST_USER"
+        printf 'SSH_PRIVATE_KEY: "%s"\nSSH_KNOWN_HOSTS: "%s"\n' "$WORK/ci_key" "$WORK/known_hosts"
+        printf 'DEPLOY_REGISTRY: "%s"\nDEPLOY_REGISTRY_USER: "%s"\n' "$STACKSHIP_REGISTRY_ADDR" "$STACKSHIP_REGISTRY_USER"
+        printf 'DEPLOY_REGISTRY_PASSWORD: "%s"\n' "$(registry_password)"
+        for kv in "$@"; do printf '%s: "%s"\n' "${kv%%=*}" "${kv#*=}"; done
+    } > "$WORK/repo/.gitlab-ci-local-variables.yml"
+    chmod 0600 "$WORK/repo/.gitlab-ci-local-variables.yml"
+    GCL_RC=0
+    (cd "$WORK/repo" && GCL_IGNORE_PREDEFINED_VARS=CI_PIPELINE_SOURCE,CI_MERGE_REQUEST_LABELS "$GCL" \
+        --force-shell-executor --variable "STACKSHIP_REMOTE_DEPLOY_ROOT=$WORK/srv/deploy" \
+        --variable "STACKSHIP_TOOLS_DIR=$WORK/tools" \
+        --variable CI_PIPELINE_SOURCE=merge_request_event --variable CI_MERGE_REQUEST_LABELS=dev-deploy \
+        dev-deploy) >"$WORK/gcl.log" 2>&1 || GCL_RC=$?
+}
+
 service_image() {
     docker service inspect "$(stack_name dev)_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' 2>/dev/null \
         | sed 's/@sha256:.*//'
@@ -265,6 +292,20 @@ run_tests() {
     expect_eq "revert: the job passes" 0 "$JOB_RC"
     expect_eq "revert: the stack runs the reverted pin" \
         "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${GOOD_TAG}" "$(service_image)"
+
+    # --- .gitlab-ci.yml's own dev-deploy job through gitlab-ci-local, with the tag an image
+    # job of the pipeline built (its dotenv report) over the pin ---
+    gcl_job BUILT_BACKEND_TAG="$NEXT_TAG"
+    expect_eq "gitlab-ci-local: the dev-deploy job passes" 0 "$GCL_RC"
+    [[ "$GCL_RC" -eq 0 ]] || tail -n 30 "$WORK/gcl.log" | sed 's/^/  | /'
+    expect_contains "gitlab-ci-local: it ran the job's script line" '$ scripts/ci/ssh-deploy.sh dev' "$WORK/gcl.log"
+    expect_eq "gitlab-ci-local: the stack runs the image the pipeline built" \
+        "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${NEXT_TAG}" "$(service_image)"
+    expect_absent "gitlab-ci-local: the registry password is not in the job log" "$(registry_password)" "$WORK/gcl.log"
+
+    job
+    expect_eq "restore: the stack is back on the tag scripts/up.sh deployed" \
+        "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${GOOD_TAG}" "$(service_image)"
 }
 
 main() {
@@ -280,6 +321,7 @@ main() {
         exec flock -o "$E2E_LOCK" env STACKSHIP_E2E_LOCK_HELD=1 "$0" "$@"
     fi
     apt_install openssh-server openssh-client rsync jq python3
+    ensure_gitlab_ci_local
     need cargo "install the Rust toolchain (rustup)"
     ensure_docker
     ensure_stack
@@ -294,9 +336,14 @@ main() {
     ssh-keygen -q -t ed25519 -N '' -C host -f "$WORK/host_key"
     ssh-keygen -q -t ed25519 -N '' -C impostor -f "$WORK/impostor_host_key"
 
-    # A checkout as the pipeline has it, the dev backend and frontend pinned to the good tag.
+    # A checkout as the pipeline has it (a git repository with an origin, as gitlab-ci-local
+    # wants), the dev backend and frontend pinned.
     mkdir -p "$WORK/repo"
-    cp -R "$ROOT/scripts" "$ROOT/deploy-manifests" "$ROOT/docker-compose.dev.yaml" "$WORK/repo/"
+    cp -R "$ROOT/scripts" "$ROOT/deploy-manifests" "$ROOT/docker-compose.dev.yaml" "$ROOT/.gitlab-ci.yml" "$WORK/repo/"
+    git -C "$WORK/repo" init -q -b main
+    git -C "$WORK/repo" add -A
+    git -C "$WORK/repo" -c user.name=test -c user.email=test@localhost commit -q -m release
+    git -C "$WORK/repo" remote add origin https://gitlab.invalid/group/stackship.git
     test_images
     "$WORK/repo/scripts/pin-image.sh" dev backend "$NEXT_TAG"
     "$WORK/repo/scripts/pin-image.sh" dev frontend "$GOOD_TAG"
