@@ -17,11 +17,14 @@ Runs, in order:
   1. lint:   cargo fmt --check, cargo clippy --all-targets -D warnings, shellcheck
   2. cargo test --workspace, against a throwaway PostgreSQL started on a free loopback port
      (the Debian postgresql package is installed when missing) and stopped at the end
-  3. the stack's end-to-end tests (scripts/test-stack.sh): Docker Engine, local swarm,
-     images, deploys, rollbacks, a headless browser
+  3. the pipeline tests (scripts/test-pipeline.sh): .gitlab-ci.yml against GitLab's schema,
+     the MR label matrix, the CI job scripts against a stand-in GitLab API
+  4. the stack's end-to-end tests (scripts/test-stack.sh): Docker Engine, local swarm,
+     images, deploys, rollbacks, a headless browser; then the SSH deploy end to end
+     (scripts/test-ssh-deploy.sh: a real sshd on loopback, setup-server.sh's user)
 
 Options:
-  --no-stack   skip step 3 (quick local runs; CI runs everything)
+  --no-stack   skip step 4 (quick local runs; CI runs everything)
   --no-lint    skip step 1
   -h, --help   this text
 Run as root on a fresh Debian machine, it installs every prerequisite itself.
@@ -71,13 +74,13 @@ main() {
     cargo --version >&2
     ((do_lint)) && lint
     cargo_tests "$@"
+    log "pipeline tests"
+    "$ROOT/scripts/test-pipeline.sh"
     if ((stack)); then
-        if [[ -x "$ROOT/scripts/test-stack.sh" ]]; then
-            log "stack end-to-end tests"
-            "$ROOT/scripts/test-stack.sh"
-        else
-            die "scripts/test-stack.sh is missing"
-        fi
+        log "stack end-to-end tests"
+        "$ROOT/scripts/test-stack.sh"
+        log "SSH deploy end-to-end tests"
+        "$ROOT/scripts/test-ssh-deploy.sh"
     fi
     log "all tests passed"
 }
