@@ -32,50 +32,9 @@ Prints PASS/FAIL per check and "N passed, M failed"; exit status 1 when any chec
 USAGE
 }
 
-PASSED=0
-FAILED=0
 WORK=""
 ROOT="$(repo_root)"
 
-pass() { PASSED=$((PASSED + 1)); printf 'PASS %s\n' "$*"; }
-fail() { FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$*"; }
-
-# check NAME CMD...: PASS when CMD succeeds.
-check() {
-    local name="$1"
-    shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
-
-# expect_eq NAME WANT GOT
-expect_eq() {
-    if [[ "$2" == "$3" ]]; then
-        pass "$1"
-    else
-        fail "$1"
-        printf '  want: %s\n  got:  %s\n' "$2" "$3"
-    fi
-}
-
-# expect_contains NAME NEEDLE HAYSTACK_FILE
-expect_contains() {
-    if grep -qF -- "$2" "$3"; then
-        pass "$1"
-    else
-        fail "$1"
-        printf '  %s does not contain: %s\n' "$3" "$2"
-    fi
-}
-
-# expect_absent NAME NEEDLE FILE
-expect_absent() {
-    if grep -qF -- "$2" "$3"; then
-        fail "$1"
-        printf '  %s contains what it must not\n' "$3"
-    else
-        pass "$1"
-    fi
-}
 
 GCL=""
 VENV=""
@@ -112,30 +71,35 @@ json.dump({"workflow-probe": {"script": ["true"], "rules": rules}}, open(sys.arg
 PY
 }
 
-# gcl_list DIR VAR=VALUE...: "job=manual|auto" lines of the jobs gitlab-ci-local lists.
-gcl_list() {
-    local dir="$1" kv args=() names=()
+# gcl DIR ARG... -- VAR=VALUE...: gitlab-ci-local in DIR with ARGs and the variables set (and
+# not overridden by its predefined ones).
+gcl() {
+    local dir="$1" args=() vars=() names=() kv
     shift
+    while [[ $# -gt 0 && "$1" != -- ]]; do args+=("$1"); shift; done
+    [[ $# -eq 0 ]] || shift
     for kv in "$@"; do
-        args+=(--variable "$kv")
+        vars+=(--variable "$kv")
         names+=("${kv%%=*}")
     done
     local IFS=,
-    (cd "$dir" && GCL_IGNORE_PREDEFINED_VARS="${names[*]}" "$GCL" --list-csv "${args[@]}") 2>"$WORK/gcl.err" \
+    (cd "$dir" && GCL_IGNORE_PREDEFINED_VARS="${names[*]}" "$GCL" "${args[@]}" "${vars[@]}")
+}
+
+# gcl_list DIR VAR=VALUE...: "job=manual|auto" lines of the jobs gitlab-ci-local lists.
+gcl_list() {
+    local dir="$1"
+    shift
+    gcl "$dir" --list-csv -- "$@" 2>"$WORK/gcl.err" \
         | awk -F';' 'NR > 1 { print $1 "=" ($4 == "manual" ? "manual" : "auto") }'
 }
 
 # gcl_dependencies DIR VAR=VALUE...: gitlab-ci-local --validate-dependency-chain passes
 # (its output in GCL_OUT).
 gcl_dependencies() {
-    local dir="$1" kv args=() names=()
+    local dir="$1"
     shift
-    for kv in "$@"; do
-        args+=(--variable "$kv")
-        names+=("${kv%%=*}")
-    done
-    local IFS=,
-    GCL_OUT="$(cd "$dir" && GCL_IGNORE_PREDEFINED_VARS="${names[*]}" "$GCL" --validate-dependency-chain "${args[@]}" 2>&1)" \
+    GCL_OUT="$(gcl "$dir" --validate-dependency-chain -- "$@" 2>&1)" \
         && [[ "$GCL_OUT" == *"All job dependencies are valid"* ]]
 }
 

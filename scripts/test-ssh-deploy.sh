@@ -33,25 +33,6 @@ About 2 to 4 minutes. Honours CARGO_TARGET_DIR for the static tool binaries it b
 USAGE
 }
 
-PASSED=0
-FAILED=0
-pass() { PASSED=$((PASSED + 1)); printf 'PASS %s\n' "$*"; }
-fail() { FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$*"; }
-check() {
-    local name="$1"
-    shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
-expect_eq() {
-    if [[ "$2" == "$3" ]]; then pass "$1"; else fail "$1"; printf '  want: %s\n  got:  %s\n' "$2" "$3"; fi
-}
-expect_contains() {
-    if grep -qF -- "$2" "$3"; then pass "$1"; else fail "$1"; printf '  %s does not contain: %s\n' "$3" "$2"; fi
-}
-expect_absent() {
-    if grep -qF -- "$2" "$3"; then fail "$1"; printf '  %s contains what it must not\n' "$3"; else pass "$1"; fi
-}
-
 ROOT="$(repo_root)"
 WORK=""
 SSHD_PID=""

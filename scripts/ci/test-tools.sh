@@ -8,6 +8,49 @@ GCL_VERSION="4.64.1"
 CHECK_JSONSCHEMA_VERSION="0.39.0"
 STACKSHIP_CACHE="${STACKSHIP_CACHE:-${STACKSHIP_DATA}/cache}"
 
+# Checks of the pipeline tests: one PASS/FAIL line each, counted for the closing line.
+PASSED=0
+FAILED=0
+pass() { PASSED=$((PASSED + 1)); printf 'PASS %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$*"; }
+
+# check NAME CMD...: PASS when CMD succeeds.
+check() {
+    local name="$1"
+    shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# expect_eq NAME WANT GOT
+expect_eq() {
+    if [[ "$2" == "$3" ]]; then
+        pass "$1"
+    else
+        fail "$1"
+        printf '  want: %s\n  got:  %s\n' "$2" "$3"
+    fi
+}
+
+# expect_contains NAME NEEDLE HAYSTACK_FILE
+expect_contains() {
+    if grep -qF -- "$2" "$3"; then
+        pass "$1"
+    else
+        fail "$1"
+        printf '  %s does not contain: %s\n' "$3" "$2"
+    fi
+}
+
+# expect_absent NAME NEEDLE FILE
+expect_absent() {
+    if grep -qF -- "$2" "$3"; then
+        fail "$1"
+        printf '  %s contains what it must not\n' "$3"
+    else
+        pass "$1"
+    fi
+}
+
 # ensure_gitlab_ci_local: sets GCL to the gitlab-ci-local executable, installing it if needed.
 ensure_gitlab_ci_local() {
     need node "Node 20 (Debian nodejs or nodesource)"
