@@ -53,7 +53,16 @@ async fn metrics_count_requests_by_route_and_status(pool: PgPool) {
         .await;
     assert_eq!(r.status(), 201);
 
-    let body = app.get("/metrics").await.text().await.unwrap();
+    // A connection goes back to the pool just after its reply is sent: wait (bounded) until
+    // the pool has settled before reading the gauges.
+    let mut body = String::new();
+    for _ in 0..40 {
+        body = app.get("/metrics").await.text().await.unwrap();
+        if body.contains(r#"db_pool_connections{state="in_use"} 0"#) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let line = body
         .lines()
         .find(|l| {
