@@ -9,13 +9,12 @@ set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tests/lib.sh"
 
 RATE="${RATE:-200}"
 MIN_REQUESTS="${MIN_REQUESTS:-10000}"
-PROD_STACK="$(stack_name prod)"
-PROD_DIR="$(env_deploy_dir prod)"
 WORK=""
-TAG=""
 RESULTS=()
 KV=()
 # duration / floor of every rollout that succeeded.
@@ -38,16 +37,6 @@ USAGE
 
 cleanup() {
     [[ -z "$WORK" ]] || rm -rf "$WORK"
-}
-
-deploy_prod() {
-    env "$@" REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
-        "${PROD_DIR}/current/deploy.sh" --prod
-}
-
-copy_prod() {
-    "$(repo_root)/scripts/copy-manifests.sh" --prod --dest "$PROD_DIR" \
-        --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release" >/dev/null 2>&1
 }
 
 prod_file() { printf '%s/current/deploy-manifests/prod/%s\n' "$PROD_DIR" "$1"; }
@@ -191,7 +180,7 @@ main() {
     trap cleanup EXIT
     TAG="$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' | sed -e 's/@sha256:.*//' -e 's/.*://')"
     log "prod runs ${TAG}; preparing images"
-    copy_prod
+    copy_prod >/dev/null 2>&1
     deploy_prod LOCK_WAIT=900 >/dev/null 2>&1 || die "prod does not deploy cleanly before the test"
     build_next_backend
     variant backend unhealthy 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM; while :; do sleep 1; done"]'
@@ -220,7 +209,7 @@ main() {
     check_rows
     postgres_restart
     log "restoring prod to ${TAG} and this checkout's configs"
-    copy_prod
+    copy_prod >/dev/null 2>&1
     deploy_prod LOCK_WAIT=900 >/dev/null 2>&1 || die "restoring prod failed"
 
     local worst

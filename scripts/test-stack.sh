@@ -9,139 +9,23 @@ set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tests/lib.sh"
 
 # playwright-core drives Debian's chromium; installed outside the repository.
 PLAYWRIGHT_VERSION="1.65.1"
-ARTIFACTS="${STACKSHIP_DATA}/test-artifacts"
-PROD_STACK="$(stack_name prod)"
-DEV_STACK="$(stack_name dev)"
-
-TAG=""
-PASSED=0
-FAILED=0
-FAILED_NAMES=()
 
 usage() {
     cat <<'USAGE'
 Usage: scripts/test-stack.sh [--no-up] [--help] [TEST...]
 
-Runs the end-to-end tests (all, or the named ones) against the local swarm.
+Runs the end-to-end tests (all, or the named ones) against the local swarm: this file's own,
+then those of the modules scripts/tests/stack-*.sh, in order.
   --no-up   do not run scripts/up.sh --all first (the stacks are already up)
 
-Tests: https_serves_frontend version_is_built_tag log_entry_is_listed dev_prod_isolated
-       browser_shows_version_and_entry config_change_rolls_backend_only
-       noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
-       wrong_db_password_rolls_back failing_migration_rolls_back concurrent_deploys_take_turns
-       prune_keeps_last_deploys copy_step_touches_one_environment poll_version_reports
-       proxy_errors_are_json
+Tests:
 USAGE
-}
-
-fail() { printf '    %s\n' "$*" >&2; return 1; }
-
-# json FIELD: a top-level field of the JSON document on stdin.
-json() { python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"; }
-
-# running_tasks SERVICE: sorted IDs of the tasks meant to run.
-running_tasks() { docker service ps "$1" --filter desired-state=running -q | sort | tr '\n' ' '; }
-
-# all_running_tasks STACK: "service: task ids" for every service of a stack.
-all_running_tasks() {
-    local svc
-    for svc in $(docker stack services "$1" --format '{{.Name}}' | sort); do
-        printf '%s: %s\n' "$svc" "$(running_tasks "$svc")"
-    done
-}
-
-backend_config_name() {
-    docker service inspect "${PROD_STACK}_backend" \
-        --format '{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}}{{end}}'
-}
-
-PROD_DIR="$(env_deploy_dir prod)"
-
-# deploy_prod [VAR=VALUE...]: deploy.sh --prod from the prod deploy directory, as up.sh runs it.
-deploy_prod() {
-    env "$@" REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
-        "${PROD_DIR}/current/deploy.sh" --prod
-}
-
-# copy_prod: the copy step for prod with this checkout's files and tools.
-copy_prod() {
-    "$(repo_root)/scripts/copy-manifests.sh" --prod --dest "$PROD_DIR" \
-        --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release"
-}
-
-# restore_prod [VAR=VALUE...]: the prod deploy files of this checkout, deployed.
-restore_prod() { copy_prod && deploy_prod "$@"; }
-
-# prod_config: the backend config file of the prod release in the deploy directory.
-prod_config() { printf '%s/current/deploy-manifests/prod/backend/config.toml\n' "$PROD_DIR"; }
-
-# set_prod_title TITLE: copy step, then a new title in the release's backend config.
-set_prod_title() {
-    copy_prod || fail "copy step failed"
-    sed -i "s/^title = .*/title = \"$1\"/" "$(prod_config)"
-    grep -qF "title = \"$1\"" "$(prod_config)" || fail "could not change the title in $(prod_config)"
-}
-
-# prod_version: the version prod's backend answers through the proxy.
-prod_version() { curl_env prod -f https://localhost/api/service/version | json version; }
-
-# push_variant SUFFIX DOCKERFILE_LINES: a backend image built FROM the current one, pushed as
-# <tag>-SUFFIX; prints that tag.
-push_variant() {
-    local suffix="$1" lines="$2" image dir
-    image="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend"
-    dir="$(mktemp -d)"
-    printf 'FROM %s:%s\n%s\n' "$image" "$TAG" "$lines" > "$dir/Dockerfile"
-    docker build -q -t "${image}:${TAG}-${suffix}" "$dir" >/dev/null 2>&1 || { rm -rf "$dir"; fail "building the ${suffix} image failed"; }
-    rm -rf "$dir"
-    docker push -q "${image}:${TAG}-${suffix}" >/dev/null || fail "pushing the ${suffix} image failed"
-    printf '%s-%s\n' "$TAG" "$suffix"
-}
-
-# assert_rolled_back_to_tag OUTPUT_FILE: the backend is back on TAG and serves it.
-assert_rolled_back_to_tag() {
-    local state
-    state="$(docker service inspect "${PROD_STACK}_backend" --format '{{.UpdateStatus.State}}')"
-    [[ "$state" == rollback_completed ]] || fail "backend update state is '${state}', expected rollback_completed"
-    [[ "$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')" == *"/backend:${TAG}@"* ]] \
-        || fail "backend spec is not back on ${TAG}"
-    [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)'"
-    grep -q "backend: FAILED" "$1" || fail "the deploy output has no 'backend: FAILED' summary line"
-}
-
-# traffic_during OUT CMD...: runs CMD while GETting /api/service/version through the proxy
-# every 0.1 s (a new connection each time); one HTTP status per line in OUT.
-traffic_during() {
-    local out="$1" flag pid rc=0
-    shift
-    flag="$(mktemp)"
-    : > "$out"
-    (
-        local deadline=$((SECONDS + 600))
-        while [[ -e "$flag" ]] && ((SECONDS < deadline)); do
-            curl_env prod -o /dev/null -w '%{http_code}\n' https://localhost/api/service/version >> "$out" 2>/dev/null \
-                || printf 'error\n' >> "$out"
-            sleep 0.1
-        done
-    ) &
-    pid=$!
-    "$@" || rc=$?
-    rm -f "$flag"
-    wait "$pid" || true
-    return "$rc"
-}
-
-# no_failed_requests OUT: every request of a traffic_during run got 200.
-no_failed_requests() {
-    local total bad
-    total="$(wc -l < "$1")"
-    bad="$(grep -cvx 200 "$1" || true)"
-    log "traffic during the rollout: ${total} requests, ${bad} not 200"
-    ((total > 0)) || fail "no requests were made during the rollout"
-    ((bad == 0)) || fail "${bad} of ${total} requests failed during the rollout: $(sort "$1" | uniq -c | tr '\n' ' ')"
+    printf '%s\n' "${ALL_TESTS[@]}" | paste -sd ' ' | fold -s -w 92 | sed 's/^/  /'
 }
 
 test_https_serves_frontend() {
@@ -178,9 +62,6 @@ entries = json.load(sys.stdin)["entries"]
 sys.exit(0 if any(str(e["id"]) == sys.argv[1] and e["message"] == sys.argv[2] for e in entries) else 1)
 ' "$id" "$message" <<<"$listed" || fail "entry ${id} is not in GET /api/logs"
 }
-
-# container_of SERVICE: one running container of a service on this node.
-container_of() { docker ps -q --filter "label=com.docker.swarm.service.name=$1" --filter status=running | head -n 1; }
 
 # task_ips SERVICE NETWORK: the IPs of a service's running containers on a network.
 task_ips() {
@@ -352,14 +233,6 @@ test_wrong_db_password_rolls_back() {
     restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
 }
 
-# prod_psql SQL: runs SQL in prod's database (as the backend role), prints the rows.
-prod_psql() {
-    local pg
-    pg="$(container_of "${PROD_STACK}_postgres")"
-    [[ -n "$pg" ]] || fail "no running prod postgres container"
-    docker exec "$pg" psql -U backend -d backend -v ON_ERROR_STOP=1 -Atc "$1"
-}
-
 test_failing_migration_rolls_back() {
     local out rc=0 version checksum
     out="$(mktemp)"
@@ -468,34 +341,20 @@ test_copy_step_touches_one_environment() {
     [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.incoming.*')" ]] || fail "a staging directory was left behind"
 }
 
-# run_test NAME: runs test_NAME, prints PASS/FAIL with its duration.
-run_test() {
-    local name="$1" started=$SECONDS
-    log "running ${name}"
-    # A subshell with errexit: the first failed check ends the test (not the run).
-    set +e
-    (
-        set -Eeuo pipefail
-        "test_${name}"
-    )
-    local rc=$?
-    set -e
-    if ((rc == 0)); then
-        printf 'PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
-        PASSED=$((PASSED + 1))
-    else
-        printf 'FAIL %s (%ss)\n' "$name" "$((SECONDS - started))"
-        FAILED=$((FAILED + 1))
-        FAILED_NAMES+=("$name")
-    fi
-}
-
 ALL_TESTS=(https_serves_frontend version_is_built_tag log_entry_is_listed dev_prod_isolated
     browser_shows_version_and_entry config_change_rolls_backend_only
     noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
     wrong_db_password_rolls_back failing_migration_rolls_back concurrent_deploys_take_turns
     prune_keeps_last_deploys copy_step_touches_one_environment poll_version_reports
     proxy_errors_are_json)
+
+# The test modules: more test_ functions, each module adding its names to STACK_TESTS.
+for module in "$(repo_root)"/scripts/tests/stack-*.sh; do
+    [[ -e "$module" ]] || continue
+    # shellcheck source=/dev/null
+    source "$module"
+done
+ALL_TESTS+=("${STACK_TESTS[@]}")
 
 main() {
     local up=1 tests=() name started=$SECONDS

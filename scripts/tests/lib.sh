@@ -1,0 +1,157 @@
+# Shared by the end-to-end tests (scripts/test-stack.sh and the test modules it sources from
+# scripts/tests/stack-*.sh): the PASS/FAIL harness and helpers that deploy and read the local prod
+# stack. Sourced after scripts/lib.sh; defines functions and globals only.
+# shellcheck shell=bash
+
+# shellcheck disable=SC2034  # used by the scripts that source this file
+PROD_STACK="$(stack_name prod)"
+# shellcheck disable=SC2034
+DEV_STACK="$(stack_name dev)"
+PROD_DIR="$(env_deploy_dir prod)"
+# shellcheck disable=SC2034
+ARTIFACTS="${STACKSHIP_DATA}/test-artifacts"
+# The image tag prod runs when the tests start (set by the runner).
+TAG=""
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+# Test modules add their test names here (run in this order after test-stack.sh's own).
+STACK_TESTS=()
+
+fail() { printf '    %s\n' "$*" >&2; return 1; }
+
+# json FIELD: a top-level field of the JSON document on stdin.
+json() { python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"; }
+
+# running_tasks SERVICE: sorted IDs of the tasks meant to run.
+running_tasks() { docker service ps "$1" --filter desired-state=running -q | sort | tr '\n' ' '; }
+
+# all_running_tasks STACK: "service: task ids" for every service of a stack.
+all_running_tasks() {
+    local svc
+    for svc in $(docker stack services "$1" --format '{{.Name}}' | sort); do
+        printf '%s: %s\n' "$svc" "$(running_tasks "$svc")"
+    done
+}
+
+backend_config_name() {
+    docker service inspect "${PROD_STACK}_backend" \
+        --format '{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}}{{end}}'
+}
+
+# deploy_prod [VAR=VALUE...]: deploy.sh --prod from the prod deploy directory, as up.sh runs it.
+deploy_prod() {
+    env "$@" REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
+        "${PROD_DIR}/current/deploy.sh" --prod
+}
+
+# copy_prod: the copy step for prod with this checkout's files and tools.
+copy_prod() {
+    "$(repo_root)/scripts/copy-manifests.sh" --prod --dest "$PROD_DIR" \
+        --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release"
+}
+
+# restore_prod [VAR=VALUE...]: the prod deploy files of this checkout, deployed.
+restore_prod() { copy_prod && deploy_prod "$@"; }
+
+# prod_config: the backend config file of the prod release in the deploy directory.
+prod_config() { printf '%s/current/deploy-manifests/prod/backend/config.toml\n' "$PROD_DIR"; }
+
+# set_prod_title TITLE: copy step, then a new title in the release's backend config.
+set_prod_title() {
+    copy_prod || fail "copy step failed"
+    sed -i "s/^title = .*/title = \"$1\"/" "$(prod_config)"
+    grep -qF "title = \"$1\"" "$(prod_config)" || fail "could not change the title in $(prod_config)"
+}
+
+# prod_version: the version prod's backend answers through the proxy.
+prod_version() { curl_env prod -f https://localhost/api/service/version | json version; }
+
+# push_variant SUFFIX DOCKERFILE_LINES: a backend image built FROM the current one, pushed as
+# <tag>-SUFFIX; prints that tag.
+push_variant() {
+    local suffix="$1" lines="$2" image dir
+    image="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend"
+    dir="$(mktemp -d)"
+    printf 'FROM %s:%s\n%s\n' "$image" "$TAG" "$lines" > "$dir/Dockerfile"
+    docker build -q -t "${image}:${TAG}-${suffix}" "$dir" >/dev/null 2>&1 || { rm -rf "$dir"; fail "building the ${suffix} image failed"; }
+    rm -rf "$dir"
+    docker push -q "${image}:${TAG}-${suffix}" >/dev/null || fail "pushing the ${suffix} image failed"
+    printf '%s-%s\n' "$TAG" "$suffix"
+}
+
+# assert_rolled_back_to_tag OUTPUT_FILE: the backend is back on TAG and serves it.
+assert_rolled_back_to_tag() {
+    local state
+    state="$(docker service inspect "${PROD_STACK}_backend" --format '{{.UpdateStatus.State}}')"
+    [[ "$state" == rollback_completed ]] || fail "backend update state is '${state}', expected rollback_completed"
+    [[ "$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')" == *"/backend:${TAG}@"* ]] \
+        || fail "backend spec is not back on ${TAG}"
+    [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)'"
+    grep -q "backend: FAILED" "$1" || fail "the deploy output has no 'backend: FAILED' summary line"
+}
+
+# traffic_during OUT CMD...: runs CMD while GETting /api/service/version through the proxy
+# every 0.1 s (a new connection each time); one HTTP status per line in OUT.
+traffic_during() {
+    local out="$1" flag pid rc=0
+    shift
+    flag="$(mktemp)"
+    : > "$out"
+    (
+        local deadline=$((SECONDS + 600))
+        while [[ -e "$flag" ]] && ((SECONDS < deadline)); do
+            curl_env prod -o /dev/null -w '%{http_code}\n' https://localhost/api/service/version >> "$out" 2>/dev/null \
+                || printf 'error\n' >> "$out"
+            sleep 0.1
+        done
+    ) &
+    pid=$!
+    "$@" || rc=$?
+    rm -f "$flag"
+    wait "$pid" || true
+    return "$rc"
+}
+
+# no_failed_requests OUT: every request of a traffic_during run got 200.
+no_failed_requests() {
+    local total bad
+    total="$(wc -l < "$1")"
+    bad="$(grep -cvx 200 "$1" || true)"
+    log "traffic during the rollout: ${total} requests, ${bad} not 200"
+    ((total > 0)) || fail "no requests were made during the rollout"
+    ((bad == 0)) || fail "${bad} of ${total} requests failed during the rollout: $(sort "$1" | uniq -c | tr '\n' ' ')"
+}
+
+# container_of SERVICE: one running container of a service on this node.
+container_of() { docker ps -q --filter "label=com.docker.swarm.service.name=$1" --filter status=running | head -n 1; }
+
+# prod_psql SQL: runs SQL in prod's database (as the backend role), prints the rows.
+prod_psql() {
+    local pg
+    pg="$(container_of "${PROD_STACK}_postgres")"
+    [[ -n "$pg" ]] || fail "no running prod postgres container"
+    docker exec "$pg" psql -U backend -d backend -v ON_ERROR_STOP=1 -Atc "$1"
+}
+
+# run_test NAME: runs test_NAME, prints PASS/FAIL with its duration.
+run_test() {
+    local name="$1" started=$SECONDS
+    log "running ${name}"
+    # A subshell with errexit: the first failed check ends the test (not the run).
+    set +e
+    (
+        set -Eeuo pipefail
+        "test_${name}"
+    )
+    local rc=$?
+    set -e
+    if ((rc == 0)); then
+        printf 'PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
+        PASSED=$((PASSED + 1))
+    else
+        printf 'FAIL %s (%ss)\n' "$name" "$((SECONDS - started))"
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("$name")
+    fi
+}
