@@ -52,6 +52,10 @@ pub struct Skipped {
     pub entry: EntryId,
     /// Why.
     pub reason: SkipReason,
+    /// For an external entry: the Swarm object it refers to, as written (it may
+    /// hold `${VAR}`, which `docker stack deploy` expands): `name:`, else the old
+    /// `external: {name: ...}`, else the key. `None` for other entries.
+    pub name: Option<String>,
 }
 
 /// What a compose file declares, in file order (configs first, then secrets).
@@ -148,7 +152,15 @@ pub(crate) fn parse_collecting(
             let entry = EntryId::new(kind, key);
             match read_entry(&entry, value) {
                 Ok(Some(Ok(d))) => out.declared.push(d),
-                Ok(Some(Err(reason))) => out.skipped.push(Skipped { entry, reason }),
+                Ok(Some(Err(reason))) => {
+                    let name =
+                        (reason == SkipReason::External).then(|| external_name(&entry, value));
+                    out.skipped.push(Skipped {
+                        entry,
+                        reason,
+                        name,
+                    });
+                }
                 Ok(None) => {}
                 Err(problem) => errors.push(Error::entry(path, &entry, problem)),
             }
@@ -158,6 +170,23 @@ pub(crate) fn parse_collecting(
 }
 
 type EntryOutcome = Option<Result<Declared, SkipReason>>;
+
+/// The object an external entry refers to (see [`Skipped::name`]).
+fn external_name(entry: &EntryId, value: &Value) -> String {
+    let map = untag(value).as_mapping();
+    let text = |v: Option<&Value>| match v.map(untag) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    map.and_then(|m| text(m.get("name")))
+        .or_else(|| {
+            map.and_then(|m| m.get("external"))
+                .map(untag)
+                .and_then(Value::as_mapping)
+                .and_then(|ext| text(ext.get("name")))
+        })
+        .unwrap_or_else(|| entry.key.clone())
+}
 
 fn read_entry(entry: &EntryId, value: &Value) -> Result<EntryOutcome, Problem> {
     let mut value = untag(value).clone();
@@ -372,6 +401,42 @@ mod tests {
         );
         assert_eq!(d.declared.len(), 1);
         assert_eq!(d.declared[0].name.variable, "NE");
+    }
+
+    #[test]
+    fn external_entries_name_what_they_refer_to() {
+        let d = parse(
+            "secrets:
+  by_key:
+    external: true
+  named:
+    external: true
+    name: ${DB_SECRET}
+  old_form:
+    external:
+      name: legacy-name
+  with_file:
+    name: ${F}
+    file: f
+  env:
+    environment: E
+",
+        )
+        .unwrap();
+        let names: Vec<_> = d
+            .skipped
+            .iter()
+            .map(|s| (s.entry.key.as_str(), s.name.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("by_key", Some("by_key")),
+                ("named", Some("${DB_SECRET}")),
+                ("old_form", Some("legacy-name")),
+                ("env", None),
+            ]
+        );
     }
 
     #[test]

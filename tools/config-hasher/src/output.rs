@@ -18,11 +18,13 @@
 //!       "sources": [ { "kind": "config", "key": "backend-config", "file": "./deploy-manifests/prod/backend/config.toml" } ]
 //!     }
 //!   ],
-//!   "skipped": [ { "kind": "secret", "key": "registry-token", "reason": "external" } ]
+//!   "skipped": [ { "kind": "secret", "key": "registry-token", "reason": "external", "name": "${REGISTRY_TOKEN_SECRET}" } ]
 //! }
 //! ```
 //!
 //! `names` maps each variable to its value (handy for `jq -r .names.VAR`);
+//! an external entry in `skipped` also has `name`: the object it refers to, as
+//! written (a `${VAR}` in it is left for `docker stack deploy` to expand);
 //! `entries` is in the same order as the other formats (sorted by variable).
 
 use std::fmt::Write as _;
@@ -94,14 +96,18 @@ pub fn to_json(report: &Report) -> Value {
         .skipped
         .iter()
         .map(|s| {
-            json!({
+            let mut entry = json!({
                 "kind": s.entry.kind.as_str(),
                 "key": s.entry.key,
                 "reason": match s.reason {
                     SkipReason::External => "external",
                     SkipReason::NoFile { .. } => "no-file",
                 },
-            })
+            });
+            if let (Some(name), Value::Object(fields)) = (&s.name, &mut entry) {
+                fields.insert("name".to_owned(), Value::from(name.as_str()));
+            }
+            entry
         })
         .collect();
     json!({
@@ -158,10 +164,18 @@ mod tests {
             compose: "c.yaml".into(),
             hash_len: 12,
             names: vec![name("A", "a_abababababab"), name("B", "b_abababababab")],
-            skipped: vec![Skipped {
-                entry: EntryId::new(Kind::Secret, "s"),
-                reason: SkipReason::External,
-            }],
+            skipped: vec![
+                Skipped {
+                    entry: EntryId::new(Kind::Secret, "s"),
+                    reason: SkipReason::External,
+                    name: Some("${S_SECRET}".into()),
+                },
+                Skipped {
+                    entry: EntryId::new(Kind::Config, "c"),
+                    reason: SkipReason::NoFile { uses: None },
+                    name: None,
+                },
+            ],
         }
     }
 
@@ -198,6 +212,9 @@ mod tests {
         assert_eq!(v["entries"][0]["sources"][0]["kind"], "config");
         assert_eq!(v["entries"][0]["sources"][0]["file"], "./A.conf");
         assert_eq!(v["skipped"][0]["reason"], "external");
+        assert_eq!(v["skipped"][0]["name"], "${S_SECRET}");
+        assert_eq!(v["skipped"][1]["reason"], "no-file");
+        assert!(v["skipped"][1].get("name").is_none(), "{}", v["skipped"][1]);
     }
 
     #[test]
