@@ -77,6 +77,21 @@ ops_env() {
         || die "this engine is not a swarm manager (run on the manager of ${OPS_STACK})"
 }
 
+# ops_lock: takes the environment's deploy lock (as deploy.sh does, on descriptor 9, waiting at
+# most LOCK_WAIT seconds, default 900), so no deploy runs meanwhile; held until the script exits.
+# deploy.sh run from here gets STACKSHIP_DEPLOY_LOCK_FD=9 and does not wait for it.
+ops_lock() {
+    local lock="${OPS_ENV_DIR}/deploy.lock" wait="${LOCK_WAIT:-900}"
+    need flock "apt-get install util-linux"
+    [[ -d "$OPS_ENV_DIR" ]] || die "${OPS_ENV_DIR} does not exist (no ${OPS_ENV} deploy on this manager)"
+    exec 9>>"$lock" || die "cannot open the lock file ${lock}"
+    if ! flock -n 9; then
+        log "a ${OPS_ENV} deploy holds ${lock} ($(cat "${lock}.owner" 2>/dev/null || echo 'unknown holder')); waiting up to ${wait}s"
+        flock -w "$wait" 9 || die "the ${OPS_ENV} deploy lock is still held after ${wait}s (${lock})"
+    fi
+    printf 'pid %s on %s (%s), started %s\n' "$$" "$(hostname)" "$OPS_SCRIPT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "${lock}.owner"
+}
+
 # ops_service SERVICE: the full name of a service of the stack; dies when it does not run.
 ops_service() {
     local name="${OPS_STACK}_$1"
