@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The copy step: puts exactly one environment's release into its deploy directory, as the
 # pipeline does on the manager, replacing whatever a previous copy left there:
-#   <dest>/current/{deploy.sh, config-hasher, rollout-watcher, docker-compose.<env>.yaml,
-#                   deploy-manifests/<env>/}
+#   <dest>/current/{deploy.sh, secret.sh, config-hasher, rollout-watcher,
+#                   docker-compose.<env>.yaml, deploy-manifests/<env>/}
 # <dest> defaults to /data/stackship/deploy/<env>; its deploy.env, lock and history are not
-# touched, nor is any other environment's directory. The swap happens under the environment's
+# touched (nor secrets/, the source files of file-backed secrets), nor is any other
+# environment's directory. The swap happens under the environment's
 # deploy lock, so it never changes the files of a deploy that is running.
 set -Eeuo pipefail
 
@@ -51,6 +52,7 @@ main() {
     staging="$(mktemp -d "${dest}/.incoming.XXXXXX")"
     mkdir -p "$staging/deploy-manifests"
     install -m 0755 "$root/scripts/deploy.sh" "$staging/deploy.sh"
+    install -m 0755 "$root/scripts/secret.sh" "$staging/secret.sh"
     install -m 0755 "$bin_dir/config-hasher" "$staging/config-hasher"
     install -m 0755 "$bin_dir/rollout-watcher" "$staging/rollout-watcher"
     install -m 0644 "$root/docker-compose.${env}.yaml" "$staging/"

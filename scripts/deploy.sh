@@ -6,8 +6,8 @@
 # deploy records (history/) and the last rollout report (last-rollout.json).
 #
 # Takes the environment's deploy lock (waiting a bounded time, naming who holds it), validates
-# everything (arguments, images, config-hasher --check, the stack file, external secrets, the
-# database node), logs in, snapshots the stack, deploys with --with-registry-auth, and has
+# everything (arguments, images, config-hasher --check, the stack file, the external secrets
+# and configs it names, the database node), logs in, snapshots the stack, deploys with --with-registry-auth, and has
 # rollout-watcher follow every service until it settled: a rollback, a paused update, a crash
 # loop or a timeout fails the deploy with Swarm's message, the task error and its last log
 # lines. A successful deploy is recorded, then configs and secrets that neither the current or
@@ -64,6 +64,12 @@ Environment (also read from ../deploy.env, KEY=VALUE lines; the environment wins
   LOCK_WAIT           seconds to wait for another deploy of this environment (default 900)
   PRUNE_KEEP          deploys whose configs and secrets are kept (default 3)
   MAX_TASK_FAILURES   a new service fails after this many task failures (default 3)
+  DB_PASSWORD_SECRET  the database password secret (default: the newest
+                      stackship-<env>-db-password-v<N>; scripts/secret.sh makes them)
+
+Secrets: external ones (the database password) must exist (scripts/secret.sh). File-backed
+ones (prod's TLS certificate and key) are read from ../secrets/ beside this release and named
+by content like the configs, so a changed file rolls exactly the services that mount it.
 
 Exit status: 0 when every service settled healthy on its new spec, 1 otherwise.
 USAGE
@@ -205,7 +211,7 @@ resolve_settings() {
 
 check_prerequisites() {
     need docker "install the Docker engine"
-    need awk
+    need jq "apt-get install jq"
     need flock "apt-get install util-linux"
     [[ -f "$DEPLOY_DIR/$COMPOSE" ]] || die "${DEPLOY_DIR}/${COMPOSE} is missing (run the copy step for ${ENVIRONMENT})"
     [[ -d "$DEPLOY_DIR/deploy-manifests/$ENVIRONMENT" ]] \
@@ -265,13 +271,39 @@ registry_login() {
         || die "docker login to ${REGISTRY} failed"
 }
 
+# hash_configs: config-hasher checks the stack file's configs and secrets and names the
+# file-backed ones by content; its JSON report (kept in HASHED) also lists the external ones.
 hash_configs() {
     log "config-hasher --${ENVIRONMENT} --check"
-    "$CONFIG_HASHER" "--${ENVIRONMENT}" --check || die "config-hasher rejected ${COMPOSE}"
-    local exports
-    exports="$("$CONFIG_HASHER" "--${ENVIRONMENT}" --format export)" || die "config-hasher failed"
-    eval "$exports"
-    log "config names: $(printf '%s' "$exports" | sed -e "s/^export //" -e "s/'//g" | tr '\n' ' ')"
+    "$CONFIG_HASHER" "--${ENVIRONMENT}" --check \
+        || die "config-hasher rejected ${COMPOSE} (a secret's source file lives in ${ENV_DIR}/secrets/: the pipeline installs it from a CI File variable, scripts/up.sh on a local machine)"
+    HASHED="$("$CONFIG_HASHER" "--${ENVIRONMENT}" --format json)" || die "config-hasher failed"
+    local var name names=()
+    while IFS=$'\t' read -r var name; do
+        [[ "$var" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "config-hasher printed a bad variable name '${var}'"
+        export "${var}=${name}"
+        names+=("${var}=${name}")
+    done < <(jq -r '.names | to_entries[] | "\(.key)\t\(.value)"' <<<"$HASHED")
+    log "content names: ${names[*]:-none}"
+}
+
+# resolve_db_password: DB_PASSWORD_SECRET names the newest <stack>-db-password-v<N> (made by
+# scripts/secret.sh init / rotate), unless the caller names one (a rotation does).
+resolve_db_password() {
+    local prefix="${STACK}-db-password-v" name best=0 n
+    if [[ -n "${DB_PASSWORD_SECRET:-}" ]]; then
+        [[ "$DB_PASSWORD_SECRET" == "$prefix"* ]] || die "DB_PASSWORD_SECRET '${DB_PASSWORD_SECRET}' is not one of ${prefix}<N>"
+    else
+        while IFS= read -r name; do
+            n="${name#"$prefix"}"
+            [[ "$n" =~ ^[1-9][0-9]{0,8}$ ]] || continue
+            ((n > best)) && best="$n"
+        done < <(docker secret ls --filter "name=${prefix}" --format '{{.Name}}')
+        ((best > 0)) || die "no database password secret ${prefix}<N> exists: create it with scripts/secret.sh init db-password ${ENVIRONMENT}"
+        DB_PASSWORD_SECRET="${prefix}${best}"
+    fi
+    export DB_PASSWORD_SECRET
+    log "database password: ${DB_PASSWORD_SECRET}"
 }
 
 validate_stack_file() {
@@ -282,21 +314,22 @@ validate_stack_file() {
     fi
 }
 
-# external_secrets: names of the stack file's top-level secrets (they are all external).
-external_secrets() {
-    awk '
-        /^[^ #]/ { in_secrets = ($0 ~ /^secrets:/) ; next }
-        in_secrets && /^    name:/ { print $2 }
-    ' "$COMPOSE"
-}
-
-check_secrets() {
-    local name missing=()
-    while IFS= read -r name; do
-        [[ -n "$name" ]] || continue
-        docker secret inspect "$name" >/dev/null 2>&1 || missing+=("$name")
-    done < <(external_secrets)
-    [[ ${#missing[@]} -eq 0 ]] || die "missing swarm secrets: ${missing[*]} (create them with 'docker secret create NAME FILE')"
+# check_external: every external secret and config the stack file names exists. A name may be
+# one ${VAR}, set above or in the environment (docker stack deploy expands it the same way).
+check_external() {
+    local kind name var missing=()
+    while IFS=$'\t' read -r kind name; do
+        if [[ "$name" =~ ^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$ ]]; then
+            var="${BASH_REMATCH[1]}"
+            [[ -n "${!var:-}" ]] || die "${COMPOSE}: external ${kind} '${name}': ${var} is not set"
+            name="${!var}"
+        elif [[ "$name" == *'$'* ]]; then
+            die "${COMPOSE}: external ${kind} name '${name}': use a plain name or exactly one \${VAR}"
+        fi
+        docker "$kind" inspect "$name" >/dev/null 2>&1 || missing+=("${kind} ${name}")
+    done < <(jq -r '.skipped[] | select(.reason == "external") | "\(.kind)\t\(.name)"' <<<"$HASHED")
+    [[ ${#missing[@]} -eq 0 ]] \
+        || die "missing swarm objects: ${missing[*]} (create secrets with scripts/secret.sh, see its --help)"
 }
 
 # check_database_node: the postgres service is pinned to a node labelled stackship.postgres=true;
@@ -378,8 +411,9 @@ main() {
     check_prerequisites
     take_lock
     hash_configs
+    resolve_db_password
+    check_external
     validate_stack_file
-    check_secrets
     check_database_node
     registry_login
     pull_images

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Removes what scripts/up.sh brought up: both stacks, their secrets and configs, the local
-# registry (process and storage), the deploy directory and, unless --keep-data, the database
-# data and generated secrets under /data/stackship. The Docker engine, the swarm and the built
+# registry (process and storage), the deploy directory (with the self-signed certificate) and,
+# unless --keep-data, the database data and the database password secrets. The Docker engine, the swarm and the built
 # images stay (other things on the machine may use them; images make the next bring-up fast);
 # --images and --leave-swarm remove those too.
 set -Eeuo pipefail
@@ -13,7 +13,7 @@ usage() {
     cat <<'USAGE'
 Usage: scripts/down.sh [--keep-data] [--images] [--leave-swarm] [--help]
 
-  --keep-data     keep /data/stackship/data (databases) and /data/stackship/secrets
+  --keep-data     keep /data/stackship/data (databases) and the database password secrets
   --images        also remove the project's images (services and stand-ins)
   --leave-swarm   also leave the swarm (docker swarm leave --force)
 USAGE
@@ -34,15 +34,20 @@ remove_stack() {
     wait_until 120 "stack ${stack} to stop" stack_gone "$stack"
 }
 
+# remove_secrets: the database passwords (every version and the bootstrap copy) and the fixed
+# names older bring-ups used. The content-named TLS secrets went with their stack.
 remove_secrets() {
     local env name
     for env in prod dev; do
-        for name in db-password tls-cert tls-key; do
-            if docker secret inspect "$(stack_name "$env")-${name}" >/dev/null 2>&1; then
-                log "removing secret $(stack_name "$env")-${name}"
-                docker secret rm "$(stack_name "$env")-${name}" >/dev/null
-            fi
-        done
+        while IFS= read -r name; do
+            case "$name" in
+                "$(stack_name "$env")"-db-password-v* | "$(stack_name "$env")"-db-bootstrap-password \
+                    | "$(stack_name "$env")"-db-password | "$(stack_name "$env")"-tls-cert | "$(stack_name "$env")"-tls-key)
+                    log "removing secret ${name}"
+                    docker secret rm "$name" >/dev/null
+                    ;;
+            esac
+        done < <(docker secret ls --filter "name=$(stack_name "$env")-" --format '{{.Name}}')
     done
 }
 
@@ -85,7 +90,8 @@ main() {
     if docker info >/dev/null 2>&1 && [[ "$(docker info --format '{{.Swarm.LocalNodeState}}')" == active ]]; then
         remove_stack "$(stack_name prod)"
         remove_stack "$(stack_name dev)"
-        remove_secrets
+        # The database data was initialised with these passwords: kept with it.
+        [[ -n "$keep_data" ]] || remove_secrets
         if [[ -n "$leave_swarm" ]]; then
             log "leaving the swarm"
             docker swarm leave --force >/dev/null
@@ -99,8 +105,8 @@ main() {
     log "removing ${STACKSHIP_DEPLOY_ROOT} and ${STACKSHIP_REGISTRY_DIR}"
     rm -rf "$STACKSHIP_DEPLOY_ROOT" "$STACKSHIP_REGISTRY_DIR"
     if [[ -z "$keep_data" ]]; then
-        log "removing ${STACKSHIP_DATA}/data and ${STACKSHIP_SECRETS_DIR}"
-        rm -rf "${STACKSHIP_DATA}/data" "$STACKSHIP_SECRETS_DIR"
+        log "removing ${STACKSHIP_DATA}/data"
+        rm -rf "${STACKSHIP_DATA}/data" "$STACKSHIP_LEGACY_SECRETS_DIR"
     fi
     log "down"
 }

@@ -138,8 +138,12 @@ check_env() {
 
 # The local registry standing in for GitLab Registry (Debian's docker-registry).
 STACKSHIP_REGISTRY_DIR="${STACKSHIP_REGISTRY_DIR:-${STACKSHIP_DATA}/registry}"
-# Generated secrets and the self-signed certificate, kept so re-runs reuse them.
-STACKSHIP_SECRETS_DIR="${STACKSHIP_SECRETS_DIR:-${STACKSHIP_DATA}/secrets}"
+# Where older bring-ups kept generated secrets on disk; up.sh moves them into Swarm and removes it.
+# shellcheck disable=SC2034  # used by up.sh and down.sh
+STACKSHIP_LEGACY_SECRETS_DIR="${STACKSHIP_DATA}/secrets"
+# The prod proxy's self-signed certificate (scripts/up.sh writes it with its key): the source
+# file of prod's content-named tls_cert secret, and the CA to trust for https://localhost.
+STACKSHIP_PROD_CERT="${STACKSHIP_DEPLOY_ROOT}/prod/secrets/tls.crt"
 
 # registry_status: the HTTP status of the registry's /v2/ (401 = up with auth, 000 = down).
 registry_status() {
@@ -169,7 +173,7 @@ curl_env() {
     local env="$1"
     shift
     if [[ "$env" == prod ]]; then
-        curl -sS -m 10 --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" "$@"
+        curl -sS -m 10 --cacert "$STACKSHIP_PROD_CERT" "$@"
     else
         curl -sS -m 10 "$@"
     fi

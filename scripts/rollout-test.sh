@@ -73,7 +73,7 @@ run_case() {
     : > "$stop"
     log "case ${n}: ${name}"
     python3 "$(repo_root)/scripts/loadgen.py" --url https://localhost \
-        --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" --rate "$RATE" \
+        --cacert "$STACKSHIP_PROD_CERT" --rate "$RATE" \
         --min-requests "$MIN_REQUESTS" --max-seconds 900 --stop-file "$stop" \
         --run "case${n}-$$" --out "$report" > "$WORK/case${n}.load" 2>&1 &
     local load_pid=$!

@@ -140,22 +140,16 @@ CONF
 }
 
 ensure_env() {
-    local env="$1" dir="$DEPLOY_ROOT/$1" data="${STACKSHIP_DATA}/data/$1/postgres" secret pw
+    local env="$1" dir="$DEPLOY_ROOT/$1" data="${STACKSHIP_DATA}/data/$1/postgres"
     install -d -m 0755 "$DEPLOY_ROOT"
     install -d -m 0750 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir"
     install -d -m 0755 "$data"
-    secret="$(stack_name "$env")-db-password"
-    if ! docker secret inspect "$secret" >/dev/null 2>&1; then
-        log "creating secret ${secret} (random)"
-        pw="$(openssl rand -hex 24)" || die "openssl rand failed"
-        printf '%s' "$pw" | docker secret create --label "${STACKSHIP_PROJECT}.managed-by=setup-server.sh" "$secret" - >/dev/null \
-            || die "docker secret create ${secret} failed"
-    fi
-    if [[ "$env" == prod ]]; then
-        for secret in "$(stack_name prod)-tls-cert" "$(stack_name prod)-tls-key"; do
-            docker secret inspect "$secret" >/dev/null 2>&1 \
-                || warn "secret ${secret} is missing: docker secret create ${secret} FILE (the site's certificate / key)"
-        done
+    # Source files of the file-backed secrets (prod's TLS certificate and key): the pipeline
+    # installs them from CI File variables; only the deploy user reads them.
+    install -d -m 0700 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir/secrets"
+    "$(repo_root)/scripts/secret.sh" init db-password "$env" || die "creating the ${env} database password failed"
+    if [[ "$env" == prod && ! -s "$dir/secrets/tls.crt" ]]; then
+        warn "no TLS certificate in ${dir}/secrets/: set the CI File variables TLS_CERT_FILE and TLS_KEY_FILE (the prod deploy installs them), or put tls.crt and tls.key there (owner ${DEPLOY_USER}, mode 0600)"
     fi
     log "${env}: ${dir} (owner ${DEPLOY_USER}), data ${data}"
 }
@@ -171,7 +165,7 @@ print_known_hosts() {
 main() {
     parse_args "$@"
     require_root
-    apt_install openssh-server openssh-client rsync util-linux openssl
+    apt_install openssh-server openssh-client rsync util-linux openssl jq
     ensure_docker
     ensure_swarm_here
     ensure_user

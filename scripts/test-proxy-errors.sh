@@ -245,7 +245,7 @@ live_checks() {
         fail "live: the prod stack does not answer on https://localhost (bring it up with scripts/up.sh)"
         return 0
     fi
-    local c=(--cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt")
+    local c=(--cacert "$STACKSHIP_PROD_CERT")
     fetch live-big "${c[@]}" -X POST -H 'content-type: application/json' \
         --data-binary @"$WORK/big.json" https://localhost/api/log
     expect_json_error "live: 1 MB POST /api/log" live-big 413 payload_too_large

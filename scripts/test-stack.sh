@@ -124,9 +124,11 @@ test_dev_prod_isolated() {
         fail "dev resolves ${PROD_STACK}_postgres"
     fi
     docker exec "$dev_pg" getent hosts postgres >/dev/null 2>&1 || fail "dev does not resolve its own postgres (control)"
-    # Own secrets: the two stacks mount different password secrets.
+    # Own secrets: each stack mounts its own password secrets.
     [[ "$(docker service inspect "${DEV_STACK}_postgres" --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}}{{end}}')" \
-        == "${DEV_STACK}-db-password" ]] || fail "dev postgres does not use ${DEV_STACK}-db-password"
+        == "${DEV_STACK}-db-bootstrap-password" ]] || fail "dev postgres does not use ${DEV_STACK}-db-bootstrap-password"
+    [[ "$(docker service inspect "${DEV_STACK}_backend" --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}}{{end}}')" \
+        =~ ^${DEV_STACK}-db-password-v[0-9]+$ ]] || fail "dev backend does not use a ${DEV_STACK}-db-password-v<N>"
 }
 
 ensure_browser_tools() {
@@ -258,16 +260,16 @@ test_poll_version_reports() {
     local out rc=0
     out="$(mktemp)"
     "$(repo_root)/scripts/poll-version.sh" https://localhost/api/service/version \
-        --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" --count 3 --interval 0.2 > "$out" 2>&1 \
+        --cacert "$STACKSHIP_PROD_CERT" --count 3 --interval 0.2 > "$out" 2>&1 \
         || fail "poll-version.sh --count 3 failed: $(cat "$out")"
     [[ "$(grep -c " 200 .*\"version\":\"${TAG}\"" "$out")" == 3 ]] || fail "expected 3 lines with 200 and ${TAG}: $(cat "$out")"
     grep -q -- "--- 3 requests in .*, 0 errors" "$out" || fail "no summary line: $(cat "$out")"
     "$(repo_root)/scripts/poll-version.sh" https://localhost/api/service/version \
-        --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" --until-version "$TAG" \
+        --cacert "$STACKSHIP_PROD_CERT" --until-version "$TAG" \
         --ready-url https://localhost/api/service/ready --timeout 10 > "$out" 2>&1 \
         || fail "--until-version ${TAG} did not succeed: $(cat "$out")"
     "$(repo_root)/scripts/poll-version.sh" https://localhost/api/service/version \
-        --cacert "${STACKSHIP_SECRETS_DIR}/prod/tls.crt" --until-version no-such-version \
+        --cacert "$STACKSHIP_PROD_CERT" --until-version no-such-version \
         --interval 0.5 --timeout 3 > "$out" 2>&1 || rc=$?
     ((rc == 1)) || fail "--until-version of a version that never answers exited ${rc}, expected 1"
     grep -q "did not answer" "$out" || fail "no message for the missing version"

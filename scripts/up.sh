@@ -24,7 +24,7 @@ USAGE
 }
 
 ensure_tools() {
-    apt_install ca-certificates curl openssl apache2-utils docker-registry iproute2
+    apt_install ca-certificates curl openssl apache2-utils docker-registry iproute2 jq
     need cargo "install the Rust toolchain (rustup); the service binaries are built on this machine"
     need git
 }
@@ -126,16 +126,24 @@ ensure_node_label() {
     docker node update --label-add stackship.postgres=true "$node" >/dev/null
 }
 
-# ensure_secrets ENV: DB password (generated once) and, for prod, a self-signed certificate.
+# ensure_secrets ENV: the database password (scripts/secret.sh: generated into Swarm, never on
+# disk) and, for prod, a self-signed certificate in the deploy directory's secrets/, the source
+# of the content-named TLS secrets.
 ensure_secrets() {
-    local env="$1" dir="${STACKSHIP_SECRETS_DIR}/$1"
-    mkdir -p "$dir"
-    chmod 0700 "$STACKSHIP_SECRETS_DIR" "$dir"
-    if [[ ! -s "$dir/db_password" ]]; then
-        (umask 077 && openssl rand -hex 24 > "$dir/db_password")
+    local env="$1" legacy="${STACKSHIP_LEGACY_SECRETS_DIR}/$1" dir init=(init db-password "$1")
+    dir="$(env_deploy_dir "$env")/secrets"
+    install -d -m 0700 "$dir"
+    # An older bring-up kept the password in a file: its database was initialised with it.
+    if [[ -s "$legacy/db_password" ]]; then
+        init+=(--file "$legacy/db_password")
     fi
-    create_secret "$(stack_name "$env")-db-password" "$dir/db_password"
+    "$(repo_root)/scripts/secret.sh" "${init[@]}" || die "creating the ${env} database password failed"
+    rm -f "$legacy/db_password"
     if [[ "$env" == prod ]]; then
+        if [[ -s "$legacy/tls.crt" && -s "$legacy/tls.key" && ! -s "$dir/tls.crt" ]]; then
+            mv "$legacy/tls.key" "$dir/tls.key"
+            mv "$legacy/tls.crt" "$dir/tls.crt"
+        fi
         if [[ ! -s "$dir/tls.crt" || ! -s "$dir/tls.key" ]]; then
             log "creating a self-signed certificate for localhost"
             (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
@@ -144,17 +152,8 @@ ensure_secrets() {
                 -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null) || die "openssl req failed"
             chmod 0644 "$dir/tls.crt"
         fi
-        create_secret "$(stack_name "$env")-tls-cert" "$dir/tls.crt"
-        create_secret "$(stack_name "$env")-tls-key" "$dir/tls.key"
     fi
-}
-
-create_secret() {
-    local name="$1" file="$2"
-    docker secret inspect "$name" >/dev/null 2>&1 && return 0
-    log "creating secret ${name}"
-    docker secret create --label "${STACKSHIP_PROJECT}.managed-by=up.sh" "$name" "$file" >/dev/null \
-        || die "docker secret create ${name} failed"
+    rmdir "$legacy" "$STACKSHIP_LEGACY_SECRETS_DIR" 2>/dev/null || true
 }
 
 # check_ports ENV: the proxy's host ports are free or already Docker's (a previous bring-up).
@@ -234,7 +233,8 @@ main() {
         printf '%s: %s/\n' "$env" "$(env_url "$env")"
     done
     if [[ " ${envs[*]} " == *" prod "* ]]; then
-        printf 'prod certificate (self-signed): %s/prod/tls.crt\n' "$STACKSHIP_SECRETS_DIR"
+        printf 'prod certificate (self-signed): %s (trust it: curl --cacert %s https://localhost/)\n' \
+            "$STACKSHIP_PROD_CERT" "$STACKSHIP_PROD_CERT"
     fi
 }
 
