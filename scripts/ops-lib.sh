@@ -34,22 +34,30 @@ need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not instal
 OPS_HELPERS=()
 OPS_EXIT_HOOKS=()
 
-# ops_on_exit CMD: run CMD (a string, eval'd) when the script exits, before the helpers go.
+# ops_on_exit CMD: run CMD (a string, eval'd) when the script exits, after the helpers are gone.
 ops_on_exit() { OPS_EXIT_HOOKS+=("$1"); }
 
-# ops_cleanup: the exit trap: the hooks, last registered first, then every helper service.
+# ops_cleanup: the exit trap: removes every helper service (and waits, at most 30 s, until their
+# containers on this node are gone), then runs the exit hooks, last registered first (so a
+# network a helper used can go after the helper).
 ops_cleanup() {
-    local rc=$? i svc
+    local rc=$? i svc deadline=$((SECONDS + 30))
     trap - EXIT INT TERM
-    for ((i = ${#OPS_EXIT_HOOKS[@]} - 1; i >= 0; i--)); do
-        eval "${OPS_EXIT_HOOKS[i]}" || true
-    done
     for svc in "${OPS_HELPERS[@]}"; do
         if docker service rm "$svc" >/dev/null 2>&1; then
             log "removed helper ${svc}"
         else
             warn "could not remove helper service ${svc}: remove it with 'docker service rm ${svc}'"
         fi
+    done
+    for svc in "${OPS_HELPERS[@]}"; do
+        while [[ -n "$(docker ps -aq --filter "label=com.docker.swarm.service.name=${svc}" 2>/dev/null)" ]] \
+            && ((SECONDS < deadline)); do
+            sleep 0.5
+        done
+    done
+    for ((i = ${#OPS_EXIT_HOOKS[@]} - 1; i >= 0; i--)); do
+        eval "${OPS_EXIT_HOOKS[i]}" || true
     done
     exit "$rc"
 }
@@ -156,12 +164,13 @@ ops_task_state() {
 #   --timeout S           how long it may take (default 600); then it fails
 #   --detach              return once the task runs; OPS_HELPER names its service
 # Without --detach: waits until the task ended, copies its log to stderr, returns its exit status
-# (1 when it could not start, with the task's error). The task has a read-only root filesystem
-# and no capabilities.
+# (1 when it could not start, with the task's error). The task has a read-only root filesystem,
+# no capabilities, and an init as PID 1.
 ops_helper() {
     local name="$1" image="" timeout=600 detach="" svc state task_state code err deadline self
+    # --init: the command is not PID 1, so SIGTERM stops it as it would anywhere else.
     local -a opts=(--restart-condition none --endpoint-mode dnsrr --read-only --cap-drop ALL
-        --with-registry-auth --detach --quiet --label "${OPS_PROJECT}.ops-helper=${OPS_SCRIPT}"
+        --init --stop-grace-period 5s --with-registry-auth --detach --quiet --label "${OPS_PROJECT}.ops-helper=${OPS_SCRIPT}"
         --network "${OPS_STACK}_data")
     shift
     [[ "$name" =~ ^[a-z0-9][a-z0-9-]{0,20}$ ]] || die "ops_helper: bad helper name '${name}'"

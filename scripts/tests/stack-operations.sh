@@ -57,3 +57,63 @@ test_backup_restore_roundtrip() {
 }
 
 STACK_TESTS+=(backup_restore_roundtrip)
+
+# db_password: the password prod's backend uses now, read inside its container as the owner of
+# the secret file (never written to disk).
+db_password() {
+    local c uid
+    c="$(container_of "${PROD_STACK}_backend")"
+    [[ -n "$c" ]] || { fail "no running prod backend container"; return 1; }
+    uid="$(docker exec "$c" stat -c %u /run/secrets/db_password)" || { fail "no db_password secret in the backend"; return 1; }
+    docker exec -u "$uid" "$c" cat /run/secrets/db_password
+}
+
+# tunnel_leftovers: what db-tunnel.sh may leave behind (services, containers, networks).
+tunnel_leftovers() {
+    docker service ls -q --filter label=stackship.ops-helper
+    docker ps -aq --filter label=stackship.ops-helper=db-tunnel
+    docker ps -aq --filter "name=${PROD_STACK}-ops-tunnel-"
+    docker network ls -q --filter label=stackship.ops-helper=db-tunnel
+    docker network ls -q --filter "name=${PROD_STACK}-ops-tunnel-"
+}
+
+test_db_tunnel_reaches_database() {
+    local port=15439 out pid rc=0 deadline listeners via_tunnel direct password
+    out="$(mktemp)"
+    [[ -z "$(tunnel_leftovers)" ]] || fail "tunnel leftovers before the test: $(tunnel_leftovers | tr '\n' ' ')"
+    # The tunnel runs in the background as an interactive one would: SIGINT (Ctrl-C) ends it.
+    # Background jobs of a script ignore SIGINT unless the disposition is reset.
+    env --default-signal=INT "$(repo_root)/scripts/db-tunnel.sh" prod --port "$port" > "$out" 2>&1 &
+    pid=$!
+    deadline=$((SECONDS + 90))
+    until grep -q "^ready 127.0.0.1:${port}$" "$out"; do
+        kill -0 "$pid" 2>/dev/null || fail "db-tunnel.sh exited before it was ready: $(tail -n 20 "$out")"
+        ((SECONDS < deadline)) || { kill -INT "$pid"; fail "db-tunnel.sh not ready after 90s: $(tail -n 20 "$out")"; }
+        sleep 0.5
+    done
+    # Loopback only: nothing listens on the port on another address.
+    listeners="$(ss -Hltn "sport = :${port}" | awk '{print $4}' | sort -u | tr '\n' ' ')"
+    [[ "$listeners" == "127.0.0.1:${port} " ]] || { kill -INT "$pid"; fail "port ${port} listens on '${listeners}', expected 127.0.0.1 only"; }
+    password="$(db_password)" || { kill -INT "$pid"; fail "cannot read the database password"; }
+    via_tunnel="$(PGPASSWORD="$password" PGCONNECT_TIMEOUT=10 psql "host=127.0.0.1 port=${port} user=backend dbname=backend" \
+        -v ON_ERROR_STOP=1 -Atc "SELECT current_user || ' ' || (SELECT count(*) FROM log_entries WHERE id <= 1000000000)")" \
+        || { kill -INT "$pid"; fail "psql through 127.0.0.1:${port} failed"; }
+    direct="$(prod_psql "SELECT current_user || ' ' || (SELECT count(*) FROM log_entries WHERE id <= 1000000000)")"
+    [[ "$via_tunnel" == "$direct" ]] || { kill -INT "$pid"; fail "through the tunnel '${via_tunnel}', directly '${direct}'"; }
+    # A wrong password is refused by the database itself (it is Postgres at the other end).
+    PGPASSWORD=wrong PGCONNECT_TIMEOUT=10 psql "host=127.0.0.1 port=${port} user=backend dbname=backend" -Atc 'SELECT 1' > /dev/null 2>&1 \
+        && { kill -INT "$pid"; fail "a wrong password was accepted"; }
+    kill -INT "$pid"
+    deadline=$((SECONDS + 60))
+    while kill -0 "$pid" 2>/dev/null; do
+        ((SECONDS < deadline)) || { kill -TERM "$pid"; fail "db-tunnel.sh still running 60s after SIGINT"; }
+        sleep 0.5
+    done
+    wait "$pid" || rc=$?
+    ((rc == 130)) || fail "db-tunnel.sh exited ${rc} after SIGINT, expected 130: $(tail -n 5 "$out")"
+    [[ -z "$(tunnel_leftovers)" ]] || fail "left behind after the tunnel closed: $(tunnel_leftovers | tr '\n' ' ')"
+    if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then fail "127.0.0.1:${port} still accepts connections"; fi
+    rm -f "$out"
+}
+
+STACK_TESTS+=(db_tunnel_reaches_database)
