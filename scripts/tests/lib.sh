@@ -155,3 +155,28 @@ run_test() {
         FAILED_NAMES+=("$name")
     fi
 }
+
+# load_during REPORT CMD...: runs CMD while scripts/loadgen.py sends a bounded load through the
+# prod proxy (version reads, log lists and writes, keep-alive on and off; 100 req/s, at most
+# 600 s); the load's JSON report (requests, failed, failed_by_kind, ...) goes to REPORT.
+# Returns CMD's status; fails if the load generator itself failed.
+load_during() {
+    local report="$1" stop load_pid rc=0
+    shift
+    stop="$(mktemp)"
+    python3 "$(repo_root)/scripts/loadgen.py" --url https://localhost --cacert "$STACKSHIP_PROD_CERT" \
+        --rate 100 --min-requests 1 --max-seconds 600 --stop-file "$stop" --run "e2e-$$" \
+        --out "$report" > "${report}.log" 2>&1 &
+    load_pid=$!
+    sleep 2
+    "$@" || rc=$?
+    rm -f "$stop"
+    wait "$load_pid" || fail "the load generator failed: $(tail -n 5 "${report}.log")"
+    return "$rc"
+}
+
+# load_summary REPORT: "F failed of N requests {kind: count}"; load_failed REPORT: F.
+load_summary() {
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d failed of %d requests %s" % (d["failed"], d["requests"], d["failed_by_kind"]))' "$1"
+}
+load_failed() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["failed"])' "$1"; }

@@ -1,0 +1,203 @@
+# Stack tests of the secrets (sourced by scripts/test-stack.sh, after scripts/tests/lib.sh):
+# rotation under load, a rotation whose rollout fails, a release with a wrong secret, a renewed
+# certificate, and a canary search for the secret values everywhere they must not be.
+# shellcheck shell=bash
+
+STACK_TESTS+=(db_password_rotates_under_load failed_rotation_restores_password
+    wrong_secret_release_rolls_back renewed_certificate_rolls_proxy_only secrets_do_not_leak)
+
+SECRET_SH="$(repo_root)/scripts/secret.sh"
+
+# backend_password_secret: the db-password-v<N> secret prod's backend mounts.
+backend_password_secret() {
+    docker service inspect "${PROD_STACK}_backend" \
+        --format '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{println .SecretName}}{{end}}' \
+        | grep -E "^${PROD_STACK}-db-password-v[0-9]+$"
+}
+
+# mounted_password: the database password as prod's backend reads it (its secret file).
+mounted_password() {
+    local c
+    c="$(container_of "${PROD_STACK}_backend")"
+    [[ -n "$c" ]] || fail "no running prod backend container"
+    docker exec "$c" cat /run/secrets/db_password
+}
+
+# password_works PASSWORD: the prod database accepts PASSWORD for the backend role over TCP
+# (password authentication, not the socket's trust).
+password_works() {
+    local pg
+    pg="$(container_of "${PROD_STACK}_postgres")"
+    [[ -n "$pg" ]] || fail "no running prod postgres container"
+    printf '%s' "$1" | docker exec -i "$pg" sh -c \
+        'PGPASSWORD="$(cat)" psql -h 127.0.0.1 -U backend -d backend -Atqc "SELECT 1"' >/dev/null 2>&1
+}
+
+# a_write_is_stored: POST /api/log through the proxy answers 201 (a fresh DB round trip).
+a_write_is_stored() {
+    curl_env prod -f -X POST -H 'Content-Type: application/json' \
+        --data "{\"message\":\"secrets e2e $(date -u +%s%N)\"}" https://localhost/api/log >/dev/null
+}
+
+test_db_password_rotates_under_load() {
+    local before after pg_before report old_pw new_pw out
+    report="$(mktemp)" out="$(mktemp)"
+    before="$(backend_password_secret)" || fail "prod's backend mounts no db-password-v<N>"
+    old_pw="$(mounted_password)"
+    pg_before="$(running_tasks "${PROD_STACK}_postgres")"
+    load_during "$report" "$SECRET_SH" rotate db-password prod > "$out" 2>&1 \
+        || fail "secret.sh rotate failed: $(tail -n 20 "$out")"
+    log "rotation under load: $(load_summary "$report")"
+    after="$(backend_password_secret)" || fail "after the rotation the backend mounts no db-password-v<N>"
+    [[ "${after##*-v}" -eq $((${before##*-v} + 1)) ]] || fail "the backend moved from ${before} to ${after}, expected v$((${before##*-v} + 1))"
+    if docker secret inspect "$before" >/dev/null 2>&1; then fail "the old secret ${before} was not removed"; fi
+    [[ "$(running_tasks "${PROD_STACK}_postgres")" == "$pg_before" ]] || fail "postgres restarted during the rotation"
+    new_pw="$(mounted_password)"
+    [[ "$new_pw" != "$old_pw" && ${#new_pw} -eq 32 ]] || fail "the mounted password did not change to a new 32-character one"
+    password_works "$new_pw" || fail "the database refuses the new password"
+    if password_works "$old_pw"; then fail "the database still accepts the old password"; fi
+    a_write_is_stored || fail "a write after the rotation failed"
+    [[ "$(load_failed "$report")" -eq 0 ]] || fail "requests failed during the rotation: $(load_summary "$report")"
+    if grep -qF "$new_pw" "$out" || grep -qF "$old_pw" "$out"; then fail "a password appears in secret.sh's output"; fi
+    rm -f "$report" "$report.log" "$out"
+}
+
+test_failed_rotation_restores_password() {
+    local before bad out rc=0 old_pw
+    out="$(mktemp)"
+    before="$(backend_password_secret)" || fail "prod's backend mounts no db-password-v<N>"
+    old_pw="$(mounted_password)"
+    # The rollout onto the new secret fails: the release's backend never turns healthy.
+    bad="$(push_variant unhealthy 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM; while :; do sleep 1; done"]')"
+    BACKEND_TAG="$bad" "$SECRET_SH" rotate db-password prod > "$out" 2>&1 || rc=$?
+    ((rc != 0)) || fail "secret.sh rotate exited 0 although the rollout failed"
+    grep -q "rotation failed" "$out" || fail "the output does not say the rotation failed: $(tail -n 8 "$out")"
+    assert_rolled_back_to_tag "$out"
+    [[ "$(backend_password_secret)" == "$before" ]] || fail "the backend no longer mounts ${before}"
+    [[ -z "$(docker secret ls -q --filter "name=${PROD_STACK}-db-password-v$((${before##*-v} + 1))")" ]] \
+        || fail "the new secret v$((${before##*-v} + 1)) was left behind"
+    password_works "$old_pw" || fail "the database no longer accepts the password the backend mounts"
+    a_write_is_stored || fail "a write after the failed rotation failed"
+    rm -f "$out"
+}
+
+test_wrong_secret_release_rolls_back() {
+    local before bad out rc=0
+    out="$(mktemp)"
+    before="$(backend_password_secret)" || fail "prod's backend mounts no db-password-v<N>"
+    # A newer version of the password secret whose content the database does not know: the next
+    # deploy picks it up, its backend cannot log in, Swarm rolls it back.
+    bad="${PROD_STACK}-db-password-v$((${before##*-v} + 1))"
+    "$SECRET_SH" create "$bad" >/dev/null 2>&1 || fail "cannot create ${bad}"
+    deploy_prod > "$out" 2>&1 || rc=$?
+    docker secret rm "$bad" >/dev/null 2>&1 || true
+    ((rc != 0)) || fail "deploy.sh exited 0 with a password secret the database refuses"
+    grep -q "database password: ${bad}" "$out" || fail "the deploy did not pick the newest secret ${bad}"
+    assert_rolled_back_to_tag "$out"
+    grep -q "password authentication failed" "$out" || fail "the deploy output does not say why (password authentication failed)"
+    [[ "$(backend_password_secret)" == "$before" ]] || fail "the backend is not back on ${before}"
+    a_write_is_stored || fail "the old release does not keep writing"
+    rm -f "$out"
+    restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
+}
+
+# served_cert_sha: the SHA-256 fingerprint of the certificate https://localhost serves.
+served_cert_sha() {
+    openssl s_client -connect 127.0.0.1:443 -servername localhost </dev/null 2>/dev/null \
+        | openssl x509 -noout -fingerprint -sha256
+}
+
+test_renewed_certificate_rolls_proxy_only() {
+    local dir keep before after line svc old_sha new_sha
+    dir="${PROD_DIR}/secrets"
+    keep="$(mktemp -d)"
+    cp -p "$dir/tls.crt" "$dir/tls.key" "$keep/"
+    old_sha="$(served_cert_sha)"
+    [[ "$old_sha" == "$(openssl x509 -in "$dir/tls.crt" -noout -fingerprint -sha256)" ]] \
+        || fail "the proxy does not serve ${dir}/tls.crt"
+    before="$(all_running_tasks "$PROD_STACK")"
+    # A renewed certificate: a new key pair for the same name.
+    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null) || fail "openssl req failed"
+    chmod 0644 "$dir/tls.crt"
+    deploy_prod >/dev/null 2>&1 || { cp -p "$keep/tls.crt" "$keep/tls.key" "$dir/"; fail "the deploy with the renewed certificate failed"; }
+    new_sha="$(served_cert_sha)"
+    after="$(all_running_tasks "$PROD_STACK")"
+    cp -p "$keep/tls.crt" "$keep/tls.key" "$dir/"
+    rm -rf "$keep"
+    [[ "$new_sha" != "$old_sha" && "$new_sha" == *Fingerprint* ]] || fail "the proxy still serves the old certificate"
+    while IFS= read -r line; do
+        svc="${line%%:*}"
+        if [[ "$svc" == "${PROD_STACK}_nginx-proxy" ]]; then
+            [[ "$(grep "^${svc}:" <<<"$after")" != "$line" ]] || fail "the proxy did not roll"
+        else
+            [[ "$(grep "^${svc}:" <<<"$after")" == "$line" ]] || fail "${svc} restarted for a certificate change"
+        fi
+    done <<<"$before"
+    deploy_prod >/dev/null 2>&1 || fail "putting the original certificate back failed"
+    [[ "$(served_cert_sha)" == "$old_sha" ]] || fail "the original certificate is not served again"
+}
+
+# leak_hits DESCRIPTION: reads text on stdin and reports every canary found in it.
+leak_hits() {
+    local what="$1" text canary
+    text="$(cat)"
+    for canary in "${CANARIES[@]}"; do
+        if grep -qF -- "$canary" <<<"$text"; then
+            printf '    a secret value (%s...) appears in %s\n' "${canary:0:4}" "$what" >&2
+            LEAKS=$((LEAKS + 1))
+        fi
+    done
+}
+
+test_secrets_do_not_leak() {
+    local out stack svc c pid image images=() key_line files
+    out="$(mktemp)"
+    # Canaries: a freshly rotated database password (unique, random) and a line from the middle
+    # of the TLS key's PEM body.
+    "$SECRET_SH" rotate db-password prod > "$out" 2>&1 || fail "rotation failed: $(tail -n 10 "$out")"
+    key_line="$(sed -n 3p "${PROD_DIR}/secrets/tls.key")"
+    [[ ${#key_line} -ge 20 ]] || fail "no key line to use as a canary"
+    CANARIES=("$(mounted_password)" "$key_line")
+    [[ ${#CANARIES[0]} -eq 32 ]] || fail "no password canary"
+    LEAKS=0
+    leak_hits "secret.sh's output" < "$out"
+    deploy_prod > "$out" 2>&1 || fail "deploy failed"
+    leak_hits "deploy.sh's output" < "$out"
+    for stack in "$PROD_STACK" "$DEV_STACK"; do
+        for svc in $(docker stack services "$stack" --format '{{.Name}}'); do
+            docker service inspect "$svc" | leak_hits "docker service inspect ${svc}"
+            docker service logs --raw "$svc" 2>&1 | leak_hits "the logs of ${svc}"
+            images+=("$(docker service inspect "$svc" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')")
+        done
+        for c in $(docker ps -aq --filter "label=com.docker.stack.namespace=${stack}"); do
+            docker inspect "$c" | leak_hits "docker inspect of container ${c}"
+            pid="$(docker inspect "$c" --format '{{.State.Pid}}')"
+            if [[ "$pid" != 0 && -r "/proc/${pid}/environ" ]]; then
+                tr '\0' '\n' < "/proc/${pid}/environ" | leak_hits "the environment of container ${c}"
+            fi
+        done
+    done
+    for image in $(printf '%s\n' "${images[@]}" | sort -u); do
+        docker history --no-trunc "$image" 2>&1 | leak_hits "the history of ${image}"
+        docker image inspect "$image" 2>&1 | leak_hits "docker image inspect ${image}"
+    done
+    # The deploy directories (except the secret source files themselves), the git history and
+    # the working tree: the names of files holding a canary.
+    printf '%s\n' "${CANARIES[@]}" > "$out.canaries"
+    files="$(grep -rlF -f "$out.canaries" "$STACKSHIP_DEPLOY_ROOT" --exclude-dir=secrets 2>/dev/null || true)"
+    files+="$(git -C "$(repo_root)" rev-list --all | xargs git -C "$(repo_root)" grep -lF -f "$out.canaries" 2>/dev/null || true)"
+    files+="$(grep -rlF -f "$out.canaries" "$(repo_root)" --exclude-dir=target --exclude-dir=.git 2>/dev/null || true)"
+    if [[ -n "$files" ]]; then
+        printf '    a secret value appears in: %s\n' "$files" >&2
+        LEAKS=$((LEAKS + 1))
+    fi
+    rm -f "$out.canaries"
+    # Control: the search finds a canary where it must be (the secret mounted in the backend).
+    LEAKS_BEFORE_CONTROL=$LEAKS
+    mounted_password | leak_hits "(control) the backend's secret file"
+    ((LEAKS == LEAKS_BEFORE_CONTROL + 1)) || fail "the control search did not find the password in its own secret file"
+    ((LEAKS_BEFORE_CONTROL == 0)) || fail "${LEAKS_BEFORE_CONTROL} leak(s) of secret values (see above)"
+    rm -f "$out"
+}
