@@ -28,7 +28,8 @@ pulling them; when a pull fails, builds local stand-ins (${STANDIN_BASE_IMAGE},
 ${STANDIN_POSTGRES_IMAGE}, ${STANDIN_NGINX_IMAGE}) from Debian packages.
 Prints BASE_IMAGE=, POSTGRES_IMAGE=, NGINX_IMAGE= lines naming the images to use.
 
-  --rebuild-standins   rebuild stand-ins even when they already exist
+  --rebuild-standins   rebuild the stand-ins from scratch (no layer cache; the Debian base
+                       again with debootstrap)
 USAGE
 }
 
@@ -96,14 +97,14 @@ DPKG
         - "$STANDIN_BASE_IMAGE" >/dev/null
 }
 
-# build_standin NAME CONTEXT BASE: build a stand-in image from images/<context>.
+# build_standin NAME CONTEXT BASE: build a stand-in image from images/<context>. Always built,
+# from the layer cache when nothing changed (a second or two, and the same image, so the same
+# digest), so a change to images/<context> reaches the stack on the next bring-up.
 build_standin() {
-    local name="$1" context="$2" base="$3"
-    if image_exists "$name" && [[ -z "$REBUILD" ]]; then
-        return 0
-    fi
+    local name="$1" context="$2" base="$3" no_cache=()
+    [[ -z "$REBUILD" ]] || no_cache=(--no-cache)
     log "building stand-in ${name} from $(repo_root)/images/${context}"
-    docker build -q --build-arg "BASE_IMAGE=${base}" -t "$name" "$(repo_root)/images/${context}" >/dev/null \
+    docker build -q "${no_cache[@]}" --build-arg "BASE_IMAGE=${base}" -t "$name" "$(repo_root)/images/${context}" >/dev/null \
         || die "building stand-in ${name} failed"
 }
 

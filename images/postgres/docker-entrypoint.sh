@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Entrypoint of the Postgres stand-in image: the subset of the official image's entrypoint the
-# stack uses. As root it prepares PGDATA and drops to the postgres user; on first start it runs
-# initdb and creates POSTGRES_DB; then it execs postgres so signals reach the server directly
-# (SIGINT = fast shutdown). /docker-entrypoint-initdb.d scripts are not supported.
+# stack uses. Started as root it prepares PGDATA and drops to the postgres user; started as the
+# postgres user (`user: "999:999"`, read-only root filesystem) it does what it may and expects
+# PGDATA owned by it. On first start it runs initdb and creates POSTGRES_DB; then it execs
+# postgres so signals reach the server directly (SIGINT = fast shutdown).
+# /docker-entrypoint-initdb.d scripts are not supported.
 set -Eeuo pipefail
 
 die() { printf 'postgres-entrypoint: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -23,6 +25,19 @@ file_env() {
     fi
     export "$var"="$val"
     unset "$file_var"
+}
+
+# create_db_directories: as the official image: PGDATA and the socket directory exist with
+# the modes Postgres wants; failures are ignored when not root (a tmpfs or a data directory
+# prepared by someone else), Postgres itself then says what is wrong.
+create_db_directories() {
+    mkdir -p "$PGDATA"
+    chmod 700 "$PGDATA" 2>/dev/null || :
+    mkdir -p /var/run/postgresql 2>/dev/null || :
+    chmod 3775 /var/run/postgresql 2>/dev/null || :
+    if [[ "$(id -u)" == 0 ]]; then
+        find "$PGDATA" /var/run/postgresql \! -user postgres -exec chown postgres:postgres '{}' +
+    fi
 }
 
 init_cluster() {
@@ -51,10 +66,10 @@ main() {
     if [[ "${1:-}" == -* ]]; then
         set -- postgres "$@"
     fi
+    if [[ "${1:-}" == postgres ]]; then
+        create_db_directories
+    fi
     if [[ "${1:-}" == postgres && "$(id -u)" == 0 ]]; then
-        mkdir -p "$PGDATA"
-        chown postgres:postgres "$PGDATA"
-        chmod 700 "$PGDATA"
         exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
     fi
     if [[ "${1:-}" == postgres ]]; then
