@@ -149,6 +149,16 @@ pub struct DatabaseSettings {
     /// How long a request waits for a connection (including connecting) before it gets 503.
     /// Short, so a database outage answers fast instead of piling up requests.
     pub acquire_timeout_ms: u64,
+    /// Connections the pool opens at start and keeps (at most `max_connections`). With
+    /// `min_connections = max_connections` and no recycling (`max_lifetime_s = 0`,
+    /// `idle_timeout_s = 0`), a running backend never logs in again while its connections
+    /// live: a password rotation (ALTER ROLE, then the backend rolled onto the new secret)
+    /// cannot fail the old tasks' requests.
+    pub min_connections: u32,
+    /// A connection is closed once this old (seconds; 0 = never).
+    pub max_lifetime_s: u64,
+    /// A connection above `min_connections` idle this long is closed (seconds; 0 = never).
+    pub idle_timeout_s: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -162,6 +172,10 @@ impl Default for DatabaseSettings {
             password_file: None,
             max_connections: 10,
             acquire_timeout_ms: 2_000,
+            // sqlx's own defaults.
+            min_connections: 0,
+            max_lifetime_s: 1_800,
+            idle_timeout_s: 600,
         }
     }
 }
@@ -357,6 +371,13 @@ impl Settings {
                 )));
             }
         }
+        let d = &self.database;
+        if d.min_connections > d.max_connections {
+            return Err(ConfigError::Invalid(format!(
+                "database.min_connections ({}) must not exceed database.max_connections ({})",
+                d.min_connections, d.max_connections
+            )));
+        }
         let l = &self.logs;
         if l.default_page_size > l.max_page_size {
             return Err(ConfigError::Invalid(format!(
@@ -369,7 +390,7 @@ impl Settings {
 
     /// `(key, value, min, max)` of every numeric setting but `server.port`, a `u16` whose every
     /// value is valid (0 picks a free port).
-    pub fn numeric_settings(&self) -> [(&'static str, i128, i128, i128); 11] {
+    pub fn numeric_settings(&self) -> [(&'static str, i128, i128, i128); 14] {
         let (s, d, l) = (&self.server, &self.database, &self.logs);
         let n = |v: u64| i128::from(v);
         [
@@ -408,6 +429,15 @@ impl Settings {
                 1,
                 300_000,
             ),
+            (
+                "database.min_connections",
+                n(u64::from(d.min_connections)),
+                0,
+                1_000,
+            ),
+            // Up to a week.
+            ("database.max_lifetime_s", n(d.max_lifetime_s), 0, 604_800),
+            ("database.idle_timeout_s", n(d.idle_timeout_s), 0, 604_800),
             (
                 "logs.max_message_chars",
                 n(l.max_message_chars as u64),
@@ -827,6 +857,12 @@ mod tests {
                 if key == "logs.max_page_size" {
                     pairs.push(("BACKEND_LOGS__DEFAULT_PAGE_SIZE", "1"));
                 }
+                if key == "database.min_connections" {
+                    pairs.push(("BACKEND_DATABASE__MAX_CONNECTIONS", "1000"));
+                }
+                if key == "database.max_connections" {
+                    pairs.push(("BACKEND_DATABASE__MIN_CONNECTIONS", "0"));
+                }
                 load("", &pairs.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>())
             };
             with(min).unwrap_or_else(|e| panic!("{key} = {min}: {e}"));
@@ -849,5 +885,22 @@ mod tests {
         let e = load("[logs]\ndefault_page_size = 20\nmax_page_size = 19\n", &[]).unwrap_err();
         assert!(e.to_string().contains("logs.default_page_size"), "{e}");
         assert!(load("[logs]\ndefault_page_size = 19\nmax_page_size = 19\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn min_connections_above_max_is_rejected() {
+        let e = load(
+            "[database]\nmin_connections = 11\nmax_connections = 10\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("database.min_connections"), "{e}");
+        assert!(
+            load(
+                "[database]\nmin_connections = 10\nmax_connections = 10\n",
+                &[]
+            )
+            .is_ok()
+        );
     }
 }

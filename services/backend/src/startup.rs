@@ -59,8 +59,12 @@ pub fn connect_options(db: &DatabaseSettings) -> PgConnectOptions {
 /// A pool that connects on first use, so the service starts (and answers 503) while the
 /// database is down, and recovers by itself when it comes back.
 pub fn lazy_pool(db: &DatabaseSettings) -> PgPool {
+    let seconds = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
     PgPoolOptions::new()
         .max_connections(db.max_connections)
+        .min_connections(db.min_connections)
+        .max_lifetime(seconds(db.max_lifetime_s))
+        .idle_timeout(seconds(db.idle_timeout_s))
         .acquire_timeout(std::time::Duration::from_millis(db.acquire_timeout_ms))
         // No ping before every acquire: it would double the round trips of each group commit.
         // A connection broken by a database restart fails its next query (answered 503) and
