@@ -14,19 +14,12 @@
 # rollout completed. Postgres keeps running throughout.
 set -Eeuo pipefail
 
-PROJECT="stackship"
-SCRIPT_NAME="secret"
-DEPLOY_ROOT="${STACKSHIP_DEPLOY_ROOT:-/data/${PROJECT}/deploy}"
+# shellcheck source=scripts/ops-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ops-lib.sh"
+
+PROJECT="$OPS_PROJECT"
 NAME_RE='^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
 DEFAULT_LENGTH=32
-# How long the one-off database task may take, from scheduling to exit.
-HELPER_TIMEOUT="${HELPER_TIMEOUT:-120}"
-
-HELPER=""
-
-log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; }
-die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not installed${2:+ ($2)}"; }
 
 usage() {
     cat <<USAGE
@@ -52,7 +45,8 @@ Usage: secret.sh create NAME [--length N] [--show]
   list [ENV]             the project's secrets (names, creation times; never values).
 
 Every command refuses to replace an existing secret. Runs on a Swarm manager; the rotation uses
-the deploy directory ${DEPLOY_ROOT}/ENV (STACKSHIP_DEPLOY_ROOT overrides it).
+the environment's deploy directory (the parent of this release, else
+\$STACKSHIP_DEPLOY_ROOT/ENV, default /data/stackship/deploy/ENV).
 USAGE
 }
 
@@ -179,60 +173,7 @@ cmd_init() {
     store "$BOOTSTRAP" "$value" "${PROJECT}.env=${ENVIRONMENT}"
 }
 
-# service_value SERVICE TEMPLATE: docker service inspect of one of the stack's services.
-service_value() { docker service inspect "${STACK}_$1" --format "$2" 2>/dev/null; }
-
-# pg_env VAR: a variable of the postgres service's environment (POSTGRES_USER, POSTGRES_DB).
-pg_env() {
-    service_value postgres '{{range .Spec.TaskTemplate.ContainerSpec.Env}}{{println .}}{{end}}' \
-        | sed -n "s/^$1=//p" | head -n 1
-}
-
-remove_helper() {
-    [[ -z "$HELPER" ]] || docker service rm "$HELPER" >/dev/null 2>&1 || true
-    HELPER=""
-}
-
-# db_task WHAT SQL_SCRIPT SECRET...: runs psql against the stack's postgres in a one-off swarm
-# task on the database network (any node), with the given secrets mounted as
-# /run/secrets/<target> (SECRET is source:target). SQL_SCRIPT is a shell script run by sh in the
-# postgres image; it gets PGHOST, PGUSER, PGDATABASE. Fails with the task's log.
-db_task() {
-    local what="$1" script="$2" image state exit_code deadline spec secret_args=()
-    shift 2
-    for spec in "$@"; do
-        secret_args+=(--secret "source=${spec%%:*},target=${spec#*:},uid=999,gid=999,mode=0400")
-    done
-    image="$(service_value postgres '{{.Spec.TaskTemplate.ContainerSpec.Image}}')"
-    [[ -n "$image" ]] || die "no service ${STACK}_postgres: is ${ENVIRONMENT} deployed?"
-    HELPER="${STACK}-secret-$(date -u +%H%M%S)-$$"
-    log "${what}: one-off task ${HELPER} on ${STACK}_data"
-    docker service create --detach --quiet --name "$HELPER" --restart-condition none \
-        --label "${PROJECT}.helper=secret.sh" --network "${STACK}_data" --user 999:999 \
-        --env "PGHOST=postgres" --env "PGUSER=$(pg_env POSTGRES_USER)" --env "PGDATABASE=$(pg_env POSTGRES_DB)" \
-        "${secret_args[@]}" --entrypoint sh "$image" -c "$script" >/dev/null \
-        || die "cannot start the one-off task ${HELPER}"
-    deadline=$((SECONDS + HELPER_TIMEOUT))
-    while :; do
-        state="$(docker service ps "$HELPER" --no-trunc --format '{{.CurrentState}}' 2>/dev/null | head -n 1)"
-        case "$state" in
-            Complete*) break ;;
-            Failed* | Rejected* | Shutdown*) break ;;
-        esac
-        ((SECONDS < deadline)) || { docker service logs --raw "$HELPER" >&2 2>/dev/null || true; die "${what}: the one-off task did not finish within ${HELPER_TIMEOUT}s (state: ${state:-none})"; }
-        sleep 1
-    done
-    exit_code="$(docker inspect "$(docker service ps "$HELPER" -q --no-trunc | head -n 1)" --format '{{.Status.ContainerStatus.ExitCode}}' 2>/dev/null || echo '?')"
-    if [[ "$state" != Complete* ]]; then
-        log "${what} failed (${state}, exit ${exit_code}); its output:"
-        docker service logs --raw "$HELPER" >&2 2>/dev/null || true
-        remove_helper
-        return 1
-    fi
-    remove_helper
-}
-
-# The script of the one-off task: authenticates with the first secret of $AUTH that works, turns
+# The script of the one-off task (sh in Postgres's image): authenticates with the first secret of $AUTH that works, turns
 # off statement logging for its session (the password is in one statement; psql reads it from
 # the secret file itself, so it is in no argument or environment), sets the connected role's
 # (:USER) password, and proves the new password by logging in with it.
@@ -258,64 +199,59 @@ SH
 )"
 
 # alter_password WHAT NEW AUTH_SECRET...: the role's password becomes the content of secret NEW,
+# set from a one-off task on the stack's data network (any node, like Postgres itself),
 # authenticating with the first AUTH_SECRET that works.
 alter_password() {
-    local what="$1" new="$2" spec specs=() targets=() i=0
+    local what="$1" new="$2" spec args=() targets=() i=0 user
     shift 2
     for spec in "$@"; do
-        specs+=("${spec}:auth${i}")
+        args+=(--secret "${spec}:auth${i}")
         targets+=("auth${i}")
         i=$((i + 1))
     done
-    db_task "$what" "AUTH='${targets[*]}'; ${ALTER_SCRIPT}" \
-        "${new}:new" "${specs[@]}"
+    user="$(ops_service_env postgres POSTGRES_USER postgres)"
+    log "${what}"
+    ops_helper password --entrypoint sh --timeout 120 --secret "${new}:new" "${args[@]}" \
+        --env PGHOST=postgres --env "PGUSER=${user}" \
+        --env "PGDATABASE=$(ops_service_env postgres POSTGRES_DB "$user")" --env "AUTH=${targets[*]}" \
+        -- -c "$ALTER_SCRIPT"
 }
 
 cmd_rotate() {
-    local what="${1:-}" env="${2:-}" env_dir current current_n next_n new value old rc=0
+    local what="${1:-}" env="${2:-}" current current_n next_n new value old rc=0
     [[ "$what" == db-password ]] || die "rotate: only 'db-password' can be rotated (got '${what}')"
     [[ $# -eq 2 ]] || die "usage: secret.sh rotate db-password ENV"
     env_names "$env"
-    env_dir="${DEPLOY_ROOT}/${ENVIRONMENT}"
-    [[ -x "${env_dir}/current/deploy.sh" ]] || die "${env_dir}/current/deploy.sh is missing: ${ENVIRONMENT} has never been copied to this manager"
-    need flock "apt-get install util-linux"
+    ops_env "$env"
+    [[ -x "${OPS_ENV_DIR}/current/deploy.sh" ]] || die "${OPS_ENV_DIR}/current/deploy.sh is missing: ${ENVIRONMENT} has never been copied to this manager"
     # One deploy of this environment at a time: the rotation holds the deploy lock throughout
     # and hands it to deploy.sh.
-    exec 9>>"${env_dir}/deploy.lock" || die "cannot open ${env_dir}/deploy.lock"
-    if ! flock -n 9; then
-        log "a ${ENVIRONMENT} deploy is running ($(cat "${env_dir}/deploy.lock.owner" 2>/dev/null || echo 'unknown holder')); waiting up to 900s"
-        flock -w 900 9 || die "the ${ENVIRONMENT} deploy lock is still held after 900s"
-    fi
-    printf 'pid %s on %s, started %s (secret.sh rotate db-password)\n' "$$" "$(hostname)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-        > "${env_dir}/deploy.lock.owner"
-
-    current="$(service_value backend '{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{println .SecretName}}{{end}}' \
-        | grep -E "^${PW_PREFIX}[0-9]+$" | head -n 1 || true)"
-    [[ -n "$current" ]] || die "the ${ENVIRONMENT} backend mounts no ${PW_PREFIX}<N> secret: deploy ${ENVIRONMENT} first"
-    [[ "$(service_value backend '{{.UpdateStatus.State}}')" != rollback_* ]] \
+    ops_lock
+    current="$(ops_service_secret backend db_password)"
+    [[ "$current" == "$PW_PREFIX"* ]] || die "the ${ENVIRONMENT} backend mounts ${current}, not a ${PW_PREFIX}<N>: deploy ${ENVIRONMENT} first"
+    [[ "$(docker service inspect "${STACK}_backend" --format '{{.UpdateStatus.State}}')" != rollback_* ]] \
         || die "the ${ENVIRONMENT} backend's last update was rolled back: deploy a working release before rotating"
+    exists "$BOOTSTRAP" || die "${BOOTSTRAP} is missing (secret.sh init db-password ${ENVIRONMENT})"
     current_n="${current#"$PW_PREFIX"}"
     next_n="$(versions | tail -n 1)"
     next_n=$((next_n + 1))
     new="${PW_PREFIX}${next_n}"
-    exists "$BOOTSTRAP" || die "${BOOTSTRAP} is missing (secret.sh init db-password ${ENVIRONMENT})"
     log "rotating ${ENVIRONMENT}'s database password: ${current} -> ${new}"
     value="$(random_password "$DEFAULT_LENGTH")"
     store "$new" "$value" "${PROJECT}.env=${ENVIRONMENT}"
     value=""
-    trap 'remove_helper' EXIT
     # The bootstrap password is tried second: after Postgres initialised a new data directory
     # (a lost volume), the role has that one, and a rotation brings the backend back.
-    alter_password "ALTER ROLE" "$new" "$current" "$BOOTSTRAP" \
+    alter_password "ALTER ROLE: the password of ${new}" "$new" "$current" "$BOOTSTRAP" \
         || { docker secret rm "$new" >/dev/null 2>&1 || true; die "the password was not changed; ${new} removed, the backend keeps ${current}"; }
 
     log "deploying ${ENVIRONMENT} with ${new} (the backend rolls; Postgres keeps running)"
-    DB_PASSWORD_SECRET="$new" STACKSHIP_DEPLOY_LOCK_FD=9 "${env_dir}/current/deploy.sh" "--${ENVIRONMENT}" || rc=$?
+    DB_PASSWORD_SECRET="$new" STACKSHIP_DEPLOY_LOCK_FD=9 "${OPS_ENV_DIR}/current/deploy.sh" "--${ENVIRONMENT}" || rc=$?
     if ((rc != 0)); then
         log "the rollout onto ${new} FAILED (exit ${rc}): putting the old password back"
-        alter_password "restore the old password" "$current" "$new" \
+        alter_password "ALTER ROLE: the password of ${current} again" "$current" "$new" \
             || die "ROTATION FAILED AND THE OLD PASSWORD COULD NOT BE RESTORED: the role has the password of ${new} while the backend mounts ${current}; run secret.sh rotate db-password ${ENVIRONMENT} again once the cause is fixed"
-        docker secret rm "$new" >/dev/null 2>&1 || log "WARNING: could not remove ${new}"
+        docker secret rm "$new" >/dev/null 2>&1 || warn "could not remove ${new}"
         die "rotation failed: the rollout onto ${new} did not complete; the role's password and the backend are back on ${current}"
     fi
     for old in $(versions); do
@@ -323,7 +259,7 @@ cmd_rotate() {
         if docker secret rm "${PW_PREFIX}${old}" >/dev/null 2>&1; then
             log "removed ${PW_PREFIX}${old}"
         else
-            log "WARNING: ${PW_PREFIX}${old} is still in use by a service spec; left in place"
+            warn "${PW_PREFIX}${old} is still in use by a service spec; left in place"
         fi
     done
     log "${ENVIRONMENT}'s database password is ${new} (was v${current_n})"

@@ -168,11 +168,13 @@ test_secrets_do_not_leak() {
     for stack in "$PROD_STACK" "$DEV_STACK"; do
         for svc in $(docker stack services "$stack" --format '{{.Name}}'); do
             docker service inspect "$svc" | leak_hits "docker service inspect ${svc}"
-            docker service logs --raw "$svc" 2>&1 | leak_hits "the logs of ${svc}"
             images+=("$(docker service inspect "$svc" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')")
         done
         for c in $(docker ps -aq --filter "label=com.docker.stack.namespace=${stack}"); do
             docker inspect "$c" | leak_hits "docker inspect of container ${c}"
+            # Every task's log, the exited ones' too (`docker service logs` can hang on a task
+            # whose container is gone; the containers hold the same json-file logs).
+            docker logs "$c" 2>&1 | leak_hits "the log of container ${c}"
             pid="$(docker inspect "$c" --format '{{.State.Pid}}')"
             if [[ "$pid" != 0 && -r "/proc/${pid}/environ" ]]; then
                 tr '\0' '\n' < "/proc/${pid}/environ" | leak_hits "the environment of container ${c}"
