@@ -219,11 +219,29 @@ run_tests() {
     job SSH_KNOWN_HOSTS=
     expect_eq "host key: no SSH_KNOWN_HOSTS fails the job" 1 "$JOB_RC"
 
-    # --- a new release: the pins deploy, the stack updates, the job passes ---
+    # --- TLS File variables: a key of another certificate fails the job before it connects ---
+    local tls
+    for tls in site other; do
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+            -subj "/CN=${tls}.test" -keyout "$WORK/${tls}.key" -out "$WORK/${tls}.crt" 2>/dev/null
+    done
+    job TLS_CERT_FILE="$WORK/site.crt" TLS_KEY_FILE="$WORK/other.key"
+    expect_eq "tls: a key that does not match the certificate fails the job" 1 "$JOB_RC"
+    expect_contains "tls: ... saying so" "is not the private key of the certificate" "$WORK/job.log"
+    check "tls: ... and nothing was copied" bash -c "[[ ! -e '$ENV_DIR/current' && ! -e '$ENV_DIR/secrets/tls.crt' ]]"
+    job TLS_CERT_FILE="$WORK/site.crt"
+    expect_eq "tls: a certificate without its key fails the job" 1 "$JOB_RC"
+
+    # --- a new release: the pins deploy, the stack updates, the job passes (and installs the
+    # certificate and key it was given) ---
     local before
     before="$(service_image)"
-    job
+    job TLS_CERT_FILE="$WORK/site.crt" TLS_KEY_FILE="$WORK/site.key"
     expect_eq "deploy: the job passes" 0 "$JOB_RC"
+    check "tls: the job installed the certificate and key in the environment's secrets/" \
+        bash -c "cmp -s '$WORK/site.crt' '$ENV_DIR/secrets/tls.crt' && cmp -s '$WORK/site.key' '$ENV_DIR/secrets/tls.key'"
+    expect_eq "tls: ... readable by the deploy user only" "600 600 ${TEST_USER}" \
+        "$(stat -c %a "$ENV_DIR/secrets/tls.crt" "$ENV_DIR/secrets/tls.key" 2>/dev/null | tr '\n' ' ')$(stat -c %U "$ENV_DIR/secrets/tls.key" 2>/dev/null)"
     [[ "$JOB_RC" -eq 0 ]] || tail -n 40 "$WORK/job.log" | sed 's/^/  | /'
     expect_eq "deploy: the stack runs the pinned backend" \
         "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${NEXT_TAG}" "$(service_image)"

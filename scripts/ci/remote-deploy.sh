@@ -5,7 +5,9 @@
 #      never on a command line), then closes stdin;
 #   2. takes the environment's deploy lock (flock on <env dir>/deploy.lock, as deploy.sh and
 #      the copy step do), waiting at most LOCK_WAIT seconds;
-#   3. swaps the uploaded release in as <env dir>/current;
+#   3. installs the uploaded TLS certificate and key, if any, as <env dir>/secrets/tls.crt and
+#      tls.key (0600, each replaced atomically), and swaps the uploaded release in as
+#      <env dir>/current;
 #   4. runs current/deploy.sh under that same lock (STACKSHIP_DEPLOY_LOCK_FD), its output on
 #      stderr, and then writes <env dir>/last-rollout.json to stdout;
 # and exits with deploy.sh's status.
@@ -42,6 +44,25 @@ read_settings() {
     done
 }
 
+# install_secret_files UPLOAD ENV_DIR: the secret source files the job uploaded (tls.crt and
+# tls.key, nothing else) replace those in ENV_DIR/secrets/.
+install_secret_files() {
+    local upload="$1/secrets" dir="$2/secrets" f
+    [[ -d "$upload" ]] || return 0
+    for f in "$upload"/* "$upload"/.[!.]*; do
+        [[ -e "$f" ]] || continue
+        [[ "$(basename "$f")" == tls.crt || "$(basename "$f")" == tls.key ]] \
+            || die "unexpected file '$(basename "$f")' in the uploaded secrets (only tls.crt and tls.key)"
+    done
+    [[ -s "$upload/tls.crt" && -s "$upload/tls.key" ]] || die "the upload has only one of tls.crt and tls.key"
+    install -d -m 0700 "$dir"
+    for f in tls.key tls.crt; do
+        install -m 0600 "$upload/$f" "$dir/.$f.new"
+        mv -f "$dir/.$f.new" "$dir/$f"
+    done
+    log "installed the TLS certificate and key from the pipeline in ${dir}"
+}
+
 main() {
     local env=""
     case "${1:-}" in
@@ -67,6 +88,7 @@ main() {
     fi
     printf 'pid %s on %s (remote-deploy), started %s%s\n' "$$" "$(hostname)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
         "${CI_JOB_URL:+, job ${CI_JOB_URL}}" > "$env_dir/deploy.lock.owner"
+    install_secret_files "$incoming" "$env_dir"
     rm -rf "$env_dir/current.old"
     if [[ -e "$env_dir/current" ]]; then
         mv "$env_dir/current" "$env_dir/current.old"

@@ -34,6 +34,10 @@ CI variables:
   BUILT_BACKEND_TAG, BUILT_FRONTEND_TAG
                                    dev only: images this pipeline built, over the dev pins
   STACKSHIP_REMOTE_DEPLOY_ROOT     deploy root on the manager (default /data/stackship/deploy)
+  TLS_CERT_FILE, TLS_KEY_FILE      optional File variables: the site's certificate (chain) and
+                                   key, installed as <env dir>/secrets/tls.crt and tls.key (0600)
+                                   before the deploy; prod names its TLS secrets after their
+                                   content, so a renewed certificate rolls exactly the proxy
   MR_NOTE_TOKEN                    optional: post the rollout summary on the MR
 Binaries: .build/tools/{config-hasher,rollout-watcher}, statically linked (build-lint-test,
 scripts/build-tools.sh); STACKSHIP_TOOLS_DIR overrides the directory.
@@ -78,6 +82,21 @@ check_settings() {
     TARGET="${SERVER_USER}@${SERVER_HOST}"
 }
 
+# check_tls: TLS_CERT_FILE and TLS_KEY_FILE come together, as a PEM certificate that has not
+# expired and the private key of that certificate; checked before anything is copied.
+check_tls() {
+    [[ -n "${TLS_CERT_FILE:-}" || -n "${TLS_KEY_FILE:-}" ]] || return 0
+    [[ -n "${TLS_CERT_FILE:-}" && -s "$TLS_CERT_FILE" && -n "${TLS_KEY_FILE:-}" && -s "$TLS_KEY_FILE" ]] \
+        || die "TLS_CERT_FILE and TLS_KEY_FILE must both be File variables with content (the certificate and its key), or neither be set"
+    need_cmd openssl openssl
+    openssl x509 -in "$TLS_CERT_FILE" -noout 2>/dev/null || die "TLS_CERT_FILE is not a PEM certificate"
+    openssl x509 -in "$TLS_CERT_FILE" -noout -checkend 0 >/dev/null 2>&1 \
+        || die "the certificate in TLS_CERT_FILE has expired ($(openssl x509 -in "$TLS_CERT_FILE" -noout -enddate))"
+    [[ "$(openssl x509 -in "$TLS_CERT_FILE" -noout -pubkey 2>/dev/null)" == "$(openssl pkey -in "$TLS_KEY_FILE" -pubout 2>/dev/null)" ]] \
+        || die "TLS_KEY_FILE is not the private key of the certificate in TLS_CERT_FILE"
+    log "TLS certificate: $(openssl x509 -in "$TLS_CERT_FILE" -noout -subject), $(openssl x509 -in "$TLS_CERT_FILE" -noout -enddate)"
+}
+
 # ssh_setup: the key in a private copy, and options that trust exactly $SSH_KNOWN_HOSTS.
 ssh_setup() {
     need_cmd ssh openssh-client
@@ -112,6 +131,11 @@ stage_release() {
     mkdir -p "$TMP/upload"
     mv "$TMP/stage/current" "$TMP/upload/current"
     install -m 0755 "$root/scripts/ci/remote-deploy.sh" "$TMP/upload/remote-deploy.sh"
+    if [[ -n "${TLS_CERT_FILE:-}" ]]; then
+        install -d -m 0700 "$TMP/upload/secrets"
+        install -m 0600 "$TLS_CERT_FILE" "$TMP/upload/secrets/tls.crt"
+        install -m 0600 "$TLS_KEY_FILE" "$TMP/upload/secrets/tls.key"
+    fi
 }
 
 # settings: what remote-deploy.sh reads on stdin.
@@ -133,6 +157,7 @@ main() {
     esac
     [[ $# -eq 1 ]] || { usage >&2; die "expected exactly one environment"; }
     check_settings
+    check_tls
     TMP="$(mktemp -d)"
     trap cleanup EXIT
     ssh_setup
