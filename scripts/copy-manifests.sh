@@ -2,7 +2,9 @@
 # The copy step: puts exactly one environment's release into its deploy directory, as the
 # pipeline does on the manager, replacing whatever a previous copy left there:
 #   <dest>/current/{deploy.sh, secret.sh, config-hasher, rollout-watcher,
-#                   docker-compose.<env>.yaml, deploy-manifests/<env>/}
+#                   docker-compose.<env>.yaml, deploy-manifests/<env>/,
+#                   the day-2 scripts rollback.sh, db-backup.sh, db-restore.sh, db-tunnel.sh
+#                   and ops-lib.sh, which they source}
 # <dest> defaults to /data/stackship/deploy/<env>; its deploy.env, lock and history are not
 # touched (nor secrets/, the source files of file-backed secrets), nor is any other
 # environment's directory. The swap happens under the environment's
@@ -53,6 +55,10 @@ main() {
     mkdir -p "$staging/deploy-manifests"
     install -m 0755 "$root/scripts/deploy.sh" "$staging/deploy.sh"
     install -m 0755 "$root/scripts/secret.sh" "$staging/secret.sh"
+    install -m 0644 "$root/scripts/ops-lib.sh" "$staging/ops-lib.sh"
+    for tool in rollback.sh db-backup.sh db-restore.sh db-tunnel.sh; do
+        install -m 0755 "$root/scripts/${tool}" "$staging/${tool}"
+    done
     install -m 0755 "$bin_dir/config-hasher" "$staging/config-hasher"
     install -m 0755 "$bin_dir/rollout-watcher" "$staging/rollout-watcher"
     install -m 0644 "$root/docker-compose.${env}.yaml" "$staging/"

@@ -22,7 +22,8 @@ ENV_DIR="$(dirname "$DEPLOY_DIR")"
 # Keys deploy.env may set; the environment wins over the file.
 ENV_FILE_KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD IMAGE_TAG BACKEND_TAG FRONTEND_TAG
     POSTGRES_IMAGE NGINX_IMAGE ROLLOUT_TIMEOUT LOCK_WAIT PRUNE_KEEP MAX_TASK_FAILURES)
-TAG_RE='^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$'
+# A tag, optionally pinned to one image by digest (TAG@sha256:...; rollback.sh deploys those).
+TAG_RE='^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[0-9a-f]{64})?$'
 # The project's images: <SERVICE>_TAG names each one's tag, in the pins and the settings.
 IMAGE_SERVICES=(backend frontend)
 

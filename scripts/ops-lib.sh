@@ -223,7 +223,8 @@ ops_helper() {
         sleep 0.5
     done
     [[ -z "$detach" ]] || die "helper ${svc} ended (${state}, exit ${code:-?}) before it was running${err:+: ${err}}"
-    docker service logs --raw "$svc" >&2 2>/dev/null || true
+    # Bounded: docker service logs can hang when a node does not answer.
+    timeout 30 docker service logs --raw "$svc" >&2 2>/dev/null || true
     [[ "$state" == complete ]] && return 0
     log "helper ${svc} failed: exit ${code:-?}${err:+ (${err})}"
     code="${code:-1}"

@@ -339,6 +339,13 @@ test_copy_step_touches_one_environment() {
     after="$(find "$dev_dir" -printf '%p %T@\n' | sort)"
     [[ "$before" == "$after" ]] || fail "the prod copy step changed files of dev"
     [[ -x "${PROD_DIR}/current/rollout-watcher" && -x "${PROD_DIR}/current/config-hasher" ]] || fail "tools missing from the prod release"
+    local tool
+    for tool in rollback.sh db-backup.sh db-restore.sh db-tunnel.sh; do
+        [[ -x "${PROD_DIR}/current/${tool}" ]] || fail "${tool} missing from the prod release"
+        # Each runs from the release alone: ops-lib.sh beside it, nothing from the repository.
+        "${PROD_DIR}/current/${tool}" --help > /dev/null || fail "${PROD_DIR}/current/${tool} --help failed"
+    done
+    [[ -f "${PROD_DIR}/current/ops-lib.sh" ]] || fail "ops-lib.sh missing from the prod release"
     [[ -f "${PROD_DIR}/deploy.env" ]] || fail "the copy step removed prod's deploy.env"
     [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.incoming.*')" ]] || fail "a staging directory was left behind"
 }
