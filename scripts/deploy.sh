@@ -26,6 +26,12 @@ ENV_FILE_KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD IMAGE_TAG BACKEND_TAG FR
 TAG_RE='^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[0-9a-f]{64})?$'
 # The project's images: <SERVICE>_TAG names each one's tag, in the pins and the settings.
 IMAGE_SERVICES=(backend frontend)
+# Third-party images, SERVICE:VARIABLE: the variable (a pin in images.env, or a setting) names
+# the whole image, always by digest (repo[:tag]@sha256:...), so a republished tag never
+# changes a service on a deploy that did not mean to; scripts/pin-image.sh resolves digests.
+THIRD_PARTY_IMAGES=(postgres:POSTGRES_IMAGE nginx-proxy:NGINX_IMAGE)
+IMAGE_REF_RE='^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$'
+DIGEST_REF_RE='^[A-Za-z0-9][A-Za-z0-9._/:-]*@sha256:[0-9a-f]{64}$'
 
 ENVIRONMENT=""
 STACK=""
@@ -47,13 +53,18 @@ Options:
   --tag TAG          image tag of the project's services (default: $IMAGE_TAG, else the pins)
   --timeout SECONDS  how long the rollout may take (default: $ROLLOUT_TIMEOUT, else derived
                      by rollout-watcher from each service's update and healthcheck settings)
-  --print-images     print each project image this deploy would run, with where its tag
-                     comes from, and exit (no Docker needed)
+  --print-images     print each image this deploy would run (the project's and the
+                     third-party ones), with where its tag or digest comes from, and exit
+                     (no Docker needed)
   -h, --help         this help
 
 Image tags: deploy-manifests/<env>/images.env pins each service's tag (BACKEND_TAG=...,
 FRONTEND_TAG=...; scripts/pin-image.sh edits it). --tag / IMAGE_TAG and <SERVICE>_TAG, from the
-environment or deploy.env, override the pins. Every image is pulled before the deploy starts.
+environment or deploy.env, override the pins. The third-party images are pinned by digest
+there too (POSTGRES_IMAGE=postgres:15-bookworm@sha256:...; scripts/pin-image.sh ENV postgres
+IMAGE resolves it), and POSTGRES_IMAGE / NGINX_IMAGE override them; a third-party image
+without @sha256: stops the deploy before anything changes. Every image is pulled before the
+deploy starts.
 
 Environment (also read from ../deploy.env, KEY=VALUE lines; the environment wins):
   REGISTRY            image registry host[:port] (default: $CI_REGISTRY)
@@ -61,7 +72,8 @@ Environment (also read from ../deploy.env, KEY=VALUE lines; the environment wins
   REGISTRY_PASSWORD   registry login password (default: $CI_REGISTRY_PASSWORD);
                       without user and password no login is done
   IMAGE_TAG           tag for every project image; BACKEND_TAG / FRONTEND_TAG override one
-  POSTGRES_IMAGE, NGINX_IMAGE   third-party images (default: the stack file's)
+  POSTGRES_IMAGE, NGINX_IMAGE   third-party images, repo:tag@sha256:<digest> (default: the
+                      pins); a reference without a digest is refused
   LOCK_WAIT           seconds to wait for another deploy of this environment (default 900)
   PRUNE_KEEP          deploys whose configs and secrets are kept (default 3)
   MAX_TASK_FAILURES   a new service fails after this many task failures (default 3)
@@ -98,12 +110,16 @@ load_env_file() {
 }
 
 # load_pins: PIN_<SERVICE>_TAG from deploy-manifests/<env>/images.env, the committed tag of
-# each service in this environment (KEY=VALUE lines, not sourced; an empty value: not pinned).
+# each service in this environment, and PIN_POSTGRES_IMAGE / PIN_NGINX_IMAGE, the third-party
+# images by digest (KEY=VALUE lines, not sourced; an empty value: not pinned).
 load_pins() {
-    local file="$DEPLOY_DIR/deploy-manifests/$ENVIRONMENT/images.env" line key value svc allowed
+    local file="$DEPLOY_DIR/deploy-manifests/$ENVIRONMENT/images.env" line key value svc allowed entry
     PINS_FILE="deploy-manifests/${ENVIRONMENT}/images.env"
     for svc in "${IMAGE_SERVICES[@]}"; do
         printf -v "PIN_${svc^^}_TAG" '%s' ""
+    done
+    for entry in "${THIRD_PARTY_IMAGES[@]}"; do
+        printf -v "PIN_${entry#*:}" '%s' ""
     done
     [[ -f "$file" ]] || return 0
     while IFS= read -r line || [[ -n "$line" ]]; do
@@ -112,10 +128,18 @@ load_pins() {
         key="${line%%=*}"
         value="${line#*=}"
         allowed=""
+        for entry in "${THIRD_PARTY_IMAGES[@]}"; do
+            [[ "$key" == "${entry#*:}" ]] && allowed=image
+        done
+        if [[ "$allowed" == image ]]; then
+            [[ -z "$value" || "$value" =~ $IMAGE_REF_RE ]] || die "${PINS_FILE}: ${key} '${value}' is not an image reference"
+            printf -v "PIN_${key}" '%s' "$value"
+            continue
+        fi
         for svc in "${IMAGE_SERVICES[@]}"; do
             [[ "$key" == "${svc^^}_TAG" ]] && allowed=1
         done
-        [[ -n "$allowed" ]] || die "${PINS_FILE}: unknown key '${key}' (one <SERVICE>_TAG per service: ${IMAGE_SERVICES[*]})"
+        [[ -n "$allowed" ]] || die "${PINS_FILE}: unknown key '${key}' (one <SERVICE>_TAG per service: ${IMAGE_SERVICES[*]}; and the third-party images POSTGRES_IMAGE, NGINX_IMAGE)"
         [[ -z "$value" || "$value" =~ $TAG_RE ]] || die "${PINS_FILE}: ${key} '${value}' is not a valid image tag"
         printf -v "PIN_${key}" '%s' "$value"
     done < "$file"
@@ -143,13 +167,45 @@ resolve_tags() {
     done
 }
 
-# print_images: the project images this deploy would run and where each tag comes from.
+# resolve_third_party: each third-party image and where it came from: the variable from the
+# environment, else from deploy.env, else the pin. Every one must name a digest: a floating tag
+# is refused here, before anything changed, with how to pin it.
+resolve_third_party() {
+    local entry svc var pin source image
+    for entry in "${THIRD_PARTY_IMAGES[@]}"; do
+        svc="${entry%%:*}"
+        var="${entry#*:}"
+        pin="PIN_${var}"
+        source="SOURCE_${var}"
+        if [[ -n "${!var:-}" ]]; then
+            [[ -n "${!source:-}" ]] || printf -v "$source" '%s' "${var} in ${ENV_DIR}/deploy.env"
+        elif [[ -n "${!pin}" ]]; then
+            printf -v "$var" '%s' "${!pin}"
+            printf -v "$source" '%s' "pin in ${PINS_FILE}"
+        else
+            die "no image for ${svc}: pin ${var} by digest in ${PINS_FILE} (scripts/pin-image.sh ${ENVIRONMENT} ${svc%-proxy} IMAGE, on a machine whose Docker has the image) or set ${var}=repo:tag@sha256:<digest> in the environment or ${ENV_DIR}/deploy.env"
+        fi
+        image="${!var}"
+        [[ "$image" =~ $IMAGE_REF_RE ]] || die "${var} '${image}' (${!source}) is not an image reference"
+        [[ "$image" =~ $DIGEST_REF_RE ]] \
+            || die "${var} '${image}' (${!source}) is not pinned by digest: a tag can be republished, and the next deploy would restart ${svc} with whatever it names now. Pin it: scripts/pin-image.sh ${ENVIRONMENT} ${svc%-proxy} ${image%@*} resolves repo:tag@sha256:<digest> with the local engine (commit ${PINS_FILE}), or set ${var}=repo:tag@sha256:<digest>"
+        export "${var?}"
+    done
+}
+
+# print_images: the images this deploy would run and where each tag or reference comes from.
 print_images() {
-    local svc var source
+    local svc var source entry
     for svc in "${IMAGE_SERVICES[@]}"; do
         var="${svc^^}_TAG"
         source="SOURCE_${var}"
         printf '%s %s/%s/%s:%s (%s)\n' "$svc" "$REGISTRY" "$PROJECT" "$svc" "${!var}" "${!source}"
+    done
+    for entry in "${THIRD_PARTY_IMAGES[@]}"; do
+        svc="${entry%%:*}"
+        var="${entry#*:}"
+        source="SOURCE_${var}"
+        printf '%s %s (%s)\n' "$svc" "${!var}" "${!source}"
     done
 }
 
@@ -182,12 +238,20 @@ parse_args() {
 }
 
 resolve_settings() {
+    local entry var
+    # Which third-party image settings come from the environment (deploy.env does not override).
+    for entry in "${THIRD_PARTY_IMAGES[@]}"; do
+        var="${entry#*:}"
+        printf -v "SOURCE_${var}" '%s' ""
+        [[ -z "${!var:-}" ]] || printf -v "SOURCE_${var}" '%s' "${var} from the environment"
+    done
     load_env_file
     REGISTRY="${REGISTRY:-${CI_REGISTRY:-}}"
     REGISTRY_USER="${REGISTRY_USER:-${CI_REGISTRY_USER:-}}"
     REGISTRY_PASSWORD="${REGISTRY_PASSWORD:-${CI_REGISTRY_PASSWORD:-}}"
     IMAGE_TAG="${IMAGE_TAG:-}"
     resolve_tags
+    resolve_third_party
     ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-}"
     LOCK_WAIT="${LOCK_WAIT:-900}"
     PRUNE_KEEP="${PRUNE_KEEP:-3}"
@@ -206,8 +270,6 @@ resolve_settings() {
         die "set both REGISTRY_USER and REGISTRY_PASSWORD, or neither"
     fi
     export REGISTRY BACKEND_TAG FRONTEND_TAG
-    [[ -z "${POSTGRES_IMAGE:-}" ]] || export POSTGRES_IMAGE
-    [[ -z "${NGINX_IMAGE:-}" ]] || export NGINX_IMAGE
 }
 
 check_prerequisites() {
@@ -356,6 +418,13 @@ pull_images() {
         log "checking ${image} (${!source})"
         docker pull -q "$image" >/dev/null \
             || die "cannot pull ${image} (${svc} tag from ${!source}): is it built and pushed, and may this manager pull it?"
+    done
+    for entry in "${THIRD_PARTY_IMAGES[@]}"; do
+        var="${entry#*:}"
+        source="SOURCE_${var}"
+        log "checking ${!var} (${!source})"
+        docker pull -q "${!var}" >/dev/null \
+            || die "cannot pull ${!var} (${var} from ${!source}): does that digest exist in its registry, and may this manager pull it?"
     done
 }
 

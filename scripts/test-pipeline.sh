@@ -412,7 +412,7 @@ print_images() {
     local env="$1"
     shift
     PRINT_RC=0
-    env -u IMAGE_TAG -u BACKEND_TAG -u FRONTEND_TAG REGISTRY=registry.invalid:5050/group "$@" \
+    env -u IMAGE_TAG -u BACKEND_TAG -u FRONTEND_TAG -u POSTGRES_IMAGE -u NGINX_IMAGE REGISTRY=registry.invalid:5050/group "$@" \
         "$WORK/deploy/${env}/current/deploy.sh" "--${env}" --print-images > "$WORK/print.log" 2>&1 || PRINT_RC=$?
 }
 
@@ -446,6 +446,26 @@ section_pins() {
         fi
     done
 
+    # Third-party images are pinned by digest; a reference that already has one needs no Docker.
+    local pg_pin ngx_pin
+    pg_pin="postgres:15-bookworm@sha256:$(printf 'a%.0s' {1..64})"
+    ngx_pin="nginx:1.27-bookworm@sha256:$(printf 'b%.0s' {1..64})"
+    for key in POSTGRES_IMAGE NGINX_IMAGE; do
+        check "pins: deploy-manifests/prod/images.env has a ${key} line, empty (no digest invented)" \
+            grep -qx "${key}=" "$ROOT/deploy-manifests/prod/images.env"
+    done
+    check "pins: pin-image.sh prod postgres IMAGE@sha256:... succeeds" "$repo/scripts/pin-image.sh" prod postgres "$pg_pin"
+    check "pins: ... sets POSTGRES_IMAGE to it" grep -qx "POSTGRES_IMAGE=${pg_pin}" "$file"
+    "$repo/scripts/pin-image.sh" prod nginx "$ngx_pin" 2>/dev/null
+    check "pins: pin-image.sh prod nginx sets NGINX_IMAGE" grep -qx "NGINX_IMAGE=${ngx_pin}" "$file"
+    cp "$file" "$WORK/pins.before"
+    # shellcheck disable=SC2016 # a literal command substitution: it must not run
+    if "$repo/scripts/pin-image.sh" prod nginx 'nginx:1.27 $(touch /tmp/x)' >/dev/null 2>&1; then
+        fail "pins: pin-image.sh refuses a malformed image reference"
+    else
+        check "pins: pin-image.sh refuses a malformed image reference, file unchanged" cmp -s "$file" "$WORK/pins.before"
+    fi
+
     # deploy.sh reads the pins of the release it runs from; overrides win.
     for env in dev prod; do
         mkdir -p "$WORK/deploy/${env}/current"
@@ -456,22 +476,46 @@ section_pins() {
     cp "$repo/deploy-manifests/prod/images.env" "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
     print_images prod
     expect_eq "pins: deploy.sh deploys the pins" \
-        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (pin in deploy-manifests/prod/images.env)|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)" \
+        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (pin in deploy-manifests/prod/images.env)|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)|postgres ${pg_pin} (pin in deploy-manifests/prod/images.env)|nginx-proxy ${ngx_pin} (pin in deploy-manifests/prod/images.env)" \
         "$(paste -sd'|' "$WORK/print.log")"
+    print_images prod POSTGRES_IMAGE="postgres:15-bookworm@sha256:$(printf 'c%.0s' {1..64})"
+    expect_contains "pins: POSTGRES_IMAGE in the environment overrides the pin" \
+        "postgres postgres:15-bookworm@sha256:$(printf 'c%.0s' {1..64}) (POSTGRES_IMAGE from the environment)" "$WORK/print.log"
+    print_images prod POSTGRES_IMAGE=postgres:15-bookworm
+    expect_eq "pins: a third-party image without a digest stops the deploy" 1 "$PRINT_RC"
+    expect_contains "pins: ... naming the variable, its source and how to pin" \
+        "POSTGRES_IMAGE 'postgres:15-bookworm' (POSTGRES_IMAGE from the environment) is not pinned by digest" "$WORK/print.log"
+    expect_contains "pins: ... and the command that pins it" "scripts/pin-image.sh prod postgres postgres:15-bookworm" "$WORK/print.log"
     print_images prod BACKEND_TAG=20261125_11112222
     expect_eq "pins: BACKEND_TAG overrides one pin (dev-deploy's built image)" \
         "backend:20261125_11112222 (BACKEND_TAG)|frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)" \
-        "$(sed 's#^[a-z]* [^ ]*/##' "$WORK/print.log" | paste -sd'|')"
+        "$(sed -n 's#^\(backend\|frontend\) [^ ]*/##p' "$WORK/print.log" | paste -sd'|')"
     print_images prod IMAGE_TAG=20261126_33334444
     expect_eq "pins: IMAGE_TAG overrides every pin" \
         "backend:20261126_33334444 (--tag/IMAGE_TAG)|frontend:20261126_33334444 (--tag/IMAGE_TAG)" \
-        "$(sed 's#^[a-z]* [^ ]*/##' "$WORK/print.log" | paste -sd'|')"
+        "$(sed -n 's#^\(backend\|frontend\) [^ ]*/##p' "$WORK/print.log" | paste -sd'|')"
     printf 'REGISTRY=127.0.0.1:5000\nIMAGE_TAG=20261127_55556666\n' > "$WORK/deploy/prod/deploy.env"
     print_images prod
     expect_eq "pins: deploy.env's IMAGE_TAG (scripts/up.sh) overrides the pins" \
         "backend:20261127_55556666 (--tag/IMAGE_TAG)|frontend:20261127_55556666 (--tag/IMAGE_TAG)" \
-        "$(sed 's#^[a-z]* [^ ]*/##' "$WORK/print.log" | paste -sd'|')"
+        "$(sed -n 's#^\(backend\|frontend\) [^ ]*/##p' "$WORK/print.log" | paste -sd'|')"
+    printf 'NGINX_IMAGE=127.0.0.1:5000/stackship-standin/nginx:1.22@sha256:%s\n' "$(printf 'd%.0s' {1..64})" >> "$WORK/deploy/prod/deploy.env"
+    print_images prod
+    expect_contains "pins: deploy.env's NGINX_IMAGE (scripts/up.sh) overrides the pin" \
+        "nginx-proxy 127.0.0.1:5000/stackship-standin/nginx:1.22@sha256:$(printf 'd%.0s' {1..64}) (NGINX_IMAGE in $WORK/deploy/prod/deploy.env)" "$WORK/print.log"
+    printf 'NGINX_IMAGE=127.0.0.1:5000/stackship-standin/nginx:1.22\n' > "$WORK/deploy/prod/deploy.env"
+    print_images prod
+    expect_eq "pins: deploy.env's NGINX_IMAGE without a digest stops the deploy" 1 "$PRINT_RC"
+    expect_contains "pins: ... naming deploy.env" "(NGINX_IMAGE in $WORK/deploy/prod/deploy.env) is not pinned by digest" "$WORK/print.log"
     rm -f "$WORK/deploy/prod/deploy.env"
+    sed -i 's/^POSTGRES_IMAGE=.*/POSTGRES_IMAGE=postgres:15-bookworm/' "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
+    print_images prod
+    expect_eq "pins: a pin without a digest stops the deploy" 1 "$PRINT_RC"
+    expect_contains "pins: ... naming the pin file" "(pin in deploy-manifests/prod/images.env) is not pinned by digest" "$WORK/print.log"
+    sed -i 's/^POSTGRES_IMAGE=.*/POSTGRES_IMAGE=/' "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
+    print_images prod
+    expect_eq "pins: no third-party pin and no override: deploy.sh stops" 1 "$PRINT_RC"
+    expect_contains "pins: ... saying how to pin" "no image for postgres: pin POSTGRES_IMAGE by digest in deploy-manifests/prod/images.env (scripts/pin-image.sh prod postgres IMAGE" "$WORK/print.log"
     print_images dev
     expect_eq "pins: nothing pinned and no override: deploy.sh stops" 1 "$PRINT_RC"
     expect_contains "pins: ... naming the service and the pin file" \

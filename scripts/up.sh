@@ -76,7 +76,8 @@ CONFIG
         "$STACKSHIP_REGISTRY_ADDR" >/dev/null 2>&1 || die "docker login to the local registry failed"
 }
 
-# resolve_third_party_images: real images when pullable, else stand-ins pushed to the registry.
+# resolve_third_party_images: real images when pullable, else stand-ins pushed to the registry;
+# POSTGRES_IMAGE and NGINX_IMAGE by digest (repo:tag@sha256:...), as deploy.sh requires.
 resolve_third_party_images() {
     local line key value
     BASE_IMAGE="" POSTGRES_IMAGE="" NGINX_IMAGE=""
@@ -85,11 +86,24 @@ resolve_third_party_images() {
         value="${line#*=}"
         case "$key" in
             BASE_IMAGE) BASE_IMAGE="$value" ;;
-            POSTGRES_IMAGE) POSTGRES_IMAGE="$(publish_standin "$value")" ;;
-            NGINX_IMAGE) NGINX_IMAGE="$(publish_standin "$value")" ;;
+            POSTGRES_IMAGE) POSTGRES_IMAGE="$(digest_ref "$(publish_standin "$value")")" ;;
+            NGINX_IMAGE) NGINX_IMAGE="$(digest_ref "$(publish_standin "$value")")" ;;
         esac
     done < <("$(repo_root)/scripts/base-images.sh")
     [[ -n "$BASE_IMAGE" && -n "$POSTGRES_IMAGE" && -n "$NGINX_IMAGE" ]] || die "base-images.sh gave no image names"
+    log "third-party images: ${POSTGRES_IMAGE} ${NGINX_IMAGE}"
+}
+
+# digest_ref IMAGE: IMAGE (repo:tag) as repo:tag@sha256:<digest>, the digest its registry
+# serves it under, as the engine recorded it when it pulled or pushed the image.
+digest_ref() {
+    local image="$1" repo digest
+    repo="$image"
+    [[ "${image##*/}" != *:* ]] || repo="${image%:*}"
+    digest="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$image" \
+        | awk -F@ -v repo="$repo" '$1 == repo || "docker.io/library/" $1 == repo || "docker.io/" $1 == repo { print $2; exit }')"
+    [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || die "no registry digest recorded for ${image} (was it pulled or pushed?)"
+    printf '%s@%s\n' "$image" "$digest"
 }
 
 # publish_standin IMAGE: stand-ins go to the local registry so every swarm node can pull them;
@@ -176,7 +190,8 @@ deploy_env() {
     ensure_secrets "$env"
     "$root/scripts/copy-manifests.sh" "--$env" --dest "$dir"
     cat > "$dir/deploy.env" <<ENVFILE
-# Written by scripts/up.sh: the local registry and the images this machine uses.
+# Written by scripts/up.sh: the local registry and the images this machine uses (the
+# third-party ones by digest, as deploy.sh requires; they override the pins in images.env).
 REGISTRY=${STACKSHIP_REGISTRY_ADDR}
 IMAGE_TAG=${TAG}
 POSTGRES_IMAGE=${POSTGRES_IMAGE}
