@@ -396,7 +396,8 @@ check_external() {
 }
 
 # check_database_node: the postgres service is pinned to a node labelled stackship.postgres=true;
-# the data directory is created when that node is this one.
+# when that node is this one, the data directory exists and belongs to the image's postgres
+# user (uid 999): the server runs as that user, never as root, and cannot take it over itself.
 check_database_node() {
     local nodes self data_dir="/data/${PROJECT}/data/${ENVIRONMENT}/postgres"
     nodes="$(docker node ls -q --filter node.label=stackship.postgres=true)"
@@ -404,13 +405,21 @@ check_database_node() {
     [[ "$(wc -l <<<"$nodes")" -eq 1 ]] || die "more than one node has the label stackship.postgres=true"
     self="$(docker info --format '{{.Swarm.NodeID}}')"
     if [[ "$nodes" == "$self" ]]; then
-        mkdir -p "$data_dir"
+        [[ -d "$data_dir" ]] || install -d -m 0700 "$data_dir" 2>/dev/null \
+            || die "cannot create ${data_dir} (as root: install -d -m 0700 -o 999 -g 999 ${data_dir}; scripts/setup-server.sh does it)"
+        if [[ "$(stat -c %u "$data_dir")" != 999 ]]; then
+            [[ "$(id -u)" == 0 ]] || die "${data_dir} must belong to uid 999, Postgres's user (as root: chown -R 999:999 ${data_dir})"
+            log "giving ${data_dir} to uid 999 (Postgres's user)"
+            chown -R 999:999 "$data_dir"
+            chmod 0700 "$data_dir"
+        fi
     fi
 }
 
-# pull_images: every project image exists (and is on this node) before anything changes.
+# pull_images: every image, the project's and the third-party ones, exists (and is on this
+# node) before anything changes.
 pull_images() {
-    local svc var source image
+    local svc var source image entry
     for svc in "${IMAGE_SERVICES[@]}"; do
         var="${svc^^}_TAG"
         source="SOURCE_${var}"

@@ -143,7 +143,9 @@ ensure_env() {
     local env="$1" dir="$DEPLOY_ROOT/$1" data="${STACKSHIP_DATA}/data/$1/postgres"
     install -d -m 0755 "$DEPLOY_ROOT"
     install -d -m 0750 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir"
-    install -d -m 0755 "$data"
+    # Postgres runs as the image's postgres user (uid 999), never as root: the data directory
+    # is its own, as the server requires (mode 0700).
+    install -d -m 0700 -o 999 -g 999 "$data"
     # Source files of the file-backed secrets (prod's TLS certificate and key): the pipeline
     # installs them from CI File variables; only the deploy user reads them.
     install -d -m 0700 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir/secrets"

@@ -172,14 +172,15 @@ start_nginx() {
     chmod 777 "$dir/tmp"
     sed -e "s#http://backend:8080#http://127.0.0.1:${stub_port}#" \
         -e "s#http://frontend:8080#http://127.0.0.1:${stub_port}#" \
-        -e "s#listen 80 default_server#listen 127.0.0.1:${http_port} default_server#" \
-        -e "s#listen 443 ssl http2 default_server#listen 127.0.0.1:${tls_port} ssl http2 default_server#" \
+        -e "s#listen 8080 default_server#listen 127.0.0.1:${http_port} default_server#" \
+        -e "s#listen 8443 ssl http2 default_server#listen 127.0.0.1:${tls_port} ssl http2 default_server#" \
         -e "s#/run/secrets/tls_cert#${WORK}/tls.crt#" \
         -e "s#/run/secrets/tls_key#${WORK}/tls.key#" \
         -e "s#/var/log/nginx/access.log#${dir}/access.log#" \
         -e "s#proxy_read_timeout    30s;#proxy_read_timeout    2s;#" \
         "$MANIFESTS/$env/nginx-proxy/default.conf" >"$dir/default.conf"
     grep -q "proxy_read_timeout    2s;" "$dir/default.conf" || die "$env: proxy_read_timeout not found in the config"
+    grep -q "listen 127.0.0.1:${http_port} default_server" "$dir/default.conf" || die "$env: the config's listen 8080 not found"
     cat >"$dir/nginx.conf" <<CONF
 worker_processes 1;
 pid ${dir}/nginx.pid;
