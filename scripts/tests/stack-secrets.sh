@@ -196,6 +196,19 @@ test_secrets_do_not_leak() {
         LEAKS=$((LEAKS + 1))
     fi
     rm -f "$out.canaries"
+    # Every mounted secret file belongs to the user its container runs as, mode 0400.
+    for stack in "$PROD_STACK" "$DEV_STACK"; do
+        for c in $(docker ps -q --filter "label=com.docker.stack.namespace=${stack}"); do
+            pid="$(docker inspect "$c" --format '{{.State.Pid}}')"
+            local uid file
+            uid="$(awk '/^Uid:/ { print $2 }' "/proc/${pid}/status")"
+            for file in "/proc/${pid}/root/run/secrets/"*; do
+                [[ -e "$file" ]] || continue
+                [[ "$(stat -L -c '%u %a' "$file")" == "${uid} 400" ]] \
+                    || fail "$(docker inspect "$c" --format '{{.Name}}'): ${file##*/} is $(stat -L -c 'uid %u mode %a' "$file"), expected uid ${uid} mode 400"
+            done
+        done
+    done
     # Control: the search finds a canary where it must be (the secret mounted in the backend).
     LEAKS_BEFORE_CONTROL=$LEAKS
     mounted_password | leak_hits "(control) the backend's secret file"
