@@ -132,15 +132,18 @@ section_schema() {
         pass "schema: a job with 'when: sometimes' is rejected"
     fi
     local name
-    for name in build-lint-test image-backend image-frontend dev-deploy prod-deploy; do
+    for name in build-lint-test image-backend image-frontend dev-deploy prod-deploy review-deploy review-stop; do
         check "schema: job ${name} is defined" grep -q "^${name}:" "$ROOT/.gitlab-ci.yml"
     done
 }
 
-# mr CASE LABELS EXPECTED...: an MR pipeline with these labels has exactly these jobs.
+# mr CASE LABELS EXPECTED...: an MR pipeline with these labels has exactly these jobs. Every
+# MR pipeline has review-deploy and review-stop: manual unless EXPECTED says otherwise.
 mr() {
     local name="$1" labels="$2" got want
     shift 2
+    [[ " $* " == *" review-deploy="* ]] || set -- "$@" review-deploy=manual
+    [[ " $* " == *" review-stop="* ]] || set -- "$@" review-stop=manual
     want="$(printf '%s\n' "$@" | sort)"
     got="$(pipeline_jobs CI_PIPELINE_SOURCE=merge_request_event CI_COMMIT_BRANCH= \
         CI_MERGE_REQUEST_IID=7 "CI_MERGE_REQUEST_LABELS=${labels}")" || got="gitlab-ci-local failed: $(cat "$WORK/gcl.err")"
@@ -154,6 +157,31 @@ push() {
     got="$(pipeline_jobs "$@")" || got="gitlab-ci-local failed: $(cat "$WORK/gcl.err")"
     want="$(tr ' ' '\n' <<<"$want" | sed '/^$/d' | sort)"
     expect_eq "matrix: ${name}" "${want//$'\n'/ }" "${got//$'\n'/ }"
+}
+
+# section_review_jobs: the environment settings GitLab needs for review stacks (--list-csv does
+# not show them): review-deploy names review/<iid> with its URL, on_stop and auto_stop_in;
+# review-stop stops that environment, by hand only, and needs no artifacts.
+section_review_jobs() {
+    local got
+    got="$("$VENV/bin/python" - "$ROOT/.gitlab-ci.yml" <<'PY'
+import sys
+from ruamel.yaml import YAML
+doc = YAML(typ="safe").load(open(sys.argv[1]))
+d, s = doc["review-deploy"], doc["review-stop"]
+de, se = d["environment"], s["environment"]
+print("deploy", de["name"], de["url"], de["on_stop"], de.get("auto_stop_in", "-"),
+      d["artifacts"]["reports"]["dotenv"])
+print("stop", se["name"], se["action"], " ".join(r.get("when", "auto") for r in s["rules"]),
+      s["dependencies"], s["resource_group"] == d["resource_group"])
+PY
+)" || got="cannot read .gitlab-ci.yml"
+    # shellcheck disable=SC2016 # the YAML's own variable references, literally
+    expect_eq "matrix: review-deploy is the environment review/<iid>, URL from its dotenv, on_stop review-stop, auto-stopped" \
+        'deploy review/${CI_MERGE_REQUEST_IID} $REVIEW_URL review-stop 3 days review.env' "$(sed -n 1p <<<"$got")"
+    # shellcheck disable=SC2016 # likewise
+    expect_eq "matrix: review-stop is manual only, environment action stop, no artifacts, same resource group" \
+        'stop review/${CI_MERGE_REQUEST_IID} stop manual [] True' "$(sed -n 2p <<<"$got")"
 }
 
 section_matrix() {
@@ -179,7 +207,13 @@ section_matrix() {
         image-frontend=manual dev-deploy=auto prod-deploy=manual
     mr "build and deploy to dev" "build-backend,dev-deploy" build-lint-test=auto \
         image-backend=auto image-frontend=manual dev-deploy=auto prod-deploy=manual
-    push "push to the default branch deploys prod, not dev" \
+    mr "review stack" "review-deploy" build-lint-test=auto image-backend=manual \
+        image-frontend=manual dev-deploy=manual prod-deploy=manual review-deploy=auto review-stop=manual
+    mr "build and review" "build-frontend,review-deploy" build-lint-test=auto image-backend=manual \
+        image-frontend=auto dev-deploy=manual prod-deploy=manual review-deploy=auto review-stop=manual
+    mr "lookalike review labels" "review-deploy-later,no-review-deploy" "${all_manual[@]}"
+    section_review_jobs
+    push "push to the default branch deploys prod, not dev, no review stack" \
         "build-lint-test=auto image-backend=manual image-frontend=manual prod-deploy=auto" \
         CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main
     push "feature-branch push without an MR: no pipeline" "" \
@@ -196,7 +230,7 @@ section_matrix() {
     # Every job's `dependencies` exist in the pipeline it runs in.
     local vars
     for vars in "CI_PIPELINE_SOURCE=merge_request_event CI_MERGE_REQUEST_LABELS=" \
-        "CI_PIPELINE_SOURCE=merge_request_event CI_MERGE_REQUEST_LABELS=build-backend,dev-deploy,prod-deploy" \
+        "CI_PIPELINE_SOURCE=merge_request_event CI_MERGE_REQUEST_LABELS=build-backend,dev-deploy,prod-deploy,review-deploy" \
         "CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main" \
         "CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH= CI_COMMIT_TAG=v1.0.0"; do
         # shellcheck disable=SC2086 # the words are VAR=VALUE pairs
