@@ -117,3 +117,64 @@ test_db_tunnel_reaches_database() {
 }
 
 STACK_TESTS+=(db_tunnel_reaches_database)
+
+# next_backend_tag: a backend that answers another version than TAG: <TAG>-next, the same code
+# built again with that version (as scripts/rollout-test.sh makes it); built and pushed when the
+# registry does not have it yet.
+next_backend_tag() {
+    local image="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${TAG}-next" base
+    if ! docker pull -q "$image" >/dev/null 2>&1; then
+        base="$("$(repo_root)/scripts/base-images.sh" | sed -n 's/^BASE_IMAGE=//p')"
+        [[ -n "$base" ]] || { fail "no base image"; return 1; }
+        REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$(repo_root)/scripts/build-images.sh" --tag "${TAG}-next" \
+            --push --base-image "$base" backend >/dev/null || { fail "building the backend ${TAG}-next failed"; return 1; }
+    fi
+    [[ "$(docker run --rm --entrypoint /app/backend "$image" --version)" == *"${TAG}-next"* ]] \
+        || { fail "${image} does not report version ${TAG}-next"; return 1; }
+    printf '%s-next\n' "$TAG"
+}
+
+prod_title() { curl_env prod -f https://localhost/api/service/info | json title; }
+
+backend_image() { docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}'; }
+
+test_rollback_returns_to_earlier_deploy() {
+    local stamp next a_config a_image b_config out traffic rc=0 listing
+    stamp="$(date -u +%H%M%S)"
+    next="$(next_backend_tag)" || fail "no second backend version"
+    out="$(mktemp)" traffic="$(mktemp)"
+    # Deploy A: this tag, title A.
+    set_prod_title "rollback A ${stamp}"
+    deploy_prod > "$out" 2>&1 || fail "deploy A failed: $(tail -n 20 "$out")"
+    a_config="$(backend_config_name)" a_image="$(backend_image)"
+    [[ "$(prod_version)" == "$TAG" && "$(prod_title)" == "rollback A ${stamp}" ]] || fail "deploy A does not answer as A"
+    # Deploy B: another version and another config.
+    set_prod_title "rollback B ${stamp}"
+    deploy_prod BACKEND_TAG="$next" > "$out" 2>&1 || fail "deploy B failed: $(tail -n 20 "$out")"
+    b_config="$(backend_config_name)"
+    [[ "$b_config" != "$a_config" ]] || fail "deploy B has A's config name"
+    [[ "$(prod_version)" == "$next" && "$(prod_title)" == "rollback B ${stamp}" ]] || fail "deploy B does not answer as B"
+    # The shipped copy in the release directory, as an operator runs it on the manager.
+    listing="$("${PROD_DIR}/current/rollback.sh" prod --list 2>&1)" || fail "rollback.sh --list failed: ${listing}"
+    grep -q "(default rollback target)" <<<"$listing" || fail "--list marks no default target"
+    rc=0
+    "${PROD_DIR}/current/rollback.sh" prod --to no-such-deploy > "$out" 2>&1 && fail "--to an unknown deploy succeeded"
+    grep -q "no-such-deploy.*no such record" "$out" || fail "--to an unknown deploy: no clear error: $(tail -n 3 "$out")"
+    traffic_during "$traffic" "${PROD_DIR}/current/rollback.sh" prod > "$out" 2>&1 || rc=$?
+    ((rc == 0)) || fail "rollback.sh prod failed (exit ${rc}): $(tail -n 30 "$out")"
+    grep -q "rollout of ${PROD_STACK} complete" "$out" || fail "the rollback did not go through deploy.sh's watched rollout"
+    [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)', expected A's ${TAG}"
+    [[ "$(prod_title)" == "rollback A ${stamp}" ]] || fail "after the rollback the title is '$(prod_title)', expected A's"
+    [[ "$(backend_config_name)" == "$a_config" ]] || fail "after the rollback the backend mounts $(backend_config_name), not A's ${a_config}"
+    [[ "$(backend_image)" == "$a_image" ]] || fail "after the rollback the backend runs $(backend_image), not A's ${a_image}"
+    no_failed_requests "$traffic"
+    [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.rollback.*')" ]] || fail "the rollback left its working copy behind"
+    # The rollback is a deploy of its own: it is recorded, and the default target is now B.
+    listing="$("${PROD_DIR}/current/rollback.sh" prod --list 2>/dev/null | grep -A1 '(default rollback target)')"
+    grep -q "backend=backend:${next}" <<<"$listing" || fail "after the rollback the default target is not B: ${listing}"
+    rm -f "$out" "$traffic"
+    restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
+    [[ "$(prod_version)" == "$TAG" && "$(prod_title)" == stackship ]] || fail "prod not restored"
+}
+
+STACK_TESTS+=(rollback_returns_to_earlier_deploy)
