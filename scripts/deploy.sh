@@ -21,7 +21,7 @@ DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ENV_DIR="$(dirname "$DEPLOY_DIR")"
 # Keys deploy.env may set; the environment wins over the file.
 ENV_FILE_KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD IMAGE_TAG BACKEND_TAG FRONTEND_TAG
-    POSTGRES_IMAGE NGINX_IMAGE ROLLOUT_TIMEOUT LOCK_WAIT PRUNE_KEEP MAX_TASK_FAILURES)
+    POSTGRES_IMAGE NGINX_IMAGE PROMETHEUS_IMAGE ROLLOUT_TIMEOUT LOCK_WAIT PRUNE_KEEP MAX_TASK_FAILURES)
 # A tag, optionally pinned to one image by digest (TAG@sha256:...; rollback.sh deploys those).
 TAG_RE='^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[0-9a-f]{64})?$'
 # The project's images: <SERVICE>_TAG names each one's tag, in the pins and the settings.
@@ -29,7 +29,8 @@ IMAGE_SERVICES=(backend frontend)
 # Third-party images, SERVICE:VARIABLE: the variable (a pin in images.env, or a setting) names
 # the whole image, always by digest (repo[:tag]@sha256:...), so a republished tag never
 # changes a service on a deploy that did not mean to; scripts/pin-image.sh resolves digests.
-THIRD_PARTY_IMAGES=(postgres:POSTGRES_IMAGE nginx-proxy:NGINX_IMAGE)
+# Only those of services the stack file has count (prometheus runs in prod only).
+THIRD_PARTY_IMAGES=(postgres:POSTGRES_IMAGE nginx-proxy:NGINX_IMAGE prometheus:PROMETHEUS_IMAGE)
 IMAGE_REF_RE='^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$'
 DIGEST_REF_RE='^[A-Za-z0-9][A-Za-z0-9._/:-]*@sha256:[0-9a-f]{64}$'
 
@@ -62,7 +63,8 @@ Image tags: deploy-manifests/<env>/images.env pins each service's tag (BACKEND_T
 FRONTEND_TAG=...; scripts/pin-image.sh edits it). --tag / IMAGE_TAG and <SERVICE>_TAG, from the
 environment or deploy.env, override the pins. The third-party images are pinned by digest
 there too (POSTGRES_IMAGE=postgres:15-bookworm@sha256:...; scripts/pin-image.sh ENV postgres
-IMAGE resolves it), and POSTGRES_IMAGE / NGINX_IMAGE override them; a third-party image
+IMAGE resolves it), and POSTGRES_IMAGE / NGINX_IMAGE / PROMETHEUS_IMAGE override them (each
+only where the stack file has that service: Prometheus runs in prod); a third-party image
 without @sha256: stops the deploy before anything changes. Every image is pulled before the
 deploy starts.
 
@@ -72,8 +74,9 @@ Environment (also read from ../deploy.env, KEY=VALUE lines; the environment wins
   REGISTRY_PASSWORD   registry login password (default: $CI_REGISTRY_PASSWORD);
                       without user and password no login is done
   IMAGE_TAG           tag for every project image; BACKEND_TAG / FRONTEND_TAG override one
-  POSTGRES_IMAGE, NGINX_IMAGE   third-party images, repo:tag@sha256:<digest> (default: the
-                      pins); a reference without a digest is refused
+  POSTGRES_IMAGE, NGINX_IMAGE, PROMETHEUS_IMAGE   third-party images,
+                      repo:tag@sha256:<digest> (default: the pins); a reference without a
+                      digest is refused
   LOCK_WAIT           seconds to wait for another deploy of this environment (default 900)
   PRUNE_KEEP          deploys whose configs and secrets are kept (default 3)
   MAX_TASK_FAILURES   a new service fails after this many task failures (default 3)
@@ -110,8 +113,8 @@ load_env_file() {
 }
 
 # load_pins: PIN_<SERVICE>_TAG from deploy-manifests/<env>/images.env, the committed tag of
-# each service in this environment, and PIN_POSTGRES_IMAGE / PIN_NGINX_IMAGE, the third-party
-# images by digest (KEY=VALUE lines, not sourced; an empty value: not pinned).
+# each service in this environment, and PIN_POSTGRES_IMAGE / PIN_NGINX_IMAGE /
+# PIN_PROMETHEUS_IMAGE, the third-party images by digest (KEY=VALUE lines, not sourced; an empty value: not pinned).
 load_pins() {
     local file="$DEPLOY_DIR/deploy-manifests/$ENVIRONMENT/images.env" line key value svc allowed entry
     PINS_FILE="deploy-manifests/${ENVIRONMENT}/images.env"
@@ -139,7 +142,7 @@ load_pins() {
         for svc in "${IMAGE_SERVICES[@]}"; do
             [[ "$key" == "${svc^^}_TAG" ]] && allowed=1
         done
-        [[ -n "$allowed" ]] || die "${PINS_FILE}: unknown key '${key}' (one <SERVICE>_TAG per service: ${IMAGE_SERVICES[*]}; and the third-party images POSTGRES_IMAGE, NGINX_IMAGE)"
+        [[ -n "$allowed" ]] || die "${PINS_FILE}: unknown key '${key}' (one <SERVICE>_TAG per service: ${IMAGE_SERVICES[*]}; and the third-party images ${THIRD_PARTY_IMAGES[*]#*:})"
         [[ -z "$value" || "$value" =~ $TAG_RE ]] || die "${PINS_FILE}: ${key} '${value}' is not a valid image tag"
         printf -v "PIN_${key}" '%s' "$value"
     done < "$file"
@@ -237,8 +240,22 @@ parse_args() {
     COMPOSE="docker-compose.${ENVIRONMENT}.yaml"
 }
 
+# stack_third_party_images: keeps the THIRD_PARTY_IMAGES whose service the stack file has (all of
+# them when it is not there, e.g. a release staged without it).
+stack_third_party_images() {
+    local entry kept=()
+    [[ -f "$DEPLOY_DIR/$COMPOSE" ]] || return 0
+    for entry in "${THIRD_PARTY_IMAGES[@]}"; do
+        if grep -q "^  ${entry%%:*}:" "$DEPLOY_DIR/$COMPOSE"; then
+            kept+=("$entry")
+        fi
+    done
+    THIRD_PARTY_IMAGES=("${kept[@]}")
+}
+
 resolve_settings() {
     local entry var
+    stack_third_party_images
     # Which third-party image settings come from the environment (deploy.env does not override).
     for entry in "${THIRD_PARTY_IMAGES[@]}"; do
         var="${entry#*:}"

@@ -446,7 +446,7 @@ print_images() {
     local env="$1"
     shift
     PRINT_RC=0
-    env -u IMAGE_TAG -u BACKEND_TAG -u FRONTEND_TAG -u POSTGRES_IMAGE -u NGINX_IMAGE REGISTRY=registry.invalid:5050/group "$@" \
+    env -u IMAGE_TAG -u BACKEND_TAG -u FRONTEND_TAG -u POSTGRES_IMAGE -u NGINX_IMAGE -u PROMETHEUS_IMAGE REGISTRY=registry.invalid:5050/group "$@" \
         "$WORK/deploy/${env}/current/deploy.sh" "--${env}" --print-images > "$WORK/print.log" 2>&1 || PRINT_RC=$?
 }
 
@@ -481,10 +481,11 @@ section_pins() {
     done
 
     # Third-party images are pinned by digest; a reference that already has one needs no Docker.
-    local pg_pin ngx_pin
+    local pg_pin ngx_pin prom_pin
     pg_pin="postgres:15-bookworm@sha256:$(printf 'a%.0s' {1..64})"
     ngx_pin="nginx:1.27-bookworm@sha256:$(printf 'b%.0s' {1..64})"
-    for key in POSTGRES_IMAGE NGINX_IMAGE; do
+    prom_pin="prom/prometheus:v2.53.3@sha256:$(printf 'e%.0s' {1..64})"
+    for key in POSTGRES_IMAGE NGINX_IMAGE PROMETHEUS_IMAGE; do
         check "pins: deploy-manifests/prod/images.env has a ${key} line, empty (no digest invented)" \
             grep -qx "${key}=" "$ROOT/deploy-manifests/prod/images.env"
     done
@@ -492,6 +493,8 @@ section_pins() {
     check "pins: ... sets POSTGRES_IMAGE to it" grep -qx "POSTGRES_IMAGE=${pg_pin}" "$file"
     "$repo/scripts/pin-image.sh" prod nginx "$ngx_pin" 2>/dev/null
     check "pins: pin-image.sh prod nginx sets NGINX_IMAGE" grep -qx "NGINX_IMAGE=${ngx_pin}" "$file"
+    "$repo/scripts/pin-image.sh" prod prometheus "$prom_pin" 2>/dev/null
+    check "pins: pin-image.sh prod prometheus sets PROMETHEUS_IMAGE" grep -qx "PROMETHEUS_IMAGE=${prom_pin}" "$file"
     cp "$file" "$WORK/pins.before"
     # shellcheck disable=SC2016 # a literal command substitution: it must not run
     if "$repo/scripts/pin-image.sh" prod nginx 'nginx:1.27 $(touch /tmp/x)' >/dev/null 2>&1; then
@@ -503,15 +506,27 @@ section_pins() {
     # deploy.sh reads the pins of the release it runs from; overrides win.
     for env in dev prod; do
         mkdir -p "$WORK/deploy/${env}/current"
-        cp "$ROOT/scripts/deploy.sh" "$WORK/deploy/${env}/current/"
+        cp "$ROOT/scripts/deploy.sh" "$ROOT/docker-compose.${env}.yaml" "$WORK/deploy/${env}/current/"
         cp -R "$repo/deploy-manifests" "$WORK/deploy/${env}/current/"
     done
     "$repo/scripts/pin-image.sh" prod frontend 20261120_aaaabbbb 2>/dev/null
     cp "$repo/deploy-manifests/prod/images.env" "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
     print_images prod
     expect_eq "pins: deploy.sh deploys the pins" \
-        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (pin in deploy-manifests/prod/images.env)|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)|postgres ${pg_pin} (pin in deploy-manifests/prod/images.env)|nginx-proxy ${ngx_pin} (pin in deploy-manifests/prod/images.env)" \
+        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (pin in deploy-manifests/prod/images.env)|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)|postgres ${pg_pin} (pin in deploy-manifests/prod/images.env)|nginx-proxy ${ngx_pin} (pin in deploy-manifests/prod/images.env)|prometheus ${prom_pin} (pin in deploy-manifests/prod/images.env)" \
         "$(paste -sd'|' "$WORK/print.log")"
+    # A third-party image counts only where the stack file has its service: Prometheus is prod's.
+    printf 'BACKEND_TAG=20261123_0123abcd\nFRONTEND_TAG=20261123_0123abcd\nPOSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\n' "$pg_pin" "$ngx_pin" \
+        > "$WORK/deploy/dev/current/deploy-manifests/dev/images.env"
+    print_images dev
+    expect_eq "pins: dev's release needs no PROMETHEUS_IMAGE (no prometheus in its stack file)" 0 "$PRINT_RC"
+    expect_absent "pins: ... and lists no prometheus image" 'prometheus ' "$WORK/print.log"
+    cp "$repo/deploy-manifests/dev/images.env" "$WORK/deploy/dev/current/deploy-manifests/dev/images.env"
+    sed -i 's/^PROMETHEUS_IMAGE=.*/PROMETHEUS_IMAGE=/' "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
+    print_images prod
+    expect_eq "pins: prod's release without a PROMETHEUS_IMAGE stops" 1 "$PRINT_RC"
+    expect_contains "pins: ... naming it" "no image for prometheus: pin PROMETHEUS_IMAGE by digest" "$WORK/print.log"
+    sed -i "s|^PROMETHEUS_IMAGE=.*|PROMETHEUS_IMAGE=${prom_pin}|" "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
     print_images prod POSTGRES_IMAGE="postgres:15-bookworm@sha256:$(printf 'c%.0s' {1..64})"
     expect_contains "pins: POSTGRES_IMAGE in the environment overrides the pin" \
         "postgres postgres:15-bookworm@sha256:$(printf 'c%.0s' {1..64}) (POSTGRES_IMAGE from the environment)" "$WORK/print.log"

@@ -178,3 +178,43 @@ test_rollback_returns_to_earlier_deploy() {
 }
 
 STACK_TESTS+=(rollback_returns_to_earlier_deploy)
+
+# prometheus_query PID PROMQL: the JSON answer of prod's Prometheus to an instant query, asked
+# from inside its container's network namespace (it publishes no port).
+prometheus_query() {
+    nsenter -t "$1" -n curl -sS -m 10 -f -G http://127.0.0.1:9090/api/v1/query --data-urlencode "query=$2"
+}
+
+test_prometheus_scrapes_every_backend_task() {
+    local svc="${PROD_STACK}_prometheus" c pid want got answer deadline config
+    docker service inspect "$svc" >/dev/null 2>&1 || fail "no ${svc} service"
+    [[ "$(docker service inspect "$svc" --format '{{len .Spec.EndpointSpec.Ports}}')" == 0 ]] || fail "${svc} publishes a port"
+    config="$(docker service inspect "$svc" --format '{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}} {{end}}')"
+    [[ "$config" =~ ^prod_prometheus_config_[0-9a-f]{12}\ $ ]] || fail "${svc} mounts '${config}', not one content-named config"
+    c="$(container_of "$svc")"
+    [[ -n "$c" ]] || fail "no running ${svc} container"
+    pid="$(docker inspect "$c" --format '{{.State.Pid}}')"
+    # Every running backend task, by its address on the network Prometheus shares with it.
+    want="$(task_ips "${PROD_STACK}_backend" "${PROD_STACK}_data" | LC_ALL=C sort | paste -sd ' ')"
+    [[ "$want" =~ ^[0-9.]+(\ [0-9.]+)+$ ]] || fail "expected at least two backend task IPs, got '${want}'"
+    # New targets appear within one DNS refresh and one scrape (15 s each).
+    deadline=$((SECONDS + 90))
+    while :; do
+        answer="$(prometheus_query "$pid" 'count by (instance) (http_requests_total{job="backend"})')" \
+            || fail "querying Prometheus failed"
+        got="$(python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert d["status"] == "success", d
+print(" ".join(sorted(r["metric"]["instance"].rsplit(":", 1)[0] for r in d["data"]["result"])))
+' <<<"$answer")" || fail "unexpected answer: ${answer}"
+        [[ "$got" == "$want" ]] && break
+        ((SECONDS < deadline)) || fail "http_requests_total series for instances '${got}', expected every backend task '${want}'"
+        sleep 3
+    done
+    answer="$(prometheus_query "$pid" 'up{job="backend"} == 1')"
+    [[ "$(python3 -c 'import json,sys; print(len(json.load(sys.stdin)["data"]["result"]))' <<<"$answer")" == "$(wc -w <<<"$want")" ]] \
+        || fail "not every backend target is up: ${answer}"
+}
+
+STACK_TESTS+=(prometheus_scrapes_every_backend_task)
