@@ -21,7 +21,8 @@ DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ENV_DIR="$(dirname "$DEPLOY_DIR")"
 # Keys deploy.env may set; the environment wins over the file.
 ENV_FILE_KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD IMAGE_TAG BACKEND_TAG FRONTEND_TAG
-    POSTGRES_IMAGE NGINX_IMAGE PROMETHEUS_IMAGE ROLLOUT_TIMEOUT LOCK_WAIT PRUNE_KEEP MAX_TASK_FAILURES)
+    POSTGRES_IMAGE NGINX_IMAGE PROMETHEUS_IMAGE ROLLOUT_TIMEOUT LOCK_WAIT PRUNE_KEEP MAX_TASK_FAILURES
+    REVIEW_MAX_STACKS REVIEW_PORT_BASE)
 # A tag, optionally pinned to one image by digest (TAG@sha256:...; rollback.sh deploys those).
 TAG_RE='^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[0-9a-f]{64})?$'
 # The project's images: <SERVICE>_TAG names each one's tag, in the pins and the settings.
@@ -38,6 +39,9 @@ ENVIRONMENT=""
 STACK=""
 COMPOSE=""
 PRINT_IMAGES=""
+# --review IID: the merge request's review stack, a copy of dev (see review_prepare).
+REVIEW_IID=""
+SETTINGS_FILE=""
 
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; }
 die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; exit 1; }
@@ -46,11 +50,18 @@ need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not instal
 usage() {
     cat <<'USAGE'
 Usage: deploy.sh --prod|--dev [--tag TAG] [--timeout SECONDS] [--print-images]
+       deploy.sh --review IID [...]
 
 Deploys docker-compose.<env>.yaml from this directory as stack stackship-<env>.
 
 Options:
   --prod | --dev     the environment (required)
+  --review IID       the review stack stackship-review-IID of merge request IID instead, from
+                     docker-compose.review.yaml: dev's pins, config files and settings (the
+                     dev environment's deploy.env), its own throwaway database and password
+                     secret (made here at the first deploy), on host port REVIEW_PORT_BASE +
+                     IID (default 20000 + IID); at most REVIEW_MAX_STACKS (default 4) review
+                     stacks at once. review-stop.sh IID removes it.
   --tag TAG          image tag of the project's services (default: $IMAGE_TAG, else the pins)
   --timeout SECONDS  how long the rollout may take (default: $ROLLOUT_TIMEOUT, else derived
                      by rollout-watcher from each service's update and healthcheck settings)
@@ -93,7 +104,7 @@ USAGE
 
 # load_env_file: KEY=VALUE lines from ./deploy.env for keys not already set. Not sourced.
 load_env_file() {
-    local file="$ENV_DIR/deploy.env" line key value allowed
+    local file="${SETTINGS_FILE:-$ENV_DIR/deploy.env}" line key value allowed
     [[ -f "$file" ]] || return 0
     while IFS= read -r line || [[ -n "$line" ]]; do
         [[ -z "$line" || "$line" == \#* ]] && continue
@@ -230,6 +241,13 @@ parse_args() {
                 shift
                 ;;
             --print-images) PRINT_IMAGES=1 ;;
+            --review)
+                [[ -z "$ENVIRONMENT" ]] || die "give exactly one of --prod / --dev / --review"
+                [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]{0,8}$ ]] || die "--review needs a merge request IID (a positive number)"
+                ENVIRONMENT="dev"
+                REVIEW_IID="$2"
+                shift
+                ;;
             -h | --help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument '$1'" ;;
         esac
@@ -238,6 +256,13 @@ parse_args() {
     [[ -n "$ENVIRONMENT" ]] || { usage >&2; die "missing --prod or --dev"; }
     STACK="${PROJECT}-${ENVIRONMENT}"
     COMPOSE="docker-compose.${ENVIRONMENT}.yaml"
+    if [[ -n "$REVIEW_IID" ]]; then
+        # A copy of dev: dev's pins and manifests (ENVIRONMENT), dev's deploy.env on this
+        # manager (<root>/dev/, beside <root>/review/<iid>/ this release's directory).
+        STACK="${PROJECT}-review-${REVIEW_IID}"
+        COMPOSE="docker-compose.review.yaml"
+        SETTINGS_FILE="$(dirname "$(dirname "$ENV_DIR")")/dev/deploy.env"
+    fi
 }
 
 # stack_third_party_images: keeps the THIRD_PARTY_IMAGES whose service the stack file has (all of
@@ -355,9 +380,9 @@ registry_login() {
 # file-backed ones by content; its JSON report (kept in HASHED) also lists the external ones.
 hash_configs() {
     log "config-hasher --${ENVIRONMENT} --check"
-    "$CONFIG_HASHER" "--${ENVIRONMENT}" --check \
+    "$CONFIG_HASHER" --compose "$COMPOSE" --check \
         || die "config-hasher rejected ${COMPOSE} (a secret's source file lives in ${ENV_DIR}/secrets/: the pipeline installs it from a CI File variable, scripts/up.sh on a local machine)"
-    HASHED="$("$CONFIG_HASHER" "--${ENVIRONMENT}" --format json)" || die "config-hasher failed"
+    HASHED="$("$CONFIG_HASHER" --compose "$COMPOSE" --format json)" || die "config-hasher failed"
     local var name names=()
     while IFS=$'\t' read -r var name; do
         [[ "$var" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "config-hasher printed a bad variable name '${var}'"
@@ -431,6 +456,35 @@ check_database_node() {
             chmod 0700 "$data_dir"
         fi
     fi
+}
+
+# review_prepare: what a review stack needs beyond dev's steps, under its lock: room (at most
+# REVIEW_MAX_STACKS review stacks; a redeploy of this one always fits), its host port
+# REVIEW_PORT, config names of its own (config-hasher's with the stack in front: two review
+# stacks of the same files never share a config, so removing one never touches another's), and
+# its database password: a secret <stack>-db-password-v1 from random bytes, piped into docker
+# secret create, never on disk, labelled with the stack so `docker stack rm` removes it.
+review_prepare() {
+    local max="${REVIEW_MAX_STACKS:-4}" base="${REVIEW_PORT_BASE:-20000}" others var name
+    [[ "$max" =~ ^[0-9]+$ ]] || die "REVIEW_MAX_STACKS '${max}' is not a number"
+    [[ "$base" =~ ^[1-9][0-9]{0,4}$ ]] || die "REVIEW_PORT_BASE '${base}' is not a port number"
+    others="$(docker stack ls --format '{{.Name}}' | grep -E "^${PROJECT}-review-[0-9]+\$" | grep -vxF "$STACK" || true)"
+    if [[ -n "$others" && "$(wc -l <<<"$others")" -ge "$max" ]]; then
+        die "${max} review stacks already run ($(tr '\n' ' ' <<<"$others")): stop one (review-stop) or raise REVIEW_MAX_STACKS in ${SETTINGS_FILE}"
+    fi
+    REVIEW_PORT=$((base + REVIEW_IID))
+    ((REVIEW_PORT <= 65535)) || die "the review port ${base} + ${REVIEW_IID} is above 65535 (lower REVIEW_PORT_BASE)"
+    export REVIEW_PORT
+    while IFS=$'\t' read -r var name; do
+        export "${var}=${STACK}_${name}"
+    done < <(jq -r '.names | to_entries[] | "\(.key)\t\(.value)"' <<<"$HASHED")
+    if ! docker secret ls --filter "name=${STACK}-db-password-v" --format '{{.Name}}' | grep -qE "^${STACK}-db-password-v[0-9]+\$"; then
+        log "creating the review database password ${STACK}-db-password-v1 (random, never on disk)"
+        head -c 32 /dev/urandom | base64 | tr -d '\n/+=' \
+            | docker secret create --label "com.docker.stack.namespace=${STACK}" "${STACK}-db-password-v1" - >/dev/null \
+            || die "cannot create the secret ${STACK}-db-password-v1"
+    fi
+    log "review stack ${STACK}: http port ${REVIEW_PORT}"
 }
 
 # pull_images: every image, the project's and the third-party ones, exists (and is on this
@@ -507,10 +561,12 @@ main() {
     check_prerequisites
     take_lock
     hash_configs
+    [[ -z "$REVIEW_IID" ]] || review_prepare
     resolve_db_password
     check_external
     validate_stack_file
-    check_database_node
+    # A review stack's database keeps its data in a volume of its own, not on the labelled node.
+    [[ -n "$REVIEW_IID" ]] || check_database_node
     registry_login
     pull_images
     snapshot

@@ -6,7 +6,8 @@
 #   - the deploy user: key-only login with exactly the CI public key (restricted: no pty, no
 #     forwarding), no password, in the docker group;
 #   - per environment: the deploy directory (owned by the deploy user), the data directory,
-#     and the database password secret when it is missing;
+#     and the database password secret when it is missing; the review stacks' parent
+#     directory <root>/review/ (owned by the deploy user);
 # and prints the host key line to paste into the CI variable SSH_KNOWN_HOSTS (stdout).
 set -Eeuo pipefail
 
@@ -174,6 +175,8 @@ main() {
     ensure_sshd
     local env
     for env in "${ENVS[@]}"; do ensure_env "$env"; done
+    # Review stacks: review-deploy makes <root>/review/<iid>/, review-stop removes it.
+    install -d -m 0750 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$DEPLOY_ROOT/review"
     print_known_hosts
 }
 

@@ -710,6 +710,31 @@ JSON
             sed 's/^/  | /' "$WORK/deploy.log" | tail -n 5
         fi
     done
+    # Review stacks exist only in MR pipelines, on a port that exists.
+    local mode
+    for case_vars in "CI_MERGE_REQUEST_IID=|review stacks exist only in MR pipelines" \
+        "CI_MERGE_REQUEST_IID=7;x|is not a merge request IID" \
+        "REVIEW_PORT_BASE=http|REVIEW_PORT_BASE 'http' is not a port number"; do
+        for mode in review review-stop; do
+            rc=0
+            (cd "$WORK" && env SERVER_HOST=127.0.0.1 SERVER_USER=deploy SSH_PRIVATE_KEY="$WORK/key" \
+                SSH_KNOWN_HOSTS="$WORK/key" CI_REGISTRY_IMAGE=registry.invalid/group/stackship \
+                CI_MERGE_REQUEST_IID=7 "${case_vars%%|*}" "$ROOT/scripts/ci/ssh-deploy.sh" "$mode") > "$WORK/deploy.log" 2>&1 || rc=$?
+            if [[ "$rc" -ne 0 ]] && grep -qF -- "${case_vars#*|}" "$WORK/deploy.log"; then
+                pass "${mode} job: ${case_vars%%|*} stops it: ${case_vars#*|}"
+            else
+                fail "${mode} job: ${case_vars%%|*} stops it: ${case_vars#*|} (exit ${rc})"
+                sed 's/^/  | /' "$WORK/deploy.log" | tail -n 5
+            fi
+        done
+    done
+    rc=0
+    "$ROOT/scripts/deploy.sh" --review 0 > "$WORK/deploy.log" 2>&1 || rc=$?
+    check "review: deploy.sh --review needs a positive IID" grep -q 'review needs a merge request IID' "$WORK/deploy.log"
+    rc=0
+    "$ROOT/scripts/review-stop.sh" 12 --root /nonexistent-review-root > "$WORK/deploy.log" 2>&1 || rc=$?
+    check "review: review-stop.sh without the review directory fails and says why" \
+        grep -q 'nonexistent-review-root/review is missing' "$WORK/deploy.log"
     remote_deploy_tests
 
     check "deploy job: never uses ssh-keyscan or StrictHostKeyChecking=no" \

@@ -15,18 +15,20 @@ set -Eeuo pipefail
 
 SCRIPT_NAME="remote-deploy"
 # Settings the CI job may send; anything else on stdin is an error.
-KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD BACKEND_TAG FRONTEND_TAG LOCK_WAIT ROLLOUT_TIMEOUT CI_JOB_URL)
+KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD BACKEND_TAG FRONTEND_TAG LOCK_WAIT ROLLOUT_TIMEOUT CI_JOB_URL
+    REVIEW_PORT_BASE)
 
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; }
 die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; exit 1; }
 
 usage() {
     cat <<'USAGE'
-Usage: <env dir>/.incoming-<id>/remote-deploy.sh --dev|--prod < settings
+Usage: <env dir>/.incoming-<id>/remote-deploy.sh --dev|--prod|--review IID < settings
 
-Swaps ./current in as the environment's release under its deploy lock and runs deploy.sh.
+Swaps ./current in as the environment's release under its deploy lock and runs deploy.sh
+(--review IID: the env dir is <root>/review/IID and deploy.sh deploys the review stack).
 stdin: KEY=VALUE lines (REGISTRY, REGISTRY_USER, REGISTRY_PASSWORD, BACKEND_TAG, FRONTEND_TAG,
-LOCK_WAIT, ROLLOUT_TIMEOUT, CI_JOB_URL). stdout: last-rollout.json. Exit status: deploy.sh's.
+LOCK_WAIT, ROLLOUT_TIMEOUT, CI_JOB_URL, REVIEW_PORT_BASE). stdout: last-rollout.json. Exit status: deploy.sh's.
 USAGE
 }
 
@@ -64,9 +66,14 @@ install_secret_files() {
 }
 
 main() {
-    local env=""
+    local env="" deploy_args=()
     case "${1:-}" in
-        --dev | --prod) env="${1#--}" ;;
+        --dev | --prod) env="${1#--}"; deploy_args=("--${env}") ;;
+        --review)
+            [[ "${2:-}" =~ ^[1-9][0-9]{0,8}$ ]] || die "--review needs a merge request IID"
+            env="dev"
+            deploy_args=(--review "$2")
+            ;;
         -h | --help) usage; return 0 ;;
         *) usage >&2; die "expected --dev or --prod" ;;
     esac
@@ -76,6 +83,8 @@ main() {
     [[ "$(basename "$incoming")" == .incoming-* ]] || die "${incoming} is not an upload directory (.incoming-*)"
     [[ -x "$incoming/current/deploy.sh" ]] || die "${incoming}/current/deploy.sh is missing: the upload is incomplete"
     [[ -d "$incoming/current/deploy-manifests/$env" ]] || die "the upload is not a ${env} release"
+    [[ "${deploy_args[0]}" != --review || -f "$incoming/current/docker-compose.review.yaml" ]] \
+        || die "the upload is not a review release (no docker-compose.review.yaml)"
     read_settings
     exec </dev/null
     command -v flock >/dev/null 2>&1 || die "flock is required on the manager (apt-get install util-linux)"
@@ -101,7 +110,7 @@ main() {
 
     local started
     started="$(date +%s)"
-    STACKSHIP_DEPLOY_LOCK_FD=9 "$env_dir/current/deploy.sh" "--${env}" >&2 || rc=$?
+    STACKSHIP_DEPLOY_LOCK_FD=9 "$env_dir/current/deploy.sh" "${deploy_args[@]}" >&2 || rc=$?
     # Only this deploy's report: a deploy that stopped before the rollout leaves an old one.
     if [[ -f "$env_dir/last-rollout.json" && "$(stat -c %Y "$env_dir/last-rollout.json")" -ge "$started" ]]; then
         cat "$env_dir/last-rollout.json"

@@ -12,6 +12,12 @@
 #   5. keeps the rollout report in rollout/ (artifact), prints its summary and, in an MR,
 #      posts it as a note.
 # Exits with the rollout's result: a rolled-back or failed rollout fails the job.
+#
+# `review` (review-deploy) does the same for the MR's review stack stackship-review-<iid>: the
+# dev release plus docker-compose.review.yaml into <root>/review/<iid>/, deploy.sh --review, and
+# the stack's URL in the dotenv report review.env (REVIEW_URL, the GitLab environment's URL).
+# `review-stop` (review-stop) uploads review-stop.sh alone and runs it: the stack and everything
+# it made are removed; nothing left to remove is a success.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -19,7 +25,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/ci/ssh-deploy.sh dev|prod
+Usage: scripts/ci/ssh-deploy.sh dev|prod|review|review-stop
 
 CI variables:
   SERVER_HOST, SERVER_USER         the manager and the deploy user (scripts/setup-server.sh)
@@ -32,7 +38,10 @@ CI variables:
   CI_REGISTRY_IMAGE                <registry>/<group>/stackship; DEPLOY_REGISTRY overrides the
                                    registry part (<registry>/<group>)
   BUILT_BACKEND_TAG, BUILT_FRONTEND_TAG
-                                   dev only: images this pipeline built, over the dev pins
+                                   dev and review: images this pipeline built, over the dev pins
+  CI_MERGE_REQUEST_IID             review, review-stop: the MR whose stack it is
+  REVIEW_PORT_BASE                 review: the stack's host port is this + the MR iid
+                                   (default 20000)
   STACKSHIP_REMOTE_DEPLOY_ROOT     deploy root on the manager (default /data/stackship/deploy)
   TLS_CERT_FILE, TLS_KEY_FILE      optional File variables: the site's certificate (chain) and
                                    key, installed as <env dir>/secrets/tls.crt and tls.key (0600)
@@ -79,6 +88,13 @@ check_settings() {
     [[ -n "${DEPLOY_REGISTRY_USER:-}" ]] \
         || warn "no DEPLOY_REGISTRY_USER: the manager pulls with the login it already has"
     ENV_DIR="${REMOTE_ROOT%/}/${ENV}"
+    if [[ "$ENV" == review* ]]; then
+        [[ "${CI_MERGE_REQUEST_IID:-}" =~ ^[1-9][0-9]{0,8}$ ]] \
+            || die "CI_MERGE_REQUEST_IID '${CI_MERGE_REQUEST_IID:-}' is not a merge request IID: review stacks exist only in MR pipelines"
+        REVIEW_PORT_BASE="${REVIEW_PORT_BASE:-20000}"
+        [[ "$REVIEW_PORT_BASE" =~ ^[1-9][0-9]{0,4}$ ]] || die "REVIEW_PORT_BASE '${REVIEW_PORT_BASE}' is not a port number"
+        ENV_DIR="${REMOTE_ROOT%/}/review/${CI_MERGE_REQUEST_IID}"
+    fi
     TARGET="${SERVER_USER}@${SERVER_HOST}"
 }
 
@@ -126,10 +142,15 @@ stage_release() {
     root="$(repo_root)"
     bin_dir="${STACKSHIP_TOOLS_DIR:-$root/.build/tools}"
     log "staging the ${ENV} release (binaries from ${bin_dir})"
-    "$root/scripts/copy-manifests.sh" "--${ENV}" --dest "$TMP/stage" --bin-dir "$bin_dir" \
+    # A review stack is dev's release with its own stack file.
+    "$root/scripts/copy-manifests.sh" "--${ENV/review/dev}" --dest "$TMP/stage" --bin-dir "$bin_dir" \
         || die "staging the ${ENV} release failed (did build-lint-test run in this pipeline?)"
     mkdir -p "$TMP/upload"
     mv "$TMP/stage/current" "$TMP/upload/current"
+    if [[ "$ENV" == review ]]; then
+        install -m 0644 "$root/docker-compose.review.yaml" "$TMP/upload/current/"
+        install -m 0755 "$root/scripts/review-stop.sh" "$TMP/upload/current/"
+    fi
     install -m 0755 "$root/scripts/ci/remote-deploy.sh" "$TMP/upload/remote-deploy.sh"
     if [[ -n "${TLS_CERT_FILE:-}" ]]; then
         install -d -m 0700 "$TMP/upload/secrets"
@@ -143,17 +164,37 @@ settings() {
     printf 'REGISTRY=%s\n' "$REGISTRY"
     printf 'REGISTRY_USER=%s\nREGISTRY_PASSWORD=%s\n' "${DEPLOY_REGISTRY_USER:-}" "${DEPLOY_REGISTRY_PASSWORD:-}"
     printf 'CI_JOB_URL=%s\n' "${CI_JOB_URL:-}"
-    if [[ "$ENV" == dev ]]; then
+    if [[ "$ENV" == dev || "$ENV" == review ]]; then
         # Images this pipeline built win over the dev pins; prod deploys its pins only.
         printf 'BACKEND_TAG=%s\nFRONTEND_TAG=%s\n' "${BUILT_BACKEND_TAG:-}" "${BUILT_FRONTEND_TAG:-}"
     fi
+    [[ "$ENV" != review ]] || printf 'REVIEW_PORT_BASE=%s\n' "$REVIEW_PORT_BASE"
+}
+
+# review_stop: review-stop.sh, uploaded alone (the stack's own release may be gone), removes the
+# stack and everything it made on the manager.
+review_stop() {
+    local parent="${REMOTE_ROOT%/}/review" upload rc=0
+    remote "test -d '${parent}' && test -w '${parent}'" \
+        || die "cannot use ${TARGET}:${parent}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/setup-server.sh)"
+    upload="${parent}/.stop-${CI_MERGE_REQUEST_IID}-${CI_JOB_ID:-local}-$$"
+    upload="${upload//[^0-9A-Za-z\/._-]/}"
+    mkdir -p "$TMP/upload"
+    install -m 0755 "$(repo_root)/scripts/review-stop.sh" "$TMP/upload/review-stop.sh"
+    rsync -a -e "$(printf '%q ' ssh "${SSH_OPTS[@]}")" "$TMP/upload/" "${TARGET}:${upload}/" \
+        || { remote "rm -rf '${upload}'" || true; die "copying review-stop.sh to ${TARGET} failed"; }
+    log "removing the review stack of MR !${CI_MERGE_REQUEST_IID} on ${TARGET}"
+    remote "'${upload}/review-stop.sh' '${CI_MERGE_REQUEST_IID}' --root '${REMOTE_ROOT}'" </dev/null || rc=$?
+    remote "rm -rf '${upload}'" || warn "could not remove ${upload} on ${TARGET}"
+    [[ "$rc" -eq 0 ]] || die "removing the review stack FAILED (exit ${rc}); see above"
+    log "review stack of MR !${CI_MERGE_REQUEST_IID} removed"
 }
 
 main() {
     case "${1:-}" in
         -h | --help) usage; return 0 ;;
-        dev | prod) ENV="$1" ;;
-        *) usage >&2; die "expected dev or prod" ;;
+        dev | prod | review | review-stop) ENV="$1" ;;
+        *) usage >&2; die "expected dev, prod, review or review-stop" ;;
     esac
     [[ $# -eq 1 ]] || { usage >&2; die "expected exactly one environment"; }
     check_settings
@@ -161,9 +202,15 @@ main() {
     TMP="$(mktemp -d)"
     trap cleanup EXIT
     ssh_setup
+    if [[ "$ENV" == review-stop ]]; then
+        review_stop
+        return 0
+    fi
     stage_release
 
     log "connecting to ${TARGET} port ${SERVER_PORT} (host key pinned by SSH_KNOWN_HOSTS)"
+    [[ "$ENV" != review ]] || remote "test -d '${ENV_DIR%/*}' && test -w '${ENV_DIR%/*}' && mkdir -p '${ENV_DIR}'" \
+        || die "cannot use ${TARGET}:${ENV_DIR%/*}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/setup-server.sh); nothing was copied"
     remote "test -d '${ENV_DIR}' && test -w '${ENV_DIR}'" \
         || die "cannot use ${TARGET}:${ENV_DIR}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/setup-server.sh); nothing was copied"
 
@@ -176,7 +223,13 @@ main() {
     mkdir -p rollout
     rm -f rollout/last-rollout.json
     log "deploying ${ENV} on ${TARGET}"
-    settings | remote "'${incoming}/remote-deploy.sh' --${ENV}" > rollout/last-rollout.json || rc=$?
+    local remote_args="--${ENV}"
+    if [[ "$ENV" == review ]]; then
+        remote_args="--review ${CI_MERGE_REQUEST_IID}"
+        # The GitLab environment's URL (dotenv report), written even when the deploy fails.
+        printf 'REVIEW_URL=http://%s:%s\n' "$SERVER_HOST" "$((REVIEW_PORT_BASE + CI_MERGE_REQUEST_IID))" > review.env
+    fi
+    settings | remote "'${incoming}/remote-deploy.sh' ${remote_args}" > rollout/last-rollout.json || rc=$?
 
     "$(repo_root)/scripts/ci/rollout-note.sh" "$ENV" rollout/last-rollout.json > rollout/summary.md \
         || warn "cannot summarise the rollout report"
@@ -187,6 +240,7 @@ main() {
     fi
     [[ "$rc" -eq 0 ]] || die "the ${ENV} deploy FAILED (exit ${rc}); see the rollout above and rollout/last-rollout.json"
     log "${ENV} deployed"
+    [[ "$ENV" != review ]] || log "review stack of MR !${CI_MERGE_REQUEST_IID}: $(cut -d= -f2- review.env)"
 }
 
 main "$@"
