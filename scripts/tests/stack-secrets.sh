@@ -139,7 +139,8 @@ test_renewed_certificate_rolls_proxy_only() {
     [[ "$(served_cert_sha)" == "$old_sha" ]] || fail "the original certificate is not served again"
 }
 
-# leak_hits DESCRIPTION: reads text on stdin and reports every canary found in it.
+# leak_hits DESCRIPTION: reads text on stdin and reports every canary found in it, counting
+# them in LEAKS (call it as `leak_hits D < <(CMD)`, not in a pipeline: the count must survive).
 leak_hits() {
     local what="$1" text canary
     text="$(cat)"
@@ -167,23 +168,23 @@ test_secrets_do_not_leak() {
     leak_hits "deploy.sh's output" < "$out"
     for stack in "$PROD_STACK" "$DEV_STACK"; do
         for svc in $(docker stack services "$stack" --format '{{.Name}}'); do
-            docker service inspect "$svc" | leak_hits "docker service inspect ${svc}"
+            leak_hits "docker service inspect ${svc}" < <(docker service inspect "$svc")
             images+=("$(docker service inspect "$svc" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')")
         done
         for c in $(docker ps -aq --filter "label=com.docker.stack.namespace=${stack}"); do
-            docker inspect "$c" | leak_hits "docker inspect of container ${c}"
+            leak_hits "docker inspect of container ${c}" < <(docker inspect "$c")
             # Every task's log, the exited ones' too (`docker service logs` can hang on a task
             # whose container is gone; the containers hold the same json-file logs).
-            docker logs "$c" 2>&1 | leak_hits "the log of container ${c}"
+            leak_hits "the log of container ${c}" < <(docker logs "$c" 2>&1)
             pid="$(docker inspect "$c" --format '{{.State.Pid}}')"
             if [[ "$pid" != 0 && -r "/proc/${pid}/environ" ]]; then
-                tr '\0' '\n' < "/proc/${pid}/environ" | leak_hits "the environment of container ${c}"
+                leak_hits "the environment of container ${c}" < <(tr '\0' '\n' < "/proc/${pid}/environ")
             fi
         done
     done
     for image in $(printf '%s\n' "${images[@]}" | sort -u); do
-        docker history --no-trunc "$image" 2>&1 | leak_hits "the history of ${image}"
-        docker image inspect "$image" 2>&1 | leak_hits "docker image inspect ${image}"
+        leak_hits "the history of ${image}" < <(docker history --no-trunc "$image" 2>&1)
+        leak_hits "docker image inspect ${image}" < <(docker image inspect "$image" 2>&1)
     done
     # The deploy directories (except the secret source files themselves), the git history and
     # the working tree: the names of files holding a canary.
@@ -211,7 +212,7 @@ test_secrets_do_not_leak() {
     done
     # Control: the search finds a canary where it must be (the secret mounted in the backend).
     LEAKS_BEFORE_CONTROL=$LEAKS
-    mounted_password | leak_hits "(control) the backend's secret file"
+    leak_hits "(control) the backend's secret file" < <(mounted_password)
     ((LEAKS == LEAKS_BEFORE_CONTROL + 1)) || fail "the control search did not find the password in its own secret file"
     ((LEAKS_BEFORE_CONTROL == 0)) || fail "${LEAKS_BEFORE_CONTROL} leak(s) of secret values (see above)"
     rm -f "$out"
