@@ -22,8 +22,9 @@ prints VAR with the value
 
 which is always a valid Swarm name (at most 64 characters; long prefixes are
 shortened, never the hash). Same content gives the same name; any change gives
-a new one. `file:` is relative to the compose file's directory. Entries with
-`external: true` or without `file:` are left alone.
+a new one. `file:` is relative to the compose file's directory and read as
+written: a `${VAR}` in it is not expanded (use a fixed relative path). Entries
+with `external: true` or without `file:` are left alone.
 
 The name is always computed from content, even when VAR is already set in the
 environment: the deploy exports the computed value, which replaces any stale one.
@@ -40,7 +41,7 @@ Examples:
   # `eval \"$(...)\"` alone would hide it):
   exports=\"$(config-hasher --prod --format export)\" || exit 1
   eval \"$exports\"
-  docker stack deploy -c docker-compose.prod.yaml project
+  docker stack deploy -c docker-compose.prod.yaml stackship-prod
 
 Exit status: 0 success (also when there is nothing to name: a warning goes to
 stderr), 1 the compose file or an entry is wrong (every problem is reported on
@@ -49,7 +50,7 @@ stderr), 2 bad command-line usage.";
 /// Output format, as chosen on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FormatArg {
-    /// VAR=value lines, as the old get-config-versions.py printed
+    /// VAR=value lines
     Env,
     /// export VAR='value' lines, safe to eval in a POSIX shell
     Export,
