@@ -44,9 +44,12 @@ USAGE
 # With --list: one line per record.
 # shellcheck disable=SC2016  # Python
 PLAN_PY='
-import json, os, re, sys
+import json, os, re, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-mode, history, release, compose, want, registry = sys.argv[1:7]
+mode, history, release, compose, want, registry, existing = sys.argv[1:8]
+# The configs that still exist in the swarm (the prune removes those of older deploys).
+existing = set(existing.split())
 records = []
 for f in sorted(os.listdir(history)):
     if f.endswith(".json"):
@@ -69,9 +72,14 @@ def short(image):
 last = records[-1]
 default = next((r for r in reversed(records[:-1]) if state(r) != state(last)), None)
 
+def pruned(r):
+    return sorted({c for v in r.get("services", {}).values() for c in v.get("configs", [])} - existing)
+
 if mode == "list":
     for r in reversed(records):
         mark = " (last deploy)" if r is last else (" (default rollback target)" if r is default else "")
+        if r is not last and pruned(r):
+            mark += " (configs pruned: cannot be restored)"
         svcs = r.get("services", {})
         images = " ".join("%s=%s" % (s, short(v.get("image", ""))) for s, v in sorted(svcs.items()))
         configs = " ".join(sorted({c for v in svcs.values() for c in v.get("configs", [])}))
@@ -87,6 +95,11 @@ else:
     if default is None:
         sys.exit("no earlier deploy differs from the last one (%s): nothing to roll back to (see --list)" % last["id"])
     target = default
+missing = pruned(target)
+if missing:
+    usable = [r["id"] for r in reversed(records[:-1]) if not pruned(r) and state(r) != state(last)][:3]
+    sys.exit("deploy %s cannot be restored: its configs %s were pruned (the prune keeps those of the last PRUNE_KEEP deploys); %s"
+             % (target["id"], " ".join(missing), "deploys that can: " + " ".join(usable) if usable else "no earlier deploy can be"))
 print("TARGET", target["id"])
 svcs = target.get("services", {})
 
@@ -174,7 +187,7 @@ main() {
         || die "no ${env} release in ${release} (run the copy step for ${env} first)"
     [[ -d "${OPS_ENV_DIR}/history" ]] || die "no deploy records in ${OPS_ENV_DIR}/history: nothing to roll back to"
     if [[ -n "$list" ]]; then
-        python3 -c "$PLAN_PY" list "${OPS_ENV_DIR}/history" "$release" "docker-compose.${env}.yaml" "" "" </dev/null \
+        python3 -c "$PLAN_PY" list "${OPS_ENV_DIR}/history" "$release" "docker-compose.${env}.yaml" "" "" "$(config_names)" </dev/null \
             || die "cannot read the deploy records in ${OPS_ENV_DIR}/history"
         return 0
     fi
@@ -186,7 +199,7 @@ main() {
     ops_on_exit "rm -rf '${work}'"
     cp -a "$release/." "$work/"
     plan="$(cd "$work" && ./config-hasher "--${env}" --format json \
-        | python3 -c "$PLAN_PY" plan "${OPS_ENV_DIR}/history" "$work" "docker-compose.${env}.yaml" "$to" "$(registry)")" \
+        | python3 -c "$PLAN_PY" plan "${OPS_ENV_DIR}/history" "$work" "docker-compose.${env}.yaml" "$to" "$(registry)" "$(config_names)")" \
         || die "cannot plan the rollback (see above)"
     while read -r kind a b rest; do
         case "$kind" in
@@ -219,6 +232,9 @@ main() {
         || die "the rollback of ${OPS_STACK} FAILED (see above; report: ${OPS_ENV_DIR}/last-rollout.json)"
     log "${OPS_STACK} rolled back"
 }
+
+# config_names: every config in the swarm, one line each.
+config_names() { docker config ls --format '{{.Name}}' || die "docker config ls failed"; }
 
 # registry: the registry deploy.sh will use (environment, deploy.env, CI variable), or empty.
 registry() {
