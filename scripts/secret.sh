@@ -259,13 +259,19 @@ cmd_rotate() {
     # An update without changes drops it and restarts nothing.
     docker service update --detach --quiet "${STACK}_backend" >/dev/null \
         || warn "could not clear the backend's previous spec; the old secret may stay"
+    # The old tasks may still be stopping (their stop_grace_period): Swarm refuses the removal
+    # until they are gone, so it is retried for a minute.
+    local deadline=$((SECONDS + 60)) err
     for old in $(versions); do
         ((old < next_n)) || continue
-        if docker secret rm "${PW_PREFIX}${old}" >/dev/null 2>&1; then
-            log "removed ${PW_PREFIX}${old}"
-        else
-            warn "${PW_PREFIX}${old} is still in use by a service spec; left in place"
-        fi
+        until err="$(docker secret rm "${PW_PREFIX}${old}" 2>&1 >/dev/null)"; do
+            if ((SECONDS >= deadline)); then
+                warn "${PW_PREFIX}${old} was left in place: ${err}"
+                continue 2
+            fi
+            sleep 2
+        done
+        log "removed ${PW_PREFIX}${old}"
     done
     log "${ENVIRONMENT}'s database password is ${new} (was v${current_n})"
 }
