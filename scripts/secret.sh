@@ -254,11 +254,6 @@ cmd_rotate() {
         docker secret rm "$new" >/dev/null 2>&1 || warn "could not remove ${new}"
         die "rotation failed: the rollout onto ${new} did not complete; the role's password and the backend are back on ${current}"
     fi
-    # Swarm keeps the backend's previous spec (for `docker service rollback`) and refuses to
-    # remove a secret that spec mounts; a rollback to the old password could not log in anyway.
-    # An update without changes drops it and restarts nothing.
-    docker service update --detach --quiet "${STACK}_backend" >/dev/null \
-        || warn "could not clear the backend's previous spec; the old secret may stay"
     # The old tasks may still be stopping (their stop_grace_period): Swarm refuses the removal
     # until they are gone, so it is retried for a minute.
     local deadline=$((SECONDS + 60)) err
