@@ -218,3 +218,47 @@ print(" ".join(sorted(r["metric"]["instance"].rsplit(":", 1)[0] for r in d["data
 }
 
 STACK_TESTS+=(prometheus_scrapes_every_backend_task)
+
+# fake_record ID PYTHON: a copy of prod's last deploy record as ID, changed by PYTHON (acting on
+# `r`), in prod's history; prints its path.
+fake_record() {
+    local last file
+    last="$(find "${PROD_DIR}/history" -name '*.json' | sort | tail -n 1)"
+    file="${PROD_DIR}/history/$1.json"
+    python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+r["id"] = sys.argv[2]
+exec(sys.argv[3])
+json.dump(r, open(sys.argv[4], "w"), indent=2)
+' "$last" "$1" "$2" "$file" || { fail "cannot write ${file}"; return 1; }
+    printf '%s\n' "$file"
+}
+
+test_rollback_refusals_change_nothing() {
+    local before out rc pruned missing
+    before="$(all_running_tasks "$PROD_STACK") $(backend_image) $(backend_config_name)"
+    out="$(mktemp)"
+    # A record whose backend config the prune removed: refused before anything changes.
+    pruned="$(fake_record 00000000T000001.000Z-e2e 'r["services"]["backend"]["configs"] = ["prod_backend_config_000000000000"]')" || fail "no fake record"
+    # A record whose backend image no longer exists: deploy.sh stops at the pull, loudly.
+    missing="$(fake_record 00000000T000002.000Z-e2e 'r["services"]["backend"]["image"] = r["services"]["backend"]["image"].split("@")[0] + "@sha256:" + "0" * 64')" \
+        || { rm -f "$pruned"; fail "no fake record"; }
+    rc=0
+    "$(repo_root)/scripts/rollback.sh" prod --to 00000000T000001 > "$out" 2>&1 || rc=$?
+    ((rc != 0)) || { rm -f "$pruned" "$missing"; fail "a rollback to a record whose config was pruned succeeded"; }
+    grep -q "prod_backend_config_000000000000 were pruned" "$out" || { rm -f "$pruned" "$missing"; fail "no clear refusal: $(tail -n 3 "$out")"; }
+    "$(repo_root)/scripts/rollback.sh" prod --list 2>/dev/null | grep -q '^00000000T000001.000Z-e2e (configs pruned: cannot be restored)' \
+        || { rm -f "$pruned" "$missing"; fail "--list does not mark the record whose configs were pruned"; }
+    rc=0
+    "$(repo_root)/scripts/rollback.sh" prod --to 00000000T000002 > "$out" 2>&1 || rc=$?
+    rm -f "$pruned" "$missing"
+    ((rc != 0)) || fail "a rollback to an image that does not exist succeeded"
+    grep -q "cannot pull .*backend.*@sha256:0000" "$out" || fail "deploy.sh's reason is not in the output: $(tail -n 5 "$out")"
+    grep -q "the rollback of ${PROD_STACK} FAILED" "$out" || fail "rollback.sh does not say the rollback failed: $(tail -n 3 "$out")"
+    [[ "$(all_running_tasks "$PROD_STACK") $(backend_image) $(backend_config_name)" == "$before" ]] || fail "a refused rollback changed prod"
+    [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.rollback.*')" ]] || fail "a refused rollback left its working copy behind"
+    rm -f "$out"
+}
+
+STACK_TESTS+=(rollback_refusals_change_nothing)
