@@ -62,6 +62,22 @@ ops_cleanup() {
     exit "$rc"
 }
 
+# ops_helper_rm SERVICE: removes a helper now rather than at exit (a secret it mounts cannot be
+# removed while the helper exists), waiting at most 30 s until its containers on this node are
+# gone.
+ops_helper_rm() {
+    local svc="$1" kept=() h deadline=$((SECONDS + 30))
+    docker service rm "$svc" >/dev/null 2>&1 || warn "could not remove helper service ${svc}"
+    while [[ -n "$(docker ps -aq --filter "label=com.docker.swarm.service.name=${svc}" 2>/dev/null)" ]] \
+        && ((SECONDS < deadline)); do
+        sleep 0.5
+    done
+    for h in "${OPS_HELPERS[@]}"; do
+        [[ "$h" == "$svc" ]] || kept+=("$h")
+    done
+    OPS_HELPERS=("${kept[@]}")
+}
+
 # ops_env ENV: checks ENV (dev or prod) and the swarm, sets OPS_ENV, OPS_STACK (the stack) and
 # OPS_ENV_DIR (the environment's deploy directory: the parent of the release this script runs
 # from, else $STACKSHIP_DEPLOY_ROOT/ENV, default /data/stackship/deploy/ENV), and arms the exit

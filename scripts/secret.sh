@@ -211,10 +211,14 @@ alter_password() {
     done
     user="$(ops_service_env postgres POSTGRES_USER postgres)"
     log "${what}"
+    local rc=0
     ops_helper password --entrypoint sh --timeout 120 --secret "${new}:new" "${args[@]}" \
         --env PGHOST=postgres --env "PGUSER=${user}" \
         --env "PGDATABASE=$(ops_service_env postgres POSTGRES_DB "$user")" --env "AUTH=${targets[*]}" \
-        -- -c "$ALTER_SCRIPT"
+        -- -c "$ALTER_SCRIPT" || rc=$?
+    # It mounts the old secret: gone now, so that secret can be removed after the rollout.
+    ops_helper_rm "$OPS_HELPER"
+    return "$rc"
 }
 
 cmd_rotate() {
