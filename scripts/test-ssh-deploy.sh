@@ -8,7 +8,10 @@
 #   - an image this pipeline "built" that crashes overrides the pin, the rollout is rolled
 #     back, and the job fails with the watcher's reason;
 #   - the dev-deploy job of .gitlab-ci.yml itself, run by gitlab-ci-local's shell executor in
-#     an MR pipeline labelled dev-deploy, deploys.
+#     an MR pipeline labelled dev-deploy, deploys;
+#   - its review-deploy job, in an MR labelled review-deploy, deploys the MR's review stack on
+#     its own port with the image the pipeline built and reports the URL; review-stop removes
+#     all of it, and a second review-stop succeeds.
 # Needs the local stack's registry and images (runs scripts/up.sh --dev when they are
 # missing). Holds /tmp/stackship-e2e.lock while it runs (set STACKSHIP_E2E_LOCK_HELD=1 when
 # the caller holds it already). Prints PASS/FAIL per check and "N passed, M failed".
@@ -40,6 +43,8 @@ API_PID=""
 PORT=""
 ENV_DIR=""
 GOOD_TAG=""
+# The merge request whose review stack the test makes (host port 20000 + this).
+REVIEW_IID=903
 
 cleanup() {
     if [[ -n "$API_PID" ]]; then
@@ -52,6 +57,11 @@ cleanup() {
     fi
     if id "$TEST_USER" >/dev/null 2>&1; then
         userdel -r "$TEST_USER" >/dev/null 2>&1 || warn "could not remove the user ${TEST_USER}"
+    fi
+    if [[ -n "$WORK" && -d "$WORK/srv/deploy/review" ]]; then
+        # A review stack a failed test left behind.
+        "$ROOT/scripts/review-stop.sh" "$REVIEW_IID" --root "$WORK/srv/deploy" 2>/dev/null \
+            || warn "could not remove the review stack ${REVIEW_IID}"
     fi
     [[ -z "$WORK" ]] || rm -rf "$WORK"
 }
@@ -133,7 +143,8 @@ job() {
         "$WORK/repo/scripts/ci/ssh-deploy.sh" dev) >"$WORK/job.log" 2>&1 || JOB_RC=$?
 }
 
-# gcl_job VAR=VALUE...: .gitlab-ci.yml's dev-deploy job in an MR pipeline labelled dev-deploy,
+# gcl_job VAR=VALUE...: .gitlab-ci.yml's dev-deploy job (RUN_JOB; RUN_LABELS the MR's labels,
+# default the job's name) in an MR pipeline labelled dev-deploy,
 # run by gitlab-ci-local's shell executor in the checkout $WORK/repo with the CI variables
 # from its project variables file (a value naming a file becomes a File variable there, as the
 # key and known_hosts are in GitLab; directories go on the command line); log in
@@ -149,11 +160,12 @@ gcl_job() {
     } > "$WORK/repo/.gitlab-ci-local-variables.yml"
     chmod 0600 "$WORK/repo/.gitlab-ci-local-variables.yml"
     GCL_RC=0
-    (cd "$WORK/repo" && GCL_IGNORE_PREDEFINED_VARS=CI_PIPELINE_SOURCE,CI_MERGE_REQUEST_LABELS "$GCL" \
+    local name="${RUN_JOB:-dev-deploy}"
+    (cd "$WORK/repo" && GCL_IGNORE_PREDEFINED_VARS=CI_PIPELINE_SOURCE,CI_MERGE_REQUEST_LABELS,CI_MERGE_REQUEST_IID "$GCL" \
         --force-shell-executor --variable "STACKSHIP_REMOTE_DEPLOY_ROOT=$WORK/srv/deploy" \
-        --variable "STACKSHIP_TOOLS_DIR=$WORK/tools" \
-        --variable CI_PIPELINE_SOURCE=merge_request_event --variable CI_MERGE_REQUEST_LABELS=dev-deploy \
-        dev-deploy) >"$WORK/gcl.log" 2>&1 || GCL_RC=$?
+        --variable "STACKSHIP_TOOLS_DIR=$WORK/tools" --variable CI_MERGE_REQUEST_IID="$REVIEW_IID" \
+        --variable CI_PIPELINE_SOURCE=merge_request_event --variable "CI_MERGE_REQUEST_LABELS=${RUN_LABELS:-$name}" \
+        "$name") >"$WORK/gcl.log" 2>&1 || GCL_RC=$?
 }
 
 service_image() {
@@ -305,6 +317,40 @@ run_tests() {
     job
     expect_eq "restore: the stack is back on the tag scripts/up.sh deployed" \
         "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${GOOD_TAG}" "$(service_image)"
+
+    review_tests
+}
+
+# review_tests: .gitlab-ci.yml's review-deploy and review-stop jobs through gitlab-ci-local, as
+# the deploy user over SSH: the MR's stack on its own port, then nothing of it left.
+review_tests() {
+    local stack url left kind
+    stack="$(stack_name "review-${REVIEW_IID}")"
+    url="http://127.0.0.1:$((20000 + REVIEW_IID))"
+    RUN_JOB=review-deploy gcl_job BUILT_BACKEND_TAG="$NEXT_TAG"
+    expect_eq "review: the review-deploy job passes" 0 "$GCL_RC"
+    [[ "$GCL_RC" -eq 0 ]] || tail -n 30 "$WORK/gcl.log" | sed 's/^/  | /'
+    expect_eq "review: the job reports the stack's URL (dotenv report review.env)" "REVIEW_URL=${url}" \
+        "$(cat "$WORK/repo/review.env" 2>/dev/null)"
+    expect_eq "review: the stack runs the image the pipeline built" \
+        "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${NEXT_TAG}" \
+        "$(docker service inspect "${stack}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' 2>/dev/null | sed 's/@sha256:.*//')"
+    check "review: it answers on its own port" curl -sS -m 10 -f -o /dev/null "${url}/api/service/version"
+    expect_eq "review: dev is still on its own tag" \
+        "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${GOOD_TAG}" "$(service_image)"
+    expect_absent "review: the registry password is not in the job log" "$(registry_password)" "$WORK/gcl.log"
+    RUN_JOB=review-stop RUN_LABELS=review-deploy gcl_job
+    expect_eq "review: the review-stop job passes" 0 "$GCL_RC"
+    [[ "$GCL_RC" -eq 0 ]] || tail -n 30 "$WORK/gcl.log" | sed 's/^/  | /'
+    left="$(for kind in service network config secret volume; do
+        docker "$kind" ls --format '{{.Name}}' | grep -E "^${stack}[-_]" | sed "s/^/${kind} /" || true
+    done)"
+    expect_eq "review: nothing of ${stack} is left in the swarm" "" "${left//$'\n'/, }"
+    check "review: its deploy directory is gone" test ! -e "$WORK/srv/deploy/review/${REVIEW_IID}"
+    check "review: no upload of the stop job is left" bash -c "! compgen -G '$WORK/srv/deploy/review/.stop-*'"
+    RUN_JOB=review-stop RUN_LABELS=review-deploy gcl_job
+    expect_eq "review: a second review-stop passes (nothing left to remove)" 0 "$GCL_RC"
+    expect_contains "review: ... and says so" "nothing of ${stack} is left" "$WORK/gcl.log"
 }
 
 main() {
@@ -338,7 +384,8 @@ main() {
     # A checkout as the pipeline has it (a git repository with an origin, as gitlab-ci-local
     # wants), the dev backend and frontend pinned.
     mkdir -p "$WORK/repo"
-    cp -R "$ROOT/scripts" "$ROOT/deploy-manifests" "$ROOT/docker-compose.dev.yaml" "$ROOT/.gitlab-ci.yml" "$WORK/repo/"
+    cp -R "$ROOT/scripts" "$ROOT/deploy-manifests" "$ROOT/docker-compose.dev.yaml" "$ROOT/docker-compose.review.yaml" \
+        "$ROOT/.gitlab-ci.yml" "$WORK/repo/"
     git -C "$WORK/repo" init -q -b main
     git -C "$WORK/repo" add -A
     git -C "$WORK/repo" -c user.name=test -c user.email=test@localhost commit -q -m release
