@@ -240,13 +240,22 @@ test_failing_migration_rolls_back() {
     out="$(mktemp)"
     # A migration that fails on the new tasks only: sqlx refuses to run when an applied
     # migration's checksum differs from the one built in (running tasks migrated at start).
+    # The tampered checksum would fail the old version's tasks as well, unlike a real failing
+    # migration, which only the new version has: it is put back as soon as the rollback began,
+    # so the tasks the rollback starts (if Swarm replaced an old one) find what they expect.
     version="$(prod_psql "SELECT version FROM _sqlx_migrations ORDER BY version LIMIT 1")"
     checksum="$(prod_psql "SELECT encode(checksum, 'hex') FROM _sqlx_migrations WHERE version = ${version}")"
     [[ -n "$checksum" ]] || fail "no applied migration found"
     prod_psql "UPDATE _sqlx_migrations SET checksum = sha384('tampered') WHERE version = ${version}" >/dev/null
     set_prod_title "migration test $(date -u +%H%M%S)"
-    deploy_prod > "$out" 2>&1 || rc=$?
+    local pid deadline=$((SECONDS + 300))
+    deploy_prod > "$out" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null && ! grep -q "rolling back\|FAILED" "$out" && ((SECONDS < deadline)); do
+        sleep 0.5
+    done
     prod_psql "UPDATE _sqlx_migrations SET checksum = decode('${checksum}', 'hex') WHERE version = ${version}" >/dev/null
+    wait "$pid" || rc=$?
     ((rc != 0)) || fail "deploy.sh exited 0 with a backend whose migration fails"
     assert_rolled_back_to_tag "$out"
     grep -q "previously applied but has been modified" "$out" || fail "the deploy output does not say the migration failed: $(grep -A12 -- "--- backend failed" "$out")"

@@ -32,7 +32,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{MigrateError, Migrator};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -320,6 +320,19 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
 
+/// One migration run on a connection of its own. sqlx leaves its session advisory lock held
+/// when a run fails (it returns before unlocking); that connection is therefore closed instead
+/// of going back to the pool, where it would keep the lock and block every later run, this
+/// task's retries and other replicas' alike.
+async fn run_migrations(migrator: &Migrator, pool: &PgPool) -> Result<(), MigrateError> {
+    let mut conn = pool.acquire().await.map_err(MigrateError::Execute)?;
+    let result = migrator.run_direct(&mut *conn).await;
+    if result.is_err() {
+        let _ = conn.close().await;
+    }
+    result
+}
+
 /// Runs the migrations, retrying while the database is unreachable, then sets `done`.
 /// Each failed attempt's error is kept in `last_error` (cleared on success).
 ///
@@ -335,7 +348,7 @@ pub async fn migrate_until_done(
     migrator.set_ignore_missing(true);
     let mut backoff = Duration::from_millis(200);
     loop {
-        match migrator.run(&pool).await {
+        match run_migrations(&migrator, &pool).await {
             Ok(()) => {
                 tracing::info!("database migrations applied");
                 *last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
