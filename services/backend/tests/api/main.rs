@@ -9,5 +9,6 @@ mod database_loss;
 mod deploy_config;
 mod helpers;
 mod logs;
+mod migrations;
 mod service;
 mod shutdown;
