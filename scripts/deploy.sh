@@ -379,10 +379,10 @@ registry_login() {
 # hash_configs: config-hasher checks the stack file's configs and secrets and names the
 # file-backed ones by content; its JSON report (kept in HASHED) also lists the external ones.
 hash_configs() {
-    log "config-hasher --${ENVIRONMENT} --check"
-    "$CONFIG_HASHER" --compose "$COMPOSE" --check \
+    # One run checks every entry and names them: it prints nothing unless all succeeded.
+    log "config-hasher --compose ${COMPOSE} --format json"
+    HASHED="$("$CONFIG_HASHER" --compose "$COMPOSE" --format json)" \
         || die "config-hasher rejected ${COMPOSE} (a secret's source file lives in ${ENV_DIR}/secrets/: the pipeline installs it from a CI File variable, scripts/up.sh on a local machine)"
-    HASHED="$("$CONFIG_HASHER" --compose "$COMPOSE" --format json)" || die "config-hasher failed"
     local var name names=()
     while IFS=$'\t' read -r var name; do
         [[ "$var" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "config-hasher printed a bad variable name '${var}'"

@@ -84,11 +84,6 @@ store() {
     log "created secret ${name}"
 }
 
-# show VALUE: once, on the controlling terminal only.
-show() {
-    { : > /dev/tty; } 2>/dev/null || die "--show needs a terminal (the password is never printed to a pipe or a log)"
-    printf '%s\n' "$1" > /dev/tty
-}
 
 cmd_create() {
     local name="${1:-}" length="$DEFAULT_LENGTH" file="" show_it="" value
@@ -123,7 +118,8 @@ cmd_create() {
     refuse_existing "$name"
     value="$(random_password "$length")"
     store "$name" "$value"
-    [[ -z "$show_it" ]] || show "$value"
+    # Once, on the controlling terminal only (checked above, before anything was created).
+    [[ -z "$show_it" ]] || printf '%s\n' "$value" > /dev/tty
 }
 
 # env_names ENV: STACK, PW_PREFIX (the versioned password's prefix) and BOOTSTRAP.
