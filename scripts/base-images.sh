@@ -20,6 +20,7 @@ STANDIN_BASE_IMAGE="stackship-standin/debian:bookworm"
 STANDIN_POSTGRES_IMAGE="stackship-standin/postgres:15"
 STANDIN_NGINX_IMAGE="stackship-standin/nginx:1.22"
 STANDIN_PROMETHEUS_IMAGE="stackship-standin/prometheus:2.42"
+BASE_ROOT_LABEL="org.stackship.standin.root-mode"
 
 usage() {
     cat <<USAGE
@@ -55,7 +56,9 @@ standin_banner() {
 
 build_standin_base() {
     local rootfs
-    if image_exists "$STANDIN_BASE_IMAGE" && [[ -z "$REBUILD" ]]; then
+    # Bases imported before the root directory's mode was fixed (below) lack this label.
+    if image_exists "$STANDIN_BASE_IMAGE" && [[ -z "$REBUILD" ]] \
+        && [[ "$(docker image inspect "$STANDIN_BASE_IMAGE" --format "{{index .Config.Labels \"${BASE_ROOT_LABEL}\"}}")" == 0755 ]]; then
         return 0
     fi
     apt_install debootstrap
@@ -94,8 +97,11 @@ DPKG
     rm -rf "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/groff/* \
         "$rootfs"/usr/share/lintian/* "$rootfs"/var/cache/debconf/*-old "$rootfs"/var/log/*.log
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+    # mktemp made the directory 0700 and tar records it as the image's "/": storage drivers that
+    # apply it (vfs, on the multi-node test hosts) would leave / unreadable to non-root users.
+    chmod 0755 "$rootfs"
     log "importing ${STANDIN_BASE_IMAGE}"
-    tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' \
+    tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' --change "LABEL ${BASE_ROOT_LABEL}=0755" \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         - "$STANDIN_BASE_IMAGE" >/dev/null
 }
