@@ -437,16 +437,55 @@ check_external() {
         || die "missing swarm objects: ${missing[*]} (create secrets with scripts/secret.sh, see its --help)"
 }
 
-# check_database_node: the postgres service is pinned to a node labelled stackship.postgres=true;
-# when that node is this one, the data directory exists and belongs to the image's postgres
-# user (uid 999): the server runs as that user, never as root, and cannot take it over itself.
-check_database_node() {
-    local nodes self data_dir="/data/${PROJECT}/data/${ENVIRONMENT}/postgres"
-    nodes="$(docker node ls -q --filter node.label=stackship.postgres=true)"
-    [[ -n "$nodes" ]] || die "no node has the label stackship.postgres=true (docker node update --label-add stackship.postgres=true NODE)"
-    [[ "$(wc -l <<<"$nodes")" -eq 1 ]] || die "more than one node has the label stackship.postgres=true"
+# node_with_label LABEL: the IDs of the nodes whose label LABEL is "true", one per line.
+node_with_label() { docker node ls -q --filter "node.label=$1=true"; }
+
+# give_label NODE LABEL WHY: sets LABEL=true on NODE, saying why.
+give_label() {
+    log "labelling node $(docker node inspect "$1" --format '{{.Description.Hostname}}') $2=true ($3)"
+    docker node update --label-add "$2=true" "$1" >/dev/null || die "cannot label node $1 with $2=true"
+}
+
+# check_placement: the node labels the stack's constraints need. The proxy runs on a node
+# labelled stackship.edge=true, an environment's Postgres on the one node labelled
+# stackship.postgres.<env>=true. A single-node swarm gets them (there is nothing to choose);
+# on several nodes the operator chooses, and the deploy stops before anything changes.
+# Swarms labelled before the label named the environment (stackship.postgres=true) keep
+# their database node.
+check_placement() {
+    local self nodes count edge="stackship.edge" db="stackship.postgres.${ENVIRONMENT}"
     self="$(docker info --format '{{.Swarm.NodeID}}')"
-    if [[ "$nodes" == "$self" ]]; then
+    count="$(docker node ls -q | wc -l)"
+    if [[ -z "$(node_with_label "$edge")" ]]; then
+        ((count == 1)) || die "no node has the label ${edge}=true: choose the node(s) whose ports 80/443 the internet reaches (docker node update --label-add ${edge}=true NODE)"
+        give_label "$self" "$edge" "the proxy runs there; the swarm has one node"
+    fi
+    [[ -z "$REVIEW_IID" ]] || return 0
+    nodes="$(node_with_label "$db")"
+    if [[ -z "$nodes" ]]; then
+        nodes="$(node_with_label stackship.postgres)"
+        if [[ -n "$nodes" && "$(wc -l <<<"$nodes")" -eq 1 ]]; then
+            give_label "$nodes" "$db" "it has the older label stackship.postgres=true"
+        elif ((count == 1)); then
+            give_label "$self" "$db" "the database runs there; the swarm has one node"
+        else
+            die "no node has the label ${db}=true: choose the node that keeps ${ENVIRONMENT}'s database (docker node update --label-add ${db}=true NODE)"
+        fi
+        nodes="$(node_with_label "$db")"
+    fi
+    [[ "$(wc -l <<<"$nodes")" -eq 1 ]] || die "more than one node has the label ${db}=true: one Postgres data directory lives on one node"
+    DB_NODE="$nodes"
+}
+
+# prepare_data_dir: Postgres's data directory exists on its node and belongs to the image's
+# postgres user (uid 999): the server runs as that user, never as root, and cannot take the
+# directory over itself. On this node the deploy does it (as root); on another node a one-off
+# task pinned there does it (the image's root user with CHOWN, DAC_OVERRIDE and FOWNER only,
+# the node's / mounted), unless Postgres already runs there.
+prepare_data_dir() {
+    [[ -z "$REVIEW_IID" ]] || return 0
+    local data_dir="/data/${PROJECT}/data/${ENVIRONMENT}/postgres" host
+    if [[ "$DB_NODE" == "$(docker info --format '{{.Swarm.NodeID}}')" ]]; then
         [[ -d "$data_dir" ]] || install -d -m 0700 "$data_dir" 2>/dev/null \
             || die "cannot create ${data_dir} (as root: install -d -m 0700 -o 999 -g 999 ${data_dir}; scripts/setup-server.sh does it)"
         if [[ "$(stat -c %u "$data_dir")" != 999 ]]; then
@@ -455,7 +494,39 @@ check_database_node() {
             chown -R 999:999 "$data_dir"
             chmod 0700 "$data_dir"
         fi
+        return 0
     fi
+    host="$(docker node inspect "$DB_NODE" --format '{{.Description.Hostname}}')"
+    if docker service ps "${STACK}_postgres" --filter "node=${DB_NODE}" --filter desired-state=running \
+        --format '{{.CurrentState}}' 2>/dev/null | grep -q '^Running'; then
+        return 0
+    fi
+    DATADIR_HELPER="${STACK}-datadir-$$"
+    log "preparing ${data_dir} on node ${host} (one-off task ${DATADIR_HELPER})"
+    # shellcheck disable=SC2016  # the script runs in the task
+    docker service create --detach --quiet --name "$DATADIR_HELPER" --restart-condition none \
+        --constraint "node.id==${DB_NODE}" --mount type=bind,source=/,target=/host \
+        --user 0:0 --cap-drop ALL --cap-add CAP_CHOWN --cap-add CAP_DAC_OVERRIDE --cap-add CAP_FOWNER \
+        --read-only --with-registry-auth --entrypoint sh --label "${PROJECT}.ops-helper=deploy" \
+        "$POSTGRES_IMAGE" -c '
+            d="/host$1"
+            [ -d "$d" ] || install -d -m 0700 -o 999 -g 999 "$d" || exit 1
+            if [ "$(stat -c %u "$d")" != 999 ]; then chown -R 999:999 "$d" && chmod 0700 "$d" || exit 1; fi
+            echo "$1: $(stat -c "%U(%u) %a" "$d")"' sh "$data_dir" >/dev/null \
+        || die "cannot create the one-off task ${DATADIR_HELPER} on node ${host}"
+    local state="" deadline=$((SECONDS + 300))
+    while ((SECONDS < deadline)); do
+        state="$(docker service ps "$DATADIR_HELPER" --no-trunc --format '{{.CurrentState}}|{{.Error}}' | head -n 1)"
+        case "$state" in
+            Complete*) break ;;
+            Failed* | Rejected* | Shutdown* | Orphaned*) die "preparing ${data_dir} on node ${host} failed: ${state#*|} (task ${state%%|*})" ;;
+        esac
+        sleep 1
+    done
+    [[ "$state" == Complete* ]] || die "preparing ${data_dir} on node ${host} did not finish in 300 s (task state: ${state:-none})"
+    docker service rm "$DATADIR_HELPER" >/dev/null || true
+    DATADIR_HELPER=""
+    log "${data_dir} on node ${host} belongs to uid 999"
 }
 
 # review_prepare: what a review stack needs beyond dev's steps, under its lock: room (at most
@@ -550,8 +621,8 @@ prune() {
 
 main() {
     parse_args "$@"
-    SNAPSHOT=""
-    trap 'rm -f "${SNAPSHOT:-}"' EXIT
+    SNAPSHOT="" DATADIR_HELPER="" DB_NODE=""
+    trap 'rm -f "${SNAPSHOT:-}"; [[ -z "${DATADIR_HELPER:-}" ]] || docker service rm "$DATADIR_HELPER" >/dev/null 2>&1' EXIT
     cd "$DEPLOY_DIR"
     resolve_settings
     if [[ -n "$PRINT_IMAGES" ]]; then
@@ -565,10 +636,11 @@ main() {
     resolve_db_password
     check_external
     validate_stack_file
-    # A review stack's database keeps its data in a volume of its own, not on the labelled node.
-    [[ -n "$REVIEW_IID" ]] || check_database_node
+    # A review stack's database keeps its data in a volume of its own, not on a labelled node.
+    check_placement
     registry_login
     pull_images
+    prepare_data_dir
     snapshot
     deploy_stack
     watch_rollout

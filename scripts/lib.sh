@@ -111,6 +111,14 @@ ensure_docker() {
     wait_until 60 "dockerd to answer" docker info
 }
 
+# swarm_local_addr: the address a swarm on this machine advertises: the docker0 bridge's, which
+# this host and its containers (scripts/swarm-nodes.sh's test nodes) reach, else loopback.
+swarm_local_addr() {
+    local addr
+    addr="$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{ split($4, a, "/"); print a[1]; exit }')"
+    printf '%s\n' "${addr:-127.0.0.1}"
+}
+
 # ensure_swarm: this engine is a swarm manager (single-node swarm when it was not in one).
 ensure_swarm() {
     local state
@@ -121,11 +129,39 @@ ensure_swarm() {
                 || die "this engine is a swarm worker; run on a manager"
             ;;
         inactive)
-            log "initialising a single-node swarm"
-            docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+            local addr
+            addr="$(swarm_local_addr)"
+            log "initialising a single-node swarm (advertising ${addr})"
+            docker swarm init --advertise-addr "$addr" >/dev/null
             ;;
         *) die "swarm state is '${state}'; fix the swarm first (docker info)" ;;
     esac
+}
+
+# ensure_placement_labels: the node labels the stacks place services by, on this node when no
+# node has them yet: stackship.edge=true (the proxy), stackship.postgres.<env>=true (each
+# environment's database; the node of an older stackship.postgres=true label keeps it) and a
+# stackship.zone (backend and frontend replicas spread over zones). Labels already on some
+# node stay where they are: moving one is the operator's choice (README, "Adding a node").
+ensure_placement_labels() {
+    local self label legacy env
+    self="$(docker info --format '{{.Swarm.NodeID}}')"
+    if [[ -z "$(docker node ls -q --filter node.label=stackship.edge=true)" ]]; then
+        log "labelling this node stackship.edge=true (the proxy runs here)"
+        docker node update --label-add stackship.edge=true "$self" >/dev/null
+    fi
+    legacy="$(docker node ls -q --filter node.label=stackship.postgres=true)"
+    [[ "$(wc -w <<<"$legacy")" -eq 1 ]] || legacy="$self"
+    for env in prod dev; do
+        label="stackship.postgres.${env}"
+        if [[ -z "$(docker node ls -q --filter "node.label=${label}=true")" ]]; then
+            log "labelling node $(docker node inspect "$legacy" --format '{{.Description.Hostname}}') ${label}=true (${env}'s database runs there)"
+            docker node update --label-add "${label}=true" "$legacy" >/dev/null
+        fi
+    done
+    if [[ -z "$(docker node inspect "$self" --format '{{index .Spec.Labels "stackship.zone"}}')" ]]; then
+        docker node update --label-add "stackship.zone=$(docker node inspect "$self" --format '{{.Description.Hostname}}')" "$self" >/dev/null
+    fi
 }
 
 # stack_name ENV: the swarm stack of an environment.

@@ -2,7 +2,8 @@
 # Prepares a Swarm manager for the pipeline's deploy jobs. Run once as root on a fresh Debian
 # server (safe to re-run):
 #   - Docker Engine, openssh-server, rsync; a swarm (init when this engine is in none);
-#   - the Postgres node label (stackship.postgres=true) when no node has it;
+#   - the placement labels when no node has them: stackship.edge, stackship.postgres.<env>,
+#     stackship.zone (lib.sh ensure_placement_labels);
 #   - the deploy user: key-only login with exactly the CI public key (restricted: no pty, no
 #     forwarding), no password, in the docker group;
 #   - per environment: the deploy directory (owned by the deploy user), the data directory,
@@ -85,10 +86,7 @@ ensure_swarm_here() {
             ;;
         *) die "swarm state is '${state}'; fix the swarm first (docker info)" ;;
     esac
-    if [[ -z "$(docker node ls -q --filter node.label=stackship.postgres=true)" ]]; then
-        log "labelling this node stackship.postgres=true (the database runs here)"
-        docker node update --label-add stackship.postgres=true "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
-    fi
+    ensure_placement_labels
 }
 
 # ensure_user: the deploy user, key-only, with exactly the CI key.

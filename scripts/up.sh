@@ -137,12 +137,6 @@ build_and_push() {
         --base-image "$BASE_IMAGE" --nginx-image "$NGINX_IMAGE" >/dev/null
 }
 
-ensure_node_label() {
-    local node
-    node="$(docker info --format '{{.Swarm.NodeID}}')"
-    docker node update --label-add stackship.postgres=true "$node" >/dev/null
-}
-
 # ensure_secrets ENV: the database password (scripts/secret.sh: generated into Swarm, never on
 # disk) and, for prod, a self-signed certificate in the deploy directory's secrets/, the source
 # of the content-named TLS secrets.
@@ -233,7 +227,7 @@ main() {
     ensure_docker
     log "step 2/6: swarm"
     ensure_swarm
-    ensure_node_label
+    ensure_placement_labels
     log "step 3/6: local registry"
     ensure_registry
     log "step 4/6: base and third-party images"
