@@ -21,7 +21,8 @@ Runs, in order:
      the MR label matrix, the CI job scripts against a stand-in GitLab API
   4. the stack's end-to-end tests (scripts/test-stack.sh): Docker Engine, local swarm,
      images, deploys, rollbacks, a headless browser; then the SSH deploy end to end
-     (scripts/test-ssh-deploy.sh: a real sshd on loopback, setup-server.sh's user)
+     (scripts/test-ssh-deploy.sh: a real sshd on loopback, setup-server.sh's user); then the
+     multi-node tests (scripts/test-multinode.sh: two worker nodes as containers)
 
 Options:
   --no-stack   skip step 4 (quick local runs; CI runs everything)
@@ -81,6 +82,8 @@ main() {
         "$ROOT/scripts/test-stack.sh"
         log "SSH deploy end-to-end tests"
         "$ROOT/scripts/test-ssh-deploy.sh"
+        log "multi-node tests"
+        "$ROOT/scripts/test-multinode.sh"
     fi
     log "all tests passed"
 }
