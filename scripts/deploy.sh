@@ -454,11 +454,20 @@ give_label() {
 # their database node.
 check_placement() {
     local self nodes count edge="stackship.edge" db="stackship.postgres.${ENVIRONMENT}"
-    self="$(docker info --format '{{.Swarm.NodeID}}')"
+    self="$(docker info --format '{{.Swarm.NodeID}}')" || die "docker info failed"
     count="$(docker node ls -q | wc -l)"
     if [[ -z "$(node_with_label "$edge")" ]]; then
         ((count == 1)) || die "no node has the label ${edge}=true: choose the node(s) whose ports 80/443 the internet reaches (docker node update --label-add ${edge}=true NODE)"
         give_label "$self" "$edge" "the proxy runs there; the swarm has one node"
+    fi
+    local id states=""
+    for id in $(node_with_label "$edge"); do
+        states+="$(docker node inspect "$id" --format '{{.Description.Hostname}}: {{.Status.State}}, {{.Spec.Availability}}' 2>/dev/null || true); "
+    done
+    [[ "$states" == *": ready, active;"* ]] \
+        || die "no node labelled ${edge}=true is ready and active (${states% }): the proxy could not run"
+    if ((count > 1)) && [[ -z "$REGISTRY_USER" ]]; then
+        log "WARNING: no registry credentials given on a swarm of ${count} nodes: the services keep this engine's login, and a task moved to another node later pulls with it or not at all (use a deploy token: REGISTRY_USER / REGISTRY_PASSWORD)"
     fi
     [[ -z "$REVIEW_IID" ]] || return 0
     nodes="$(node_with_label "$db")"
@@ -475,17 +484,34 @@ check_placement() {
     fi
     [[ "$(wc -l <<<"$nodes")" -eq 1 ]] || die "more than one node has the label ${db}=true: one Postgres data directory lives on one node"
     DB_NODE="$nodes"
+    local state
+    state="$(docker node inspect "$DB_NODE" --format '{{.Description.Hostname}}: {{.Status.State}}, {{.Spec.Availability}}')" \
+        || die "cannot inspect ${ENVIRONMENT}'s database node ${DB_NODE}"
+    [[ "$state" == *": ready, active" ]] \
+        || die "${ENVIRONMENT}'s database node (label ${db}) is not ready and active (${state}): Postgres could not run there; bring the node back (moving the label starts an EMPTY database: restore a backup there, README \"Adding a node\")"
 }
 
 # prepare_data_dir: Postgres's data directory exists on its node and belongs to the image's
 # postgres user (uid 999): the server runs as that user, never as root, and cannot take the
 # directory over itself. On this node the deploy does it (as root); on another node a one-off
-# task pinned there does it (the image's root user with CHOWN, DAC_OVERRIDE and FOWNER only,
-# the node's / mounted), unless Postgres already runs there.
+# task pinned there does it (the Postgres image as root with CHOWN, DAC_OVERRIDE and FOWNER,
+# the node's / mounted: root over that node's files for the few seconds it runs), unless
+# Postgres already runs there. A missing or empty directory is created only for a stack
+# without a database service yet (its first deploy) or with NEW_DATABASE=1: otherwise the
+# database label moved (or the data was removed), and Postgres would start an EMPTY database.
 prepare_data_dir() {
     [[ -z "$REVIEW_IID" ]] || return 0
-    local data_dir="/data/${PROJECT}/data/${ENVIRONMENT}/postgres" host
+    local data_dir="/data/${PROJECT}/data/${ENVIRONMENT}/postgres" host allow_new=0 refusal
+    if [[ "${NEW_DATABASE:-}" == 1 ]] || ! docker service inspect "${STACK}_postgres" >/dev/null 2>&1; then
+        allow_new=1
+    fi
+    host="$(docker node inspect "$DB_NODE" --format '{{.Description.Hostname}}')" || die "cannot inspect the database node ${DB_NODE}"
+    refusal="there is no database in ${data_dir} on node ${host} (label stackship.postgres.${ENVIRONMENT}), but ${STACK}_postgres exists: the label moved or the data is gone, and Postgres would start an EMPTY database. Move the label back, or restore a backup there (README, \"Adding a node\"); to start an empty database on purpose, deploy with NEW_DATABASE=1"
     if [[ "$DB_NODE" == "$(docker info --format '{{.Swarm.NodeID}}')" ]]; then
+        if [[ ! -d "$data_dir" || -z "$(ls -A "$data_dir" 2>/dev/null)" ]] && ((allow_new == 0)); then
+            # An unreadable directory (not root) is not an empty one.
+            [[ -d "$data_dir" && ! -r "$data_dir" ]] || die "$refusal"
+        fi
         [[ -d "$data_dir" ]] || install -d -m 0700 "$data_dir" 2>/dev/null \
             || die "cannot create ${data_dir} (as root: install -d -m 0700 -o 999 -g 999 ${data_dir}; scripts/setup-server.sh does it)"
         if [[ "$(stat -c %u "$data_dir")" != 999 ]]; then
@@ -496,13 +522,13 @@ prepare_data_dir() {
         fi
         return 0
     fi
-    host="$(docker node inspect "$DB_NODE" --format '{{.Description.Hostname}}')"
     if docker service ps "${STACK}_postgres" --filter "node=${DB_NODE}" --filter desired-state=running \
         --format '{{.CurrentState}}' 2>/dev/null | grep -q '^Running'; then
         return 0
     fi
     DATADIR_HELPER="${STACK}-datadir-$$"
     log "preparing ${data_dir} on node ${host} (one-off task ${DATADIR_HELPER})"
+    # Exit 3: missing or empty, and not to be created.
     # shellcheck disable=SC2016  # the script runs in the task
     docker service create --detach --quiet --name "$DATADIR_HELPER" --restart-condition none \
         --constraint "node.id==${DB_NODE}" --mount type=bind,source=/,target=/host \
@@ -510,15 +536,17 @@ prepare_data_dir() {
         --read-only --with-registry-auth --entrypoint sh --label "${PROJECT}.ops-helper=deploy" \
         "$POSTGRES_IMAGE" -c '
             d="/host$1"
+            if [ ! -d "$d" ] || [ -z "$(ls -A "$d")" ]; then [ "$2" = 1 ] || exit 3; fi
             [ -d "$d" ] || install -d -m 0700 -o 999 -g 999 "$d" || exit 1
-            if [ "$(stat -c %u "$d")" != 999 ]; then chown -R 999:999 "$d" && chmod 0700 "$d" || exit 1; fi
-            echo "$1: $(stat -c "%U(%u) %a" "$d")"' sh "$data_dir" >/dev/null \
+            if [ "$(stat -c %u "$d")" != 999 ]; then chown -R 999:999 "$d" && chmod 0700 "$d" || exit 1; fi' \
+        sh "$data_dir" "$allow_new" >/dev/null \
         || die "cannot create the one-off task ${DATADIR_HELPER} on node ${host}"
     local state="" deadline=$((SECONDS + 300))
     while ((SECONDS < deadline)); do
         state="$(docker service ps "$DATADIR_HELPER" --no-trunc --format '{{.CurrentState}}|{{.Error}}' | head -n 1)"
         case "$state" in
             Complete*) break ;;
+            Failed*"exit (3)"*) die "$refusal" ;;
             Failed* | Rejected* | Shutdown* | Orphaned*) die "preparing ${data_dir} on node ${host} failed: ${state#*|} (task ${state%%|*})" ;;
         esac
         sleep 1
