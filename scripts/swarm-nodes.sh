@@ -122,7 +122,9 @@ node_up() {
 # remove_node NAME: the container and its swarm entry (a stopped or broken node).
 remove_node() {
     local name="$1" id
-    id="$(docker node ls -q --filter "node.label=${NODE_LABEL}=${name}")"
+    # By label, and by hostname: a node that joined but failed before it was labelled.
+    id="$( (docker node ls -q --filter "node.label=${NODE_LABEL}=${name}"
+        docker node ls --format '{{.ID}} {{.Hostname}}' | awk -v n="$name" '$2 == n { print $1 }') | sort -u)"
     docker rm -f "$name" >/dev/null 2>&1 || true
     if [[ -n "$id" ]]; then
         # shellcheck disable=SC2086  # one ID per word
