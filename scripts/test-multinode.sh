@@ -23,7 +23,8 @@ NODE_LOSS_BOUND_S=90
 WORK=""
 MANAGER=""
 
-ALL_TESTS=(first_deploy_places_services update_spreads_backend drain_moves_backend_without_failures
+ALL_TESTS=(first_deploy_places_services deploy_refuses_unplaceable_stack moved_database_label_is_refused
+    update_spreads_backend drain_moves_backend_without_failures
     rescheduled_tasks_pull_with_deploy_credentials node_loss_is_bounded_and_counted rollback_reported_on_multinode)
 
 usage() {
@@ -59,7 +60,8 @@ converged() {
     [[ -z "${3:-}" ]] || ! grep -qxF "$3" <<<"$nodes"
 }
 
-# tasks_pulled STACK: every running task of the stack on a worker has its image on that worker.
+# tasks_pulled STACK MIN: every running task of the stack on a worker has its image on that
+# worker, and at least MIN tasks run on workers.
 tasks_pulled() {
     local svc image node on_workers=0
     for svc in $(docker stack services "$1" --format '{{.Name}}'); do
@@ -71,6 +73,7 @@ tasks_pulled() {
                 || fail "${svc} runs on ${node}, but ${node} has no image ${image}"
         done
     done
+    ((on_workers >= $2)) || fail "${1}: ${on_workers} task(s) on workers, expected at least $2"
     log "${1}: ${on_workers} task(s) on workers, each with its image pulled there"
 }
 
@@ -122,7 +125,52 @@ test_first_deploy_places_services() {
     # A write through the proxy on the manager, the backend, to the database on the worker.
     curl -sS -m 10 -f -H 'content-type: application/json' --data '{"message":"multinode first deploy"}' \
         "$(env_url dev)/api/log" >/dev/null || fail "dev cannot store a log entry"
-    tasks_pulled "$DEV_STACK"
+    tasks_pulled "$DEV_STACK" 1
+}
+
+# On several nodes a deploy whose services could not be placed stops before anything changes:
+# no edge node that takes tasks, a database node that takes none (paused: its running tasks
+# stay, as a label removal would not let them).
+test_deploy_refuses_unplaceable_stack() {
+    local before
+    before="$(all_running_tasks "$DEV_STACK"; all_running_tasks "$PROD_STACK")"
+    refused_while_paused "$(docker info --format '{{.Swarm.NodeID}}')" "the only edge node" \
+        "no node labelled stackship.edge=true is ready and active (${MANAGER}: ready, pause"
+    refused_while_paused "$(docker node inspect "$DB_WORKER" --format '{{.ID}}')" "the database node" \
+        "database node (label stackship.postgres.dev) is not ready and active (${DB_WORKER}: ready, pause)"
+    [[ "$(all_running_tasks "$DEV_STACK"; all_running_tasks "$PROD_STACK")" == "$before" ]] \
+        || fail "a refused deploy changed running tasks"
+}
+
+# refused_while_paused NODE WHAT ERROR: with NODE paused, a dev deploy fails saying ERROR.
+refused_while_paused() {
+    local out="$WORK/refuse.out" rc=0
+    docker node update --availability pause "$1" >/dev/null
+    deploy_dev > "$out" 2>&1 || rc=$?
+    docker node update --availability active "$1" >/dev/null
+    ((rc != 0)) || fail "deploy.sh exited 0 with $2 paused"
+    grep -qF "$3" "$out" || fail "no clear error with $2 paused: $(tail -n 3 "$out")"
+}
+
+dev_lists() { curl -sS -m 5 -f "$(env_url dev)/api/logs?limit=200" | grep -qF "$1"; }
+
+# The database label moved to a node without the data: Swarm stops Postgres at once (the
+# label is a constraint), and the deploy refuses to start an empty database there; with the
+# label back, Postgres runs on its data again.
+test_moved_database_label_is_refused() {
+    local other="${STACKSHIP_PROJECT}-node-2" out="$WORK/moved.out" rc=0
+    move_label stackship.postgres.dev "$(docker node inspect "$other" --format '{{.ID}}')"
+    deploy_dev > "$out" 2>&1 || rc=$?
+    move_label stackship.postgres.dev "$(docker node inspect "$DB_WORKER" --format '{{.ID}}')"
+    ((rc != 0)) || fail "deploy.sh exited 0 with the database label on a node without the data"
+    grep -q "there is no database in /data/${STACKSHIP_PROJECT}/data/dev/postgres on node ${other}" "$out" \
+        || fail "no clear error for the moved label: $(tail -n 3 "$out")"
+    if docker exec "$other" test -e "/data/${STACKSHIP_PROJECT}/data/dev/postgres"; then
+        fail "the refused deploy created a data directory on ${other}"
+    fi
+    wait_until 120 "dev postgres back on ${DB_WORKER}" converged "${DEV_STACK}_postgres" 1 "$other"
+    [[ "$(running_on "${DEV_STACK}_postgres")" == "$DB_WORKER" ]] || fail "dev postgres is not back on ${DB_WORKER}"
+    wait_until 60 "dev to list the row of the first deploy" dev_lists "multinode first deploy"
 }
 
 # An update: prod's backend to a new image; the replicas spread over the zones (one per node
@@ -145,7 +193,7 @@ test_update_spreads_backend() {
             || fail "prod ${svc} does not spread over node.labels.stackship.zone"
     done
     log "prod backend on: $(tr '\n' ' ' <<<"$nodes")"
-    tasks_pulled "$PROD_STACK"
+    tasks_pulled "$PROD_STACK" 1
 }
 
 # Pulls after the deploy (the drain before left a worker without a backend task): the credentials the deploy stored in the service spec (the deploy
@@ -303,6 +351,7 @@ test_rollback_reported_on_multinode() {
     ((rc != 0)) || fail "deploy.sh exited 0 with a backend that exits 1 at start"
     where="$(docker service ps "${PROD_STACK}_backend" --format '{{.Image}} {{.Node}}' | awk -v t=":${bad}" 'index($1, t) { print $2 }' | sort -u)"
     log "the failing tasks ran on: $(tr '\n' ' ' <<<"$where")"
+    [[ -n "$where" ]] || fail "no task of ${bad} was found"
     grep -qvxF "$MANAGER" <<<"$where" || fail "no failing task ran on a worker (on: ${where})"
     state="$(docker service inspect "${PROD_STACK}_backend" --format '{{.UpdateStatus.State}}')"
     [[ "$state" == rollback_completed ]] || fail "backend update state is '${state}', expected rollback_completed"
@@ -323,8 +372,10 @@ write_results() {
     {
         printf '# scripts/test-multinode.sh: 1 manager + 2 worker nodes (containers, vfs), prod under\n'
         printf '# scripts/loadgen.py (100 req/s through the proxy). %s, %s\n' "$(date -u +%Y-%m-%dT%H:%MZ)" \
-            "$(git -C "$(repo_root)" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-        printf '# node_loss_recovery_s: from the kill until prod backend runs 2 tasks elsewhere.\n'
+            "$(git -C "$(repo_root)" describe --always --dirty 2>/dev/null || echo unknown)"
+        printf '# node_loss_recovery_s: from the kill until prod backend runs 2 tasks elsewhere. The killed\n'
+        printf '# worker ran a backend task, not prod'"'"'s database (on the manager): rows_lost counts rows the\n'
+        printf '# backend acknowledged and the database does not have.\n'
         cat "$f"
     } > "$RESULTS"
     log "figures in ${RESULTS}"
@@ -332,8 +383,14 @@ write_results() {
 
 # restore: dev's database back on the manager (its data directory there is untouched), the
 # worker nodes gone, dev and prod deployed on the manager.
+RESTORED=""
 restore() {
     local rc=0
+    [[ -z "$RESTORED" ]] || return 0
+    RESTORED=1
+    sed -i '/^job-token-/d' "${STACKSHIP_REGISTRY_DIR}/htpasswd" 2>/dev/null || true
+    docker node update --availability active "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null 2>&1 || true
+    docker node update --label-add stackship.edge=true "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null 2>&1 || true
     log "restoring: dev's database label on ${MANAGER}, nodes down, dev and prod redeployed"
     registry_login_back || true
     docker stack rm "$DEV_STACK" >/dev/null 2>&1 || true
@@ -352,6 +409,21 @@ restore() {
 
 KEEP_NODES=""
 
+# recreate_loopback_swarm: a swarm that scripts/up.sh made before it advertised the docker0
+# address cannot be reached by test nodes, and Swarm cannot change the address: when it runs
+# nothing but this project's stacks, it is re-created (down.sh --leave-swarm, up.sh --all).
+recreate_loopback_swarm() {
+    local addr others
+    addr="$(docker info --format '{{.Swarm.NodeAddr}}')"
+    [[ "$addr" == 127.* ]] || return 0
+    others="$(docker service ls --format '{{.Name}}' | grep -v "^${STACKSHIP_PROJECT}-" || true)"
+    [[ "$(docker node ls -q | wc -l)" -eq 1 ]] || die "this swarm advertises ${addr}, which test nodes cannot reach, and has other nodes: re-create it yourself (README, \"Test nodes on this machine\")"
+    [[ -z "$others" ]] || die "this swarm advertises ${addr}, which test nodes cannot reach, and runs other services ($(paste -sd ' ' <<<"$others")): re-create it yourself (README, \"Test nodes on this machine\")"
+    warn "this swarm advertises ${addr}, which test nodes cannot reach: re-creating it on $(swarm_local_addr) (scripts/down.sh --leave-swarm, scripts/up.sh --all)"
+    "$(repo_root)/scripts/down.sh" --leave-swarm >&2 || die "scripts/down.sh --leave-swarm failed"
+    "$(repo_root)/scripts/up.sh" --all >/dev/null || die "scripts/up.sh --all failed"
+}
+
 main() {
     local tests=() name started=$SECONDS
     while [[ $# -gt 0 ]]; do
@@ -369,6 +441,7 @@ main() {
     done
     require_root
     need htpasswd "apt-get install apache2-utils"
+    recreate_loopback_swarm
     TAG="$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' 2>/dev/null \
         | sed -e 's/@sha256:.*//' -e 's/.*://')"
     [[ -n "$TAG" ]] || die "no prod stack (run scripts/up.sh --all first)"
@@ -377,6 +450,8 @@ main() {
     WORK="$(mktemp -d)"
     : > "$WORK/figures"
     printf '%s\n' "$TAG" > "$WORK/prod-tag"
+    # Interrupted or not, the machine is left as it was found.
+    trap 'restore || true; rm -rf "$WORK"' EXIT
     log "starting two worker nodes"
     "$NODES" up 2 >&2 || die "scripts/swarm-nodes.sh up 2 failed"
     log "testing tag ${TAG} on $(docker node ls -q | wc -l) nodes"
