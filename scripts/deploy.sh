@@ -93,6 +93,14 @@ Environment (also read from ../deploy.env, KEY=VALUE lines; the environment wins
   MAX_TASK_FAILURES   a new service fails after this many task failures (default 3)
   DB_PASSWORD_SECRET  the database password secret (default: the newest
                       stackship-<env>-db-password-v<N>; scripts/secret.sh makes them)
+  NEW_DATABASE=1      environment only: start an EMPTY database where the stack's Postgres
+                      exists but the node labelled stackship.postgres.<env> has no data
+                      directory (a database moved on purpose; restore a backup after)
+
+Placement: the proxy runs on a node labelled stackship.edge=true, Postgres on the one node
+labelled stackship.postgres.<env>=true (its data directory is created there at the first
+deploy, on another node by a one-off task); a single-node swarm gets the labels here, on several
+nodes a missing label or a node that is not ready and active stops the deploy.
 
 Secrets: external ones (the database password) must exist (scripts/secret.sh). File-backed
 ones (prod's TLS certificate and key) are read from ../secrets/ beside this release and named
