@@ -463,6 +463,7 @@ give_label() {
 check_placement() {
     local self nodes count edge="stackship.edge" db="stackship.postgres.${ENVIRONMENT}"
     self="$(docker info --format '{{.Swarm.NodeID}}')" || die "docker info failed"
+    SELF_NODE="$self"
     count="$(docker node ls -q | wc -l)"
     if [[ -z "$(node_with_label "$edge")" ]]; then
         ((count == 1)) || die "no node has the label ${edge}=true: choose the node(s) whose ports 80/443 the internet reaches (docker node update --label-add ${edge}=true NODE)"
@@ -515,7 +516,7 @@ prepare_data_dir() {
     fi
     host="$(docker node inspect "$DB_NODE" --format '{{.Description.Hostname}}')" || die "cannot inspect the database node ${DB_NODE}"
     refusal="there is no database in ${data_dir} on node ${host} (label stackship.postgres.${ENVIRONMENT}), but ${STACK}_postgres exists: the label moved or the data is gone, and Postgres would start an EMPTY database. Move the label back, or restore a backup there (README, \"Adding a node\"); to start an empty database on purpose, deploy with NEW_DATABASE=1"
-    if [[ "$DB_NODE" == "$(docker info --format '{{.Swarm.NodeID}}')" ]]; then
+    if [[ "$DB_NODE" == "$SELF_NODE" ]]; then
         if [[ ! -d "$data_dir" || -z "$(ls -A "$data_dir" 2>/dev/null)" ]] && ((allow_new == 0)); then
             # An unreadable directory (not root) is not an empty one.
             [[ -d "$data_dir" && ! -r "$data_dir" ]] || die "$refusal"
@@ -657,7 +658,7 @@ prune() {
 
 main() {
     parse_args "$@"
-    SNAPSHOT="" DATADIR_HELPER="" DB_NODE=""
+    SNAPSHOT="" DATADIR_HELPER="" DB_NODE="" SELF_NODE=""
     trap 'rm -f "${SNAPSHOT:-}"; [[ -z "${DATADIR_HELPER:-}" ]] || docker service rm "$DATADIR_HELPER" >/dev/null 2>&1' EXIT
     cd "$DEPLOY_DIR"
     resolve_settings

@@ -80,14 +80,15 @@ push_variant() {
     printf '%s-%s\n' "$TAG" "$suffix"
 }
 
-# assert_rolled_back_to_tag OUTPUT_FILE: the backend is back on TAG and serves it.
+# assert_rolled_back_to_tag OUTPUT_FILE [VERSION]: the backend is back on TAG and answers
+# VERSION (default TAG: a variant built FROM an image keeps that image's version).
 assert_rolled_back_to_tag() {
     local state
     state="$(docker service inspect "${PROD_STACK}_backend" --format '{{.UpdateStatus.State}}')"
     [[ "$state" == rollback_completed ]] || fail "backend update state is '${state}', expected rollback_completed"
     [[ "$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')" == *"/backend:${TAG}@"* ]] \
         || fail "backend spec is not back on ${TAG}"
-    [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)'"
+    [[ "$(prod_version)" == "${2:-$TAG}" ]] || fail "after the rollback the version is '$(prod_version)'"
     grep -q "backend: FAILED" "$1" || fail "the deploy output has no 'backend: FAILED' summary line"
 }
 
