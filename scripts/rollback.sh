@@ -187,8 +187,13 @@ main() {
         || die "no ${env} release in ${release} (run the copy step for ${env} first)"
     [[ -d "${OPS_ENV_DIR}/history" ]] || die "no deploy records in ${OPS_ENV_DIR}/history: nothing to roll back to"
     if [[ -n "$list" ]]; then
-        python3 -c "$PLAN_PY" list "${OPS_ENV_DIR}/history" "$release" "docker-compose.${env}.yaml" "" "" "$(config_names)" </dev/null \
-            || die "cannot read the deploy records in ${OPS_ENV_DIR}/history"
+        # A reader that stops early (`| head`, `| grep -q`) closes the pipe: the listing ends
+        # there (SIGPIPE, exit 141) and that is a success, as with git log or ls.
+        local rc=0 names
+        names="$(config_names)"
+        python3 -c "$PLAN_PY" list "${OPS_ENV_DIR}/history" "$release" "docker-compose.${env}.yaml" "" "" "$names" </dev/null \
+            || rc=$?
+        ((rc == 0 || rc == 141)) || die "cannot read the deploy records in ${OPS_ENV_DIR}/history"
         return 0
     fi
 

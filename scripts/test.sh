@@ -18,7 +18,8 @@ Runs, in order:
   2. cargo test --workspace, against a throwaway PostgreSQL started on a free loopback port
      (the Debian postgresql package is installed when missing) and stopped at the end
   3. the pipeline tests (scripts/test-pipeline.sh): .gitlab-ci.yml against GitLab's schema,
-     the MR label matrix, the CI job scripts against a stand-in GitLab API
+     the MR label matrix, the CI job scripts against a stand-in GitLab API; then the
+     end-to-end harness's self-test (scripts/tests/harness-selftest.sh)
   4. the stack's end-to-end tests (scripts/test-stack.sh): Docker Engine, local swarm,
      images, deploys, rollbacks, a headless browser; then the SSH deploy end to end
      (scripts/test-ssh-deploy.sh: a real sshd on loopback, setup-server.sh's user); then the
@@ -77,6 +78,8 @@ main() {
     cargo_tests "$@"
     log "pipeline tests"
     "$ROOT/scripts/test-pipeline.sh"
+    log "end-to-end harness self-test"
+    "$ROOT/scripts/tests/harness-selftest.sh"
     if ((stack)); then
         log "stack end-to-end tests"
         "$ROOT/scripts/test-stack.sh"

@@ -18,7 +18,28 @@ FAILED_NAMES=()
 # Test modules add their test names here (run in this order after test-stack.sh's own).
 STACK_TESTS=()
 
-fail() { printf '    %s\n' "$*" >&2; return 1; }
+# fail MESSAGE: says why a test fails (stderr) and returns 1; the harness then adds nothing.
+fail() {
+    printf '    %s\n' "$*" >&2
+    TEST_SAID_WHY=1
+    return 1
+}
+
+# test_died: the ERR trap of a running test. A check that fails without calling fail (a command
+# substitution under set -e, a helper's non-zero exit) still says which command, where and how.
+test_died() {
+    local rc="$1" line="$2" src="$3" cmd="$4" func="$5"
+    # Only in the test's own shell (a failure inside $(...) is reported where it lands) and
+    # only when fail did not already say why.
+    ((BASH_SUBSHELL == TEST_SUBSHELL)) || return 0
+    [[ -z "${TEST_SAID_WHY:-}" ]] || return 0
+    if [[ "$func" == run_test ]]; then
+        printf '    the test returned %s without saying why (its last command: %s)\n' "$rc" "$cmd" >&2
+    else
+        printf '    died at %s:%s (exit %s): %s\n' "${src#"$(repo_root)/"}" "$line" "$rc" "$cmd" >&2
+    fi
+    TEST_SAID_WHY=1
+}
 
 # json FIELD: a top-level field of the JSON document on stdin.
 json() { python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"; }
@@ -78,6 +99,22 @@ push_variant() {
     rm -rf "$dir"
     docker push -q "${image}:${TAG}-${suffix}" >/dev/null || fail "pushing the ${suffix} image failed"
     printf '%s-%s\n' "$TAG" "$suffix"
+}
+
+# next_backend_tag: a backend that answers another version than TAG: <TAG>-next, the same code
+# built again with that version (as scripts/rollout-test.sh makes it); built and pushed when the
+# registry does not have it yet.
+next_backend_tag() {
+    local image="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${TAG}-next" base
+    if ! docker pull -q "$image" >/dev/null 2>&1; then
+        base="$("$(repo_root)/scripts/base-images.sh" | sed -n 's/^BASE_IMAGE=//p')"
+        [[ -n "$base" ]] || { fail "no base image"; return 1; }
+        REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$(repo_root)/scripts/build-images.sh" --tag "${TAG}-next" \
+            --push --base-image "$base" backend >/dev/null || { fail "building the backend ${TAG}-next failed"; return 1; }
+    fi
+    [[ "$(docker run --rm --entrypoint /app/backend "$image" --version)" == *"${TAG}-next"* ]] \
+        || { fail "${image} does not report version ${TAG}-next"; return 1; }
+    printf '%s-next\n' "$TAG"
 }
 
 # assert_rolled_back_to_tag OUTPUT_FILE [VERSION]: the backend is back on TAG and answers
@@ -143,6 +180,8 @@ run_test() {
     set +e
     (
         set -Eeuo pipefail
+        TEST_SUBSHELL=$BASH_SUBSHELL TEST_SAID_WHY=""
+        trap 'test_died "$?" "$LINENO" "${BASH_SOURCE[0]}" "$BASH_COMMAND" "${FUNCNAME[0]:-}"' ERR
         "test_${name}"
     )
     local rc=$?

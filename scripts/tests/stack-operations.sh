@@ -118,22 +118,6 @@ test_db_tunnel_reaches_database() {
 
 STACK_TESTS+=(db_tunnel_reaches_database)
 
-# next_backend_tag: a backend that answers another version than TAG: <TAG>-next, the same code
-# built again with that version (as scripts/rollout-test.sh makes it); built and pushed when the
-# registry does not have it yet.
-next_backend_tag() {
-    local image="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${TAG}-next" base
-    if ! docker pull -q "$image" >/dev/null 2>&1; then
-        base="$("$(repo_root)/scripts/base-images.sh" | sed -n 's/^BASE_IMAGE=//p')"
-        [[ -n "$base" ]] || { fail "no base image"; return 1; }
-        REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$(repo_root)/scripts/build-images.sh" --tag "${TAG}-next" \
-            --push --base-image "$base" backend >/dev/null || { fail "building the backend ${TAG}-next failed"; return 1; }
-    fi
-    [[ "$(docker run --rm --entrypoint /app/backend "$image" --version)" == *"${TAG}-next"* ]] \
-        || { fail "${image} does not report version ${TAG}-next"; return 1; }
-    printf '%s-next\n' "$TAG"
-}
-
 prod_title() { curl_env prod -f https://localhost/api/service/info | json title; }
 
 backend_image() { docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}'; }

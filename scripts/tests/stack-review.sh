@@ -22,13 +22,6 @@ swarm_objects() {
     done | LC_ALL=C sort
 }
 
-# other_backend_tag: a clean backend tag in the local registry other than TAG (the second
-# version a review stack runs).
-other_backend_tag() {
-    docker images --format '{{.Tag}}' "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend" \
-        | grep -E '^[0-9]{8}_[0-9a-f]{8}$' | grep -vxF "$TAG" | head -n 1
-}
-
 # review_deploy IID BACKEND_TAG: what review-deploy does on the manager: the dev release plus the
 # review stack file in <root>/review/IID/.incoming-*/, remote-deploy.sh --review IID with the
 # job's settings on stdin (the tag as "built by this pipeline").
@@ -80,8 +73,7 @@ test_review_stacks_side_by_side() {
     mkdir -p "$REVIEW_STATE" "${STACKSHIP_DEPLOY_ROOT}/review"
     # Leftovers of an earlier run go first (and must go).
     for iid in "$a" "$b"; do review_stop "$iid" || fail "removing an earlier review stack ${iid} failed"; done
-    other="$(other_backend_tag)"
-    [[ -n "$other" ]] || fail "no second backend tag in the local registry"
+    other="$(next_backend_tag)" || fail "no second backend version"
     swarm_objects > "${REVIEW_STATE}/objects-0"
     review_deploy "$a" "$TAG"
     swarm_objects > "${REVIEW_STATE}/objects-1"
