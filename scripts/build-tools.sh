@@ -45,8 +45,10 @@ main() {
     for tool in "${TOOLS[@]}"; do
         install -m 0755 "$target/$triple/release/$tool" "$out/$tool"
         # A dynamically linked executable names its loader (PT_INTERP); a static(-pie) one not.
-        if readelf -lW "$out/$tool" | grep -q 'program interpreter'; then
-            die "${out}/${tool} is dynamically linked: $(readelf -lW "$out/$tool" | grep 'program interpreter')"
+        local headers
+        headers="$(readelf -lW "$out/$tool")" || die "readelf cannot read ${out}/${tool}"
+        if grep -q 'program interpreter' <<<"$headers"; then
+            die "${out}/${tool} is dynamically linked: $(grep 'program interpreter' <<<"$headers")"
         fi
         "$out/$tool" --help >/dev/null || die "${out}/${tool} does not run"
     done

@@ -420,7 +420,10 @@ resolve_db_password() {
 }
 
 validate_stack_file() {
-    if docker stack --help 2>/dev/null | grep -qE '^[[:space:]]+config[[:space:]]'; then
+    # Help captured first: grep -q would close the pipe on the CLI while it still writes.
+    local help
+    help="$(docker stack --help 2>/dev/null || true)"
+    if grep -qE '^[[:space:]]+config[[:space:]]' <<<"$help"; then
         docker stack config -c "$COMPOSE" >/dev/null || die "${COMPOSE} is not a valid stack file"
     else
         log "this docker CLI has no 'docker stack config': stack file validation left to the deploy"
@@ -625,8 +628,9 @@ deploy_stack() {
     log "docker stack deploy ${STACK} (backend ${BACKEND_TAG}, frontend ${FRONTEND_TAG})"
     # The rollout is watched below; newer CLIs would otherwise wait (and still exit 0 after a
     # rollback). Older CLIs have no --detach and never wait.
-    local detach=()
-    if docker stack deploy --help 2>/dev/null | grep -q -- '--detach'; then
+    local detach=() help
+    help="$(docker stack deploy --help 2>/dev/null || true)"
+    if grep -q -- '--detach' <<<"$help"; then
         detach=(--detach=true)
     fi
     docker stack deploy --with-registry-auth --prune "${detach[@]}" -c "$COMPOSE" "$STACK" >&2 \

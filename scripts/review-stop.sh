@@ -87,11 +87,11 @@ main() {
     done
     [[ -n "$IID" ]] || { usage >&2; die "missing the merge request IID"; }
     [[ "$root" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "--root '${root}' is not a plain absolute path"
-    command -v docker >/dev/null 2>&1 || die "docker is required"
-    command -v flock >/dev/null 2>&1 || die "flock is required (apt-get install util-linux)"
     STACK="${PROJECT}-review-${IID}"
     local dir="${root%/}/review/${IID}" before after
     [[ -d "${root%/}/review" ]] || die "${root%/}/review is missing (scripts/setup-server.sh makes it)"
+    command -v docker >/dev/null 2>&1 || die "docker is required"
+    command -v flock >/dev/null 2>&1 || die "flock is required (apt-get install util-linux)"
 
     # The stack's deploy lock: a running deploy of this stack finishes first.
     mkdir -p "$dir"

@@ -136,7 +136,7 @@ versions() {
     local name n
     while IFS= read -r name; do
         n="${name#"$PW_PREFIX"}"
-        [[ "$name" == "$PW_PREFIX"* && "$n" =~ ^[1-9][0-9]{0,8}$ ]] && printf '%s\n' "$n"
+        if [[ "$name" == "$PW_PREFIX"* && "$n" =~ ^[1-9][0-9]{0,8}$ ]]; then printf '%s\n' "$n"; fi
     done < <(docker secret ls --filter "name=${PW_PREFIX}" --format '{{.Name}}') | sort -n
 }
 

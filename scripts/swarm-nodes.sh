@@ -98,7 +98,8 @@ build_node_image() {
     local err
     err="$(mktemp)"
     # Its banners (stand-ins) were shown by scripts/up.sh; here only a failure is news.
-    base="$("$(repo_root)/scripts/base-images.sh" 2>"$err" | sed -n 's/^BASE_IMAGE=//p')"
+    base="$("$(repo_root)/scripts/base-images.sh" 2>"$err" | sed -n 's/^BASE_IMAGE=//p')" \
+        || die "scripts/base-images.sh failed: $(tail -n 5 "$err")"
     [[ -n "$base" ]] || die "scripts/base-images.sh named no BASE_IMAGE: $(tail -n 5 "$err")"
     rm -f "$err"
     log "building ${NODE_IMAGE} (from ${base})"

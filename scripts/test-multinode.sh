@@ -3,8 +3,8 @@
 # scripts/swarm-nodes.sh, with dev's database on a worker and prod's backend spread over all
 # three. One scenario in order, each step building on the one before: placement and the first
 # deploy, an update, pulls with the deploy's credentials after it, a drain and a node loss under
-# load, a rollback. Figures go to bench/results/multinode.txt. At the end the worker nodes are
-# removed and dev and prod run on the manager as before.
+# load, a rollback. Figures go to the test artifacts (bench/results/multinode.txt with --record).
+# At the end the worker nodes are removed and dev and prod run on the manager as before.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -14,7 +14,10 @@ source "$(repo_root)/scripts/tests/lib.sh"
 
 NODES="$(repo_root)/scripts/swarm-nodes.sh"
 DEV_DIR="$(env_deploy_dir dev)"
-RESULTS="$(repo_root)/bench/results/multinode.txt"
+# The figures: under the test artifacts, so a run leaves the checkout as it was; --record writes
+# the committed bench/results/multinode.txt instead.
+RESULTS="${ARTIFACTS}/multinode.txt"
+RECORDED_RESULTS="$(repo_root)/bench/results/multinode.txt"
 # The worker that keeps dev's database (node label stackship.postgres.dev).
 DB_WORKER="${STACKSHIP_PROJECT}-node-1"
 # The longest a lost node's tasks may take to run elsewhere: Swarm marks a node down after
@@ -29,10 +32,10 @@ ALL_TESTS=(first_deploy_places_services deploy_refuses_unplaceable_stack moved_d
 
 usage() {
     cat <<USAGE
-Usage: scripts/test-multinode.sh [--keep-nodes] [TEST...]
+Usage: scripts/test-multinode.sh [--keep-nodes] [--record] [TEST...]
 
 Starts two worker nodes (scripts/swarm-nodes.sh up 2), runs the multi-node tests in order and
-writes ${RESULTS#"$(repo_root)/"}. Needs prod and dev up (scripts/up.sh --all;
+writes their figures to ${RESULTS} (--record: to ${RECORDED_RESULTS#"$(repo_root)/"}). Needs prod and dev up (scripts/up.sh --all;
 scripts/test.sh runs it first). At the end the nodes are removed (unless --keep-nodes) and dev
 and prod are deployed on the manager again.
 
@@ -424,6 +427,7 @@ main() {
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --keep-nodes) KEEP_NODES=1 ;;
+            --record) RESULTS="$RECORDED_RESULTS" ;;
             -h | --help) usage; return 0 ;;
             -*) usage >&2; die "unknown option '$1'" ;;
             *) tests+=("$1") ;;
@@ -438,7 +442,7 @@ main() {
     need htpasswd "apt-get install apache2-utils"
     recreate_loopback_swarm
     TAG="$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' 2>/dev/null \
-        | sed -e 's/@sha256:.*//' -e 's/.*://')"
+        | sed -e 's/@sha256:.*//' -e 's/.*://' || true)"
     [[ -n "$TAG" ]] || die "no prod stack (run scripts/up.sh --all first)"
     [[ -d "${DEV_DIR}/current" ]] || die "no dev deploy directory (run scripts/up.sh --all first)"
     MANAGER="$(docker node inspect self --format '{{.Description.Hostname}}')"
@@ -447,6 +451,11 @@ main() {
     printf '%s\n' "$TAG" > "$WORK/prod-tag"
     # Interrupted or not, the machine is left as it was found.
     trap 'restore || true; rm -rf "$WORK"' EXIT
+    # Nodes an interrupted run left hold its state (dev's database directory): start anew.
+    if [[ -n "$(docker ps -aq --filter "label=${STACKSHIP_PROJECT}.test-node")" ]]; then
+        log "removing the test nodes an earlier run left"
+        "$NODES" down >&2 || die "scripts/swarm-nodes.sh down failed"
+    fi
     log "starting two worker nodes"
     "$NODES" up 2 >&2 || die "scripts/swarm-nodes.sh up 2 failed"
     log "testing tag ${TAG} on $(docker node ls -q | wc -l) nodes"

@@ -61,7 +61,8 @@ fetch() {
 }
 
 header_count() { grep -ci "^$2:" "$WORK/$1.headers" || true; }
-header_value() { grep -i "^$2:" "$WORK/$1.headers" | head -n1 | cut -d: -f2- | tr -d ' \r'; }
+# header_value NAME HEADER: the header's value in a saved response, empty when it has none.
+header_value() { { grep -i -m1 "^$2:" "$WORK/$1.headers" || true; } | cut -d: -f2- | tr -d ' \r'; }
 json_field() {
     python3 -c 'import json,sys
 d=json.load(open(sys.argv[1]))

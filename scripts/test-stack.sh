@@ -304,7 +304,7 @@ test_concurrent_deploys_take_turns() {
     wait "$pid_a" || rc_a=$?
     wait "$pid_b" || rc_b=$?
     ((rc_a == 0 && rc_b == 0)) || fail "concurrent deploys: exit ${rc_a} and ${rc_b}: $(tail -n 5 "$a" "$b")"
-    cat "$a" "$b" | grep -q "another prod deploy holds" || fail "neither deploy waited for the other's lock"
+    grep -q "another prod deploy holds" "$a" "$b" || fail "neither deploy waited for the other's lock"
     [[ "$(grep -c "holding the prod deploy lock" "$a" "$b" | awk -F: '{s+=$2} END {print s}')" == 2 ]] \
         || fail "both deploys should have held the lock in turn"
     rm -f "$a" "$b"

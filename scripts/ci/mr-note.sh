@@ -31,6 +31,10 @@ redact() {
     printf '%s' "$text"
 }
 
+# drain BODY_FILE: a body piped in is read to its end even when no note is posted, so the
+# writer never meets a closed pipe.
+drain() { if [[ "$1" == - ]]; then cat >/dev/null; fi; }
+
 main() {
     local body_file="-"
     case "${1:-}" in
@@ -41,10 +45,12 @@ main() {
     [[ $# -le 1 ]] || { usage >&2; die "expected at most one BODY_FILE"; }
     if [[ -z "${CI_MERGE_REQUEST_IID:-}" ]]; then
         warn "not a merge request pipeline (CI_MERGE_REQUEST_IID unset): no MR note"
+        drain "$body_file"
         return 0
     fi
     if [[ -z "${MR_NOTE_TOKEN:-}" ]]; then
         warn "MR_NOTE_TOKEN is not set: skipping the MR note (add a project access token with scope api as a masked CI variable)"
+        drain "$body_file"
         return 0
     fi
     [[ -n "${CI_API_V4_URL:-}" ]] || die "CI_API_V4_URL is not set"

@@ -103,8 +103,9 @@ test_wrong_secret_release_rolls_back() {
 
 # served_cert_sha: the SHA-256 fingerprint of the certificate https://localhost serves.
 served_cert_sha() {
-    openssl s_client -connect 127.0.0.1:443 -servername localhost </dev/null 2>/dev/null \
-        | openssl x509 -noout -fingerprint -sha256
+    local served
+    served="$(openssl s_client -connect 127.0.0.1:443 -servername localhost </dev/null 2>/dev/null || true)"
+    openssl x509 -noout -fingerprint -sha256 <<<"$served"
 }
 
 test_renewed_certificate_rolls_proxy_only() {
@@ -176,7 +177,8 @@ test_secrets_do_not_leak() {
             # Every task's log, the exited ones' too (`docker service logs` can hang on a task
             # whose container is gone; the containers hold the same json-file logs).
             leak_hits "the log of container ${c}" < <(docker logs "$c" 2>&1)
-            pid="$(docker inspect "$c" --format '{{.State.Pid}}')"
+            # Swarm's task-history reaper may remove an old task's container meanwhile.
+            pid="$(docker inspect "$c" --format '{{.State.Pid}}' 2>/dev/null)" || continue
             if [[ "$pid" != 0 && -r "/proc/${pid}/environ" ]]; then
                 leak_hits "the environment of container ${c}" < <(tr '\0' '\n' < "/proc/${pid}/environ")
             fi
@@ -200,7 +202,8 @@ test_secrets_do_not_leak() {
     # Every mounted secret file belongs to the user its container runs as, mode 0400.
     for stack in "$PROD_STACK" "$DEV_STACK"; do
         for c in $(docker ps -q --filter "label=com.docker.stack.namespace=${stack}"); do
-            pid="$(docker inspect "$c" --format '{{.State.Pid}}')"
+            pid="$(docker inspect "$c" --format '{{.State.Pid}}' 2>/dev/null)" || continue
+            [[ "$pid" != 0 && -r "/proc/${pid}/status" ]] || continue
             local uid file
             uid="$(awk '/^Uid:/ { print $2 }' "/proc/${pid}/status")"
             for file in "/proc/${pid}/root/run/secrets/"*; do
