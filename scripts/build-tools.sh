@@ -8,13 +8,13 @@ set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-TOOLS=(config-hasher rollout-watcher)
+TOOLS=(config-hasher rollout-watcher stackship)
 
 usage() {
     cat <<'USAGE'
 Usage: scripts/build-tools.sh [--out DIR]
 
-Builds config-hasher and rollout-watcher statically linked into DIR (default .build/tools),
+Builds config-hasher, rollout-watcher and stackship statically linked into DIR (default .build/tools),
 checks that they are static and run, and prints DIR. Honours CARGO_TARGET_DIR.
 USAGE
 }
@@ -39,7 +39,7 @@ main() {
     target="${CARGO_TARGET_DIR:-$root/target}"
     log "cargo build --release --target ${triple} (crt-static): ${TOOLS[*]}"
     (cd "$root" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-        cargo build --release --locked --target "$triple" -p config-hasher -p rollout-watcher) >&2 \
+        cargo build --release --locked --target "$triple" -p config-hasher -p rollout-watcher -p stackship) >&2 \
         || die "static build of the deploy tools failed (is libc6-dev installed?)"
     mkdir -p "$out"
     for tool in "${TOOLS[@]}"; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The copy step: puts exactly one environment's release into its deploy directory, as the
 # pipeline does on the manager, replacing whatever a previous copy left there:
-#   <dest>/current/{deploy.sh, secret.sh, config-hasher, rollout-watcher,
+#   <dest>/current/{deploy.sh, secret.sh, config-hasher, rollout-watcher, stackship,
 #                   docker-compose.<env>.yaml, deploy-manifests/<env>/,
 #                   the day-2 scripts rollback.sh, db-backup.sh, db-restore.sh, db-tunnel.sh
 #                   and ops-lib.sh, which they source}
@@ -19,7 +19,7 @@ usage() {
 Usage: scripts/copy-manifests.sh --prod|--dev [--dest DIR] [--bin-dir DIR] [--lock-wait S]
 
   --dest DIR        the environment's deploy directory (default: ${STACKSHIP_DEPLOY_ROOT}/<env>)
-  --bin-dir DIR     where the config-hasher and rollout-watcher binaries are
+  --bin-dir DIR     where the config-hasher, rollout-watcher and stackship binaries are
                     (default: \${CARGO_TARGET_DIR:-target}/release)
   --lock-wait S     how long to wait for a running deploy of this environment (default 900)
 USAGE
@@ -42,7 +42,7 @@ main() {
     root="$(repo_root)"
     dest="${dest:-${STACKSHIP_DEPLOY_ROOT}/${env}}"
     bin_dir="${bin_dir:-${CARGO_TARGET_DIR:-$root/target}/release}"
-    for tool in config-hasher rollout-watcher; do
+    for tool in config-hasher rollout-watcher stackship; do
         [[ -x "$bin_dir/$tool" ]] || die "${tool} binary '${bin_dir}/${tool}' not found (cargo build --release -p ${tool})"
     done
     [[ -f "$root/docker-compose.${env}.yaml" ]] || die "docker-compose.${env}.yaml is missing"
@@ -61,6 +61,7 @@ main() {
     done
     install -m 0755 "$bin_dir/config-hasher" "$staging/config-hasher"
     install -m 0755 "$bin_dir/rollout-watcher" "$staging/rollout-watcher"
+    install -m 0755 "$bin_dir/stackship" "$staging/stackship"
     install -m 0644 "$root/docker-compose.${env}.yaml" "$staging/"
     cp -R "$root/deploy-manifests/${env}" "$staging/deploy-manifests/${env}"
     chmod 0755 "$staging"

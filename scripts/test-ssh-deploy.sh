@@ -183,9 +183,9 @@ run_tests() {
 
     # --- the deploy tools run in an image with nothing else in it ---
     local tool out
-    printf 'FROM scratch\nCOPY config-hasher rollout-watcher /\n' > "$WORK/tools/Dockerfile"
+    printf 'FROM scratch\nCOPY config-hasher rollout-watcher stackship /\n' > "$WORK/tools/Dockerfile"
     if docker build -q -t stackship-e2e-static:test "$WORK/tools" >/dev/null 2>"$WORK/build.err"; then
-        for tool in config-hasher rollout-watcher; do
+        for tool in config-hasher rollout-watcher stackship; do
             out="$(docker run --rm stackship-e2e-static:test "/${tool}" --help 2>&1)" || out="failed: ${out}"
             expect_contains "static tools: ${tool} runs in an empty (FROM scratch) image" "Usage" <(printf '%s\n' "$out")
         done

@@ -129,8 +129,8 @@ build_and_push() {
     local root
     root="$(repo_root)"
     TAG="$("$root/scripts/image-tag.sh")"
-    log "building the deploy tools (config-hasher, rollout-watcher)"
-    (cd "$root" && cargo build --release --locked -p config-hasher -p rollout-watcher) >&2 \
+    log "building the deploy tools (config-hasher, rollout-watcher, stackship)"
+    (cd "$root" && cargo build --release --locked -p config-hasher -p rollout-watcher -p stackship) >&2 \
         || die "cargo build of the deploy tools failed"
     log "building service images with tag ${TAG}"
     REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$root/scripts/build-images.sh" --tag "$TAG" --push \

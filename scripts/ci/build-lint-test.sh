@@ -2,7 +2,7 @@
 # The build-lint-test job: tool versions, cargo fmt --check, clippy -D warnings, the tests
 # (DATABASE_URL points at the job's Postgres service), then the binaries the later jobs use:
 # backend in ${CARGO_TARGET_DIR}/release/ (APP_VERSION = the image tag baked in), and the
-# deploy tools config-hasher and rollout-watcher statically linked in .build/tools/
+# deploy tools config-hasher, rollout-watcher and stackship statically linked in .build/tools/
 # (scripts/build-tools.sh), so they run on whatever Linux the manager has.
 set -Eeuo pipefail
 
@@ -44,7 +44,7 @@ main() {
     log "release binaries (APP_VERSION=${tag})"
     APP_VERSION="$tag" cargo build --release --locked -p backend || die "release build failed"
     "$root/scripts/build-tools.sh" --out "$root/.build/tools" >/dev/null
-    log "binaries: ${CARGO_TARGET_DIR:-target}/release/backend, .build/tools/{config-hasher,rollout-watcher}"
+    log "binaries: ${CARGO_TARGET_DIR:-target}/release/backend, .build/tools/{config-hasher,rollout-watcher,stackship}"
 }
 
 main "$@"

@@ -48,7 +48,7 @@ CI variables:
                                    before the deploy; prod names its TLS secrets after their
                                    content, so a renewed certificate rolls exactly the proxy
   MR_NOTE_TOKEN                    optional: post the rollout summary on the MR
-Binaries: .build/tools/{config-hasher,rollout-watcher}, statically linked (build-lint-test,
+Binaries: .build/tools/{config-hasher,rollout-watcher,stackship}, statically linked (build-lint-test,
 scripts/build-tools.sh); STACKSHIP_TOOLS_DIR overrides the directory.
 USAGE
 }

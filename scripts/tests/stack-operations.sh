@@ -246,3 +246,37 @@ test_rollback_refusals_change_nothing() {
 }
 
 STACK_TESTS+=(rollback_refusals_change_nothing)
+
+# stackship_status ARGS...: the release's stackship status, as an operator runs it on the manager.
+stackship_status() { "${PROD_DIR}/current/stackship" status "$@"; }
+
+test_status_shows_drift() {
+    local svc="${PROD_STACK}_frontend" out
+    # A fresh deploy record (a no-op deploy records what runs).
+    deploy_prod >/dev/null 2>&1 || fail "deploy.sh --prod failed"
+    out="$(stackship_status prod 2>&1)" || fail "stackship status prod failed: ${out}"
+    grep -qE '^  frontend +frontend:' <<<"$out" || fail "status does not list the frontend: ${out}"
+    grep -qE '^  last deploy: [0-9]{8}T' <<<"$out" || fail "status names no last deploy: ${out}"
+    if grep -q 'drift:' <<<"$out"; then fail "drift right after a deploy: ${out}"; fi
+    # A hand-made change is drift, named.
+    timeout 180 docker service update --quiet --env-add STACKSHIP_DRIFT_CHECK=1 "$svc" >/dev/null \
+        || fail "docker service update --env-add failed"
+    out="$(stackship_status prod 2>&1)" || fail "stackship status prod failed: ${out}"
+    local json
+    json="$(stackship_status prod --json 2>&1)" || fail "stackship status prod --json failed: ${json}"
+    timeout 180 docker service rollback --quiet "$svc" >/dev/null || fail "docker service rollback ${svc} failed"
+    grep -qF 'drift: frontend: TaskTemplate.ContainerSpec.Env: added STACKSHIP_DRIFT_CHECK=1' <<<"$out" \
+        || fail "status does not show the hand-made --env-add as drift: ${out}"
+    grep -qE '^  frontend .* DRIFT$' <<<"$out" || fail "the frontend row is not marked DRIFT: ${out}"
+    python3 -c '
+import json, sys
+envs = json.load(sys.stdin)
+svc = {s["name"]: s for s in envs[0]["services"]}
+sys.exit(0 if any("STACKSHIP_DRIFT_CHECK=1" in d for d in svc["frontend"]["drift"]) and not svc["backend"]["drift"] else 1)
+' <<<"$json" || fail "--json does not carry the frontend drift (only): ${json}"
+    # Back as deployed: no drift.
+    out="$(stackship_status prod 2>&1)" || fail "stackship status prod failed: ${out}"
+    if grep -q 'drift:' <<<"$out"; then fail "drift after the rollback to the deployed spec: ${out}"; fi
+}
+
+STACK_TESTS+=(status_shows_drift)

@@ -265,7 +265,7 @@ fn read_entry(entry: &EntryId, value: &Value) -> Result<EntryOutcome, Problem> {
 /// Applies `<<:` merge keys; repeated because a merged-in mapping may carry its
 /// own `<<:`. Bounded: aliases cannot form cycles in a parsed document, and 16
 /// levels of merge chains are far beyond any real compose file.
-fn apply_merge(map: &mut Mapping) -> Result<(), String> {
+pub(crate) fn apply_merge(map: &mut Mapping) -> Result<(), String> {
     for _ in 0..16 {
         if !contains_merge_key(map) {
             return Ok(());
@@ -294,7 +294,7 @@ fn contains_merge_key(map: &Mapping) -> bool {
     })
 }
 
-fn untag(v: &Value) -> &Value {
+pub(crate) fn untag(v: &Value) -> &Value {
     let mut v = v;
     while let Value::Tagged(t) = v {
         v = &t.value;
@@ -302,7 +302,7 @@ fn untag(v: &Value) -> &Value {
     v
 }
 
-fn describe(v: &Value) -> &'static str {
+pub(crate) fn describe(v: &Value) -> &'static str {
     match v {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",

@@ -35,6 +35,7 @@ pub mod error;
 pub mod interpolate;
 pub mod name;
 pub mod output;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::fs;

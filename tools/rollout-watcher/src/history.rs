@@ -17,6 +17,10 @@ pub struct ServiceRecord {
     pub image: String,
     pub configs: Vec<String>,
     pub secrets: Vec<String>,
+    /// The service's whole spec as the deploy left it (the Engine API's JSON): `stackship
+    /// status` compares it with the running spec to show drift. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
 }
 
 /// One deploy.
@@ -25,6 +29,12 @@ pub struct DeployRecord {
     /// Sortable UTC time, e.g. `20261123T020304Z`, also the file name.
     pub id: String,
     pub stack: String,
+    /// The commit the release was built from (`CI_COMMIT_SHA`), when the deploy knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The pipeline that deployed it (`CI_PIPELINE_URL` or id), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
     /// Service name (without the stack prefix) to what it ran.
     pub services: BTreeMap<String, ServiceRecord>,
 }
@@ -71,6 +81,7 @@ pub fn record_of(id: &str, stack: &str, services: &[Service]) -> DeployRecord {
                     image,
                     configs,
                     secrets,
+                    spec: serde_json::to_value(spec).ok(),
                 },
             ))
         })
@@ -78,6 +89,8 @@ pub fn record_of(id: &str, stack: &str, services: &[Service]) -> DeployRecord {
     DeployRecord {
         id: id.to_owned(),
         stack: stack.to_owned(),
+        commit: None,
+        pipeline: None,
         services,
     }
 }

@@ -142,7 +142,12 @@ fn run(command: Command) -> anyhow::Result<bool> {
                     .map(|s| s.service)
                     .collect();
                 let id = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
-                let path = history::write(&dir, &history::record_of(&id, &stack, &services))?;
+                let mut record = history::record_of(&id, &stack, &services);
+                // What the CI job deploying it says it came from (absent outside CI).
+                let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+                record.commit = from_env("CI_COMMIT_SHA");
+                record.pipeline = from_env("CI_PIPELINE_URL");
+                let path = history::write(&dir, &record)?;
                 eprintln!("deploy recorded in {}", path.display());
             }
             Ok(report.ok)

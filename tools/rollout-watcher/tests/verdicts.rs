@@ -311,12 +311,15 @@ fn prune_keeps_current_previous_and_recent_deploys() {
     let record = |id: &str, config: &str| history::DeployRecord {
         id: id.into(),
         stack: "s".into(),
+        commit: None,
+        pipeline: None,
         services: [(
             "backend".to_owned(),
             history::ServiceRecord {
                 image: "i".into(),
                 configs: vec![config.into()],
                 secrets: vec![format!("{config}-secret")],
+                spec: None,
             },
         )]
         .into(),
@@ -382,6 +385,14 @@ fn deploy_records_round_trip_and_sort_by_id() {
         svc.image.starts_with("stackship-standin/debian"),
         "{}",
         svc.image
+    );
+    // The whole spec is kept, for drift.
+    assert_eq!(
+        svc.spec
+            .as_ref()
+            .and_then(|s| s.get("Name"))
+            .and_then(|n| n.as_str()),
+        Some("rw-fixture-roll")
     );
     std::fs::write(dir.path().join("bad.json"), "{").unwrap();
     let err = history::read_all(dir.path()).unwrap_err();

@@ -1,0 +1,319 @@
+//! The command line: clap's definitions and the dispatch to [`crate::commands`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{history, status};
+use crate::docker::{Client, cli::CliEngine};
+use crate::error::Error;
+use crate::exit::Outcome;
+use crate::layout::{self, EnvDir};
+
+/// Deploys, records and inspects one environment's Docker Swarm stack on the manager.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stackship",
+    version,
+    after_help = "Exit status: 0 done; 1 the release failed and was rolled back (the old version serves); 2 nothing was changed (bad input, a refusal, a lock timeout, a Docker error); 3 the state is unknown (the rollout may still be moving)."
+)]
+pub struct Cli {
+    /// Where the environment directories are (<root>/<env>/current, deploy.env, history/).
+    #[arg(
+        long,
+        global = true,
+        env = "STACKSHIP_DEPLOY_ROOT",
+        default_value = layout::DEFAULT_ROOT
+    )]
+    pub root: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// What runs in each environment: image tag and digest, replicas, since when, the last
+    /// deploy, and drift (anything that differs from the last deploy record).
+    Status {
+        /// Environments to show (default: every one under --root).
+        envs: Vec<String>,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The deploy records of an environment, newest first.
+    History {
+        env: String,
+        /// JSON (the records as stored) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn env_dir(root: &Path, env: &str) -> Result<EnvDir, Error> {
+    if !layout::is_valid_env(env) {
+        return Err(Error::Refused(format!(
+            "'{env}' is not an environment name (lower-case letters, digits and -)"
+        )));
+    }
+    Ok(EnvDir::new(root, env))
+}
+
+/// The environments with a directory under `root` (review stacks live under `review/`).
+fn environments(root: &Path) -> Result<Vec<String>, Error> {
+    let entries = std::fs::read_dir(root).map_err(Error::io(format!(
+        "cannot list the environments in {}",
+        root.display()
+    )))?;
+    let mut envs: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n != "review" && layout::is_valid_env(n))
+        .collect();
+    envs.sort();
+    Ok(envs)
+}
+
+fn records(env: &EnvDir) -> Result<Vec<rollout_watcher::history::DeployRecord>, Error> {
+    rollout_watcher::history::read_all(&env.history()).map_err(|e| Error::Records(format!("{e:#}")))
+}
+
+fn write_out(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+    match out.write_all(text.as_bytes()) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(Error::io("cannot write to stdout")),
+    }
+}
+
+/// Runs the command; results go to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
+    let engine = CliEngine::default();
+    let client = Client::new(&engine);
+    run_with(cli, &client, out)
+}
+
+/// As [`run`], with the Docker client given (tests pass a fake).
+pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Outcome, Error> {
+    match cli.command {
+        Command::Status { envs, json } => {
+            let envs = if envs.is_empty() {
+                environments(&cli.root)?
+            } else {
+                envs
+            };
+            if envs.is_empty() {
+                return Err(Error::Refused(format!(
+                    "no environment under {} (the copy step makes <root>/<env>/current)",
+                    cli.root.display()
+                )));
+            }
+            let mut all = Vec::new();
+            for env in &envs {
+                let dir = env_dir(&cli.root, env)?;
+                let observed = status::gather(client, &dir.stack())?;
+                let recs = records(&dir)?;
+                all.push(status::report(env, &dir.stack(), &observed, recs.last()));
+            }
+            let text = if json {
+                let mut t = serde_json::to_string_pretty(&all)
+                    .map_err(|e| Error::Refused(format!("cannot render JSON: {e}")))?;
+                t.push('\n');
+                t
+            } else {
+                all.iter()
+                    .map(status::render)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            write_out(out, &text)?;
+            Ok(Outcome::Done)
+        }
+        Command::History { env, json } => {
+            let dir = env_dir(&cli.root, &env)?;
+            let recs = records(&dir)?;
+            let text = if json {
+                let mut t = serde_json::to_string_pretty(&recs)
+                    .map_err(|e| Error::Refused(format!("cannot render JSON: {e}")))?;
+                t.push('\n');
+                t
+            } else {
+                history::render(&recs)
+            };
+            write_out(out, &text)?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::fake::FakeEngine;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("stackship").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn status_of_every_environment_under_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        for d in ["prod", "dev", "review", "Not-An-Env"] {
+            std::fs::create_dir(root.path().join(d)).unwrap();
+        }
+        let fake = FakeEngine::new();
+        fake.answer(&["service", "ls"], "");
+        let mut out = Vec::new();
+        let root_arg = root.path().to_str().unwrap();
+        let outcome = run_with(
+            cli(&["status", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(outcome, Outcome::Done);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("dev (stackship-dev)\n"), "{text}");
+        assert!(text.contains("\nprod (stackship-prod)\n"), "{text}");
+        assert!(!text.contains("review"), "{text}");
+        assert_eq!(fake.calls().len(), 2);
+        assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn status_json_is_a_list_of_environments() {
+        let root = tempfile::tempdir().unwrap();
+        let fake = FakeEngine::new();
+        fake.answer(&["service", "ls"], "");
+        let mut out = Vec::new();
+        let root_arg = root.path().to_str().unwrap();
+        run_with(
+            cli(&["status", "prod", "--json", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut out,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v[0]["stack"], "stackship-prod");
+        assert_eq!(v[0]["services"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn bad_environments_and_empty_roots_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let fake = FakeEngine::new();
+        let root_arg = root.path().to_str().unwrap();
+        let e = run_with(
+            cli(&["status", "../etc", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("'../etc' is not an environment name"),
+            "{e}"
+        );
+        assert_eq!(e.outcome(), Outcome::NothingChanged);
+        let e = run_with(
+            cli(&["status", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("no environment under"), "{e}");
+        let e = run_with(
+            cli(&["status", "--root", "/nonexistent/root"]),
+            &Client::new(&fake),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot list the environments in /nonexistent/root"),
+            "{e}"
+        );
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn history_reads_the_records_and_names_a_bad_one() {
+        let root = tempfile::tempdir().unwrap();
+        let history = root.path().join("prod/history");
+        std::fs::create_dir_all(&history).unwrap();
+        std::fs::write(
+            history.join("20261206T010000.000Z.json"),
+            r#"{"id":"20261206T010000.000Z","stack":"stackship-prod","services":{"backend":{"image":"r/stackship/backend:t","configs":[],"secrets":[]}}}"#,
+        )
+        .unwrap();
+        let fake = FakeEngine::new();
+        let root_arg = root.path().to_str().unwrap();
+        let mut out = Vec::new();
+        run_with(
+            cli(&["history", "prod", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("20261206T010000.000Z (last deploy)\n    images: backend=backend:t\n"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        run_with(
+            cli(&["history", "prod", "--json", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut out,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v[0]["id"], "20261206T010000.000Z");
+        std::fs::write(history.join("broken.json"), "{").unwrap();
+        let e = run_with(
+            cli(&["history", "prod", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("broken.json"), "{e}");
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn a_closed_stdout_is_not_an_error() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        assert!(write_out(&mut Closed, "x").is_ok());
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        assert!(
+            write_out(&mut Full, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("disk full")
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per verb: `stackship status` is [`status`], `stackship history` is [`history`].
+
+pub mod history;
+pub mod status;

@@ -1,0 +1,60 @@
+//! The errors of the tool's commands, each with the exit outcome it means.
+
+use crate::docker::DockerError;
+use crate::exit::Outcome;
+use crate::lock::LockError;
+use crate::settings::SettingsError;
+use crate::stack::StackError;
+
+/// Why a command did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    /// The deploy records cannot be read (the message names the file).
+    #[error("deploy records: {0}")]
+    Records(String),
+    /// A request that cannot be carried out as given (the message says why).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The exit outcome: every error here happens before anything changed.
+    pub fn outcome(&self) -> Outcome {
+        Outcome::NothingChanged
+    }
+
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_say_what_was_being_done() {
+        let e = Error::io("cannot read /x")(std::io::Error::other("boom"));
+        assert_eq!(e.to_string(), "cannot read /x: boom");
+        assert_eq!(e.outcome(), Outcome::NothingChanged);
+        assert_eq!(
+            Error::Records("bad.json".into()).to_string(),
+            "deploy records: bad.json"
+        );
+    }
+}

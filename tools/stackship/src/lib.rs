@@ -1,0 +1,23 @@
+//! `stackship`: deploys, records and inspects one environment's Docker Swarm stack on the
+//! manager — the only program that runs there besides Docker.
+//!
+//! Code tour: [`cli`] (the command line), [`commands`] (one module per verb: `status`,
+//! `history`), [`settings`] (every setting, typed, with its origin), [`stack`] (the stack
+//! file's services and images, through config-hasher's YAML model), [`lock`] (the
+//! environment's deploy lock), [`docker`] (the docker CLI behind a trait, with deadlines and
+//! retries; a fake for tests), [`drift`] (running spec vs recorded spec), [`layout`] (paths on
+//! the manager), [`exit`] (exit codes a pipeline can act on).
+
+pub mod cli;
+pub mod commands;
+pub mod docker;
+pub mod drift;
+pub mod error;
+pub mod exit;
+pub mod layout;
+pub mod lock;
+pub mod settings;
+pub mod stack;
+
+pub use error::Error;
+pub use exit::Outcome;

@@ -1,0 +1,931 @@
+//! Every setting of a deploy, read once, typed, with where each value came from.
+//!
+//! Sources, first match wins:
+//! 1. command-line flags (`--tag`, `--timeout`);
+//! 2. the process environment (only the keys below; an empty value counts as unset; the CI
+//!    job's `CI_REGISTRY*` stand in for `REGISTRY*`);
+//! 3. the environment's `deploy.env` on the manager (`KEY=VALUE` lines);
+//! 4. the release's pins, `deploy-manifests/<env>/images.env` (image tags and digests only);
+//! 5. the defaults in [`Defaults`].
+//!
+//! A project image's tag: `<X>_TAG` (2, 3), else `--tag` / `IMAGE_TAG` (1, 2, 3), else the pin.
+//! Files are read literally (never sourced): unknown keys, a key given twice, quotes around a
+//! value and lines that are not `KEY=VALUE` are refused with the file, line and key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::stack::{ImageSource, StackFile, expand};
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Flag(&'static str),
+    Environment(String),
+    File { path: PathBuf, line: usize },
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "{flag}"),
+            Origin::Environment(var) => write!(f, "environment variable {var}"),
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A value and its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+/// A password: never printed, in `Debug` either.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A setting that cannot be used, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct SettingsError {
+    pub origin: Origin,
+    pub message: String,
+}
+
+fn err(origin: Origin, message: impl Into<String>) -> SettingsError {
+    SettingsError {
+        origin,
+        message: message.into(),
+    }
+}
+
+/// The defaults, in one place.
+pub struct Defaults;
+
+impl Defaults {
+    /// How long a deploy waits for another one of the same environment.
+    pub const LOCK_WAIT: Duration = Duration::from_secs(900);
+    /// Deploys whose configs and secrets the prune keeps.
+    pub const PRUNE_KEEP: usize = 3;
+    /// A service without an update of its own fails after this many task failures.
+    pub const MAX_TASK_FAILURES: u64 = 3;
+    /// Review stacks that may run at once.
+    pub const REVIEW_MAX_STACKS: u32 = 4;
+    /// A review stack's host port is this plus its merge request IID.
+    pub const REVIEW_PORT_BASE: u16 = 20000;
+}
+
+/// The keys `deploy.env` and the environment may set besides the stack's image variables.
+pub const KEYS: &[&str] = &[
+    "REGISTRY",
+    "REGISTRY_USER",
+    "REGISTRY_PASSWORD",
+    "IMAGE_TAG",
+    "ROLLOUT_TIMEOUT",
+    "LOCK_WAIT",
+    "PRUNE_KEEP",
+    "MAX_TASK_FAILURES",
+    "REVIEW_MAX_STACKS",
+    "REVIEW_PORT_BASE",
+];
+
+/// What the settings are read from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// The process environment.
+    pub env: BTreeMap<String, String>,
+    /// The environment's `deploy.env` (a missing file sets nothing).
+    pub deploy_env: Option<PathBuf>,
+    /// The release's `images.env` (a missing file pins nothing).
+    pub pins: Option<PathBuf>,
+    /// `--tag`.
+    pub tag: Option<String>,
+    /// `--timeout` (seconds).
+    pub timeout: Option<String>,
+}
+
+/// The settings of one deploy.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Only when some image names `${REGISTRY}`.
+    pub registry: Option<Sourced<String>>,
+    /// User and password, or none (the engine's own login is used).
+    pub login: Option<(Sourced<String>, Secret)>,
+    /// Service name to its full image reference.
+    pub images: BTreeMap<String, Sourced<String>>,
+    /// What `docker stack deploy` expands in the stack file: `REGISTRY` and the image variables.
+    pub stack_variables: BTreeMap<String, String>,
+    pub rollout_timeout: Option<Sourced<Duration>>,
+    pub lock_wait: Sourced<Duration>,
+    pub prune_keep: Sourced<usize>,
+    pub max_task_failures: Sourced<u64>,
+    pub review_max_stacks: Sourced<u32>,
+    pub review_port_base: Sourced<u16>,
+}
+
+/// `KEY=VALUE` lines of one file.
+#[derive(Debug, Clone, Default)]
+struct FileValues {
+    values: BTreeMap<String, (String, Origin)>,
+}
+
+impl FileValues {
+    fn get(&self, key: &str) -> Option<Sourced<String>> {
+        self.values
+            .get(key)
+            .filter(|(v, _)| !v.is_empty())
+            .map(|(v, o)| Sourced {
+                value: v.clone(),
+                origin: o.clone(),
+            })
+    }
+}
+
+/// Reads `path` (a missing file has no values), accepting only `allowed` keys.
+fn read_file(
+    path: &Path,
+    allowed: &BTreeSet<String>,
+    what: &str,
+) -> Result<FileValues, SettingsError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileValues::default()),
+        Err(e) => {
+            return Err(err(
+                Origin::File {
+                    path: path.to_owned(),
+                    line: 0,
+                },
+                format!("cannot read it: {e}"),
+            ));
+        }
+    };
+    parse_lines(&text, path, allowed, what)
+}
+
+fn parse_lines(
+    text: &str,
+    path: &Path,
+    allowed: &BTreeSet<String>,
+    what: &str,
+) -> Result<FileValues, SettingsError> {
+    let mut out = FileValues::default();
+    for (index, raw) in text.lines().enumerate() {
+        let origin = Origin::File {
+            path: path.to_owned(),
+            line: index + 1,
+        };
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(err(origin, format!("`{line}` is not KEY=VALUE")));
+        };
+        if key.starts_with("export ") {
+            return Err(err(
+                origin,
+                format!(
+                    "`{line}`: write KEY=VALUE without `export` (the file is read, not sourced)"
+                ),
+            ));
+        }
+        if key != key.trim() || !config_hasher::interpolate::is_variable_name(key) {
+            return Err(err(origin, format!("`{key}` is not a variable name")));
+        }
+        if !allowed.contains(key) {
+            let list: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            return Err(err(
+                origin,
+                format!("unknown key {key} ({what} may set: {})", list.join(" ")),
+            ));
+        }
+        let quoted = value.len() >= 2
+            && ((value.starts_with('"') && value.ends_with('"'))
+                || (value.starts_with('\'') && value.ends_with('\'')));
+        if quoted {
+            return Err(err(
+                origin,
+                format!("{key}: values are taken literally; remove the quotes around {value}"),
+            ));
+        }
+        if let Some((_, first)) = out.values.get(key) {
+            return Err(err(
+                origin,
+                format!("{key} is set twice (first at {first})"),
+            ));
+        }
+        out.values
+            .insert(key.to_owned(), (value.to_owned(), origin));
+    }
+    Ok(out)
+}
+
+/// Looks a key up in the environment (empty means unset), then in `deploy.env`.
+struct Lookup<'a> {
+    env: &'a BTreeMap<String, String>,
+    file: &'a FileValues,
+}
+
+impl Lookup<'_> {
+    fn env(&self, key: &str) -> Option<Sourced<String>> {
+        self.env
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .map(|v| Sourced {
+                value: v.clone(),
+                origin: Origin::Environment(key.to_owned()),
+            })
+    }
+
+    fn get(&self, key: &str) -> Option<Sourced<String>> {
+        self.env(key).or_else(|| self.file.get(key))
+    }
+}
+
+fn number<T: std::str::FromStr + PartialOrd>(
+    v: Option<Sourced<String>>,
+    key: &str,
+    default: T,
+    min: T,
+    what: &str,
+) -> Result<Sourced<T>, SettingsError> {
+    match v {
+        None => Ok(Sourced {
+            value: default,
+            origin: Origin::Default,
+        }),
+        Some(s) => {
+            let parsed = if s.value.bytes().all(|b| b.is_ascii_digit()) {
+                s.value.parse::<T>().ok()
+            } else {
+                None
+            };
+            match parsed {
+                Some(n) if n >= min => Ok(Sourced {
+                    value: n,
+                    origin: s.origin,
+                }),
+                _ => Err(err(s.origin, format!("{key} '{}' is not {what}", s.value))),
+            }
+        }
+    }
+}
+
+fn seconds(s: Sourced<u64>) -> Sourced<Duration> {
+    Sourced {
+        value: Duration::from_secs(s.value),
+        origin: s.origin,
+    }
+}
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, optionally `@sha256:<64 hex>`.
+pub fn is_valid_tag(tag: &str) -> bool {
+    let (name, digest) = match tag.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (tag, None),
+    };
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    first_ok
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && digest.is_none_or(is_sha256_digest)
+}
+
+fn is_sha256_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// An image reference pinned by digest: `repo[:tag]@sha256:<64 hex>`.
+pub fn is_digest_reference(image: &str) -> bool {
+    match image.split_once('@') {
+        Some((repo, digest)) => {
+            !repo.is_empty()
+                && repo
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+                && repo
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | ':' | '-'))
+                && is_sha256_digest(digest)
+        }
+        None => false,
+    }
+}
+
+/// `host[:port][/path]`.
+pub fn is_valid_registry(r: &str) -> bool {
+    let (hostport, path) = match r.split_once('/') {
+        Some((h, p)) => (h, Some(p)),
+        None => (r, None),
+    };
+    let (host, port) = match hostport.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (hostport, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && path.is_none_or(|p| {
+            !p.is_empty()
+                && p.chars().all(|c| {
+                    c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || matches!(c, '.' | '_' | '/' | '-')
+                })
+        })
+}
+
+impl Settings {
+    /// Reads the settings of a deploy of `stack` from `inputs`.
+    pub fn load(stack: &StackFile, inputs: &Inputs) -> Result<Self, SettingsError> {
+        let image_vars = stack.image_variables();
+        let mut allowed: BTreeSet<String> = KEYS.iter().map(|k| (*k).to_owned()).collect();
+        allowed.extend(image_vars.keys().cloned());
+        let file = match &inputs.deploy_env {
+            Some(p) => read_file(p, &allowed, "deploy.env")?,
+            None => FileValues::default(),
+        };
+        let pin_keys: BTreeSet<String> = image_vars.keys().cloned().collect();
+        let pins = match &inputs.pins {
+            Some(p) => read_file(p, &pin_keys, "images.env")?,
+            None => FileValues::default(),
+        };
+        let look = Lookup {
+            env: &inputs.env,
+            file: &file,
+        };
+
+        let needs_registry = stack.services.iter().any(|s| {
+            matches!(&s.image, ImageSource::Tagged { repository, .. } if repository.contains("${REGISTRY}"))
+        });
+        let registry = look.get("REGISTRY").or_else(|| {
+            look.env("CI_REGISTRY").map(|s| Sourced {
+                value: s.value,
+                origin: Origin::Environment("CI_REGISTRY".into()),
+            })
+        });
+        let registry = match registry {
+            Some(r) if !is_valid_registry(&r.value) => {
+                return Err(err(
+                    r.origin,
+                    format!("REGISTRY '{}' is not host[:port][/path]", r.value),
+                ));
+            }
+            Some(r) => Some(r),
+            None if needs_registry => {
+                return Err(err(
+                    Origin::Environment("REGISTRY".into()),
+                    "REGISTRY (or CI_REGISTRY) is not set: the stack file's images name ${REGISTRY}",
+                ));
+            }
+            None => None,
+        };
+        let user = look
+            .get("REGISTRY_USER")
+            .or_else(|| look.env("CI_REGISTRY_USER"));
+        let password = look
+            .get("REGISTRY_PASSWORD")
+            .or_else(|| look.env("CI_REGISTRY_PASSWORD"));
+        let login = match (user, password) {
+            (Some(u), Some(p)) => Some((u, Secret(p.value))),
+            (None, None) => None,
+            (Some(u), None) => {
+                return Err(err(
+                    u.origin,
+                    "REGISTRY_USER is set without REGISTRY_PASSWORD: set both, or neither",
+                ));
+            }
+            (None, Some(p)) => {
+                return Err(err(
+                    p.origin,
+                    "REGISTRY_PASSWORD is set without REGISTRY_USER: set both, or neither",
+                ));
+            }
+        };
+
+        let image_tag = match &inputs.tag {
+            Some(t) if !t.is_empty() => Some(Sourced {
+                value: t.clone(),
+                origin: Origin::Flag("--tag"),
+            }),
+            _ => look.get("IMAGE_TAG"),
+        };
+        let pins_path = inputs.pins.clone().unwrap_or_default();
+        let mut stack_variables = BTreeMap::new();
+        if let Some(r) = &registry {
+            stack_variables.insert("REGISTRY".to_owned(), r.value.clone());
+        }
+        let mut var_values: BTreeMap<String, Sourced<String>> = BTreeMap::new();
+        for service in &stack.services {
+            match &service.image {
+                ImageSource::Tagged { tag_var, .. } => {
+                    if var_values.contains_key(tag_var) {
+                        continue;
+                    }
+                    let tag = look
+                        .get(tag_var)
+                        .or_else(|| image_tag.clone())
+                        .or_else(|| pins.get(tag_var))
+                        .ok_or_else(|| {
+                            err(
+                                Origin::File {
+                                    path: pins_path.clone(),
+                                    line: 0,
+                                },
+                                format!(
+                                    "no image tag for {}: pin {tag_var} here (scripts/pin-image.sh), or give --tag, IMAGE_TAG or {tag_var}",
+                                    service.name
+                                ),
+                            )
+                        })?;
+                    if !is_valid_tag(&tag.value) {
+                        return Err(err(
+                            tag.origin,
+                            format!("{tag_var} '{}' is not a valid image tag", tag.value),
+                        ));
+                    }
+                    var_values.insert(tag_var.clone(), tag);
+                }
+                ImageSource::Whole { var } => {
+                    if var_values.contains_key(var) {
+                        continue;
+                    }
+                    let image = look.get(var).or_else(|| pins.get(var)).ok_or_else(|| {
+                        err(
+                            Origin::File {
+                                path: pins_path.clone(),
+                                line: 0,
+                            },
+                            format!(
+                                "no image for {}: pin {var} by digest here (scripts/pin-image.sh), or set {var}=repo:tag@sha256:<digest>",
+                                service.name
+                            ),
+                        )
+                    })?;
+                    if !is_digest_reference(&image.value) {
+                        return Err(err(
+                            image.origin,
+                            format!(
+                                "{var} '{}' is not pinned by digest: a tag can be republished, and the next deploy would restart {} with whatever it names now (pin it: repo:tag@sha256:<digest>)",
+                                image.value, service.name
+                            ),
+                        ));
+                    }
+                    var_values.insert(var.clone(), image);
+                }
+                ImageSource::Literal(image) => {
+                    if !is_digest_reference(image) {
+                        return Err(err(
+                            Origin::Default,
+                            format!(
+                                "the stack file's image `{image}` of {} is not pinned by digest (write repo:tag@sha256:<digest> or use a variable)",
+                                service.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for (k, v) in &var_values {
+            stack_variables.insert(k.clone(), v.value.clone());
+        }
+        let mut images = BTreeMap::new();
+        for service in &stack.services {
+            let sourced = match &service.image {
+                ImageSource::Tagged {
+                    repository,
+                    tag_var,
+                } => {
+                    let repo = expand(repository, &|v| stack_variables.get(v).cloned())
+                        .map_err(|missing| {
+                            err(
+                                Origin::Default,
+                                format!(
+                                    "the image of {} names ${{{missing}}}, which the deploy does not set",
+                                    service.name
+                                ),
+                            )
+                        })?;
+                    let tag = &var_values[tag_var];
+                    Sourced {
+                        value: format!("{repo}:{}", tag.value),
+                        origin: tag.origin.clone(),
+                    }
+                }
+                ImageSource::Whole { var } => var_values[var].clone(),
+                ImageSource::Literal(image) => Sourced {
+                    value: image.clone(),
+                    origin: Origin::Default,
+                },
+            };
+            images.insert(service.name.clone(), sourced);
+        }
+
+        let timeout = match &inputs.timeout {
+            Some(t) => Some(Sourced {
+                value: t.clone(),
+                origin: Origin::Flag("--timeout"),
+            }),
+            None => look.get("ROLLOUT_TIMEOUT"),
+        };
+        let rollout_timeout = match timeout {
+            None => None,
+            Some(t) => Some(seconds(number(
+                Some(t),
+                "ROLLOUT_TIMEOUT",
+                0,
+                1,
+                "a positive number of seconds",
+            )?)),
+        };
+        Ok(Self {
+            registry,
+            login,
+            images,
+            stack_variables,
+            rollout_timeout,
+            lock_wait: seconds(number(
+                look.get("LOCK_WAIT"),
+                "LOCK_WAIT",
+                Defaults::LOCK_WAIT.as_secs(),
+                0,
+                "a number of seconds",
+            )?),
+            prune_keep: number(
+                look.get("PRUNE_KEEP"),
+                "PRUNE_KEEP",
+                Defaults::PRUNE_KEEP,
+                1,
+                "a positive number",
+            )?,
+            max_task_failures: number(
+                look.get("MAX_TASK_FAILURES"),
+                "MAX_TASK_FAILURES",
+                Defaults::MAX_TASK_FAILURES,
+                1,
+                "a positive number",
+            )?,
+            review_max_stacks: number(
+                look.get("REVIEW_MAX_STACKS"),
+                "REVIEW_MAX_STACKS",
+                Defaults::REVIEW_MAX_STACKS,
+                0,
+                "a number",
+            )?,
+            review_port_base: number(
+                look.get("REVIEW_PORT_BASE"),
+                "REVIEW_PORT_BASE",
+                Defaults::REVIEW_PORT_BASE,
+                1,
+                "a port number",
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    const STACK: &str = "services:\n  backend:\n    image: ${REGISTRY}/stackship/backend:${BACKEND_TAG}\n  frontend:\n    image: ${REGISTRY}/stackship/frontend:${FRONTEND_TAG}\n  postgres:\n    image: ${POSTGRES_IMAGE:?pin it}\n";
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn stack() -> StackFile {
+        StackFile::parse(STACK, Path::new("docker-compose.prod.yaml")).unwrap()
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        inputs: Inputs,
+    }
+
+    fn fixture(deploy_env: &str, pins: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("deploy.env"), deploy_env).unwrap();
+        fs::write(dir.path().join("images.env"), pins).unwrap();
+        let inputs = Inputs {
+            deploy_env: Some(dir.path().join("deploy.env")),
+            pins: Some(dir.path().join("images.env")),
+            ..Inputs::default()
+        };
+        Fixture { dir, inputs }
+    }
+
+    fn pins() -> String {
+        format!(
+            "# pins\nBACKEND_TAG=20261206_aaaaaaaa\nFRONTEND_TAG=20261206_bbbbbbbb\nPOSTGRES_IMAGE=postgres:15@{DIGEST}\n"
+        )
+    }
+
+    fn load(f: &Fixture) -> Result<Settings, SettingsError> {
+        Settings::load(&stack(), &f.inputs)
+    }
+
+    fn error(f: &Fixture) -> String {
+        load(f).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn pins_and_deploy_env_give_every_image_with_its_origin() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n", &pins());
+        let s = load(&f).unwrap();
+        assert_eq!(
+            s.images["backend"].value,
+            "127.0.0.1:5000/stackship/backend:20261206_aaaaaaaa"
+        );
+        assert_eq!(
+            s.images["backend"].origin,
+            Origin::File {
+                path: f.dir.path().join("images.env"),
+                line: 2
+            }
+        );
+        assert_eq!(s.images["postgres"].value, format!("postgres:15@{DIGEST}"));
+        assert_eq!(s.stack_variables["REGISTRY"], "127.0.0.1:5000");
+        assert_eq!(s.stack_variables["FRONTEND_TAG"], "20261206_bbbbbbbb");
+        assert_eq!(s.stack_variables.len(), 4);
+        assert!(s.login.is_none());
+        assert_eq!(s.lock_wait.value, Defaults::LOCK_WAIT);
+        assert_eq!(s.lock_wait.origin, Origin::Default);
+        assert_eq!(s.prune_keep.value, 3);
+        assert_eq!(s.max_task_failures.value, 3);
+        assert_eq!(s.review_max_stacks.value, 4);
+        assert_eq!(s.review_port_base.value, 20000);
+        assert!(s.rollout_timeout.is_none());
+    }
+
+    #[test]
+    fn precedence_service_tag_then_image_tag_then_pin() {
+        let mut f = fixture("REGISTRY=r\nIMAGE_TAG=from-file\n", &pins());
+        let s = load(&f).unwrap();
+        assert_eq!(s.stack_variables["BACKEND_TAG"], "from-file");
+        f.inputs.tag = Some("from-flag".into());
+        let s = load(&f).unwrap();
+        assert_eq!(s.stack_variables["BACKEND_TAG"], "from-flag");
+        assert_eq!(s.images["backend"].origin, Origin::Flag("--tag"));
+        f.inputs.env.insert("BACKEND_TAG".into(), "own".into());
+        let s = load(&f).unwrap();
+        assert_eq!(s.stack_variables["BACKEND_TAG"], "own");
+        assert_eq!(s.stack_variables["FRONTEND_TAG"], "from-flag");
+        assert_eq!(
+            s.images["backend"].origin,
+            Origin::Environment("BACKEND_TAG".into())
+        );
+    }
+
+    #[test]
+    fn the_environment_wins_over_deploy_env_and_empty_means_unset() {
+        let mut f = fixture("REGISTRY=file\nLOCK_WAIT=5\n", &pins());
+        f.inputs.env.insert("REGISTRY".into(), "env:5000".into());
+        f.inputs.env.insert("LOCK_WAIT".into(), String::new());
+        let s = load(&f).unwrap();
+        assert_eq!(s.registry.unwrap().value, "env:5000");
+        assert_eq!(s.lock_wait.value, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn ci_variables_stand_in_for_the_registry_and_login() {
+        let mut f = fixture("", &pins());
+        for (k, v) in [
+            ("CI_REGISTRY", "registry.example:5050"),
+            ("CI_REGISTRY_USER", "gitlab-ci-token"),
+            ("CI_REGISTRY_PASSWORD", "tok"),
+        ] {
+            f.inputs.env.insert(k.into(), v.into());
+        }
+        let s = load(&f).unwrap();
+        assert_eq!(
+            s.registry.unwrap().origin,
+            Origin::Environment("CI_REGISTRY".into())
+        );
+        let (user, password) = s.login.unwrap();
+        assert_eq!(user.value, "gitlab-ci-token");
+        assert_eq!(password.expose(), "tok");
+        assert_eq!(format!("{password:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn file_errors_name_the_file_line_and_key() {
+        let cases = [
+            (
+                "REGISTRY=r\nFOO=1\n",
+                "deploy.env:2: unknown key FOO (deploy.env may set:",
+            ),
+            (
+                "REGISTRY=r\nnonsense\n",
+                "deploy.env:2: `nonsense` is not KEY=VALUE",
+            ),
+            (
+                "REGISTRY=a\nREGISTRY=b\n",
+                "deploy.env:2: REGISTRY is set twice (first at",
+            ),
+            (
+                "REGISTRY=\"r\"\n",
+                "deploy.env:1: REGISTRY: values are taken literally",
+            ),
+            (
+                "export REGISTRY=r\n",
+                "deploy.env:1: `export REGISTRY=r`: write KEY=VALUE without `export`",
+            ),
+            (
+                "REGISTRY=r\n1X=2\n",
+                "deploy.env:2: `1X` is not a variable name",
+            ),
+            (
+                "REGISTRY=r\nLOCK_WAIT=soon\n",
+                "deploy.env:2: LOCK_WAIT 'soon' is not a number of seconds",
+            ),
+            (
+                "REGISTRY=r\nPRUNE_KEEP=0\n",
+                "deploy.env:2: PRUNE_KEEP '0' is not a positive number",
+            ),
+            (
+                "REGISTRY=r\nMAX_TASK_FAILURES=-1\n",
+                "deploy.env:2: MAX_TASK_FAILURES '-1' is not a positive number",
+            ),
+            (
+                "REGISTRY=r\nREVIEW_PORT_BASE=70000\n",
+                "deploy.env:2: REVIEW_PORT_BASE '70000' is not a port number",
+            ),
+            (
+                "REGISTRY=r\nROLLOUT_TIMEOUT=0\n",
+                "deploy.env:2: ROLLOUT_TIMEOUT '0' is not a positive number of seconds",
+            ),
+            (
+                "REGISTRY=bad host\n",
+                "deploy.env:1: REGISTRY 'bad host' is not host[:port][/path]",
+            ),
+            (
+                "REGISTRY=r\nREGISTRY_USER=u\n",
+                "deploy.env:2: REGISTRY_USER is set without REGISTRY_PASSWORD",
+            ),
+            (
+                "REGISTRY=r\nREGISTRY_PASSWORD=p\n",
+                "deploy.env:2: REGISTRY_PASSWORD is set without REGISTRY_USER",
+            ),
+            (
+                "REGISTRY=r\nBACKEND_TAG=no/slash\n",
+                "deploy.env:2: BACKEND_TAG 'no/slash' is not a valid image tag",
+            ),
+        ];
+        for (deploy_env, want) in cases {
+            let f = fixture(deploy_env, &pins());
+            let got = error(&f);
+            assert!(got.contains(want), "{deploy_env:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn pins_accept_only_the_stacks_image_variables() {
+        let f = fixture("REGISTRY=r\n", &format!("{}LOCK_WAIT=1\n", pins()));
+        let got = error(&f);
+        assert!(
+            got.contains("images.env:5: unknown key LOCK_WAIT (images.env may set: BACKEND_TAG FRONTEND_TAG POSTGRES_IMAGE)"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn a_third_party_image_without_digest_is_refused_naming_its_origin() {
+        let f = fixture(
+            "REGISTRY=r\n",
+            "BACKEND_TAG=t\nFRONTEND_TAG=t\nPOSTGRES_IMAGE=postgres:15\n",
+        );
+        let got = error(&f);
+        assert!(
+            got.contains("images.env:3: POSTGRES_IMAGE 'postgres:15' is not pinned by digest"),
+            "{got}"
+        );
+        assert!(got.contains("restart postgres"), "{got}");
+    }
+
+    #[test]
+    fn a_missing_pin_says_what_to_do() {
+        let f = fixture("REGISTRY=r\n", "BACKEND_TAG=\nFRONTEND_TAG=t\n");
+        let got = error(&f);
+        assert!(
+            got.contains("no image tag for backend: pin BACKEND_TAG"),
+            "{got}"
+        );
+        let f = fixture("REGISTRY=r\n", "BACKEND_TAG=t\nFRONTEND_TAG=t\n");
+        let got = error(&f);
+        assert!(
+            got.contains("no image for postgres: pin POSTGRES_IMAGE by digest"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn registry_is_required_only_when_an_image_names_it() {
+        let f = fixture("", &pins());
+        assert!(error(&f).contains("REGISTRY (or CI_REGISTRY) is not set"));
+        let stack = StackFile::parse(
+            &format!("services:\n  db:\n    image: postgres@{DIGEST}\n"),
+            Path::new("s.yaml"),
+        )
+        .unwrap();
+        let s = Settings::load(&stack, &Inputs::default()).unwrap();
+        assert!(s.registry.is_none());
+        assert_eq!(s.images["db"].value, format!("postgres@{DIGEST}"));
+        let stack = StackFile::parse(
+            "services:\n  db:\n    image: postgres:15\n",
+            Path::new("s.yaml"),
+        )
+        .unwrap();
+        let got = Settings::load(&stack, &Inputs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            got.contains("`postgres:15` of db is not pinned by digest"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn flags_and_numbers() {
+        let mut f = fixture(
+            "REGISTRY=r\nROLLOUT_TIMEOUT=100\nLOCK_WAIT=0\nPRUNE_KEEP=5\nMAX_TASK_FAILURES=2\nREVIEW_MAX_STACKS=0\nREVIEW_PORT_BASE=30000\n",
+            &pins(),
+        );
+        let s = load(&f).unwrap();
+        assert_eq!(s.rollout_timeout.unwrap().value, Duration::from_secs(100));
+        assert_eq!(s.lock_wait.value, Duration::ZERO);
+        assert_eq!(s.prune_keep.value, 5);
+        assert_eq!(s.max_task_failures.value, 2);
+        assert_eq!(s.review_max_stacks.value, 0);
+        assert_eq!(s.review_port_base.value, 30000);
+        f.inputs.timeout = Some("7".into());
+        let t = load(&f).unwrap().rollout_timeout.unwrap();
+        assert_eq!(
+            (t.value, t.origin),
+            (Duration::from_secs(7), Origin::Flag("--timeout"))
+        );
+        f.inputs.timeout = Some("x".into());
+        assert!(error(&f).starts_with("--timeout: ROLLOUT_TIMEOUT 'x' is not"));
+    }
+
+    #[test]
+    fn missing_files_set_nothing_and_comments_and_crlf_are_fine() {
+        let mut f = fixture("# settings\r\n\r\nREGISTRY=r\r\n", &pins());
+        assert_eq!(load(&f).unwrap().registry.unwrap().value, "r");
+        f.inputs.deploy_env = Some(f.dir.path().join("absent.env"));
+        f.inputs.env.insert("REGISTRY".into(), "e".into());
+        assert_eq!(load(&f).unwrap().registry.unwrap().value, "e");
+    }
+
+    #[test]
+    fn validators() {
+        assert!(is_valid_tag("20261206_abcdef01"));
+        assert!(is_valid_tag(&format!("t@{DIGEST}")));
+        assert!(!is_valid_tag("-x"));
+        assert!(!is_valid_tag(""));
+        assert!(!is_valid_tag(&"a".repeat(129)));
+        assert!(is_valid_tag(&"a".repeat(128)));
+        assert!(!is_valid_tag("t@sha256:xyz"));
+        assert!(is_digest_reference(&format!(
+            "127.0.0.1:5000/x/y:1@{DIGEST}"
+        )));
+        assert!(!is_digest_reference("x:1"));
+        assert!(!is_digest_reference(&format!("@{DIGEST}")));
+        assert!(!is_digest_reference(&format!("-x@{DIGEST}")));
+        assert!(!is_digest_reference("x@sha256:ABCD"));
+        assert!(is_valid_registry("registry.gitlab.example:5050/group"));
+        assert!(is_valid_registry("127.0.0.1:5000"));
+        assert!(!is_valid_registry(""));
+        assert!(!is_valid_registry("h:"));
+        assert!(!is_valid_registry("h:p0rt"));
+        assert!(!is_valid_registry("h/"));
+        assert!(!is_valid_registry("h/UPPER"));
+    }
+}
