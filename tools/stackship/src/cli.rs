@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{history, status};
+use std::collections::BTreeMap;
+
+use crate::commands::{deploy, history, status};
 use crate::docker::{Client, cli::CliEngine};
 use crate::error::Error;
 use crate::exit::Outcome;
@@ -41,6 +43,30 @@ pub enum Command {
         /// JSON instead of the table.
         #[arg(long)]
         json: bool,
+    },
+    /// Deploy the environment's installed release (<root>/<env>/current): read and check
+    /// everything, take the lock, pull every image, `docker stack deploy`, follow the rollout
+    /// to a verdict, record it, prune.
+    Deploy {
+        /// dev, prod, ...; with --review, the environment whose release it copies (dev).
+        env: Option<String>,
+        /// The review stack of merge request IID (docker-compose.review.yaml), instead.
+        #[arg(long, value_name = "IID", value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
+        review: Option<u32>,
+        /// Image tag of every project service (default: IMAGE_TAG, else the pins).
+        #[arg(long)]
+        tag: Option<String>,
+        /// How long the rollout may take, in seconds (default: ROLLOUT_TIMEOUT, else derived
+        /// from each service's update and healthcheck settings).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Print each image the deploy would run, with where its tag or digest comes from, and
+        /// exit (no Docker needed).
+        #[arg(long)]
+        print_images: bool,
+        /// The release directory (default: <root>/<env>/current; <root>/review/<IID>/current).
+        #[arg(long)]
+        release: Option<PathBuf>,
     },
     /// The deploy records of an environment, newest first.
     History {
@@ -88,11 +114,75 @@ fn write_out(out: &mut dyn Write, text: &str) -> Result<(), Error> {
     }
 }
 
-/// Runs the command; results go to `out`.
+/// Runs the command; results go to `out`, progress to stderr.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
     let engine = CliEngine::default();
     let client = Client::new(&engine);
     run_with(cli, &client, out)
+}
+
+/// This process as the lock's owner line.
+fn owner(env: &BTreeMap<String, String>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown host".to_owned());
+    crate::lock::owner_line(
+        std::process::id(),
+        &host,
+        &chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        env.get("CI_JOB_URL").map(String::as_str),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deploy_command(
+    root: &Path,
+    env: Option<String>,
+    review: Option<u32>,
+    tag: Option<String>,
+    timeout: Option<String>,
+    print_images: bool,
+    release: Option<PathBuf>,
+    client: &Client<'_>,
+    out: &mut dyn Write,
+) -> Result<Outcome, Error> {
+    let env = match (env, review) {
+        (Some(e), _) => e,
+        (None, Some(_)) => "dev".to_owned(),
+        (None, None) => {
+            return Err(Error::Refused(
+                "which environment? (stackship deploy ENV, or --review IID)".to_owned(),
+            ));
+        }
+    };
+    let dir = env_dir(root, &env)?;
+    let release = release.unwrap_or_else(|| match review {
+        Some(iid) => root.join("review").join(iid.to_string()).join("current"),
+        None => dir.current(),
+    });
+    let process_env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let request = deploy::Request {
+        release,
+        env,
+        review,
+        tag,
+        timeout,
+        owner: owner(&process_env),
+        process_env,
+        data_root: PathBuf::from(deploy::DATA_ROOT),
+    };
+    if print_images {
+        let release = deploy::read(&request).map_err(|e| Error::Deploy(Box::new(e)))?;
+        write_out(out, &deploy::images_text(&release))?;
+        return Ok(Outcome::Done);
+    }
+    let mut stderr = std::io::stderr();
+    let (outcome, summary) = deploy::deploy(client, &deploy::WatcherRollout, &request, &mut stderr)
+        .map_err(|e| Error::Deploy(Box::new(e)))?;
+    write_out(out, &summary)?;
+    Ok(outcome)
 }
 
 /// As [`run`], with the Docker client given (tests pass a fake).
@@ -131,6 +221,24 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
             write_out(out, &text)?;
             Ok(Outcome::Done)
         }
+        Command::Deploy {
+            env,
+            review,
+            tag,
+            timeout,
+            print_images,
+            release,
+        } => deploy_command(
+            &cli.root,
+            env,
+            review,
+            tag,
+            timeout,
+            print_images,
+            release,
+            client,
+            out,
+        ),
         Command::History { env, json } => {
             let dir = env_dir(&cli.root, &env)?;
             let recs = records(&dir)?;

@@ -23,6 +23,9 @@ pub enum Error {
     /// A request that cannot be carried out as given (the message says why).
     #[error("{0}")]
     Refused(String),
+    /// A deploy that stopped at one of its stages.
+    #[error(transparent)]
+    Deploy(Box<crate::commands::deploy::DeployError>),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -31,9 +34,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// The exit outcome: every error here happens before anything changed.
+    /// The exit outcome: a deploy's depends on its stage; every other error here happens
+    /// before anything changed.
     pub fn outcome(&self) -> Outcome {
-        Outcome::NothingChanged
+        match self {
+            Error::Deploy(d) => d.outcome(),
+            _ => Outcome::NothingChanged,
+        }
     }
 
     /// An I/O error with what was being done.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod exit;
 pub mod layout;
 pub mod lock;
+pub mod placement;
 pub mod settings;
 pub mod stack;
 

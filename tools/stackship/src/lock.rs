@@ -31,7 +31,8 @@ pub enum LockError {
 /// A held lock; dropping it releases the lock (closing the file releases the flock).
 #[derive(Debug)]
 pub struct DeployLock {
-    _file: File,
+    /// None when the lock is the caller's, inherited as a descriptor.
+    _file: Option<File>,
     owner_path: PathBuf,
     /// Whether this holder had to wait for another one first.
     pub waited_for: Option<String>,
@@ -92,9 +93,55 @@ impl DeployLock {
         // Best effort: the owner line only helps the next waiter's message.
         let _ = write_owner(&owner_path, owner);
         Ok(Self {
-            _file: file,
+            _file: Some(file),
             owner_path,
             waited_for,
+        })
+    }
+
+    /// The lock a caller already holds (a step that swapped in this release under it) and
+    /// passed down as descriptor `fd` (`STACKSHIP_DEPLOY_LOCK_FD`): it must be open on this
+    /// environment's lock file and hold its flock. Both are checked the way the kernel sees
+    /// them: `/proc/self/fd/<fd>` names the file, and `flock -n <fd>` (which inherits the same
+    /// open file) succeeds only where that descriptor holds the lock or nobody does.
+    pub fn inherited(env_dir: &Path, fd: &str) -> Result<Self, LockError> {
+        let path = Self::path_in(env_dir);
+        let refuse = |why: String| LockError::Lock {
+            path: path.clone(),
+            source: io::Error::other(why),
+        };
+        if fd.is_empty() || !fd.bytes().all(|b| b.is_ascii_digit()) || fd.len() > 4 {
+            return Err(refuse(format!(
+                "STACKSHIP_DEPLOY_LOCK_FD={fd} is not a descriptor number"
+            )));
+        }
+        let target = fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map_err(|e| refuse(format!("STACKSHIP_DEPLOY_LOCK_FD={fd} is not open: {e}")))?;
+        let want = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if target != want {
+            return Err(refuse(format!(
+                "STACKSHIP_DEPLOY_LOCK_FD={fd} is open on {}, not on the lock file",
+                target.display()
+            )));
+        }
+        let held = std::process::Command::new("flock")
+            .args(["-n", fd])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(|e| {
+                refuse(format!(
+                    "cannot run flock(1) to check the inherited lock: {e}"
+                ))
+            })?;
+        if !held.success() {
+            return Err(refuse(format!(
+                "STACKSHIP_DEPLOY_LOCK_FD={fd} does not hold the lock (another process does)"
+            )));
+        }
+        Ok(Self {
+            _file: None,
+            owner_path: env_dir.join("deploy.lock.owner"),
+            waited_for: None,
         })
     }
 
@@ -276,6 +323,25 @@ mod tests {
             &mut |_| {},
         )
         .unwrap();
+    }
+
+    #[test]
+    fn an_inherited_descriptor_must_be_the_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "x", "99999"] {
+            let e = DeployLock::inherited(dir.path(), bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("STACKSHIP_DEPLOY_LOCK_FD"), "{bad}: {e}");
+        }
+        // Descriptor 0 is this test's standard input, not the lock file.
+        let e = DeployLock::inherited(dir.path(), "0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not on the lock file") || e.contains("is not open"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! One module per verb: `stackship status` is [`status`], `stackship history` is [`history`].
 
+pub mod deploy;
 pub mod history;
 pub mod status;

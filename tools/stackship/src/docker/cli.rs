@@ -37,6 +37,7 @@ impl Engine for CliEngine {
         let command = call.command_line();
         let mut child = Command::new(&self.program)
             .args(&call.args)
+            .envs(call.env.iter().map(|(k, v)| (k, v)))
             .stdin(if call.stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -161,6 +162,16 @@ mod tests {
             .run(&Call::write(["-c", "cat"]).with_stdin("s3cret"))
             .unwrap();
         assert_eq!(out, "s3cret");
+    }
+
+    #[test]
+    fn env_reaches_the_command() {
+        let out = sh()
+            .run(
+                &Call::read(["-c", "printf %s \"$STACKSHIP_X\""]).with_env([("STACKSHIP_X", "42")]),
+            )
+            .unwrap();
+        assert_eq!(out, "42");
     }
 
     #[test]

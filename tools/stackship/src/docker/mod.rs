@@ -26,6 +26,9 @@ pub struct Call {
     pub args: Vec<String>,
     /// Written to the command's standard input (a password for `docker login`, a secret).
     pub stdin: Option<Vec<u8>>,
+    /// Set in the command's environment (`docker stack deploy` expands the stack file's
+    /// `${VAR}`s from it).
+    pub env: Vec<(String, String)>,
     pub effect: Effect,
     /// The call is stopped (and fails) after this long.
     pub timeout: Duration,
@@ -45,6 +48,7 @@ impl Call {
         Self {
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
+            env: Vec::new(),
             effect: Effect::Read,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -65,6 +69,18 @@ impl Call {
     /// The same call with standard input.
     pub fn with_stdin(mut self, stdin: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(stdin.into());
+        self
+    }
+
+    /// The same call with these environment variables set.
+    pub fn with_env<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 

@@ -1,0 +1,1838 @@
+//! `stackship deploy ENV` (and `--review IID`): one environment's stack, deployed from its
+//! installed release, in named stages — each returns or fails with what it saw:
+//!
+//! 1. **read**: the stack file, the settings ([`crate::settings`]) and the content names of
+//!    the configs and secrets (config-hasher);
+//! 2. **lock**: the environment's deploy lock ([`crate::lock`]), waiting at most `LOCK_WAIT`;
+//! 3. **validate**: the swarm (a manager), the database password secret, every external secret
+//!    and config the stack names, the stack file (`docker stack config`), placement labels;
+//! 4. **pull**: registry login, then every image — nothing has changed if one is missing;
+//! 5. **deploy**: the database directory on its node, a snapshot, `docker stack deploy`;
+//! 6. **watch**: the rollout to a verdict; a record of what runs; the prune.
+//!
+//! A failure before stage 5 changes nothing in the swarm (a review stack's first password
+//! secret excepted, which belongs to the stack): exit 2. A rollout that failed: exit 1. A
+//! watch that could not see the end: exit 3.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config_hasher::{Options as HashOptions, SkipReason, hash_compose_file};
+
+use crate::docker::{Call, Client, DockerError};
+use crate::error::Error;
+use crate::exit::Outcome;
+use crate::layout::PROJECT;
+use crate::lock::DeployLock;
+use crate::settings::{Inputs, Settings};
+use crate::stack::StackFile;
+
+/// The named stages, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Read,
+    Lock,
+    Validate,
+    Pull,
+    Deploy,
+    Watch,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Read => "read",
+            Stage::Lock => "lock",
+            Stage::Validate => "validate",
+            Stage::Pull => "pull",
+            Stage::Deploy => "deploy",
+            Stage::Watch => "watch",
+        })
+    }
+}
+
+/// A deploy that did not end well: the stage, why, and what it means for the swarm.
+#[derive(Debug, thiserror::Error)]
+#[error("{stage}: {error}")]
+pub struct DeployError {
+    pub stage: Stage,
+    pub error: Error,
+}
+
+impl DeployError {
+    /// Failures before the deploy stage changed nothing; later ones leave the state unknown.
+    pub fn outcome(&self) -> Outcome {
+        if self.stage >= Stage::Deploy {
+            Outcome::Unknown
+        } else {
+            Outcome::NothingChanged
+        }
+    }
+}
+
+trait At<T> {
+    fn at(self, stage: Stage) -> Result<T, DeployError>;
+}
+
+impl<T, E: Into<Error>> At<T> for Result<T, E> {
+    fn at(self, stage: Stage) -> Result<T, DeployError> {
+        self.map_err(|e| DeployError {
+            stage,
+            error: e.into(),
+        })
+    }
+}
+
+fn refused<T>(stage: Stage, message: impl Into<String>) -> Result<T, DeployError> {
+    Err(DeployError {
+        stage,
+        error: Error::Refused(message.into()),
+    })
+}
+
+/// What to deploy.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The installed release: `<env dir>/current`.
+    pub release: PathBuf,
+    /// `dev`, `prod`, ...: its manifests and, for a review stack, the environment it copies.
+    pub env: String,
+    /// A merge request's review stack instead of the environment's.
+    pub review: Option<u32>,
+    pub tag: Option<String>,
+    pub timeout: Option<String>,
+    /// The process environment (settings, `DB_PASSWORD_SECRET`, `NEW_DATABASE`, CI's).
+    pub process_env: BTreeMap<String, String>,
+    /// Who takes the lock (`pid 1 on host, started ...`).
+    pub owner: String,
+    /// Where environments keep Postgres's data on their database node
+    /// (`/data/stackship/data`, as the stack files bind-mount it).
+    pub data_root: PathBuf,
+}
+
+impl Request {
+    /// The environment directory (the release's parent): settings, lock, records.
+    pub fn env_dir(&self) -> PathBuf {
+        self.release
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    pub fn stack(&self) -> String {
+        match self.review {
+            Some(iid) => format!("{PROJECT}-review-{iid}"),
+            None => format!("{PROJECT}-{}", self.env),
+        }
+    }
+
+    pub fn compose(&self) -> PathBuf {
+        let file = match self.review {
+            Some(_) => "docker-compose.review.yaml".to_owned(),
+            None => format!("docker-compose.{}.yaml", self.env),
+        };
+        self.release.join(file)
+    }
+
+    /// A review stack uses the settings of the environment it copies (`<root>/<env>/`, beside
+    /// `<root>/review/<iid>/`).
+    pub fn settings_file(&self) -> PathBuf {
+        let env_dir = self.env_dir();
+        match self.review {
+            Some(_) => env_dir
+                .parent()
+                .and_then(Path::parent)
+                .map(|root| root.join(&self.env).join("deploy.env"))
+                .unwrap_or_else(|| PathBuf::from("deploy.env")),
+            None => env_dir.join("deploy.env"),
+        }
+    }
+
+    pub fn pins(&self) -> PathBuf {
+        self.release
+            .join("deploy-manifests")
+            .join(&self.env)
+            .join("images.env")
+    }
+
+    fn env_var(&self, key: &str) -> Option<&str> {
+        self.process_env
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// What the read stage found: everything the later stages need, decided before the lock.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub stack: StackFile,
+    pub settings: Settings,
+    /// Content names (`PROD_BACKEND_CONFIG=prod_backend_config_<hash>`), for the stack deploy.
+    pub content_names: BTreeMap<String, String>,
+    /// External secrets and configs as written (`("secret", "${DB_PASSWORD_SECRET}")`).
+    pub externals: Vec<(String, String)>,
+}
+
+/// Stage 1: the stack file, settings and content names.
+pub fn read(request: &Request) -> Result<Release, DeployError> {
+    let compose = request.compose();
+    if !compose.is_file() {
+        return refused(
+            Stage::Read,
+            format!(
+                "{} is missing (run the copy step for {})",
+                compose.display(),
+                request.env
+            ),
+        );
+    }
+    let manifests = request.release.join("deploy-manifests").join(&request.env);
+    if !manifests.is_dir() {
+        return refused(
+            Stage::Read,
+            format!(
+                "{} is missing (run the copy step for {})",
+                manifests.display(),
+                request.env
+            ),
+        );
+    }
+    let stack = StackFile::read(&compose).at(Stage::Read)?;
+    let inputs = Inputs {
+        env: request.process_env.clone(),
+        deploy_env: Some(request.settings_file()),
+        pins: Some(request.pins()),
+        tag: request.tag.clone(),
+        timeout: request.timeout.clone(),
+    };
+    let settings = Settings::load(&stack, &inputs).at(Stage::Read)?;
+    let report = hash_compose_file(&compose, &HashOptions::default()).map_err(|e| DeployError {
+        stage: Stage::Read,
+        error: Error::Refused(format!(
+            "config-hasher rejected {}: {e} (a secret's source file lives in {}/secrets/: the pipeline installs it from a CI File variable)",
+            compose.display(),
+            request.env_dir().display()
+        )),
+    })?;
+    let mut content_names: BTreeMap<String, String> = report
+        .pairs()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    if request.review.is_some() {
+        // Names of their own: removing one review stack never touches another's configs.
+        let stack_name = request.stack();
+        for v in content_names.values_mut() {
+            *v = format!("{stack_name}_{v}");
+        }
+    }
+    let externals = report
+        .skipped
+        .iter()
+        .filter(|s| s.reason == SkipReason::External)
+        .filter_map(|s| {
+            s.name
+                .clone()
+                .map(|n| (s.entry.kind.as_str().to_owned(), n))
+        })
+        .collect();
+    Ok(Release {
+        stack,
+        settings,
+        content_names,
+        externals,
+    })
+}
+
+/// Each service's image and where it came from, as `--print-images` shows them.
+pub fn images_text(release: &Release) -> String {
+    release
+        .settings
+        .images
+        .iter()
+        .map(|(svc, image)| format!("{svc} {} ({})\n", image.value, image.origin))
+        .collect()
+}
+
+/// The newest `<prefix><N>` of `names` (N a positive number).
+pub fn newest_version<'a>(names: impl IntoIterator<Item = &'a str>, prefix: &str) -> Option<u32> {
+    names
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(prefix))
+        .filter(|n| !n.starts_with('0') && n.len() <= 9)
+        .filter_map(|n| n.parse::<u32>().ok())
+        .max()
+}
+
+/// Resolves an external object's name as written: a plain name, or exactly one `${VAR}` from
+/// `vars`.
+pub fn external_name(written: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    if let Some(var) = written.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        if !config_hasher::interpolate::is_variable_name(var) {
+            return Err(format!(
+                "'{written}': use a plain name or exactly one ${{VAR}}"
+            ));
+        }
+        return vars
+            .get(var)
+            .cloned()
+            .ok_or_else(|| format!("'{written}': {var} is not set"));
+    }
+    if written.contains('$') {
+        return Err(format!(
+            "'{written}': use a plain name or exactly one ${{VAR}}"
+        ));
+    }
+    Ok(written.to_owned())
+}
+
+/// Progress lines go here (stderr in the binary).
+pub type Progress<'a> = &'a mut dyn FnMut(&str);
+
+/// The variables `docker stack deploy` expands: settings, content names, the password secret,
+/// the review port.
+fn deploy_vars(release: &Release, extra: &[(&str, String)]) -> BTreeMap<String, String> {
+    let mut vars = release.settings.stack_variables.clone();
+    vars.extend(release.content_names.clone());
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), v.clone());
+    }
+    vars
+}
+
+/// Stage 3, part: the database password secret — `DB_PASSWORD_SECRET` when the caller names
+/// one (a rotation does), else the newest `<stack>-db-password-v<N>`.
+pub fn db_password_secret(client: &Client<'_>, request: &Request) -> Result<String, DeployError> {
+    let prefix = format!("{}-db-password-v", request.stack());
+    if let Some(named) = request.env_var("DB_PASSWORD_SECRET") {
+        if !named.starts_with(&prefix) {
+            return refused(
+                Stage::Validate,
+                format!("DB_PASSWORD_SECRET '{named}' is not one of {prefix}<N>"),
+            );
+        }
+        return Ok(named.to_owned());
+    }
+    let names = client
+        .lines(&Call::read([
+            "secret",
+            "ls",
+            "--filter",
+            &format!("name={prefix}"),
+            "--format",
+            "{{.Name}}",
+        ]))
+        .at(Stage::Validate)?;
+    match newest_version(names.iter().map(String::as_str), &prefix) {
+        Some(n) => Ok(format!("{prefix}{n}")),
+        None => refused(
+            Stage::Validate,
+            format!(
+                "no database password secret {prefix}<N> exists: create it with secret.sh init db-password {}",
+                request.env
+            ),
+        ),
+    }
+}
+
+/// Stage 3, part: every external secret and config the stack file names exists.
+pub fn check_externals(
+    client: &Client<'_>,
+    release: &Release,
+    vars: &BTreeMap<String, String>,
+) -> Result<(), DeployError> {
+    let mut missing = Vec::new();
+    for (kind, written) in &release.externals {
+        let name = external_name(written, vars).map_err(|m| DeployError {
+            stage: Stage::Validate,
+            error: Error::Refused(format!("external {kind} {m}")),
+        })?;
+        match client.run(&Call::read([kind.as_str(), "inspect", name.as_str()])) {
+            Ok(_) => {}
+            Err(DockerError::Failed { .. }) => missing.push(format!("{kind} {name}")),
+            Err(e) => return Err(e).at(Stage::Validate),
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        refused(
+            Stage::Validate,
+            format!(
+                "missing swarm objects: {} (create secrets with secret.sh, see its --help)",
+                missing.join(", ")
+            ),
+        )
+    }
+}
+
+/// Stage 4: log in (when credentials are set) and pull every image.
+pub fn pull(
+    client: &Client<'_>,
+    release: &Release,
+    progress: Progress<'_>,
+) -> Result<(), DeployError> {
+    let s = &release.settings;
+    if let (Some((user, password)), Some(registry)) = (&s.login, &s.registry) {
+        let host = registry.value.split('/').next().unwrap_or(&registry.value);
+        progress(&format!(
+            "docker login {} as {}",
+            registry.value, user.value
+        ));
+        client
+            .run(
+                &Call::write([
+                    "login",
+                    "--username",
+                    user.value.as_str(),
+                    "--password-stdin",
+                    host,
+                ])
+                .with_stdin(password.expose()),
+            )
+            .at(Stage::Pull)?;
+    } else if let Some(registry) = &s.registry {
+        progress(&format!(
+            "no registry credentials given: using the engine's existing login for {}",
+            registry.value
+        ));
+    }
+    for (service, image) in &s.images {
+        progress(&format!("checking {} ({})", image.value, image.origin));
+        client
+            .run(
+                &Call::read(["pull", "-q", image.value.as_str()])
+                    .with_timeout(Duration::from_secs(600)),
+            )
+            .map_err(|e| DeployError {
+                stage: Stage::Pull,
+                error: Error::Refused(format!(
+                    "cannot pull {} ({service}, from {}): {e}",
+                    image.value, image.origin
+                )),
+            })?;
+    }
+    Ok(())
+}
+
+/// The deploy command's first stages — read, lock, validate, pull — returning what stage 5
+/// needs. Nothing in the swarm changes here (a review stack's first password secret aside).
+pub fn prepare(
+    client: &Client<'_>,
+    request: &Request,
+    progress: Progress<'_>,
+) -> Result<(Release, DeployLock, BTreeMap<String, String>), DeployError> {
+    let release = read(request)?;
+    let env_dir = request.env_dir();
+    let what = match request.review {
+        Some(iid) => format!("review-{iid} deploy"),
+        None => format!("{} deploy", request.env),
+    };
+    let lock = match request.env_var("STACKSHIP_DEPLOY_LOCK_FD") {
+        // A caller that swapped this release in under the lock passes it down.
+        Some(fd) => {
+            let lock = DeployLock::inherited(&env_dir, fd).at(Stage::Lock)?;
+            progress(&format!("holding the {what} lock (taken by the caller)"));
+            lock
+        }
+        None => {
+            let lock = DeployLock::acquire(
+                &env_dir,
+                &what,
+                &request.owner,
+                release.settings.lock_wait.value,
+                progress,
+            )
+            .at(Stage::Lock)?;
+            progress(&format!("holding the {what} lock"));
+            lock
+        }
+    };
+    let info = client
+        .run(&Call::read([
+            "info",
+            "--format",
+            "{{.Swarm.ControlAvailable}}",
+        ]))
+        .at(Stage::Validate)?;
+    if info.trim() != "true" {
+        return refused(Stage::Validate, "this engine is not a swarm manager");
+    }
+    let secret = db_password_secret(client, request)?;
+    progress(&format!("database password: {secret}"));
+    let vars = deploy_vars(&release, &[("DB_PASSWORD_SECRET", secret)]);
+    check_externals(client, &release, &vars)?;
+    pull(client, &release, progress)?;
+    Ok((release, lock, vars))
+}
+
+/// Stage 3, part: `docker stack config` validates the stack file with the deploy's variables
+/// (CLIs without that subcommand leave validation to the deploy).
+pub fn validate_stack_file(
+    client: &Client<'_>,
+    request: &Request,
+    vars: &BTreeMap<String, String>,
+    progress: Progress<'_>,
+) -> Result<(), DeployError> {
+    let help = client
+        .run(&Call::read(["stack", "--help"]))
+        .unwrap_or_default();
+    let has_config = help.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        l.starts_with(char::is_whitespace) && words.next() == Some("config")
+    });
+    if !has_config {
+        progress(
+            "this docker CLI has no `docker stack config`: stack file validation left to the deploy",
+        );
+        return Ok(());
+    }
+    let compose = request.compose().display().to_string();
+    client
+        .run(
+            &Call::read(["stack", "config", "-c", compose.as_str()])
+                .with_env(vars.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        )
+        .map_err(|e| DeployError {
+            stage: Stage::Validate,
+            error: Error::Refused(format!("{compose} is not a valid stack file: {e}")),
+        })?;
+    Ok(())
+}
+
+/// Stage 3, part: placement labels (see [`crate::placement`]); returns the database node.
+pub fn check_placement(
+    client: &Client<'_>,
+    request: &Request,
+    release: &Release,
+    progress: Progress<'_>,
+) -> Result<Option<String>, DeployError> {
+    let self_id = client
+        .run(&Call::read(["info", "--format", "{{.Swarm.NodeID}}"]))
+        .at(Stage::Validate)?
+        .trim()
+        .to_owned();
+    let ids = client
+        .lines(&Call::read(["node", "ls", "-q"]))
+        .at(Stage::Validate)?;
+    let mut args = vec!["node".to_owned(), "inspect".to_owned()];
+    args.extend(ids);
+    let text = client.run(&Call::read(args)).at(Stage::Validate)?;
+    let nodes = crate::placement::parse_nodes(&text).map_err(|m| DeployError {
+        stage: Stage::Validate,
+        error: Error::Refused(m),
+    })?;
+    let database = request.review.is_none() && release.stack.has("postgres");
+    let plan = crate::placement::decide(
+        &nodes,
+        &self_id,
+        &request.env,
+        database,
+        release.settings.login.is_some(),
+    )
+    .map_err(|m| DeployError {
+        stage: Stage::Validate,
+        error: Error::Refused(m),
+    })?;
+    for w in &plan.warnings {
+        progress(&format!("WARNING: {w}"));
+    }
+    for add in &plan.add {
+        progress(&format!(
+            "labelling node {} {}=true ({})",
+            add.hostname, add.label, add.why
+        ));
+        client
+            .run(&Call::write([
+                "node",
+                "update",
+                "--label-add",
+                &format!("{}=true", add.label),
+                add.node.as_str(),
+            ]))
+            .at(Stage::Validate)?;
+    }
+    Ok(plan.db_node)
+}
+
+/// The host port of a review stack, or why it has none.
+pub fn review_port(base: u16, iid: u32) -> Result<u16, String> {
+    u16::try_from(u32::from(base) + iid).map_err(|_| {
+        format!("the review port {base} + {iid} is above 65535 (lower REVIEW_PORT_BASE)")
+    })
+}
+
+/// Stage 3, part, for a review stack: room for it (at most `REVIEW_MAX_STACKS`; a redeploy of
+/// this one always fits), its port, and its database password — a secret made from random
+/// bytes at its first deploy, never on disk, labelled with the stack so `docker stack rm`
+/// removes it. Returns the review port.
+pub fn prepare_review(
+    client: &Client<'_>,
+    request: &Request,
+    release: &Release,
+    iid: u32,
+    progress: Progress<'_>,
+) -> Result<u16, DeployError> {
+    let stack = request.stack();
+    let max = release.settings.review_max_stacks.value as usize;
+    let others: Vec<String> = client
+        .lines(&Call::read(["stack", "ls", "--format", "{{.Name}}"]))
+        .at(Stage::Validate)?
+        .into_iter()
+        .filter(|n| {
+            n.strip_prefix(&format!("{PROJECT}-review-"))
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                && *n != stack
+        })
+        .collect();
+    if others.len() >= max {
+        return refused(
+            Stage::Validate,
+            format!(
+                "{max} review stacks already run ({}): stop one (review-stop) or raise REVIEW_MAX_STACKS in {}",
+                others.join(" "),
+                request.settings_file().display()
+            ),
+        );
+    }
+    let port =
+        review_port(release.settings.review_port_base.value, iid).map_err(|m| DeployError {
+            stage: Stage::Validate,
+            error: Error::Refused(m),
+        })?;
+    let prefix = format!("{stack}-db-password-v");
+    let existing = client
+        .lines(&Call::read([
+            "secret",
+            "ls",
+            "--filter",
+            &format!("name={prefix}"),
+            "--format",
+            "{{.Name}}",
+        ]))
+        .at(Stage::Validate)?;
+    if newest_version(existing.iter().map(String::as_str), &prefix).is_none() {
+        let name = format!("{prefix}1");
+        progress(&format!(
+            "creating the review database password {name} (random, never on disk)"
+        ));
+        let password = random_password().at(Stage::Validate)?;
+        client
+            .run(
+                &Call::write([
+                    "secret",
+                    "create",
+                    "--label",
+                    &format!("com.docker.stack.namespace={stack}"),
+                    name.as_str(),
+                    "-",
+                ])
+                .with_stdin(password),
+            )
+            .at(Stage::Validate)?;
+    }
+    progress(&format!("review stack {stack}: http port {port}"));
+    Ok(port)
+}
+
+/// 32 random bytes from the kernel as a URL-safe password (32 characters of 6 random bits).
+fn random_password() -> Result<String, Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(Error::io("cannot read /dev/urandom"))?;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(b & 63)] as char)
+        .collect())
+}
+
+/// Where environments keep Postgres's data by default (the stack files bind-mount it).
+pub const DATA_ROOT: &str = "/data/stackship/data";
+
+/// Postgres's user in its image: the data directory must belong to it.
+pub const POSTGRES_UID: u32 = 999;
+
+/// What the deploy does to a local data directory, decided from what is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDirAction {
+    /// Exists, belongs to Postgres's user.
+    Nothing,
+    /// Missing: create it (0700, Postgres's user).
+    Create,
+    /// Exists with another owner: give it to Postgres's user.
+    Chown,
+    /// Missing or empty where a database is expected: the label moved or the data is gone.
+    Refuse,
+}
+
+/// The decision for a data directory on this node. `allow_new`: the stack has no database
+/// service yet (its first deploy) or `NEW_DATABASE=1`.
+pub fn data_dir_action(
+    exists: bool,
+    empty: bool,
+    readable: bool,
+    owner: Option<u32>,
+    allow_new: bool,
+) -> DataDirAction {
+    // An unreadable directory (not root) is not an empty one.
+    let missing_data = !exists || (readable && empty);
+    if missing_data && !allow_new {
+        return DataDirAction::Refuse;
+    }
+    if !exists {
+        return DataDirAction::Create;
+    }
+    if owner != Some(POSTGRES_UID) {
+        DataDirAction::Chown
+    } else {
+        DataDirAction::Nothing
+    }
+}
+
+fn chown_tree(path: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(POSTGRES_UID), Some(POSTGRES_UID))?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Stage 5, part: Postgres's data directory exists on its node and belongs to Postgres's user
+/// (the server never runs as root and cannot take the directory over itself). On this node the
+/// deploy does it; on another, a one-off task pinned there (Postgres's image as root with
+/// CHOWN, DAC_OVERRIDE and FOWNER, the node's / mounted, for the seconds it runs), unless
+/// Postgres already runs there. A missing or empty directory is created only for a stack
+/// without a database service yet or with `NEW_DATABASE=1`.
+pub fn prepare_data_dir(
+    client: &Client<'_>,
+    request: &Request,
+    release: &Release,
+    db_node: &str,
+    progress: Progress<'_>,
+) -> Result<(), DeployError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let stack = request.stack();
+    let dir = request
+        .data_root
+        .join(&request.env)
+        .join("postgres")
+        .display()
+        .to_string();
+    let service = format!("{stack}_postgres");
+    let exists_already = client
+        .run(&Call::read(["service", "inspect", service.as_str()]))
+        .is_ok();
+    let allow_new = request.env_var("NEW_DATABASE") == Some("1") || !exists_already;
+    let self_id = client
+        .run(&Call::read(["info", "--format", "{{.Swarm.NodeID}}"]))
+        .at(Stage::Deploy)?
+        .trim()
+        .to_owned();
+    let host = client
+        .run(&Call::read([
+            "node",
+            "inspect",
+            db_node,
+            "--format",
+            "{{.Description.Hostname}}",
+        ]))
+        .at(Stage::Deploy)?
+        .trim()
+        .to_owned();
+    let refusal = format!(
+        "there is no database in {dir} on node {host} (label {}), but {service} exists: the label moved or the data is gone, and Postgres would start an EMPTY database. Move the label back, or restore a backup there; to start an empty database on purpose, deploy with NEW_DATABASE=1",
+        crate::placement::db_label(&request.env)
+    );
+    if db_node == self_id {
+        let path = Path::new(&dir);
+        let meta = std::fs::metadata(path).ok();
+        let listing = std::fs::read_dir(path);
+        let readable = listing.is_ok();
+        let empty = listing.map(|mut l| l.next().is_none()).unwrap_or(false);
+        let action = data_dir_action(
+            meta.is_some(),
+            empty,
+            readable,
+            meta.as_ref().map(MetadataExt::uid),
+            allow_new,
+        );
+        match action {
+            DataDirAction::Refuse => return refused(Stage::Deploy, refusal),
+            DataDirAction::Nothing => {}
+            DataDirAction::Create => {
+                std::fs::create_dir_all(path)
+                    .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)))
+                    .and_then(|()| chown_tree(path))
+                    .map_err(|e| DeployError {
+                        stage: Stage::Deploy,
+                        error: Error::Refused(format!(
+                            "cannot create {dir}: {e} (as root: install -d -m 0700 -o 999 -g 999 {dir}; setup-server.sh does it)"
+                        )),
+                    })?;
+                progress(&format!("created {dir} for Postgres (uid {POSTGRES_UID})"));
+            }
+            DataDirAction::Chown => {
+                progress(&format!(
+                    "giving {dir} to uid {POSTGRES_UID} (Postgres's user)"
+                ));
+                chown_tree(path)
+                    .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)))
+                    .map_err(|e| DeployError {
+                        stage: Stage::Deploy,
+                        error: Error::Refused(format!(
+                            "{dir} must belong to uid {POSTGRES_UID}, Postgres's user: {e} (as root: chown -R 999:999 {dir})"
+                        )),
+                    })?;
+            }
+        }
+        return Ok(());
+    }
+    // Another node: nothing to do while Postgres runs there.
+    let running = client
+        .lines(&Call::read([
+            "service",
+            "ps",
+            service.as_str(),
+            "--filter",
+            &format!("node={db_node}"),
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.CurrentState}}",
+        ]))
+        .unwrap_or_default();
+    if running.iter().any(|l| l.starts_with("Running")) {
+        return Ok(());
+    }
+    let image = release
+        .settings
+        .images
+        .get("postgres")
+        .map(|i| i.value.clone())
+        .ok_or_else(|| DeployError {
+            stage: Stage::Deploy,
+            error: Error::Refused(
+                "the stack has no postgres image to prepare its data directory with".into(),
+            ),
+        })?;
+    let helper = format!("{stack}-datadir-{}", std::process::id());
+    progress(&format!(
+        "preparing {dir} on node {host} (one-off task {helper})"
+    ));
+    let script = r#"d="/host$1"
+if [ ! -d "$d" ] || [ -z "$(ls -A "$d")" ]; then [ "$2" = 1 ] || exit 3; fi
+[ -d "$d" ] || install -d -m 0700 -o 999 -g 999 "$d" || exit 1
+if [ "$(stat -c %u "$d")" != 999 ]; then chown -R 999:999 "$d" && chmod 0700 "$d" || exit 1; fi"#;
+    client
+        .run(&Call::write([
+            "service",
+            "create",
+            "--detach",
+            "--quiet",
+            "--name",
+            helper.as_str(),
+            "--restart-condition",
+            "none",
+            "--constraint",
+            &format!("node.id=={db_node}"),
+            "--mount",
+            "type=bind,source=/,target=/host",
+            "--user",
+            "0:0",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "CAP_CHOWN",
+            "--cap-add",
+            "CAP_DAC_OVERRIDE",
+            "--cap-add",
+            "CAP_FOWNER",
+            "--read-only",
+            "--with-registry-auth",
+            "--entrypoint",
+            "sh",
+            "--label",
+            &format!("{PROJECT}.ops-helper=deploy"),
+            image.as_str(),
+            "-c",
+            script,
+            "sh",
+            dir.as_str(),
+            if allow_new { "1" } else { "0" },
+        ]))
+        .at(Stage::Deploy)?;
+    let outcome = wait_for_helper(client, &helper, Duration::from_secs(300));
+    let _ = client.run(&Call::write(["service", "rm", helper.as_str()]));
+    match outcome {
+        Ok(()) => {
+            progress(&format!(
+                "{dir} on node {host} belongs to uid {POSTGRES_UID}"
+            ));
+            Ok(())
+        }
+        Err(HelperEnd::Refused) => refused(Stage::Deploy, refusal),
+        Err(HelperEnd::Failed(m)) => refused(
+            Stage::Deploy,
+            format!("preparing {dir} on node {host} failed: {m}"),
+        ),
+    }
+}
+
+enum HelperEnd {
+    /// Exit 3: missing or empty, and not to be created.
+    Refused,
+    Failed(String),
+}
+
+fn wait_for_helper(client: &Client<'_>, helper: &str, limit: Duration) -> Result<(), HelperEnd> {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < limit {
+        let state = client
+            .lines(&Call::read([
+                "service",
+                "ps",
+                helper,
+                "--no-trunc",
+                "--format",
+                "{{.CurrentState}}|{{.Error}}",
+            ]))
+            .map_err(|e| HelperEnd::Failed(e.to_string()))?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        if state.starts_with("Complete") {
+            return Ok(());
+        }
+        if state.starts_with("Failed") && state.contains("exit (3)") {
+            return Err(HelperEnd::Refused);
+        }
+        if ["Failed", "Rejected", "Shutdown", "Orphaned"]
+            .iter()
+            .any(|s| state.starts_with(s))
+        {
+            return Err(HelperEnd::Failed(state));
+        }
+        last = state;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Err(HelperEnd::Failed(format!(
+        "did not finish in {}s (task state: {})",
+        limit.as_secs(),
+        if last.is_empty() { "none" } else { &last }
+    )))
+}
+
+/// How the rollout ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub ok: bool,
+    /// One line per service (old → new image, how it ended).
+    pub summary: String,
+}
+
+/// The rollout's own steps, behind a trait so the orchestration is tested without Docker:
+/// the real one is rollout-watcher's library.
+pub trait Rollout {
+    /// Records the stack just before the deploy (`None` when it cannot).
+    fn snapshot(&self, stack: &str) -> Result<rollout_watcher::watch::Snapshot, String>;
+    /// Follows the rollout to a verdict; progress lines go to `progress`, the report to
+    /// `report_file`.
+    fn watch(
+        &self,
+        snapshot: &rollout_watcher::watch::Snapshot,
+        options: &rollout_watcher::watch::Options,
+        report_file: &Path,
+        progress: &mut dyn std::io::Write,
+    ) -> Result<Watched, String>;
+    /// Writes the deploy record of what runs now; returns its path.
+    fn record(
+        &self,
+        stack: &str,
+        history: &Path,
+        commit: Option<String>,
+        pipeline: Option<String>,
+    ) -> Result<PathBuf, String>;
+    /// Removes the stack's configs and secrets that neither the current or previous specs nor
+    /// the last `keep` records use; returns one line per object removed or kept by an error.
+    fn prune(&self, stack: &str, history: &Path, keep: usize) -> Result<Vec<String>, String>;
+}
+
+/// rollout-watcher's library, on the docker CLI.
+pub struct WatcherRollout;
+
+impl Rollout for WatcherRollout {
+    fn snapshot(&self, stack: &str) -> Result<rollout_watcher::watch::Snapshot, String> {
+        rollout_watcher::watch::snapshot(stack).map_err(|e| format!("{e:#}"))
+    }
+
+    fn watch(
+        &self,
+        snapshot: &rollout_watcher::watch::Snapshot,
+        options: &rollout_watcher::watch::Options,
+        report_file: &Path,
+        progress: &mut dyn std::io::Write,
+    ) -> Result<Watched, String> {
+        let report = rollout_watcher::watch::watch(snapshot, options, progress)
+            .map_err(|e| format!("{e:#}"))?;
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
+        std::fs::write(report_file, text)
+            .map_err(|e| format!("cannot write {}: {e}", report_file.display()))?;
+        Ok(Watched {
+            ok: report.ok,
+            summary: rollout_watcher::watch::summary(&report),
+        })
+    }
+
+    fn record(
+        &self,
+        stack: &str,
+        history: &Path,
+        commit: Option<String>,
+        pipeline: Option<String>,
+    ) -> Result<PathBuf, String> {
+        let services: Vec<_> = rollout_watcher::docker::stack_services(stack)
+            .map_err(|e| format!("{e:#}"))?
+            .into_iter()
+            .map(|s| s.service)
+            .collect();
+        let id = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+        let mut record = rollout_watcher::history::record_of(&id, stack, &services);
+        record.commit = commit;
+        record.pipeline = pipeline;
+        rollout_watcher::history::write(history, &record).map_err(|e| format!("{e:#}"))
+    }
+
+    fn prune(&self, stack: &str, history: &Path, keep: usize) -> Result<Vec<String>, String> {
+        use rollout_watcher::{docker, prune};
+        let services = docker::stack_services(stack).map_err(|e| format!("{e:#}"))?;
+        let records = rollout_watcher::history::read_all(history).map_err(|e| format!("{e:#}"))?;
+        let (configs, secrets) = prune::kept_names(&services, &records, keep);
+        let mut lines = Vec::new();
+        for (kind, kept) in [("config", &configs), ("secret", &secrets)] {
+            let all = docker::stack_objects(kind, stack).map_err(|e| format!("{e:#}"))?;
+            for object in prune::removable(&all, kept) {
+                match docker::docker(&[kind, "rm", &object.id]) {
+                    Ok(_) => lines.push(format!("removed {kind} {}", object.name)),
+                    Err(e) => lines.push(format!("could not remove {kind} {}: {e:#}", object.name)),
+                }
+            }
+        }
+        Ok(lines)
+    }
+}
+
+/// The whole deploy: [`prepare`], then the stages that change the swarm. Returns the outcome
+/// and the rollout summary (stdout); progress goes to `progress`.
+pub fn deploy(
+    client: &Client<'_>,
+    rollout: &dyn Rollout,
+    request: &Request,
+    progress: &mut dyn std::io::Write,
+) -> Result<(Outcome, String), DeployError> {
+    let mut say = |m: &str| {
+        let _ = writeln!(
+            progress,
+            "{} [stackship] {m}",
+            chrono::Utc::now().format("%H:%M:%S")
+        );
+    };
+    let (release, _lock, mut vars) = prepare(client, request, &mut say)?;
+    let stack = request.stack();
+    if let Some(iid) = request.review {
+        let port = prepare_review(client, request, &release, iid, &mut say)?;
+        vars.insert("REVIEW_PORT".into(), port.to_string());
+    }
+    validate_stack_file(client, request, &vars, &mut say)?;
+    let db_node = check_placement(client, request, &release, &mut say)?;
+    if let Some(node) = &db_node {
+        prepare_data_dir(client, request, &release, node, &mut say)?;
+    }
+    let snapshot = rollout.snapshot(&stack).map_err(|m| DeployError {
+        stage: Stage::Deploy,
+        error: Error::Refused(format!("cannot take a snapshot of {stack}: {m}")),
+    })?;
+    say(&format!("docker stack deploy {stack}"));
+    let compose = request.compose().display().to_string();
+    client
+        .run(
+            &Call::write([
+                "stack",
+                "deploy",
+                "--with-registry-auth",
+                "--prune",
+                "--detach=true",
+                "-c",
+                compose.as_str(),
+                stack.as_str(),
+            ])
+            .with_env(vars.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .with_timeout(Duration::from_secs(300)),
+        )
+        .map_err(|e| DeployError {
+            stage: Stage::Deploy,
+            error: Error::Refused(format!("docker stack deploy failed: {e}")),
+        })?;
+    say(&format!("following the rollout of {stack}"));
+    let s = &release.settings;
+    let options = rollout_watcher::watch::Options {
+        timeout: s.rollout_timeout.as_ref().map(|t| t.value),
+        poll: Duration::from_secs(1),
+        rules: rollout_watcher::assess::Rules {
+            max_task_failures: s.max_task_failures.value,
+            ..rollout_watcher::assess::Rules::default()
+        },
+        log_lines: 20,
+    };
+    let env_dir = request.env_dir();
+    let report_file = env_dir.join("last-rollout.json");
+    let watched = rollout
+        .watch(&snapshot, &options, &report_file, progress)
+        .map_err(|m| DeployError {
+            stage: Stage::Watch,
+            error: Error::Refused(format!("could not follow {stack}: {m}")),
+        })?;
+    let mut say = |m: &str| {
+        let _ = writeln!(
+            progress,
+            "{} [stackship] {m}",
+            chrono::Utc::now().format("%H:%M:%S")
+        );
+    };
+    if !watched.ok {
+        say(&format!(
+            "rollout of {stack} FAILED (see above; report: {})",
+            report_file.display()
+        ));
+        return Ok((Outcome::RolledBack, watched.summary));
+    }
+    say(&format!("rollout of {stack} complete"));
+    match rollout.record(
+        &stack,
+        &env_dir.join("history"),
+        request.env_var("CI_COMMIT_SHA").map(str::to_owned),
+        request.env_var("CI_PIPELINE_URL").map(str::to_owned),
+    ) {
+        Ok(path) => say(&format!("deploy recorded in {}", path.display())),
+        Err(m) => {
+            return Err(DeployError {
+                stage: Stage::Watch,
+                error: Error::Refused(format!("the rollout succeeded but cannot be recorded: {m}")),
+            });
+        }
+    }
+    say(&format!(
+        "pruning unused configs and secrets of {stack} (keeping the last {} deploys)",
+        s.prune_keep.value
+    ));
+    match rollout.prune(&stack, &env_dir.join("history"), s.prune_keep.value) {
+        Ok(lines) => lines.iter().for_each(|l| say(l)),
+        Err(m) => say(&format!(
+            "WARNING: prune left some objects ({m}); the deploy itself succeeded"
+        )),
+    }
+    say(&format!("{stack} deployed"));
+    Ok((Outcome::Done, watched.summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::fake::FakeEngine;
+    use std::fs;
+
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    /// A release like the copy step makes, in a temporary root.
+    struct Fixture {
+        _root: tempfile::TempDir,
+        request: Request,
+    }
+
+    fn fixture(deploy_env: &str) -> Fixture {
+        let root = tempfile::tempdir().unwrap();
+        let env_dir = root.path().join("prod");
+        let release = env_dir.join("current");
+        let manifests = release.join("deploy-manifests/prod/backend");
+        fs::create_dir_all(&manifests).unwrap();
+        fs::write(manifests.join("config.toml"), "title = \"x\"\n").unwrap();
+        fs::write(
+            release.join("deploy-manifests/prod/images.env"),
+            format!("BACKEND_TAG=20261206_aaaaaaaa\nPOSTGRES_IMAGE=postgres:15@{DIGEST}\n"),
+        )
+        .unwrap();
+        fs::write(
+            release.join("docker-compose.prod.yaml"),
+            "services:\n  backend:\n    image: ${REGISTRY}/stackship/backend:${BACKEND_TAG}\n    configs: [backend_config]\n    secrets: [db_password]\n  postgres:\n    image: ${POSTGRES_IMAGE}\nconfigs:\n  backend_config:\n    name: ${PROD_BACKEND_CONFIG}\n    file: ./deploy-manifests/prod/backend/config.toml\nsecrets:\n  db_password:\n    name: ${DB_PASSWORD_SECRET}\n    external: true\n",
+        )
+        .unwrap();
+        fs::write(env_dir.join("deploy.env"), deploy_env).unwrap();
+        let request = Request {
+            release,
+            env: "prod".into(),
+            review: None,
+            tag: None,
+            timeout: None,
+            process_env: BTreeMap::new(),
+            owner: "test".into(),
+            data_root: root.path().join("data"),
+        };
+        Fixture {
+            _root: root,
+            request,
+        }
+    }
+
+    fn good_engine() -> FakeEngine {
+        let fake = FakeEngine::new();
+        fake.answer(
+            &["info", "--format", "{{.Swarm.ControlAvailable}}"],
+            "true\n",
+        );
+        fake.answer(
+            &["secret", "ls"],
+            "stackship-prod-db-password-v1\nstackship-prod-db-password-v12\nstackship-prod-db-password-v3\n",
+        );
+        fake.answer(
+            &["secret", "inspect", "stackship-prod-db-password-v12"],
+            "[{}]",
+        );
+        fake.answer(&["login"], "Login Succeeded\n");
+        fake.answer(&["pull"], "");
+        fake
+    }
+
+    fn quiet() -> impl FnMut(&str) {
+        |_: &str| {}
+    }
+
+    #[test]
+    fn a_good_release_is_read_checked_and_pulled_without_a_change() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\nREGISTRY_USER=ci\nREGISTRY_PASSWORD=pw\n");
+        let fake = good_engine();
+        let (release, _lock, vars) =
+            prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap();
+        assert_eq!(vars["DB_PASSWORD_SECRET"], "stackship-prod-db-password-v12");
+        assert!(vars["PROD_BACKEND_CONFIG"].starts_with("prod_backend_config_"));
+        assert_eq!(vars["BACKEND_TAG"], "20261206_aaaaaaaa");
+        assert_eq!(
+            release.externals,
+            vec![("secret".to_owned(), "${DB_PASSWORD_SECRET}".to_owned())]
+        );
+        assert_eq!(
+            fake.command_lines(),
+            vec![
+                "docker info --format {{.Swarm.ControlAvailable}}",
+                "docker secret ls --filter name=stackship-prod-db-password-v --format {{.Name}}",
+                "docker secret inspect stackship-prod-db-password-v12",
+                "docker login --username ci --password-stdin 127.0.0.1:5000",
+                "docker pull -q 127.0.0.1:5000/stackship/backend:20261206_aaaaaaaa",
+                &format!("docker pull -q postgres:15@{DIGEST}"),
+            ]
+        );
+        // The password reaches docker login on stdin only.
+        assert_eq!(fake.calls()[3].stdin.as_deref(), Some(&b"pw"[..]));
+        // Nothing but the login changed anything.
+        assert_eq!(fake.writes().len(), 1);
+    }
+
+    #[test]
+    fn bad_settings_stop_before_any_docker_call() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\nBOGUS=1\n");
+        let fake = good_engine();
+        let e = prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap_err();
+        assert_eq!(e.stage, Stage::Read);
+        assert_eq!(e.outcome(), Outcome::NothingChanged);
+        assert!(
+            e.to_string().contains("deploy.env:2: unknown key BOGUS"),
+            "{e}"
+        );
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn a_missing_external_secret_is_refused_before_anything_changes() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let fake = FakeEngine::new();
+        fake.answer(&["info"], "true\n");
+        fake.answer(&["secret", "ls"], "stackship-prod-db-password-v2\n");
+        fake.fail(
+            &["secret", "inspect"],
+            "Error: No such secret: stackship-prod-db-password-v2",
+        );
+        let e = prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap_err();
+        assert_eq!(e.stage, Stage::Validate);
+        assert!(
+            e.to_string()
+                .contains("missing swarm objects: secret stackship-prod-db-password-v2"),
+            "{e}"
+        );
+        assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn no_password_secret_says_how_to_make_one() {
+        let f = fixture("REGISTRY=r\n");
+        let fake = FakeEngine::new();
+        fake.answer(&["info"], "true\n");
+        fake.answer(
+            &["secret", "ls"],
+            "stackship-prod-db-password-v0\nstackship-prod-db-password-vx\n",
+        );
+        let e = prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap_err();
+        assert!(
+            e.to_string().contains("secret.sh init db-password prod"),
+            "{e}"
+        );
+        assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn a_named_password_secret_must_belong_to_the_stack() {
+        let mut f = fixture("REGISTRY=r\n");
+        f.request.process_env.insert(
+            "DB_PASSWORD_SECRET".into(),
+            "stackship-dev-db-password-v1".into(),
+        );
+        let fake = good_engine();
+        let e = prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is not one of stackship-prod-db-password-v<N>"),
+            "{e}"
+        );
+        f.request.process_env.insert(
+            "DB_PASSWORD_SECRET".into(),
+            "stackship-prod-db-password-v12".into(),
+        );
+        prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap();
+    }
+
+    #[test]
+    fn a_worker_engine_is_refused() {
+        let f = fixture("REGISTRY=r\n");
+        let fake = FakeEngine::new();
+        fake.answer(&["info"], "false\n");
+        let e = prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "validate: this engine is not a swarm manager"
+        );
+    }
+
+    #[test]
+    fn a_missing_image_stops_at_the_pull_naming_it() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let fake = FakeEngine::new();
+        fake.answer(&["info"], "true\n");
+        fake.answer(&["secret", "ls"], "stackship-prod-db-password-v1\n");
+        fake.answer(&["secret", "inspect"], "[{}]");
+        fake.fail(&["pull"], "Error response from daemon: manifest unknown");
+        let mut told = Vec::new();
+        let e = prepare(&Client::new(&fake), &f.request, &mut |m: &str| {
+            told.push(m.to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(e.stage, Stage::Pull);
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "cannot pull 127.0.0.1:5000/stackship/backend:20261206_aaaaaaaa (backend, from"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("manifest unknown"), "{text}");
+        assert!(fake.writes().is_empty());
+        assert!(
+            told.iter()
+                .any(|m| m.contains("using the engine's existing login")),
+            "{told:?}"
+        );
+    }
+
+    #[test]
+    fn a_held_lock_times_out_before_anything_is_asked() {
+        let f = fixture("REGISTRY=r\nLOCK_WAIT=0\n");
+        let _held = DeployLock::acquire(
+            &f.request.env_dir(),
+            "x",
+            "pid 9 on manager",
+            Duration::ZERO,
+            &mut quiet(),
+        )
+        .unwrap();
+        let fake = good_engine();
+        let e = prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap_err();
+        assert_eq!(e.stage, Stage::Lock);
+        assert!(e.to_string().contains("pid 9 on manager"), "{e}");
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn a_missing_release_says_to_run_the_copy_step() {
+        let mut f = fixture("");
+        f.request.env = "dev".into();
+        let e = read(&f.request).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("docker-compose.dev.yaml is missing (run the copy step for dev)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn print_images_names_each_origin() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let text = images_text(&read(&f.request).unwrap());
+        assert!(
+            text.starts_with("backend 127.0.0.1:5000/stackship/backend:20261206_aaaaaaaa ("),
+            "{text}"
+        );
+        assert!(text.contains("images.env:1)"), "{text}");
+        assert!(
+            text.contains(&format!("postgres postgres:15@{DIGEST} (")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn review_requests_use_their_own_names_and_the_copied_settings() {
+        let r = Request {
+            release: PathBuf::from("/srv/deploy/review/42/current"),
+            env: "dev".into(),
+            review: Some(42),
+            tag: None,
+            timeout: None,
+            process_env: BTreeMap::new(),
+            owner: String::new(),
+            data_root: PathBuf::from("/nonexistent"),
+        };
+        assert_eq!(r.stack(), "stackship-review-42");
+        assert_eq!(
+            r.compose(),
+            Path::new("/srv/deploy/review/42/current/docker-compose.review.yaml")
+        );
+        assert_eq!(r.settings_file(), Path::new("/srv/deploy/dev/deploy.env"));
+        assert_eq!(
+            r.pins(),
+            Path::new("/srv/deploy/review/42/current/deploy-manifests/dev/images.env")
+        );
+        assert_eq!(r.env_dir(), Path::new("/srv/deploy/review/42"));
+    }
+
+    #[test]
+    fn versions_and_external_names() {
+        assert_eq!(
+            newest_version(["p-v1", "p-v10", "p-v9", "p-v01", "q-v99", "p-vx"], "p-v"),
+            Some(10)
+        );
+        assert_eq!(newest_version(["p-v0"], "p-v"), None);
+        let vars: BTreeMap<String, String> = [("A".to_owned(), "a1".to_owned())].into();
+        assert_eq!(external_name("${A}", &vars).unwrap(), "a1");
+        assert_eq!(external_name("plain", &vars).unwrap(), "plain");
+        assert!(
+            external_name("${B}", &vars)
+                .unwrap_err()
+                .contains("B is not set")
+        );
+        assert!(
+            external_name("x-${A}", &vars)
+                .unwrap_err()
+                .contains("exactly one")
+        );
+        assert!(
+            external_name("${1}", &vars)
+                .unwrap_err()
+                .contains("exactly one")
+        );
+    }
+
+    #[test]
+    fn stages_and_outcomes() {
+        let e = |stage| DeployError {
+            stage,
+            error: Error::Refused("x".into()),
+        };
+        for s in [Stage::Read, Stage::Lock, Stage::Validate, Stage::Pull] {
+            assert_eq!(e(s).outcome(), Outcome::NothingChanged, "{s}");
+        }
+        for s in [Stage::Deploy, Stage::Watch] {
+            assert_eq!(e(s).outcome(), Outcome::Unknown, "{s}");
+        }
+        assert_eq!(e(Stage::Pull).to_string(), "pull: x");
+    }
+
+    #[test]
+    fn stack_config_runs_with_the_deploys_variables_when_the_cli_has_it() {
+        let f = fixture("REGISTRY=r\n");
+        let fake = FakeEngine::new();
+        fake.answer(
+            &["stack", "--help"],
+            "Commands:\n  config      Outputs the final config file\n  deploy      Deploy\n",
+        );
+        fake.fail(
+            &["stack", "config"],
+            "services.backend Additional property bogus is not allowed",
+        );
+        let vars: BTreeMap<String, String> = [("A".to_owned(), "1".to_owned())].into();
+        let e =
+            validate_stack_file(&Client::new(&fake), &f.request, &vars, &mut quiet()).unwrap_err();
+        assert!(e.to_string().contains("is not a valid stack file"), "{e}");
+        assert!(e.to_string().contains("Additional property bogus"), "{e}");
+        assert_eq!(fake.calls()[1].env, vec![("A".to_owned(), "1".to_owned())]);
+        let fake = FakeEngine::new();
+        fake.answer(&["stack", "--help"], "Commands:\n  deploy      Deploy\n");
+        let mut told = Vec::new();
+        validate_stack_file(&Client::new(&fake), &f.request, &vars, &mut |m: &str| {
+            told.push(m.to_owned())
+        })
+        .unwrap();
+        assert_eq!(fake.calls().len(), 1);
+        assert!(told[0].contains("no `docker stack config`"));
+    }
+
+    #[test]
+    fn placement_labels_a_single_node_and_returns_the_database_node() {
+        let f = fixture("REGISTRY=r\n");
+        let release = read(&f.request).unwrap();
+        let fake = FakeEngine::new();
+        fake.answer(&["info"], "n1\n");
+        fake.answer(&["node", "ls"], "n1\n");
+        fake.answer(&["node", "inspect", "n1"], r#"[{"ID":"n1","Spec":{"Availability":"active"},"Description":{"Hostname":"m"},"Status":{"State":"ready"}}]"#);
+        fake.answer(&["node", "update"], "");
+        let db = check_placement(&Client::new(&fake), &f.request, &release, &mut quiet()).unwrap();
+        assert_eq!(db.as_deref(), Some("n1"));
+        assert_eq!(
+            fake.writes(),
+            vec![
+                "docker node update --label-add stackship.edge=true n1",
+                "docker node update --label-add stackship.postgres.prod=true n1"
+            ]
+        );
+    }
+
+    #[test]
+    fn placement_refusals_change_nothing() {
+        let f = fixture("REGISTRY=r\n");
+        let release = read(&f.request).unwrap();
+        let fake = FakeEngine::new();
+        fake.answer(&["info"], "n1\n");
+        fake.answer(&["node", "ls"], "n1\nn2\n");
+        fake.answer(&["node", "inspect"], r#"[{"ID":"n1","Spec":{"Availability":"active"},"Description":{"Hostname":"m"},"Status":{"State":"ready"}},{"ID":"n2","Spec":{"Availability":"active"},"Description":{"Hostname":"w"},"Status":{"State":"ready"}}]"#);
+        let e =
+            check_placement(&Client::new(&fake), &f.request, &release, &mut quiet()).unwrap_err();
+        assert_eq!(e.stage, Stage::Validate);
+        assert!(
+            e.to_string()
+                .contains("no node has the label stackship.edge=true"),
+            "{e}"
+        );
+        assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn a_review_stack_needs_room_and_makes_its_password_once() {
+        let f = fixture("REGISTRY=r\nREVIEW_MAX_STACKS=2\n");
+        let release = read(&f.request).unwrap();
+        let mut request = f.request.clone();
+        request.review = Some(7);
+        let fake = FakeEngine::new();
+        fake.answer(
+            &["stack", "ls"],
+            "stackship-prod\nstackship-review-3\nstackship-review-7\n",
+        );
+        fake.answer(&["secret", "ls"], "");
+        fake.answer(&["secret", "create"], "id\n");
+        let port =
+            prepare_review(&Client::new(&fake), &request, &release, 7, &mut quiet()).unwrap();
+        assert_eq!(port, 20007);
+        let calls = fake.calls();
+        let create = calls.last().unwrap();
+        assert_eq!(
+            create.command_line(),
+            "docker secret create --label com.docker.stack.namespace=stackship-review-7 stackship-review-7-db-password-v1 -"
+        );
+        let password = String::from_utf8(create.stdin.clone().unwrap()).unwrap();
+        assert_eq!(password.len(), 32);
+        assert!(
+            password
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
+        // A second deploy keeps the secret; a third stack is refused at the limit.
+        let fake = FakeEngine::new();
+        fake.answer(&["stack", "ls"], "stackship-review-3\n");
+        fake.answer(&["secret", "ls"], "stackship-review-7-db-password-v1\n");
+        prepare_review(&Client::new(&fake), &request, &release, 7, &mut quiet()).unwrap();
+        assert!(fake.writes().is_empty());
+        let fake = FakeEngine::new();
+        fake.answer(&["stack", "ls"], "stackship-review-3\nstackship-review-4\n");
+        let e =
+            prepare_review(&Client::new(&fake), &request, &release, 7, &mut quiet()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("2 review stacks already run (stackship-review-3 stackship-review-4)"),
+            "{e}"
+        );
+        assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn review_ports_stay_below_65536() {
+        assert_eq!(review_port(20000, 901).unwrap(), 20901);
+        assert_eq!(review_port(65000, 535).unwrap(), 65535);
+        assert!(review_port(65000, 536).unwrap_err().contains("above 65535"));
+    }
+
+    #[test]
+    fn data_directory_decisions() {
+        use DataDirAction::*;
+        // exists, empty, readable, owner, allow_new
+        assert_eq!(data_dir_action(false, false, false, None, false), Refuse);
+        assert_eq!(data_dir_action(false, false, false, None, true), Create);
+        assert_eq!(data_dir_action(true, true, true, Some(999), false), Refuse);
+        assert_eq!(data_dir_action(true, true, true, Some(999), true), Nothing);
+        assert_eq!(data_dir_action(true, false, true, Some(0), false), Chown);
+        assert_eq!(
+            data_dir_action(true, false, true, Some(999), false),
+            Nothing
+        );
+        // Not readable (not root): not taken for empty.
+        assert_eq!(
+            data_dir_action(true, false, false, Some(999), false),
+            Nothing
+        );
+    }
+
+    /// A rollout that records what it was asked and ends as told.
+    struct FakeRollout {
+        ok: bool,
+        steps: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Rollout for FakeRollout {
+        fn snapshot(&self, stack: &str) -> Result<rollout_watcher::watch::Snapshot, String> {
+            self.steps.borrow_mut().push(format!("snapshot {stack}"));
+            Ok(rollout_watcher::watch::Snapshot {
+                stack: stack.into(),
+                ..Default::default()
+            })
+        }
+        fn watch(
+            &self,
+            snapshot: &rollout_watcher::watch::Snapshot,
+            options: &rollout_watcher::watch::Options,
+            _report_file: &Path,
+            _progress: &mut dyn std::io::Write,
+        ) -> Result<Watched, String> {
+            self.steps.borrow_mut().push(format!(
+                "watch {} max_task_failures={}",
+                snapshot.stack, options.rules.max_task_failures
+            ));
+            Ok(Watched {
+                ok: self.ok,
+                summary: "backend: ok\n".into(),
+            })
+        }
+        fn record(
+            &self,
+            stack: &str,
+            _history: &Path,
+            commit: Option<String>,
+            _pipeline: Option<String>,
+        ) -> Result<PathBuf, String> {
+            self.steps.borrow_mut().push(format!(
+                "record {stack} commit={}",
+                commit.unwrap_or_default()
+            ));
+            Ok(PathBuf::from("/h/1.json"))
+        }
+        fn prune(&self, stack: &str, _history: &Path, keep: usize) -> Result<Vec<String>, String> {
+            self.steps
+                .borrow_mut()
+                .push(format!("prune {stack} keep={keep}"));
+            Ok(vec![])
+        }
+    }
+
+    fn swarm_engine() -> FakeEngine {
+        let fake = good_engine();
+        fake.answer(&["stack", "--help"], "Commands:\n  config   x\n");
+        fake.answer(&["stack", "config"], "");
+        fake.answer(&["info", "--format", "{{.Swarm.NodeID}}"], "n1\n");
+        fake.answer(&["node", "ls"], "n1\n");
+        fake.answer(&["node", "inspect", "n1", "--format"], "manager-1\n");
+        fake.answer(
+            &["node", "inspect", "n1"],
+            r#"[{"ID":"n1","Spec":{"Availability":"active","Labels":{"stackship.edge":"true","stackship.postgres.prod":"true"}},"Description":{"Hostname":"manager-1"},"Status":{"State":"ready"}}]"#,
+        );
+        fake.answer(&["service", "inspect", "stackship-prod_postgres"], "[{}]");
+        fake.answer(&["stack", "deploy"], "");
+        fake
+    }
+
+    fn with_data_dir(f: &Fixture) {
+        std::fs::create_dir_all(f.request.data_root.join("prod/postgres/base")).unwrap();
+    }
+
+    #[test]
+    fn a_good_deploy_runs_every_stage_in_order() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\nPRUNE_KEEP=4\nMAX_TASK_FAILURES=2\n");
+        f.request
+            .process_env
+            .insert("CI_COMMIT_SHA".into(), "abc123".into());
+        with_data_dir(&f);
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let mut progress = Vec::new();
+        let (outcome, summary) =
+            deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap();
+        let progress = String::from_utf8(progress).unwrap();
+        assert_eq!(outcome, Outcome::Done, "{progress}");
+        assert_eq!(summary, "backend: ok\n");
+        assert_eq!(
+            *rollout.steps.borrow(),
+            vec![
+                "snapshot stackship-prod",
+                "watch stackship-prod max_task_failures=2",
+                "record stackship-prod commit=abc123",
+                "prune stackship-prod keep=4"
+            ]
+        );
+        let calls = fake.calls();
+        let deploy_call = calls
+            .iter()
+            .find(|c| {
+                c.args
+                    .starts_with(&["stack".to_owned(), "deploy".to_owned()])
+            })
+            .unwrap();
+        assert_eq!(
+            deploy_call.command_line(),
+            format!(
+                "docker stack deploy --with-registry-auth --prune --detach=true -c {} stackship-prod",
+                f.request.compose().display()
+            )
+        );
+        let env: BTreeMap<_, _> = deploy_call.env.iter().cloned().collect();
+        assert_eq!(env["DB_PASSWORD_SECRET"], "stackship-prod-db-password-v12");
+        assert_eq!(env["REGISTRY"], "127.0.0.1:5000");
+        assert_eq!(env["BACKEND_TAG"], "20261206_aaaaaaaa");
+        assert!(env["PROD_BACKEND_CONFIG"].starts_with("prod_backend_config_"));
+        // The only changes: the stack deploy (labels were there, no login configured).
+        assert_eq!(fake.writes().len(), 1, "{:?}", fake.writes());
+        assert!(progress.contains("stackship-prod deployed"), "{progress}");
+    }
+
+    #[test]
+    fn a_failed_rollout_exits_1_and_records_nothing() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        with_data_dir(&f);
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: false,
+            steps: Default::default(),
+        };
+        let mut progress = Vec::new();
+        let (outcome, _) =
+            deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap();
+        assert_eq!(outcome, Outcome::RolledBack);
+        assert_eq!(outcome.code(), 1);
+        assert_eq!(
+            rollout.steps.borrow().len(),
+            2,
+            "{:?}",
+            rollout.steps.borrow()
+        );
+        assert!(
+            String::from_utf8(progress)
+                .unwrap()
+                .contains("rollout of stackship-prod FAILED")
+        );
+    }
+
+    #[test]
+    fn an_emptied_database_directory_is_refused_before_the_stack_deploy() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        std::fs::create_dir_all(f.request.data_root.join("prod/postgres")).unwrap();
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.stage, Stage::Deploy);
+        assert!(
+            e.to_string()
+                .contains("Postgres would start an EMPTY database"),
+            "{e}"
+        );
+        assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+        assert!(rollout.steps.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_first_deploy_creates_the_database_directory() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let fake = first_deploy_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let r = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new());
+        let dir = f.request.data_root.join("prod/postgres");
+        match r {
+            Ok((outcome, _)) => {
+                assert_eq!(outcome, Outcome::Done);
+                assert!(dir.is_dir());
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                let meta = std::fs::metadata(&dir).unwrap();
+                assert_eq!(
+                    (meta.uid(), meta.permissions().mode() & 0o777),
+                    (POSTGRES_UID, 0o700)
+                );
+            }
+            // Not root: the chown to Postgres's user is refused, and says how to do it.
+            Err(e) => assert!(
+                e.to_string().contains("install -d -m 0700 -o 999 -g 999"),
+                "{e}"
+            ),
+        }
+    }
+
+    /// A single-node swarm whose stack has no Postgres service yet.
+    fn first_deploy_engine() -> FakeEngine {
+        let fake = FakeEngine::new();
+        fake.fail(
+            &["service", "inspect", "stackship-prod_postgres"],
+            "Error: no such service",
+        );
+        fake.answer(
+            &["info", "--format", "{{.Swarm.ControlAvailable}}"],
+            "true\n",
+        );
+        fake.answer(&["secret", "ls"], "stackship-prod-db-password-v12\n");
+        fake.answer(&["secret", "inspect"], "[{}]");
+        fake.answer(&["pull"], "");
+        fake.answer(&["stack", "--help"], "Commands:\n  deploy   x\n");
+        fake.answer(&["info", "--format", "{{.Swarm.NodeID}}"], "n1\n");
+        fake.answer(&["node", "ls"], "n1\n");
+        fake.answer(&["node", "inspect", "n1", "--format"], "manager-1\n");
+        fake.answer(
+            &["node", "inspect", "n1"],
+            r#"[{"ID":"n1","Spec":{"Availability":"active","Labels":{"stackship.edge":"true","stackship.postgres.prod":"true"}},"Description":{"Hostname":"manager-1"},"Status":{"State":"ready"}}]"#,
+        );
+        fake.answer(&["stack", "deploy"], "");
+        fake
+    }
+}
