@@ -32,7 +32,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Flag(flag) => write!(f, "{flag}"),
-            Origin::Environment(var) => write!(f, "environment variable {var}"),
+            Origin::Environment(var) => write!(f, "{var} from the environment"),
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::Default => f.write_str("default"),
         }
@@ -120,6 +120,8 @@ pub struct Inputs {
     pub tag: Option<String>,
     /// `--timeout` (seconds).
     pub timeout: Option<String>,
+    /// The environment's name, for the commands the messages suggest.
+    pub env_name: String,
 }
 
 /// The settings of one deploy.
@@ -493,11 +495,18 @@ impl Settings {
                         )
                     })?;
                     if !is_digest_reference(&image.value) {
+                        let env = if inputs.env_name.is_empty() {
+                            "ENV"
+                        } else {
+                            &inputs.env_name
+                        };
+                        let short = service.name.strip_suffix("-proxy").unwrap_or(&service.name);
+                        let bare = image.value.split('@').next().unwrap_or(&image.value);
                         return Err(err(
-                            image.origin,
+                            image.origin.clone(),
                             format!(
-                                "{var} '{}' is not pinned by digest: a tag can be republished, and the next deploy would restart {} with whatever it names now (pin it: repo:tag@sha256:<digest>)",
-                                image.value, service.name
+                                "{var} '{}' ({}) is not pinned by digest: a tag can be republished, and the next deploy would restart {} with whatever it names now. Pin it: scripts/pin-image.sh {env} {short} {bare} resolves repo:tag@sha256:<digest> with the local engine (commit the pin), or set {var}=repo:tag@sha256:<digest>",
+                                image.value, image.origin, service.name
                             ),
                         ));
                     }
@@ -702,6 +711,10 @@ mod tests {
             s.images["backend"].origin,
             Origin::Environment("BACKEND_TAG".into())
         );
+        assert_eq!(
+            s.images["backend"].origin.to_string(),
+            "BACKEND_TAG from the environment"
+        );
     }
 
     #[test]
@@ -824,7 +837,12 @@ mod tests {
         );
         let got = error(&f);
         assert!(
-            got.contains("images.env:3: POSTGRES_IMAGE 'postgres:15' is not pinned by digest"),
+            got.contains("images.env:3: POSTGRES_IMAGE 'postgres:15' ("),
+            "{got}"
+        );
+        assert!(got.contains(") is not pinned by digest"), "{got}");
+        assert!(
+            got.contains("scripts/pin-image.sh ENV postgres postgres:15 resolves"),
             "{got}"
         );
         assert!(got.contains("restart postgres"), "{got}");
@@ -902,6 +920,48 @@ mod tests {
         f.inputs.deploy_env = Some(f.dir.path().join("absent.env"));
         f.inputs.env.insert("REGISTRY".into(), "e".into());
         assert_eq!(load(&f).unwrap().registry.unwrap().value, "e");
+    }
+
+    #[test]
+    fn an_environment_override_without_digest_names_variable_origin_and_pin_command() {
+        let mut f = fixture("REGISTRY=r\n", &pins());
+        f.inputs.env_name = "prod".into();
+        f.inputs
+            .env
+            .insert("POSTGRES_IMAGE".into(), "postgres:15-bookworm".into());
+        let got = error(&f);
+        assert!(
+            got.contains("POSTGRES_IMAGE 'postgres:15-bookworm' (POSTGRES_IMAGE from the environment) is not pinned by digest"),
+            "{got}"
+        );
+        assert!(
+            got.contains("scripts/pin-image.sh prod postgres postgres:15-bookworm"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn only_the_stacks_own_images_are_asked_for() {
+        // No prometheus in this stack: no PROMETHEUS_IMAGE needed, and pinning one is refused.
+        let f = fixture(
+            "REGISTRY=r\n",
+            &format!("{}PROMETHEUS_IMAGE=p@{DIGEST}\n", pins()),
+        );
+        assert!(error(&f).contains("unknown key PROMETHEUS_IMAGE"));
+        let s = load(&fixture("REGISTRY=r\n", &pins())).unwrap();
+        assert_eq!(
+            s.images.keys().collect::<Vec<_>>(),
+            vec!["backend", "frontend", "postgres"]
+        );
+    }
+
+    #[test]
+    fn a_command_substitution_in_a_pin_is_an_invalid_tag_not_run() {
+        let f = fixture(
+            "REGISTRY=r\n",
+            &format!("BACKEND_TAG=$(touch /tmp/x)\nFRONTEND_TAG=t\nPOSTGRES_IMAGE=p@{DIGEST}\n"),
+        );
+        assert!(error(&f).contains("BACKEND_TAG '$(touch /tmp/x)' is not a valid image tag"));
     }
 
     #[test]

@@ -207,6 +207,7 @@ pub fn read(request: &Request) -> Result<Release, DeployError> {
         pins: Some(request.pins()),
         tag: request.tag.clone(),
         timeout: request.timeout.clone(),
+        env_name: request.env.clone(),
     };
     let settings = Settings::load(&stack, &inputs).at(Stage::Read)?;
     let report = hash_compose_file(&compose, &HashOptions::default()).map_err(|e| DeployError {
