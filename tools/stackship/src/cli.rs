@@ -174,8 +174,9 @@ fn deploy_command(
         data_root: PathBuf::from(deploy::DATA_ROOT),
     };
     if print_images {
-        let release = deploy::read(&request).map_err(|e| Error::Deploy(Box::new(e)))?;
-        write_out(out, &deploy::images_text(&release))?;
+        let (_, settings) =
+            deploy::read_settings(&request).map_err(|e| Error::Deploy(Box::new(e)))?;
+        write_out(out, &deploy::images_text(&settings))?;
         return Ok(Outcome::Done);
     }
     let mut stderr = std::io::stderr();

@@ -176,8 +176,8 @@ pub struct Release {
     pub externals: Vec<(String, String)>,
 }
 
-/// Stage 1: the stack file, settings and content names.
-pub fn read(request: &Request) -> Result<Release, DeployError> {
+/// Stage 1, first half: the stack file and the settings (all `--print-images` needs).
+pub fn read_settings(request: &Request) -> Result<(StackFile, Settings), DeployError> {
     let compose = request.compose();
     if !compose.is_file() {
         return refused(
@@ -210,6 +210,13 @@ pub fn read(request: &Request) -> Result<Release, DeployError> {
         env_name: request.env.clone(),
     };
     let settings = Settings::load(&stack, &inputs).at(Stage::Read)?;
+    Ok((stack, settings))
+}
+
+/// Stage 1: the stack file, settings and content names.
+pub fn read(request: &Request) -> Result<Release, DeployError> {
+    let (stack, settings) = read_settings(request)?;
+    let compose = request.compose();
     let report = hash_compose_file(&compose, &HashOptions::default()).map_err(|e| DeployError {
         stage: Stage::Read,
         error: Error::Refused(format!(
@@ -248,9 +255,8 @@ pub fn read(request: &Request) -> Result<Release, DeployError> {
 }
 
 /// Each service's image and where it came from, as `--print-images` shows them.
-pub fn images_text(release: &Release) -> String {
-    release
-        .settings
+pub fn images_text(settings: &Settings) -> String {
+    settings
         .images
         .iter()
         .map(|(svc, image)| format!("{svc} {} ({})\n", image.value, image.origin))
@@ -494,7 +500,8 @@ pub fn validate_stack_file(
     client
         .run(
             &Call::read(["stack", "config", "-c", compose.as_str()])
-                .with_env(vars.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                .with_env(vars.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .in_dir(&request.release),
         )
         .map_err(|e| DeployError {
             stage: Stage::Validate,
@@ -1075,6 +1082,7 @@ pub fn deploy(
                 stack.as_str(),
             ])
             .with_env(vars.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .in_dir(&request.release)
             .with_timeout(Duration::from_secs(300)),
         )
         .map_err(|e| DeployError {
@@ -1391,7 +1399,7 @@ mod tests {
     #[test]
     fn print_images_names_each_origin() {
         let f = fixture("REGISTRY=127.0.0.1:5000\n");
-        let text = images_text(&read(&f.request).unwrap());
+        let text = images_text(&read(&f.request).unwrap().settings);
         assert!(
             text.starts_with("backend 127.0.0.1:5000/stackship/backend:20261206_aaaaaaaa ("),
             "{text}"
@@ -1724,6 +1732,10 @@ mod tests {
                 "docker stack deploy --with-registry-auth --prune --detach=true -c {} stackship-prod",
                 f.request.compose().display()
             )
+        );
+        assert_eq!(
+            deploy_call.dir.as_deref(),
+            Some(f.request.release.as_path())
         );
         let env: BTreeMap<_, _> = deploy_call.env.iter().cloned().collect();
         assert_eq!(env["DB_PASSWORD_SECRET"], "stackship-prod-db-password-v12");

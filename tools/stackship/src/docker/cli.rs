@@ -35,7 +35,11 @@ impl CliEngine {
 impl Engine for CliEngine {
     fn run(&self, call: &Call) -> Result<String, DockerError> {
         let command = call.command_line();
-        let mut child = Command::new(&self.program)
+        let mut process = Command::new(&self.program);
+        if let Some(dir) = &call.dir {
+            process.current_dir(dir);
+        }
+        let mut child = process
             .args(&call.args)
             .envs(call.env.iter().map(|(k, v)| (k, v)))
             .stdin(if call.stdin.is_some() {
@@ -162,6 +166,12 @@ mod tests {
             .run(&Call::write(["-c", "cat"]).with_stdin("s3cret"))
             .unwrap();
         assert_eq!(out, "s3cret");
+    }
+
+    #[test]
+    fn the_command_runs_in_its_directory() {
+        let out = sh().run(&Call::read(["-c", "pwd"]).in_dir("/tmp")).unwrap();
+        assert_eq!(out.trim(), "/tmp");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Call {
     /// Set in the command's environment (`docker stack deploy` expands the stack file's
     /// `${VAR}`s from it).
     pub env: Vec<(String, String)>,
+    /// The working directory (a stack file's relative `file:` paths resolve against it).
+    pub dir: Option<std::path::PathBuf>,
     pub effect: Effect,
     /// The call is stopped (and fails) after this long.
     pub timeout: Duration,
@@ -49,6 +51,7 @@ impl Call {
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
             env: Vec::new(),
+            dir: None,
             effect: Effect::Read,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -81,6 +84,12 @@ impl Call {
     {
         self.env
             .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// The same call run in `dir`.
+    pub fn in_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.dir = Some(dir.into());
         self
     }
 
