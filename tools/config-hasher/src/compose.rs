@@ -87,24 +87,10 @@ pub(crate) fn parse_collecting(
     text: &str,
     path: &Path,
 ) -> Result<(Declarations, Vec<Error>), Error> {
-    let doc: Value = yaml_serde::from_str(text).map_err(|e| Error::Syntax {
-        path: path.to_path_buf(),
-        location: e.location().map(|l| (l.line(), l.column())),
-        message: e.to_string(),
-    })?;
-    let top = match untag(&doc) {
-        Value::Null => return Ok((Declarations::default(), Vec::new())),
-        Value::Mapping(m) => m,
-        other => {
-            return Err(Error::Layout {
-                path: path.to_path_buf(),
-                message: format!(
-                    "the top level must be a mapping (services:, configs:, ...), found {}",
-                    describe(other)
-                ),
-            });
-        }
+    let Some(top) = top_level(text, path)? else {
+        return Ok((Declarations::default(), Vec::new()));
     };
+    let top = &top;
     let mut out = Declarations::default();
     let mut errors = Vec::new();
     for kind in [Kind::Config, Kind::Secret] {
@@ -167,6 +153,26 @@ pub(crate) fn parse_collecting(
         }
     }
     Ok((out, errors))
+}
+
+/// The document's top-level mapping, or None for an empty document.
+pub(crate) fn top_level(text: &str, path: &Path) -> Result<Option<Mapping>, Error> {
+    let doc: Value = yaml_serde::from_str(text).map_err(|e| Error::Syntax {
+        path: path.to_path_buf(),
+        location: e.location().map(|l| (l.line(), l.column())),
+        message: e.to_string(),
+    })?;
+    match untag(&doc) {
+        Value::Null => Ok(None),
+        Value::Mapping(m) => Ok(Some(m.clone())),
+        other => Err(Error::Layout {
+            path: path.to_path_buf(),
+            message: format!(
+                "the top level must be a mapping (services:, configs:, ...), found {}",
+                describe(other)
+            ),
+        }),
+    }
 }
 
 type EntryOutcome = Option<Result<Declared, SkipReason>>;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use yaml_serde::Value;
 
-use crate::compose::{apply_merge, describe, untag};
+use crate::compose::{apply_merge, describe, top_level, untag};
 use crate::error::Error;
 
 /// One service of the stack file.
@@ -28,20 +28,8 @@ pub fn parse_services(text: &str, path: &Path) -> Result<Vec<ServiceDecl>, Error
         path: path.to_path_buf(),
         message,
     };
-    let doc: Value = yaml_serde::from_str(text).map_err(|e| Error::Syntax {
-        path: path.to_path_buf(),
-        location: e.location().map(|l| (l.line(), l.column())),
-        message: e.to_string(),
-    })?;
-    let top = match untag(&doc) {
-        Value::Null => return Ok(Vec::new()),
-        Value::Mapping(m) => m,
-        other => {
-            return Err(layout(format!(
-                "the top level must be a mapping (services:, configs:, ...), found {}",
-                describe(other)
-            )));
-        }
+    let Some(top) = top_level(text, path)? else {
+        return Ok(Vec::new());
     };
     let Some(section) = top.get("services") else {
         return Ok(Vec::new());

@@ -1671,20 +1671,35 @@ mod tests {
         }
     }
 
-    fn swarm_engine() -> FakeEngine {
-        let fake = good_engine();
-        fake.answer(&["stack", "--help"], "Commands:\n  config   x\n");
-        fake.answer(&["stack", "config"], "");
-        fake.answer(&["info", "--format", "{{.Swarm.NodeID}}"], "n1\n");
-        fake.answer(&["node", "ls"], "n1\n");
-        fake.answer(&["node", "inspect", "n1", "--format"], "manager-1\n");
-        fake.answer(
-            &["node", "inspect", "n1"],
-            r#"[{"ID":"n1","Spec":{"Availability":"active","Labels":{"stackship.edge":"true","stackship.postgres.prod":"true"}},"Description":{"Hostname":"manager-1"},"Status":{"State":"ready"}}]"#,
-        );
-        fake.answer(&["service", "inspect", "stackship-prod_postgres"], "[{}]");
-        fake.answer(&["stack", "deploy"], "");
+    /// The answers of a one-node swarm whose node has both labels, after `fake`'s own rules.
+    fn swarm_answers(fake: FakeEngine, stack_config: &str) -> FakeEngine {
+        for (prefix, answer) in [
+            (
+                &["info", "--format", "{{.Swarm.ControlAvailable}}"][..],
+                "true\n",
+            ),
+            (&["secret", "ls"], "stackship-prod-db-password-v12\n"),
+            (&["secret", "inspect"], "[{}]"),
+            (&["pull"], ""),
+            (&["stack", "--help"], stack_config),
+            (&["stack", "config"], ""),
+            (&["info", "--format", "{{.Swarm.NodeID}}"], "n1\n"),
+            (&["node", "ls"], "n1\n"),
+            (&["node", "inspect", "n1", "--format"], "manager-1\n"),
+            (
+                &["node", "inspect", "n1"],
+                r#"[{"ID":"n1","Spec":{"Availability":"active","Labels":{"stackship.edge":"true","stackship.postgres.prod":"true"}},"Description":{"Hostname":"manager-1"},"Status":{"State":"ready"}}]"#,
+            ),
+            (&["service", "inspect", "stackship-prod_postgres"], "[{}]"),
+            (&["stack", "deploy"], ""),
+        ] {
+            fake.answer(prefix, answer);
+        }
         fake
+    }
+
+    fn swarm_engine() -> FakeEngine {
+        swarm_answers(FakeEngine::new(), "Commands:\n  config   x\n")
     }
 
     fn with_data_dir(f: &Fixture) {
@@ -1823,29 +1838,14 @@ mod tests {
         }
     }
 
-    /// A single-node swarm whose stack has no Postgres service yet.
+    /// A single-node swarm whose stack has no Postgres service yet, with a CLI that has no
+    /// `docker stack config`.
     fn first_deploy_engine() -> FakeEngine {
         let fake = FakeEngine::new();
         fake.fail(
             &["service", "inspect", "stackship-prod_postgres"],
             "Error: no such service",
         );
-        fake.answer(
-            &["info", "--format", "{{.Swarm.ControlAvailable}}"],
-            "true\n",
-        );
-        fake.answer(&["secret", "ls"], "stackship-prod-db-password-v12\n");
-        fake.answer(&["secret", "inspect"], "[{}]");
-        fake.answer(&["pull"], "");
-        fake.answer(&["stack", "--help"], "Commands:\n  deploy   x\n");
-        fake.answer(&["info", "--format", "{{.Swarm.NodeID}}"], "n1\n");
-        fake.answer(&["node", "ls"], "n1\n");
-        fake.answer(&["node", "inspect", "n1", "--format"], "manager-1\n");
-        fake.answer(
-            &["node", "inspect", "n1"],
-            r#"[{"ID":"n1","Spec":{"Availability":"active","Labels":{"stackship.edge":"true","stackship.postgres.prod":"true"}},"Description":{"Hostname":"manager-1"},"Status":{"State":"ready"}}]"#,
-        );
-        fake.answer(&["stack", "deploy"], "");
-        fake
+        swarm_answers(fake, "Commands:\n  deploy   x\n")
     }
 }
