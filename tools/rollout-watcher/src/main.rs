@@ -32,7 +32,8 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Follow the stack until every service settled. Exit 0 when all are healthy on their new
-    /// spec, 1 when one failed (rolled back, paused, crash-looping, timed out), 2 on errors.
+    /// spec, 1 when one failed (rolled back, paused, crash-looping, unschedulable, timed out),
+    /// 2 on errors.
     Watch {
         stack: String,
         /// The snapshot taken before the deploy.
@@ -119,11 +120,14 @@ fn run(command: Command) -> anyhow::Result<bool> {
                 snapshot.display(),
                 snap.stack
             );
+            let poll = Duration::from_millis(poll_ms.max(100));
             let options = Options {
                 timeout: timeout.map(Duration::from_secs),
-                poll: Duration::from_millis(poll_ms.max(100)),
+                poll,
                 rules: Rules {
                     max_task_failures: max_task_failures.max(1),
+                    // Two samples a poll apart settle a service with no update of its own.
+                    confirm_after: poll,
                     ..Rules::default()
                 },
                 log_lines,

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bollard::models::{Task, TaskState};
+use bollard::models::{Service, Task, TaskState};
 use serde::{Deserialize, Serialize};
 
 use crate::assess::{self, Counts, Phase, Rules, ServiceBefore, Tracker};
@@ -91,8 +91,13 @@ pub struct ServiceResult {
     pub counts: Counts,
     /// Swarm's `UpdateStatus.Message`.
     pub update_message: Option<String>,
-    /// The last failed task's error since the deploy.
+    /// The task that explains the failure: the one Swarm's message blames, else a guess (the
+    /// last failed task since the deploy, see [`assess::problem_task`]).
+    pub task_id: Option<String>,
+    /// That task's error as Swarm reported it (when it was last seen).
     pub task_error: Option<String>,
+    /// Its container's exit code, once it ended.
+    pub exit_code: Option<i64>,
     /// The last lines of that task's log.
     pub log_tail: Option<String>,
     /// That task's last healthcheck output, when it never turned healthy.
@@ -128,19 +133,91 @@ struct Followed {
     messages: Vec<String>,
 }
 
-/// What was seen of a new task while it was still starting: its containers are removed once
-/// Swarm stops them, so logs and healthcheck output are kept as the watch goes.
+/// What was seen of one new task. Its container is removed once Swarm replaces it (and the
+/// task itself leaves Swarm's history), so this is kept for the report.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Evidence {
+    state: String,
+    /// [`assess::task_error`] when it was seen.
+    error: String,
+    exit_code: Option<i64>,
+    health: Option<String>,
+    log_tail: Option<String>,
+}
+
+/// Where a task's logs and healthcheck output come from: the docker CLI, a fake in tests.
+trait Probe {
+    fn log_tail(&self, task_id: &str, lines: usize) -> String;
+    fn health_output(&self, container_id: &str) -> Option<String>;
+}
+
+struct DockerProbe;
+
+impl Probe for DockerProbe {
+    fn log_tail(&self, task_id: &str, lines: usize) -> String {
+        docker::task_log_tail(task_id, lines)
+    }
+    fn health_output(&self, container_id: &str) -> Option<String> {
+        docker::container_health_output(container_id)
+    }
+}
+
+/// A log tail worth showing (not empty, not "(no logs: ...)").
+fn useful_log(tail: String) -> Option<String> {
+    (!tail.trim().is_empty() && !tail.starts_with("(no logs")).then_some(tail)
+}
+
+fn container_of(task: &Task) -> Option<&str> {
+    task.status
+        .as_ref()
+        .and_then(|s| s.container_status.as_ref())
+        .and_then(|c| c.container_id.as_deref())
+        .filter(|id| !id.is_empty())
+}
+
+/// States a task does not leave: what it shows then is final.
+fn has_ended(task: &Task) -> bool {
+    matches!(
+        task.status.as_ref().and_then(|s| s.state),
+        Some(
+            TaskState::FAILED
+                | TaskState::REJECTED
+                | TaskState::COMPLETE
+                | TaskState::SHUTDOWN
+                | TaskState::ORPHANED
+                | TaskState::REMOVE
+        )
+    )
+}
+
+/// The exit code of a task's container, once it ended.
+fn exit_code_of(task: &Task) -> Option<i64> {
+    container_of(task)?;
+    has_ended(task)
+        .then(|| task.status.as_ref()?.container_status.as_ref()?.exit_code)
+        .flatten()
+}
+
+/// What was seen of new tasks, by task ID.
 #[derive(Default)]
 struct Seen {
-    log_tail: BTreeMap<String, String>,
-    health: BTreeMap<String, String>,
+    evidence: BTreeMap<String, Evidence>,
     last_fetch: BTreeMap<String, Instant>,
+    /// Tasks whose final state is captured.
+    ended: BTreeSet<String>,
 }
 
 impl Seen {
-    /// Fetches (at most every 3 s per task) the log tail and health output of new tasks that
-    /// are starting, i.e. have not passed their healthcheck yet.
-    fn remember(&mut self, tasks: &[Task], before: &BTreeSet<String>, lines: usize) {
+    /// Captures the evidence of new tasks: once when first seen ended (failed, rejected,
+    /// complete, shutdown), and at most every 3 s while starting (not healthy yet). A fetch
+    /// that finds nothing (the container is gone) keeps what an earlier one found.
+    fn remember(
+        &mut self,
+        tasks: &[Task],
+        before: &BTreeSet<String>,
+        lines: usize,
+        probe: &dyn Probe,
+    ) {
         for task in tasks {
             let Some(id) = task.id.as_deref() else {
                 continue;
@@ -148,30 +225,86 @@ impl Seen {
             if before.contains(id) {
                 continue;
             }
-            let status = task.status.as_ref();
-            if status.and_then(|s| s.state) != Some(TaskState::STARTING) {
+            let state = task.status.as_ref().and_then(|s| s.state);
+            if has_ended(task) {
+                if !self.ended.insert(id.to_owned()) {
+                    continue;
+                }
+            } else if state == Some(TaskState::STARTING) {
+                if self
+                    .last_fetch
+                    .get(id)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
+                {
+                    continue;
+                }
+                self.last_fetch.insert(id.to_owned(), Instant::now());
+            } else {
                 continue;
             }
-            if self
-                .last_fetch
-                .get(id)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(3))
-            {
+            let evidence = self.evidence.entry(id.to_owned()).or_default();
+            evidence.state = state.map(|s| s.to_string()).unwrap_or_default();
+            evidence.error = assess::task_error(task);
+            evidence.exit_code = exit_code_of(task);
+            // No container, no logs nor healthcheck (rejected, or stopped before it started).
+            let Some(container) = container_of(task) else {
                 continue;
+            };
+            if let Some(tail) = useful_log(probe.log_tail(id, lines)) {
+                evidence.log_tail = Some(tail);
             }
-            self.last_fetch.insert(id.to_owned(), Instant::now());
-            let tail = docker::task_log_tail(id, lines);
-            if !tail.trim().is_empty() && !tail.starts_with("(no logs") {
-                self.log_tail.insert(id.to_owned(), tail);
-            }
-            let container = status
-                .and_then(|s| s.container_status.as_ref())
-                .and_then(|c| c.container_id.as_deref());
-            if let Some(output) = container.and_then(docker::container_health_output) {
-                self.health.insert(id.to_owned(), output);
+            if let Some(output) = probe.health_output(container) {
+                evidence.health = Some(output);
             }
         }
     }
+}
+
+/// What the report shows of the task that explains a failure.
+#[derive(Debug, Default, PartialEq)]
+struct Problem {
+    task_id: String,
+    task_error: Option<String>,
+    exit_code: Option<i64>,
+    log_tail: Option<String>,
+    health_output: Option<String>,
+}
+
+/// The task that explains a failure (see [`assess::problem_task_id`]) and its evidence: from
+/// the task as Swarm shows it now when it is still there, else from what was seen of it.
+fn problem(
+    service: &Service,
+    tasks: &[Task],
+    before: &BTreeSet<String>,
+    messages: &[String],
+    seen: &Seen,
+    probe: &dyn Probe,
+    lines: usize,
+) -> Option<Problem> {
+    let id = assess::problem_task_id(service, tasks, before, messages)?;
+    let task = tasks.iter().find(|t| t.id.as_deref() == Some(id.as_str()));
+    let kept = seen.evidence.get(&id);
+    let container = task.and_then(container_of);
+    let live = container.map(|_| probe.log_tail(&id, lines));
+    let kept_log = kept.and_then(|e| e.log_tail.clone());
+    // Nothing now and nothing kept: the live answer says why ("(no logs: ...)").
+    let log_tail = match live.clone().and_then(useful_log) {
+        Some(tail) => Some(tail),
+        None => kept_log.or(live.filter(|l| !l.trim().is_empty())),
+    };
+    Some(Problem {
+        task_error: task
+            .map(assess::task_error)
+            .or_else(|| kept.map(|e| e.error.clone())),
+        exit_code: task
+            .and_then(exit_code_of)
+            .or_else(|| kept.and_then(|e| e.exit_code)),
+        log_tail,
+        health_output: kept
+            .and_then(|e| e.health.clone())
+            .or_else(|| container.and_then(|c| probe.health_output(c))),
+        task_id: id,
+    })
 }
 
 /// `repo/name:tag@sha256:...` shown as `name:tag`.
@@ -270,7 +403,7 @@ pub fn watch(
                     messages: Vec::new(),
                 }
             });
-            seen.remember(&tasks, &snapshot.tasks, options.log_lines);
+            seen.remember(&tasks, &snapshot.tasks, options.log_lines, &DockerProbe);
             if let Some(m) = service
                 .service
                 .update_status
@@ -324,24 +457,21 @@ pub fn watch(
         let detail = match &f.phase {
             Phase::Ok(w) | Phase::Failed(w) | Phase::Pending(w) => w.clone(),
         };
-        let last = assess::problem_task(&f.service.service, &f.tasks, &snapshot.tasks);
-        let (task_error, log_tail, health_output) = match (failed, last) {
-            (true, Some(task)) => {
-                let id = task.id.as_deref().unwrap_or("");
-                let live = docker::task_log_tail(id, options.log_lines);
-                let tail = if live.trim().is_empty() || live.starts_with("(no logs") {
-                    seen.log_tail.get(id).cloned().or(Some(live))
-                } else {
-                    Some(live)
-                };
-                (
-                    Some(assess::task_error(task)),
-                    tail.filter(|t| !t.trim().is_empty()),
-                    seen.health.get(id).cloned(),
-                )
-            }
-            _ => (None, None, None),
-        };
+        let problem = if failed {
+            problem(
+                &f.service.service,
+                &f.tasks,
+                &snapshot.tasks,
+                &f.messages,
+                &seen,
+                &DockerProbe,
+                options.log_lines,
+            )
+        } else {
+            None
+        }
+        .unwrap_or_default();
+        let task_id = Some(problem.task_id).filter(|id| !id.is_empty());
         let old_image = snapshot
             .services
             .get(name)
@@ -357,9 +487,11 @@ pub fn watch(
             final_image: image_of(&f.service),
             counts: f.counts,
             update_message: (failed && !f.messages.is_empty()).then(|| f.messages.join(" -> ")),
-            task_error,
-            log_tail,
-            health_output,
+            task_id,
+            task_error: problem.task_error,
+            exit_code: problem.exit_code,
+            log_tail: problem.log_tail,
+            health_output: problem.health_output,
             seconds: f.settled_at.unwrap_or_default().as_secs_f64(),
             floor_seconds: if updated || f.detail_is_update() {
                 measured_floor(&f.service, &f.tasks, &snapshot.tasks)
@@ -411,8 +543,14 @@ pub fn summary(report: &Report) -> String {
         if let Some(m) = &r.update_message {
             out.push_str(&format!("    swarm: {m}\n"));
         }
-        if let Some(e) = &r.task_error {
-            out.push_str(&format!("    task:  {e}\n"));
+        if let Some(id) = &r.task_id {
+            let error = r.task_error.as_deref().unwrap_or("(not seen)");
+            let code = r
+                .exit_code
+                .filter(|c| !error.contains(&format!("exit ({c})")))
+                .map(|c| format!(" (exit code {c})"))
+                .unwrap_or_default();
+            out.push_str(&format!("    task:  {id}: {error}{code}\n"));
         }
         if let Some(h) = &r.health_output {
             out.push_str(&format!("    last healthcheck: {h}\n"));
@@ -425,4 +563,249 @@ pub fn summary(report: &Report) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Logs and healthcheck output by task and container ID; it records what was asked.
+    #[derive(Default)]
+    struct FakeProbe {
+        logs: BTreeMap<String, String>,
+        health: BTreeMap<String, String>,
+        asked: RefCell<Vec<String>>,
+    }
+
+    impl Probe for FakeProbe {
+        fn log_tail(&self, task_id: &str, _lines: usize) -> String {
+            self.asked.borrow_mut().push(format!("logs {task_id}"));
+            self.logs
+                .get(task_id)
+                .cloned()
+                .unwrap_or_else(|| "(no logs: no such task)".into())
+        }
+        fn health_output(&self, container_id: &str) -> Option<String> {
+            self.asked
+                .borrow_mut()
+                .push(format!("health {container_id}"));
+            self.health.get(container_id).cloned()
+        }
+    }
+
+    /// A recorded fixture as JSON: `{"service": ..., "tasks": [...]}`.
+    fn raw(name: &str) -> serde_json::Value {
+        let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn parsed(raw: &serde_json::Value) -> (ServiceInspect, Vec<Task>) {
+        let service = docker::parse_services(&format!("[{}]", raw["service"]))
+            .unwrap()
+            .remove(0);
+        (
+            service,
+            docker::parse_tasks(&raw["tasks"].to_string()).unwrap(),
+        )
+    }
+
+    const CULPRIT: &str = "jvg2wzhcnva4toub9t941x1dv";
+    const CULPRIT_CONTAINER: &str =
+        "9a0c0d2c7a2b0f7d6d6c3d1b0f0e7c5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e";
+
+    fn culprit_probe() -> FakeProbe {
+        FakeProbe {
+            logs: [(CULPRIT.to_owned(), "waiting for the database".to_owned())].into(),
+            health: [(CULPRIT_CONTAINER.to_owned(), "503 (exit 1)".to_owned())].into(),
+            ..Default::default()
+        }
+    }
+
+    /// rollback_started, with the culprit's container ID known to the fake probe.
+    fn rollback_started() -> serde_json::Value {
+        let mut raw = raw("rollback_started");
+        for t in raw["tasks"].as_array_mut().unwrap() {
+            if t["ID"] == CULPRIT {
+                t["Status"]["ContainerStatus"]["ContainerID"] = CULPRIT_CONTAINER.into();
+            }
+        }
+        raw
+    }
+
+    #[test]
+    fn the_task_swarm_blames_is_reported_with_what_was_seen_before_it_was_replaced() {
+        let before: BTreeSet<String> = ["mxwre8k6d1z2xmcagahd95d5k", "lwoj5cyaccsi1u2mf3bd81cnx"]
+            .map(String::from)
+            .into();
+        let probe = culprit_probe();
+        let mut seen = Seen::default();
+        let started = rollback_started();
+        let (_, tasks) = parsed(&started);
+        seen.remember(&tasks, &before, 20, &probe);
+        let message = started["service"]["UpdateStatus"]["Message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.ends_with(CULPRIT), "{message}");
+
+        // Later: the culprit has left Swarm's task history, and a newer replacement failed
+        // without ever starting (no container, no logs).
+        let mut done = raw("rollback_completed");
+        let list = done["tasks"].as_array_mut().unwrap();
+        list.retain(|t| t["ID"] != CULPRIT);
+        let mut replacement = list
+            .iter()
+            .find(|t| t["ID"] == "780ntm17msbt6q5dowyf0sax1")
+            .unwrap()
+            .clone();
+        replacement["ID"] = "zz9newreplacement00000000".into();
+        replacement["Status"]["State"] = "rejected".into();
+        replacement["Status"]["Err"] = "No such image: x".into();
+        replacement["Status"]["Timestamp"] = "2026-11-23T02:09:13Z".into();
+        list.push(replacement);
+        let (service, tasks) = parsed(&done);
+        seen.remember(&tasks, &before, 20, &probe);
+        let messages = vec![
+            "update in progress".to_owned(),
+            message,
+            "rollback completed".to_owned(),
+        ];
+
+        let p = problem(
+            &service.service,
+            &tasks,
+            &before,
+            &messages,
+            &seen,
+            &probe,
+            20,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            Problem {
+                task_id: CULPRIT.into(),
+                task_error: Some(
+                    "failed: task: non-zero exit (137): dockerexec: unhealthy container".into()
+                ),
+                exit_code: Some(137),
+                log_tail: Some("waiting for the database".into()),
+                health_output: Some("503 (exit 1)".into()),
+            }
+        );
+        // Without Swarm's word, the newest failure is the guess (the heuristic fallback).
+        let guess = problem(&service.service, &tasks, &before, &[], &seen, &probe, 20).unwrap();
+        assert_eq!(guess.task_id, "zz9newreplacement00000000");
+        assert_eq!(
+            guess.task_error.as_deref(),
+            Some("rejected: No such image: x")
+        );
+        assert_eq!(guess.log_tail, None);
+    }
+
+    #[test]
+    fn an_ended_task_is_captured_once_and_a_later_empty_fetch_keeps_what_was_found() {
+        let before = BTreeSet::new();
+        let (_, tasks) = parsed(&rollback_started());
+        let probe = culprit_probe();
+        let mut seen = Seen::default();
+        seen.remember(&tasks, &before, 20, &probe);
+        seen.remember(&tasks, &before, 20, &probe);
+        let asked = probe.asked.borrow().clone();
+        assert_eq!(
+            asked
+                .iter()
+                .filter(|a| *a == &format!("logs {CULPRIT}"))
+                .count(),
+            1,
+            "{asked:?}"
+        );
+        // Running tasks are not fetched; ended ones without a container are kept without.
+        assert!(
+            !asked
+                .iter()
+                .any(|a| a.contains("rbvuxpbhtcfuujbrmmtl76s8x"))
+        );
+        let stopped = &seen.evidence["780ntm17msbt6q5dowyf0sax1"];
+        assert_eq!(
+            (stopped.state.as_str(), stopped.log_tail.as_ref()),
+            ("shutdown", None)
+        );
+        assert!(
+            !asked
+                .iter()
+                .any(|a| a.contains("780ntm17msbt6q5dowyf0sax1"))
+        );
+        let culprit = &seen.evidence[CULPRIT];
+        assert_eq!(culprit.exit_code, Some(137));
+        assert_eq!(
+            culprit.log_tail.as_deref(),
+            Some("waiting for the database")
+        );
+
+        // A starting task is fetched; its next fetch (logs gone) keeps the earlier tail.
+        let mut starting = raw("updating");
+        let id = "6x4u8sbc6zbe344uct1frd898";
+        let (_, tasks) = parsed(&starting);
+        let probe = FakeProbe {
+            logs: [(id.to_owned(), "booting".to_owned())].into(),
+            ..Default::default()
+        };
+        let mut seen = Seen::default();
+        seen.remember(&tasks, &before, 20, &probe);
+        assert_eq!(seen.evidence[id].log_tail.as_deref(), Some("booting"));
+        assert_eq!(seen.evidence[id].exit_code, None);
+        for t in starting["tasks"].as_array_mut().unwrap() {
+            if t["ID"] == id {
+                t["Status"]["State"] = "failed".into();
+                t["Status"]["Err"] = "task: non-zero exit (1)".into();
+                t["Status"]["ContainerStatus"]["ExitCode"] = 1.into();
+            }
+        }
+        let (_, tasks) = parsed(&starting);
+        seen.remember(&tasks, &before, 20, &FakeProbe::default());
+        let e = &seen.evidence[id];
+        assert_eq!(e.error, "failed: task: non-zero exit (1)");
+        assert_eq!(e.exit_code, Some(1));
+        assert_eq!(e.log_tail.as_deref(), Some("booting"));
+    }
+
+    #[test]
+    fn the_summary_names_the_task_and_its_exit_code() {
+        let result = |error: &str| ServiceResult {
+            service: "backend".into(),
+            result: "failed".into(),
+            detail: "rolled back: rollback completed".into(),
+            old_image: "backend:1".into(),
+            new_image: "backend:2".into(),
+            final_image: "backend:1".into(),
+            counts: Counts::default(),
+            update_message: None,
+            task_id: Some(CULPRIT.into()),
+            task_error: Some(error.into()),
+            exit_code: Some(137),
+            log_tail: Some("a\nb".into()),
+            health_output: None,
+            seconds: 3.0,
+            floor_seconds: None,
+        };
+        let report = |r| Report {
+            stack: "s".into(),
+            ok: false,
+            seconds: 3.0,
+            services: vec![r],
+        };
+        let text = summary(&report(result("shutdown: shutdown")));
+        assert!(
+            text.contains(&format!(
+                "    task:  {CULPRIT}: shutdown: shutdown (exit code 137)\n"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("      a\n      b\n"), "{text}");
+        // An exit code the error already names is not repeated.
+        let text = summary(&report(result("failed: task: non-zero exit (137)")));
+        assert!(text.contains("non-zero exit (137)\n"), "{text}");
+    }
 }
