@@ -166,7 +166,9 @@ print_known_hosts() {
 main() {
     parse_args "$@"
     require_root
-    apt_install openssh-server openssh-client rsync util-linux openssl jq
+    # The deploy itself is stackship (static, no runtime dependency); flock(1) is for the
+    # shell steps that share its lock, python3 for rollback.sh until it moves into stackship.
+    apt_install openssh-server openssh-client rsync util-linux openssl python3
     ensure_docker
     ensure_swarm_here
     ensure_user

@@ -503,17 +503,23 @@ section_pins() {
         check "pins: pin-image.sh refuses a malformed image reference, file unchanged" cmp -s "$file" "$WORK/pins.before"
     fi
 
-    # deploy.sh reads the pins of the release it runs from; overrides win.
+    # The deploy reads the pins of the release it runs from; overrides win. Every rule of that
+    # choice (precedence, unknown keys, digests, tags, stack-only images) is a unit test of
+    # tools/stackship/src/settings.rs; here the shipped command line, end to end.
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/stackship"
+    [[ -x "$bin" ]] || (cd "$ROOT" && cargo build --quiet -p stackship) || die "cannot build stackship"
     for env in dev prod; do
         mkdir -p "$WORK/deploy/${env}/current"
-        cp "$ROOT/scripts/deploy.sh" "$ROOT/docker-compose.${env}.yaml" "$WORK/deploy/${env}/current/"
+        cp "$ROOT/scripts/deploy.sh" "$bin" "$ROOT/docker-compose.${env}.yaml" "$WORK/deploy/${env}/current/"
         cp -R "$repo/deploy-manifests" "$WORK/deploy/${env}/current/"
     done
     "$repo/scripts/pin-image.sh" prod frontend 20261120_aaaabbbb 2>/dev/null
     cp "$repo/deploy-manifests/prod/images.env" "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
+    local pins_file="$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
     print_images prod
-    expect_eq "pins: deploy.sh deploys the pins" \
-        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (pin in deploy-manifests/prod/images.env)|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)|postgres ${pg_pin} (pin in deploy-manifests/prod/images.env)|nginx-proxy ${ngx_pin} (pin in deploy-manifests/prod/images.env)|prometheus ${prom_pin} (pin in deploy-manifests/prod/images.env)" \
+    expect_eq "pins: deploy.sh --print-images succeeds" 0 "$PRINT_RC"
+    expect_eq "pins: deploy.sh deploys the pins, each with the line it came from" \
+        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (${pins_file}:$(grep -n '^BACKEND_TAG=' "$pins_file" | cut -d: -f1))|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (${pins_file}:$(grep -n '^FRONTEND_TAG=' "$pins_file" | cut -d: -f1))|nginx-proxy ${ngx_pin} (${pins_file}:$(grep -n '^NGINX_IMAGE=' "$pins_file" | cut -d: -f1))|postgres ${pg_pin} (${pins_file}:$(grep -n '^POSTGRES_IMAGE=' "$pins_file" | cut -d: -f1))|prometheus ${prom_pin} (${pins_file}:$(grep -n '^PROMETHEUS_IMAGE=' "$pins_file" | cut -d: -f1))" \
         "$(paste -sd'|' "$WORK/print.log")"
     # A third-party image counts only where the stack file has its service: Prometheus is prod's.
     printf 'BACKEND_TAG=20261123_0123abcd\nFRONTEND_TAG=20261123_0123abcd\nPOSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\n' "$pg_pin" "$ngx_pin" \
@@ -521,62 +527,19 @@ section_pins() {
     print_images dev
     expect_eq "pins: dev's release needs no PROMETHEUS_IMAGE (no prometheus in its stack file)" 0 "$PRINT_RC"
     expect_absent "pins: ... and lists no prometheus image" 'prometheus ' "$WORK/print.log"
-    cp "$repo/deploy-manifests/dev/images.env" "$WORK/deploy/dev/current/deploy-manifests/dev/images.env"
-    sed -i 's/^PROMETHEUS_IMAGE=.*/PROMETHEUS_IMAGE=/' "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
-    print_images prod
-    expect_eq "pins: prod's release without a PROMETHEUS_IMAGE stops" 1 "$PRINT_RC"
-    expect_contains "pins: ... naming it" "no image for prometheus: pin PROMETHEUS_IMAGE by digest" "$WORK/print.log"
-    sed -i "s|^PROMETHEUS_IMAGE=.*|PROMETHEUS_IMAGE=${prom_pin}|" "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
-    print_images prod POSTGRES_IMAGE="postgres:15-bookworm@sha256:$(printf 'c%.0s' {1..64})"
-    expect_contains "pins: POSTGRES_IMAGE in the environment overrides the pin" \
-        "postgres postgres:15-bookworm@sha256:$(printf 'c%.0s' {1..64}) (POSTGRES_IMAGE from the environment)" "$WORK/print.log"
     print_images prod POSTGRES_IMAGE=postgres:15-bookworm
-    expect_eq "pins: a third-party image without a digest stops the deploy" 1 "$PRINT_RC"
+    expect_eq "pins: a third-party image without a digest stops the deploy, nothing changed (exit 2)" 2 "$PRINT_RC"
     expect_contains "pins: ... naming the variable, its source and how to pin" \
         "POSTGRES_IMAGE 'postgres:15-bookworm' (POSTGRES_IMAGE from the environment) is not pinned by digest" "$WORK/print.log"
     expect_contains "pins: ... and the command that pins it" "scripts/pin-image.sh prod postgres postgres:15-bookworm" "$WORK/print.log"
     print_images prod BACKEND_TAG=20261125_11112222
-    expect_eq "pins: BACKEND_TAG overrides one pin (dev-deploy's built image)" \
-        "backend:20261125_11112222 (BACKEND_TAG)|frontend:20261120_aaaabbbb (pin in deploy-manifests/prod/images.env)" \
-        "$(sed -n 's#^\(backend\|frontend\) [^ ]*/##p' "$WORK/print.log" | paste -sd'|')"
-    print_images prod IMAGE_TAG=20261126_33334444
-    expect_eq "pins: IMAGE_TAG overrides every pin" \
-        "backend:20261126_33334444 (--tag/IMAGE_TAG)|frontend:20261126_33334444 (--tag/IMAGE_TAG)" \
-        "$(sed -n 's#^\(backend\|frontend\) [^ ]*/##p' "$WORK/print.log" | paste -sd'|')"
-    printf 'REGISTRY=127.0.0.1:5000\nIMAGE_TAG=20261127_55556666\n' > "$WORK/deploy/prod/deploy.env"
-    print_images prod
-    expect_eq "pins: deploy.env's IMAGE_TAG (scripts/up.sh) overrides the pins" \
-        "backend:20261127_55556666 (--tag/IMAGE_TAG)|frontend:20261127_55556666 (--tag/IMAGE_TAG)" \
-        "$(sed -n 's#^\(backend\|frontend\) [^ ]*/##p' "$WORK/print.log" | paste -sd'|')"
-    printf 'NGINX_IMAGE=127.0.0.1:5000/stackship-standin/nginx:1.22@sha256:%s\n' "$(printf 'd%.0s' {1..64})" >> "$WORK/deploy/prod/deploy.env"
-    print_images prod
-    expect_contains "pins: deploy.env's NGINX_IMAGE (scripts/up.sh) overrides the pin" \
-        "nginx-proxy 127.0.0.1:5000/stackship-standin/nginx:1.22@sha256:$(printf 'd%.0s' {1..64}) (NGINX_IMAGE in $WORK/deploy/prod/deploy.env)" "$WORK/print.log"
-    printf 'NGINX_IMAGE=127.0.0.1:5000/stackship-standin/nginx:1.22\n' > "$WORK/deploy/prod/deploy.env"
-    print_images prod
-    expect_eq "pins: deploy.env's NGINX_IMAGE without a digest stops the deploy" 1 "$PRINT_RC"
-    expect_contains "pins: ... naming deploy.env" "(NGINX_IMAGE in $WORK/deploy/prod/deploy.env) is not pinned by digest" "$WORK/print.log"
-    rm -f "$WORK/deploy/prod/deploy.env"
-    sed -i 's/^POSTGRES_IMAGE=.*/POSTGRES_IMAGE=postgres:15-bookworm/' "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
-    print_images prod
-    expect_eq "pins: a pin without a digest stops the deploy" 1 "$PRINT_RC"
-    expect_contains "pins: ... naming the pin file" "(pin in deploy-manifests/prod/images.env) is not pinned by digest" "$WORK/print.log"
-    sed -i 's/^POSTGRES_IMAGE=.*/POSTGRES_IMAGE=/' "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
-    print_images prod
-    expect_eq "pins: no third-party pin and no override: deploy.sh stops" 1 "$PRINT_RC"
-    expect_contains "pins: ... saying how to pin" "no image for postgres: pin POSTGRES_IMAGE by digest in deploy-manifests/prod/images.env (scripts/pin-image.sh prod postgres IMAGE" "$WORK/print.log"
-    print_images dev
-    expect_eq "pins: nothing pinned and no override: deploy.sh stops" 1 "$PRINT_RC"
-    expect_contains "pins: ... naming the service and the pin file" \
-        "no image tag for backend: pin one (scripts/pin-image.sh dev backend TAG, in deploy-manifests/dev/images.env)" "$WORK/print.log"
+    expect_contains "pins: BACKEND_TAG overrides one pin (dev-deploy's built image)" \
+        "backend registry.invalid:5050/group/stackship/backend:20261125_11112222 (BACKEND_TAG from the environment)" "$WORK/print.log"
     printf 'BACKEND_TAG=20261123_0123abcd\nPOSTGRES_TAG=15\n' > "$WORK/deploy/dev/current/deploy-manifests/dev/images.env"
     print_images dev
-    expect_eq "pins: an unknown key in images.env stops the deploy" 1 "$PRINT_RC"
-    expect_contains "pins: ... naming it" "unknown key 'POSTGRES_TAG'" "$WORK/print.log"
-    # shellcheck disable=SC2016 # a literal command substitution: it must not run
-    printf 'BACKEND_TAG=20261123_0123abcd\nFRONTEND_TAG=$(touch /tmp/x)\n' > "$WORK/deploy/dev/current/deploy-manifests/dev/images.env"
-    print_images dev
-    expect_eq "pins: an invalid tag in images.env stops the deploy (the file is not sourced)" 1 "$PRINT_RC"
+    expect_eq "pins: an unknown key in images.env stops the deploy (exit 2)" 2 "$PRINT_RC"
+    expect_contains "pins: ... naming the file, line and key" \
+        "deploy-manifests/dev/images.env:2: unknown key POSTGRES_TAG" "$WORK/print.log"
 }
 
 # ---- section deploy: the deploy job's summary and its checks before any connection ----
@@ -729,8 +692,8 @@ JSON
         done
     done
     rc=0
-    "$ROOT/scripts/deploy.sh" --review 0 > "$WORK/deploy.log" 2>&1 || rc=$?
-    check "review: deploy.sh --review needs a positive IID" grep -q 'review needs a merge request IID' "$WORK/deploy.log"
+    "${CARGO_TARGET_DIR:-$ROOT/target}/debug/stackship" deploy --review 0 > "$WORK/deploy.log" 2>&1 || rc=$?
+    check "review: stackship deploy --review needs a positive IID" grep -q "invalid value '0' for '--review <IID>'" "$WORK/deploy.log"
     rc=0
     "$ROOT/scripts/review-stop.sh" 12 --root /nonexistent-review-root > "$WORK/deploy.log" 2>&1 || rc=$?
     check "review: review-stop.sh without the review directory fails and says why" \

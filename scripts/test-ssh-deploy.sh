@@ -139,6 +139,8 @@ job() {
         DEPLOY_REGISTRY="$STACKSHIP_REGISTRY_ADDR" DEPLOY_REGISTRY_USER="$STACKSHIP_REGISTRY_USER" \
         DEPLOY_REGISTRY_PASSWORD="$(registry_password)" STACKSHIP_REMOTE_DEPLOY_ROOT="$WORK/srv/deploy" \
         CI_JOB_ID=4242 CI_JOB_URL=https://gitlab.invalid/group/stackship/-/jobs/4242 \
+        CI_COMMIT_SHA=0123456789abcdef0123456789abcdef01234567 \
+        CI_PIPELINE_URL=https://gitlab.invalid/group/stackship/-/pipelines/99 \
         STACKSHIP_TOOLS_DIR="$WORK/tools" "$@" \
         "$WORK/repo/scripts/ci/ssh-deploy.sh" dev) >"$WORK/job.log" 2>&1 || JOB_RC=$?
 }
@@ -266,10 +268,14 @@ run_tests() {
     check "deploy: no upload directory is left" no_upload_left
     expect_contains "deploy: deploy.sh ran under the lock remote-deploy.sh took" \
         "holding the dev deploy lock (taken by the caller)" "$WORK/job.log"
-    expect_contains "deploy: the tags came from the pins" "(pin in deploy-manifests/dev/images.env)" "$WORK/job.log"
+    expect_contains "deploy: the tags came from the pins (file and line)" "/current/deploy-manifests/dev/images.env:" "$WORK/job.log"
     expect_eq "deploy: the rollout report came back (artifact)" true "$(jq -r .ok "$WORK/job/rollout/last-rollout.json" 2>/dev/null)"
     expect_contains "deploy: the summary says ok" "**dev deploy: ok**" "$WORK/job/rollout/summary.md"
     check "deploy: a deploy record was written" bash -c "compgen -G '$ENV_DIR/history/*.json' >/dev/null"
+    expect_contains "deploy: the record names the commit and pipeline it came from" \
+        "0123456789abcdef0123456789abcdef01234567" <(cat "$ENV_DIR"/history/*.json 2>/dev/null)
+    expect_contains "deploy: ... and stackship history shows it" "commit 0123456789ab (last deploy)" \
+        <("$ENV_DIR/current/stackship" history dev --root "$WORK/srv/deploy" 2>&1)
     expect_absent "deploy: the registry password is not in the job log" "$(registry_password)" "$WORK/job.log"
 
     # --- a crashing image built "in this pipeline" of an MR: overrides the pin, the job
@@ -282,7 +288,8 @@ run_tests() {
     job BUILT_BACKEND_TAG="$CRASH_TAG" CI_MERGE_REQUEST_IID=7 CI_PROJECT_ID=42 MR_NOTE_TOKEN="$token" \
         CI_API_V4_URL="http://127.0.0.1:$(cat "$WORK/api/port")/api/v4"
     expect_eq "bad image: the job fails when the rollout fails" 1 "$JOB_RC"
-    expect_contains "bad image: the built tag overrode the pin" "backend:${CRASH_TAG} (BACKEND_TAG)" "$WORK/job.log"
+    expect_contains "bad image: the built tag overrode the pin" "backend:${CRASH_TAG} (BACKEND_TAG from the environment)" "$WORK/job.log"
+    expect_contains "bad image: the job log says what the exit means" "exit 1: the release failed and was rolled back" "$WORK/job.log"
     expect_eq "bad image: the report says backend failed" failed "$(backend_report result)"
     expect_contains "bad image: the summary says FAILED with old -> new tag" \
         "\`${NEXT_TAG}\` → \`${CRASH_TAG}\` | failed |" "$WORK/job/rollout/summary.md"

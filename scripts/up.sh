@@ -193,8 +193,11 @@ REGISTRY=${STACKSHIP_REGISTRY_ADDR}
 IMAGE_TAG=${TAG}
 POSTGRES_IMAGE=${POSTGRES_IMAGE}
 NGINX_IMAGE=${NGINX_IMAGE}
-PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE}
 ENVFILE
+    # Only where the stack file runs Prometheus: stackship refuses settings a stack has no use for.
+    if grep -q 'PROMETHEUS_IMAGE' "$root/docker-compose.${env}.yaml"; then
+        printf 'PROMETHEUS_IMAGE=%s\n' "$PROMETHEUS_IMAGE" >> "$dir/deploy.env"
+    fi
     log "deploy.sh --${env}"
     REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
         "$dir/current/deploy.sh" "--$env" || die "deploy of ${env} failed"

@@ -16,7 +16,7 @@ set -Eeuo pipefail
 SCRIPT_NAME="remote-deploy"
 # Settings the CI job may send; anything else on stdin is an error.
 KEYS=(REGISTRY REGISTRY_USER REGISTRY_PASSWORD BACKEND_TAG FRONTEND_TAG LOCK_WAIT ROLLOUT_TIMEOUT CI_JOB_URL
-    REVIEW_PORT_BASE)
+    CI_COMMIT_SHA CI_PIPELINE_URL REVIEW_PORT_BASE)
 
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; }
 die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; exit 1; }
@@ -28,7 +28,7 @@ Usage: <env dir>/.incoming-<id>/remote-deploy.sh --dev|--prod|--review IID < set
 Swaps ./current in as the environment's release under its deploy lock and runs deploy.sh
 (--review IID: the env dir is <root>/review/IID and deploy.sh deploys the review stack).
 stdin: KEY=VALUE lines (REGISTRY, REGISTRY_USER, REGISTRY_PASSWORD, BACKEND_TAG, FRONTEND_TAG,
-LOCK_WAIT, ROLLOUT_TIMEOUT, CI_JOB_URL, REVIEW_PORT_BASE). stdout: last-rollout.json. Exit status: deploy.sh's.
+LOCK_WAIT, ROLLOUT_TIMEOUT, CI_JOB_URL, CI_COMMIT_SHA, CI_PIPELINE_URL, REVIEW_PORT_BASE). stdout: last-rollout.json. Exit status: deploy.sh's.
 USAGE
 }
 

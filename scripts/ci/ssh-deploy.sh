@@ -164,6 +164,8 @@ settings() {
     printf 'REGISTRY=%s\n' "$REGISTRY"
     printf 'REGISTRY_USER=%s\nREGISTRY_PASSWORD=%s\n' "${DEPLOY_REGISTRY_USER:-}" "${DEPLOY_REGISTRY_PASSWORD:-}"
     printf 'CI_JOB_URL=%s\n' "${CI_JOB_URL:-}"
+    # The deploy record names the commit and pipeline the release came from.
+    printf 'CI_COMMIT_SHA=%s\nCI_PIPELINE_URL=%s\n' "${CI_COMMIT_SHA:-}" "${CI_PIPELINE_URL:-}"
     if [[ "$ENV" == dev || "$ENV" == review ]]; then
         # Images this pipeline built win over the dev pins; prod deploys its pins only.
         printf 'BACKEND_TAG=%s\nFRONTEND_TAG=%s\n' "${BUILT_BACKEND_TAG:-}" "${BUILT_FRONTEND_TAG:-}"
@@ -233,12 +235,22 @@ main() {
 
     "$(repo_root)/scripts/ci/rollout-note.sh" "$ENV" rollout/last-rollout.json > rollout/summary.md \
         || warn "cannot summarise the rollout report"
+    # stackship deploy's exit status says what state the environment is in.
+    local meaning=""
+    case "$rc" in
+        0) ;;
+        1) meaning="the release failed and was rolled back: the old version serves" ;;
+        2) meaning="nothing was deployed (refused, bad input, lock timeout or a Docker error before the deploy)" ;;
+        3) meaning="the state is UNKNOWN: the rollout may still be moving; check with stackship status" ;;
+        *) meaning="the deploy could not run on the manager" ;;
+    esac
+    [[ -z "$meaning" ]] || printf '\n**Exit %s:** %s.\n' "$rc" "$meaning" >> rollout/summary.md
     printf '%s\n' "----- ${ENV} rollout -----" >&2
     cat rollout/summary.md >&2
     if [[ -n "${CI_MERGE_REQUEST_IID:-}" ]]; then
         "$(repo_root)/scripts/ci/mr-note.sh" rollout/summary.md || warn "the rollout summary could not be posted on the MR"
     fi
-    [[ "$rc" -eq 0 ]] || die "the ${ENV} deploy FAILED (exit ${rc}); see the rollout above and rollout/last-rollout.json"
+    [[ "$rc" -eq 0 ]] || die "the ${ENV} deploy FAILED (exit ${rc}: ${meaning}); see the rollout above and rollout/last-rollout.json"
     log "${ENV} deployed"
     [[ "$ENV" != review ]] || log "review stack of MR !${CI_MERGE_REQUEST_IID}: $(cut -d= -f2- review.env)"
 }

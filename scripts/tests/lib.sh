@@ -122,7 +122,12 @@ next_backend_tag() {
 assert_rolled_back_to_tag() {
     local state
     state="$(docker service inspect "${PROD_STACK}_backend" --format '{{.UpdateStatus.State}}')"
-    [[ "$state" == rollback_completed ]] || fail "backend update state is '${state}', expected rollback_completed"
+    if [[ "$state" != rollback_completed ]]; then
+        # Everything a reader needs to tell why: Swarm's message, the task history, the deploy.
+        mkdir -p "$ARTIFACTS"
+        cp "$1" "${ARTIFACTS}/unexpected-rollback-state.log" 2>/dev/null || true
+        fail "backend update state is '${state}', expected rollback_completed; Swarm: $(docker service inspect "${PROD_STACK}_backend" --format '{{.UpdateStatus.Message}}'); tasks: $(docker service ps "${PROD_STACK}_backend" --no-trunc --format '{{.Image}} {{.DesiredState}} {{.CurrentState}} {{.Error}}' | sed 's#^[^ ]*/backend:#backend:#' | head -n 8 | paste -sd ';'); deploy output (kept in ${ARTIFACTS}/unexpected-rollback-state.log): $(tail -n 25 "$1" | paste -sd '|')"
+    fi
     [[ "$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}')" == *"/backend:${TAG}@"* ]] \
         || fail "backend spec is not back on ${TAG}"
     [[ "$(prod_version)" == "${2:-$TAG}" ]] || fail "after the rollback the version is '$(prod_version)'"
