@@ -11,14 +11,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/scripts/pg-throwaway.sh"
 
 RESULTS="$ROOT/bench/results/mutants.txt"
-CRATES=(backend config-hasher)
+CRATES=(backend config-hasher rollout-watcher stackship)
 
 usage() {
     cat <<'USAGE'
 Usage: scripts/mutants.sh [--crate NAME]... [--jobs N] [--out DIR] [--report-only]
 
-Runs cargo-mutants on each crate (default: backend and config-hasher) against a throwaway
-PostgreSQL (the backend's tests need one), at the lowest CPU priority, and writes per crate the
+Runs cargo-mutants on each crate (default: backend, config-hasher, rollout-watcher, stackship)
+against a throwaway PostgreSQL (the backend's tests need one), at the lowest CPU priority, and writes per crate the
 caught, missed, timeout and unviable counts to bench/results/mutants.txt, with the missed
 mutants listed. Mutants judged equivalent are excluded, each with its reason, in
 .cargo/mutants.toml.
