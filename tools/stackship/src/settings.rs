@@ -141,6 +141,8 @@ pub struct Settings {
     pub max_task_failures: Sourced<u64>,
     pub review_max_stacks: Sourced<u32>,
     pub review_port_base: Sourced<u16>,
+    /// Worth saying, but no reason to stop (settings this stack has no use for).
+    pub warnings: Vec<String>,
 }
 
 /// `KEY=VALUE` lines of one file.
@@ -299,6 +301,15 @@ fn seconds(s: Sourced<u64>) -> Sourced<Duration> {
     }
 }
 
+/// A key that names an image setting: `<NAME>_TAG` or `<NAME>_IMAGE`.
+fn is_image_setting(key: &str) -> bool {
+    config_hasher::interpolate::is_variable_name(key)
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && (key.len() > 4 && key.ends_with("_TAG") || key.len() > 6 && key.ends_with("_IMAGE"))
+}
+
 /// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, optionally `@sha256:<64 hex>`.
 pub fn is_valid_tag(tag: &str) -> bool {
     let (name, digest) = match tag.split_once('@') {
@@ -373,8 +384,27 @@ impl Settings {
         let image_vars = stack.image_variables();
         let mut allowed: BTreeSet<String> = KEYS.iter().map(|k| (*k).to_owned()).collect();
         allowed.extend(image_vars.keys().cloned());
+        // deploy.env belongs to the environment, and other stacks read it too (review stacks
+        // read dev's): an image setting this stack does not use is said and left alone.
+        let mut warnings = Vec::new();
         let file = match &inputs.deploy_env {
-            Some(p) => read_file(p, &allowed, "deploy.env")?,
+            Some(p) => {
+                let mut shared = allowed.clone();
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                for line in text.lines() {
+                    if let Some((key, _)) = line.split_once('=')
+                        && is_image_setting(key)
+                        && !allowed.contains(key)
+                    {
+                        shared.insert(key.to_owned());
+                        warnings.push(format!(
+                            "{}: {key} is not used by this stack (no service names it); ignored",
+                            p.display()
+                        ));
+                    }
+                }
+                read_file(p, &shared, "deploy.env")?
+            }
             None => FileValues::default(),
         };
         let pin_keys: BTreeSet<String> = image_vars.keys().cloned().collect();
@@ -618,6 +648,7 @@ impl Settings {
                 1,
                 "a port number",
             )?,
+            warnings,
         })
     }
 }
@@ -962,6 +993,25 @@ mod tests {
             &format!("BACKEND_TAG=$(touch /tmp/x)\nFRONTEND_TAG=t\nPOSTGRES_IMAGE=p@{DIGEST}\n"),
         );
         assert!(error(&f).contains("BACKEND_TAG '$(touch /tmp/x)' is not a valid image tag"));
+    }
+
+    #[test]
+    fn deploy_env_image_settings_of_other_stacks_are_ignored_with_a_warning() {
+        let f = fixture(
+            &format!("REGISTRY=r\nPROMETHEUS_IMAGE=p@{DIGEST}\nWORKER_TAG=\n"),
+            &pins(),
+        );
+        let s = load(&f).unwrap();
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("PROMETHEUS_IMAGE is not used by this stack"));
+        assert!(!s.stack_variables.contains_key("PROMETHEUS_IMAGE"));
+        // Other unknown keys are still refused.
+        let f = fixture("REGISTRY=r\nPROMETHEUS=1\n", &pins());
+        assert!(error(&f).contains("unknown key PROMETHEUS"));
+        assert!(is_image_setting("NGINX_IMAGE") && is_image_setting("X_TAG"));
+        assert!(
+            !is_image_setting("_TAG") && !is_image_setting("_IMAGE") && !is_image_setting("x_TAG")
+        );
     }
 
     #[test]

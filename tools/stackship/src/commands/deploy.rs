@@ -36,6 +36,8 @@ pub enum Stage {
     Lock,
     Validate,
     Pull,
+    /// The database directory and the snapshot: nothing of the stack has changed yet.
+    Prepare,
     Deploy,
     Watch,
 }
@@ -47,6 +49,7 @@ impl fmt::Display for Stage {
             Stage::Lock => "lock",
             Stage::Validate => "validate",
             Stage::Pull => "pull",
+            Stage::Prepare => "prepare",
             Stage::Deploy => "deploy",
             Stage::Watch => "watch",
         })
@@ -220,7 +223,7 @@ pub fn read(request: &Request) -> Result<Release, DeployError> {
     let report = hash_compose_file(&compose, &HashOptions::default()).map_err(|e| DeployError {
         stage: Stage::Read,
         error: Error::Refused(format!(
-            "config-hasher rejected {}: {e} (a secret's source file lives in {}/secrets/: the pipeline installs it from a CI File variable)",
+            "config-hasher rejected {}: {e} (a secret's source file lives in {}/secrets/: the pipeline installs it from a CI File variable, scripts/up.sh on a local machine)",
             compose.display(),
             request.env_dir().display()
         )),
@@ -337,7 +340,7 @@ pub fn db_password_secret(client: &Client<'_>, request: &Request) -> Result<Stri
         None => refused(
             Stage::Validate,
             format!(
-                "no database password secret {prefix}<N> exists: create it with secret.sh init db-password {}",
+                "no database password secret {prefix}<N> exists: create it with scripts/secret.sh init db-password {} (secret.sh in the release directory)",
                 request.env
             ),
         ),
@@ -368,7 +371,7 @@ pub fn check_externals(
         refused(
             Stage::Validate,
             format!(
-                "missing swarm objects: {} (create secrets with secret.sh, see its --help)",
+                "missing swarm objects: {} (create secrets with scripts/secret.sh, see its --help)",
                 missing.join(", ")
             ),
         )
@@ -408,15 +411,17 @@ pub fn pull(
     }
     for (service, image) in &s.images {
         progress(&format!("checking {} ({})", image.value, image.origin));
+        // Not retried (a slow registry would double the wait), and bounded generously: a
+        // large image on a slow link takes minutes, a hung pull must not hold the lock for ever.
         client
             .run(
-                &Call::read(["pull", "-q", image.value.as_str()])
-                    .with_timeout(Duration::from_secs(600)),
+                &Call::write(["pull", "-q", image.value.as_str()])
+                    .with_timeout(Duration::from_secs(1800)),
             )
             .map_err(|e| DeployError {
                 stage: Stage::Pull,
                 error: Error::Refused(format!(
-                    "cannot pull {} ({service}, from {}): {e}",
+                    "cannot pull {} ({service}, from {}): is it built and pushed, and may this manager pull it? {e}",
                     image.value, image.origin
                 )),
             })?;
@@ -424,14 +429,29 @@ pub fn pull(
     Ok(())
 }
 
-/// The deploy command's first stages — read, lock, validate, pull — returning what stage 5
-/// needs. Nothing in the swarm changes here (a review stack's first password secret aside).
+/// What the stages before the pull decided.
+#[derive(Debug)]
+pub struct Prepared {
+    pub release: Release,
+    /// Held until the deploy ends.
+    pub lock: DeployLock,
+    /// What `docker stack deploy` expands in the stack file.
+    pub vars: BTreeMap<String, String>,
+    /// The node that keeps the database, for a stack with one.
+    pub db_node: Option<String>,
+}
+
+/// The deploy's first stages — read, lock, validate — returning what the later ones need.
+/// Nothing in the swarm changes here, but for a review stack's first password secret (it
+/// belongs to the stack) and placement labels a one-node swarm gets.
 pub fn prepare(
     client: &Client<'_>,
     request: &Request,
     progress: Progress<'_>,
-) -> Result<(Release, DeployLock, BTreeMap<String, String>), DeployError> {
-    let release = read(request)?;
+) -> Result<Prepared, DeployError> {
+    // The settings say how long to wait for the lock; everything is read again once it is
+    // held, as the copy step may swap the release meanwhile.
+    let (_, early) = read_settings(request)?;
     let env_dir = request.env_dir();
     let what = match request.review {
         Some(iid) => format!("review-{iid} deploy"),
@@ -449,7 +469,7 @@ pub fn prepare(
                 &env_dir,
                 &what,
                 &request.owner,
-                release.settings.lock_wait.value,
+                early.lock_wait.value,
                 progress,
             )
             .at(Stage::Lock)?;
@@ -457,6 +477,23 @@ pub fn prepare(
             lock
         }
     };
+    let release = read(request)?;
+    let names: Vec<String> = release
+        .content_names
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    progress(&format!(
+        "content names: {}",
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(" ")
+        }
+    ));
+    for w in &release.settings.warnings {
+        progress(&format!("WARNING: {w}"));
+    }
     let info = client
         .run(&Call::read([
             "info",
@@ -467,12 +504,24 @@ pub fn prepare(
     if info.trim() != "true" {
         return refused(Stage::Validate, "this engine is not a swarm manager");
     }
+    let mut extra = Vec::new();
+    if let Some(iid) = request.review {
+        let port = prepare_review(client, request, &release, iid, progress)?;
+        extra.push(("REVIEW_PORT", port.to_string()));
+    }
     let secret = db_password_secret(client, request)?;
     progress(&format!("database password: {secret}"));
-    let vars = deploy_vars(&release, &[("DB_PASSWORD_SECRET", secret)]);
+    extra.push(("DB_PASSWORD_SECRET", secret));
+    let vars = deploy_vars(&release, &extra);
     check_externals(client, &release, &vars)?;
-    pull(client, &release, progress)?;
-    Ok((release, lock, vars))
+    validate_stack_file(client, request, &vars, progress)?;
+    let db_node = check_placement(client, request, &release, progress)?;
+    Ok(Prepared {
+        release,
+        lock,
+        vars,
+        db_node,
+    })
 }
 
 /// Stage 3, part: `docker stack config` validates the stack file with the deploy's variables
@@ -740,7 +789,7 @@ pub fn prepare_data_dir(
     let allow_new = request.env_var("NEW_DATABASE") == Some("1") || !exists_already;
     let self_id = client
         .run(&Call::read(["info", "--format", "{{.Swarm.NodeID}}"]))
-        .at(Stage::Deploy)?
+        .at(Stage::Prepare)?
         .trim()
         .to_owned();
     let host = client
@@ -751,7 +800,7 @@ pub fn prepare_data_dir(
             "--format",
             "{{.Description.Hostname}}",
         ]))
-        .at(Stage::Deploy)?
+        .at(Stage::Prepare)?
         .trim()
         .to_owned();
     let refusal = format!(
@@ -772,14 +821,14 @@ pub fn prepare_data_dir(
             allow_new,
         );
         match action {
-            DataDirAction::Refuse => return refused(Stage::Deploy, refusal),
+            DataDirAction::Refuse => return refused(Stage::Prepare, refusal),
             DataDirAction::Nothing => {}
             DataDirAction::Create => {
                 std::fs::create_dir_all(path)
                     .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)))
                     .and_then(|()| chown_tree(path))
                     .map_err(|e| DeployError {
-                        stage: Stage::Deploy,
+                        stage: Stage::Prepare,
                         error: Error::Refused(format!(
                             "cannot create {dir}: {e} (as root: install -d -m 0700 -o 999 -g 999 {dir}; setup-server.sh does it)"
                         )),
@@ -793,7 +842,7 @@ pub fn prepare_data_dir(
                 chown_tree(path)
                     .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)))
                     .map_err(|e| DeployError {
-                        stage: Stage::Deploy,
+                        stage: Stage::Prepare,
                         error: Error::Refused(format!(
                             "{dir} must belong to uid {POSTGRES_UID}, Postgres's user: {e} (as root: chown -R 999:999 {dir})"
                         )),
@@ -825,7 +874,7 @@ pub fn prepare_data_dir(
         .get("postgres")
         .map(|i| i.value.clone())
         .ok_or_else(|| DeployError {
-            stage: Stage::Deploy,
+            stage: Stage::Prepare,
             error: Error::Refused(
                 "the stack has no postgres image to prepare its data directory with".into(),
             ),
@@ -875,9 +924,16 @@ if [ "$(stat -c %u "$d")" != 999 ]; then chown -R 999:999 "$d" && chmod 0700 "$d
             dir.as_str(),
             if allow_new { "1" } else { "0" },
         ]))
-        .at(Stage::Deploy)?;
-    let outcome = wait_for_helper(client, &helper, Duration::from_secs(300));
-    let _ = client.run(&Call::write(["service", "rm", helper.as_str()]));
+        .at(Stage::Prepare)?;
+    let outcome = {
+        // Removed however the wait ends (an error, a panic); a signal that kills the process
+        // outright leaves it, labelled stackship.ops-helper=deploy.
+        let _guard = RemoveOnDrop {
+            client,
+            service: helper.clone(),
+        };
+        wait_for_helper(client, &helper, Duration::from_secs(300))
+    };
     match outcome {
         Ok(()) => {
             progress(&format!(
@@ -885,11 +941,25 @@ if [ "$(stat -c %u "$d")" != 999 ]; then chown -R 999:999 "$d" && chmod 0700 "$d
             ));
             Ok(())
         }
-        Err(HelperEnd::Refused) => refused(Stage::Deploy, refusal),
+        Err(HelperEnd::Refused) => refused(Stage::Prepare, refusal),
         Err(HelperEnd::Failed(m)) => refused(
-            Stage::Deploy,
+            Stage::Prepare,
             format!("preparing {dir} on node {host} failed: {m}"),
         ),
+    }
+}
+
+/// Removes a one-off service when dropped.
+struct RemoveOnDrop<'a, 'b> {
+    client: &'a Client<'b>,
+    service: String,
+}
+
+impl Drop for RemoveOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        let _ = self
+            .client
+            .run(&Call::write(["service", "rm", self.service.as_str()]));
     }
 }
 
@@ -941,7 +1011,8 @@ fn wait_for_helper(client: &Client<'_>, helper: &str, limit: Duration) -> Result
 /// How the rollout ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watched {
-    pub ok: bool,
+    /// Done, RolledBack (every failed service is back on its old image) or Unknown.
+    pub outcome: Outcome,
     /// One line per service (old → new image, how it ended).
     pub summary: String,
 }
@@ -973,6 +1044,29 @@ pub trait Rollout {
     fn prune(&self, stack: &str, history: &Path, keep: usize) -> Result<Vec<String>, String>;
 }
 
+/// What a watch report means for the environment: every service ok — done; every failed
+/// service back on the image it ran before (Swarm rolled it back) — the old version serves;
+/// anything else (paused, timed out, a first deploy crash-looping) — the state is unknown.
+pub fn outcome_of(report: &rollout_watcher::watch::Report) -> Outcome {
+    if report.ok {
+        return Outcome::Done;
+    }
+    let rolled_back = report
+        .services
+        .iter()
+        .filter(|s| s.result != "ok")
+        .all(|s| {
+            s.detail.starts_with("rolled back")
+                && !s.old_image.is_empty()
+                && s.final_image == s.old_image
+        });
+    if rolled_back {
+        Outcome::RolledBack
+    } else {
+        Outcome::Unknown
+    }
+}
+
 /// rollout-watcher's library, on the docker CLI.
 pub struct WatcherRollout;
 
@@ -994,7 +1088,7 @@ impl Rollout for WatcherRollout {
         std::fs::write(report_file, text)
             .map_err(|e| format!("cannot write {}: {e}", report_file.display()))?;
         Ok(Watched {
-            ok: report.ok,
+            outcome: outcome_of(&report),
             summary: rollout_watcher::watch::summary(&report),
         })
     }
@@ -1037,6 +1131,20 @@ impl Rollout for WatcherRollout {
     }
 }
 
+/// Whether this docker CLI knows `docker stack deploy --detach` (older CLIs never wait and
+/// refuse the flag).
+fn has_detach_flag(client: &Client<'_>) -> bool {
+    client
+        .run(&Call::read(["stack", "deploy", "--help"]))
+        .map(|help| help.contains("--detach"))
+        .unwrap_or(false)
+}
+
+/// How long `docker stack deploy` may take: it only hands the specs to Swarm, but a manager
+/// under load or a slow registry lookup (`--with-registry-auth` resolves digests) can take
+/// minutes; past this the state is unknown and the deploy says so.
+const STACK_DEPLOY_TIMEOUT: Duration = Duration::from_secs(1800);
+
 /// The whole deploy: [`prepare`], then the stages that change the swarm. Returns the outcome
 /// and the rollout summary (stdout); progress goes to `progress`.
 pub fn deploy(
@@ -1052,43 +1160,55 @@ pub fn deploy(
             chrono::Utc::now().format("%H:%M:%S")
         );
     };
-    let (release, _lock, mut vars) = prepare(client, request, &mut say)?;
+    let prepared = prepare(client, request, &mut say)?;
+    let (release, vars) = (&prepared.release, &prepared.vars);
     let stack = request.stack();
-    if let Some(iid) = request.review {
-        let port = prepare_review(client, request, &release, iid, &mut say)?;
-        vars.insert("REVIEW_PORT".into(), port.to_string());
-    }
-    validate_stack_file(client, request, &vars, &mut say)?;
-    let db_node = check_placement(client, request, &release, &mut say)?;
-    if let Some(node) = &db_node {
-        prepare_data_dir(client, request, &release, node, &mut say)?;
+    pull(client, release, &mut say)?;
+    if let Some(node) = &prepared.db_node {
+        prepare_data_dir(client, request, release, node, &mut say)?;
     }
     let snapshot = rollout.snapshot(&stack).map_err(|m| DeployError {
-        stage: Stage::Deploy,
+        stage: Stage::Prepare,
         error: Error::Refused(format!("cannot take a snapshot of {stack}: {m}")),
     })?;
-    say(&format!("docker stack deploy {stack}"));
+    let tags: Vec<String> = release
+        .settings
+        .images
+        .iter()
+        .filter(|(svc, _)| {
+            release.stack.services.iter().any(|s| {
+                &s.name == *svc && matches!(s.image, crate::stack::ImageSource::Tagged { .. })
+            })
+        })
+        .map(|(svc, image)| format!("{svc} {}", image.value.rsplit(':').next().unwrap_or("")))
+        .collect();
+    say(&format!(
+        "docker stack deploy {stack} ({})",
+        tags.join(", ")
+    ));
     let compose = request.compose().display().to_string();
-    client
+    let mut args = vec!["stack", "deploy", "--with-registry-auth", "--prune"];
+    if has_detach_flag(client) {
+        // The rollout is watched below; newer CLIs would otherwise wait (and exit 0 after a
+        // rollback).
+        args.push("--detach=true");
+    }
+    args.extend(["-c", compose.as_str(), stack.as_str()]);
+    let output = client
         .run(
-            &Call::write([
-                "stack",
-                "deploy",
-                "--with-registry-auth",
-                "--prune",
-                "--detach=true",
-                "-c",
-                compose.as_str(),
-                stack.as_str(),
-            ])
-            .with_env(vars.iter().map(|(k, v)| (k.clone(), v.clone())))
-            .in_dir(&request.release)
-            .with_timeout(Duration::from_secs(300)),
+            &Call::write(args)
+                .with_env(vars.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .in_dir(&request.release)
+                .passing_stderr()
+                .with_timeout(STACK_DEPLOY_TIMEOUT),
         )
         .map_err(|e| DeployError {
             stage: Stage::Deploy,
             error: Error::Refused(format!("docker stack deploy failed: {e}")),
         })?;
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        say(line.trim_end());
+    }
     say(&format!("following the rollout of {stack}"));
     let s = &release.settings;
     let options = rollout_watcher::watch::Options {
@@ -1096,6 +1216,7 @@ pub fn deploy(
         poll: Duration::from_secs(1),
         rules: rollout_watcher::assess::Rules {
             max_task_failures: s.max_task_failures.value,
+            confirm_after: Duration::from_secs(1),
             ..rollout_watcher::assess::Rules::default()
         },
         log_lines: 20,
@@ -1115,37 +1236,51 @@ pub fn deploy(
             chrono::Utc::now().format("%H:%M:%S")
         );
     };
-    if !watched.ok {
+    if watched.outcome != Outcome::Done {
         say(&format!(
-            "rollout of {stack} FAILED (see above; report: {})",
+            "rollout of {stack} FAILED: {} (see above; report: {})",
+            watched.outcome.meaning(),
             report_file.display()
         ));
-        return Ok((Outcome::RolledBack, watched.summary));
+        return Ok((watched.outcome, watched.summary));
     }
     say(&format!("rollout of {stack} complete"));
-    match rollout.record(
+    let recorded = match rollout.record(
         &stack,
         &env_dir.join("history"),
         request.env_var("CI_COMMIT_SHA").map(str::to_owned),
         request.env_var("CI_PIPELINE_URL").map(str::to_owned),
     ) {
-        Ok(path) => say(&format!("deploy recorded in {}", path.display())),
-        Err(m) => {
-            return Err(DeployError {
-                stage: Stage::Watch,
-                error: Error::Refused(format!("the rollout succeeded but cannot be recorded: {m}")),
-            });
+        Ok(path) => {
+            say(&format!("deploy recorded in {}", path.display()));
+            true
         }
-    }
-    say(&format!(
-        "pruning unused configs and secrets of {stack} (keeping the last {} deploys)",
-        s.prune_keep.value
-    ));
-    match rollout.prune(&stack, &env_dir.join("history"), s.prune_keep.value) {
-        Ok(lines) => lines.iter().for_each(|l| say(l)),
-        Err(m) => say(&format!(
-            "WARNING: prune left some objects ({m}); the deploy itself succeeded"
-        )),
+        // The release runs; without its record a rollback, drift and the prune know less.
+        Err(m) => {
+            say(&format!(
+                "WARNING: the rollout succeeded but cannot be recorded: {m}; the prune is skipped (it keeps what records name)"
+            ));
+            false
+        }
+    };
+    if recorded {
+        say(&format!(
+            "pruning unused configs and secrets of {stack} (keeping the last {} deploys)",
+            s.prune_keep.value
+        ));
+        match rollout.prune(&stack, &env_dir.join("history"), s.prune_keep.value) {
+            Ok(lines) => {
+                lines.iter().for_each(|l| say(l));
+                if lines.iter().any(|l| l.starts_with("could not remove")) {
+                    say(
+                        "WARNING: prune left some objects (see above); the deploy itself succeeded",
+                    );
+                }
+            }
+            Err(m) => say(&format!(
+                "WARNING: prune left some objects ({m}); the deploy itself succeeded"
+            )),
+        }
     }
     say(&format!("{stack} deployed"));
     Ok((Outcome::Done, watched.summary))
@@ -1225,31 +1360,47 @@ mod tests {
     #[test]
     fn a_good_release_is_read_checked_and_pulled_without_a_change() {
         let f = fixture("REGISTRY=127.0.0.1:5000\nREGISTRY_USER=ci\nREGISTRY_PASSWORD=pw\n");
-        let fake = good_engine();
-        let (release, _lock, vars) =
-            prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap();
+        let fake = swarm_engine();
+        fake.answer(&["login"], "Login Succeeded\n");
+        let client = Client::new(&fake);
+        let prepared = prepare(&client, &f.request, &mut quiet()).unwrap();
+        let vars = &prepared.vars;
         assert_eq!(vars["DB_PASSWORD_SECRET"], "stackship-prod-db-password-v12");
         assert!(vars["PROD_BACKEND_CONFIG"].starts_with("prod_backend_config_"));
         assert_eq!(vars["BACKEND_TAG"], "20261206_aaaaaaaa");
+        assert_eq!(prepared.db_node.as_deref(), Some("n1"));
         assert_eq!(
-            release.externals,
+            prepared.release.externals,
             vec![("secret".to_owned(), "${DB_PASSWORD_SECRET}".to_owned())]
         );
+        let compose = f.request.compose().display().to_string();
         assert_eq!(
             fake.command_lines(),
             vec![
-                "docker info --format {{.Swarm.ControlAvailable}}",
-                "docker secret ls --filter name=stackship-prod-db-password-v --format {{.Name}}",
-                "docker secret inspect stackship-prod-db-password-v12",
-                "docker login --username ci --password-stdin 127.0.0.1:5000",
-                "docker pull -q 127.0.0.1:5000/stackship/backend:20261206_aaaaaaaa",
-                &format!("docker pull -q postgres:15@{DIGEST}"),
+                "docker info --format {{.Swarm.ControlAvailable}}".to_owned(),
+                "docker secret ls --filter name=stackship-prod-db-password-v --format {{.Name}}"
+                    .to_owned(),
+                "docker secret inspect stackship-prod-db-password-v12".to_owned(),
+                "docker stack --help".to_owned(),
+                format!("docker stack config -c {compose}"),
+                "docker info --format {{.Swarm.NodeID}}".to_owned(),
+                "docker node ls -q".to_owned(),
+                "docker node inspect n1".to_owned(),
+            ]
+        );
+        assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+        pull(&client, &prepared.release, &mut quiet()).unwrap();
+        let lines = fake.command_lines();
+        assert_eq!(
+            lines[8..],
+            [
+                "docker login --username ci --password-stdin 127.0.0.1:5000".to_owned(),
+                "docker pull -q 127.0.0.1:5000/stackship/backend:20261206_aaaaaaaa".to_owned(),
+                format!("docker pull -q postgres:15@{DIGEST}"),
             ]
         );
         // The password reaches docker login on stdin only.
-        assert_eq!(fake.calls()[3].stdin.as_deref(), Some(&b"pw"[..]));
-        // Nothing but the login changed anything.
-        assert_eq!(fake.writes().len(), 1);
+        assert_eq!(fake.calls()[8].stdin.as_deref(), Some(&b"pw"[..]));
     }
 
     #[test]
@@ -1310,7 +1461,7 @@ mod tests {
             "DB_PASSWORD_SECRET".into(),
             "stackship-dev-db-password-v1".into(),
         );
-        let fake = good_engine();
+        let fake = swarm_engine();
         let e = prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap_err();
         assert!(
             e.to_string()
@@ -1340,16 +1491,16 @@ mod tests {
     fn a_missing_image_stops_at_the_pull_naming_it() {
         let f = fixture("REGISTRY=127.0.0.1:5000\n");
         let fake = FakeEngine::new();
-        fake.answer(&["info"], "true\n");
-        fake.answer(&["secret", "ls"], "stackship-prod-db-password-v1\n");
-        fake.answer(&["secret", "inspect"], "[{}]");
         fake.fail(&["pull"], "Error response from daemon: manifest unknown");
-        let mut told = Vec::new();
-        let e = prepare(&Client::new(&fake), &f.request, &mut |m: &str| {
-            told.push(m.to_owned())
-        })
-        .unwrap_err();
+        let fake = swarm_answers(fake, "Commands:\n  deploy   x\n");
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let mut progress = Vec::new();
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap_err();
         assert_eq!(e.stage, Stage::Pull);
+        assert_eq!(e.outcome(), Outcome::NothingChanged);
         let text = e.to_string();
         assert!(
             text.contains(
@@ -1357,12 +1508,22 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(text.contains("is it built and pushed"), "{text}");
         assert!(text.contains("manifest unknown"), "{text}");
-        assert!(fake.writes().is_empty());
         assert!(
-            told.iter()
-                .any(|m| m.contains("using the engine's existing login")),
-            "{told:?}"
+            fake.writes().iter().all(|w| w.starts_with("docker pull")),
+            "{:?}",
+            fake.writes()
+        );
+        assert!(rollout.steps.borrow().is_empty());
+        let progress = String::from_utf8(progress).unwrap();
+        assert!(
+            progress.contains("using the engine's existing login"),
+            "{progress}"
+        );
+        assert!(
+            progress.contains("content names: PROD_BACKEND_CONFIG=prod_backend_config_"),
+            "{progress}"
         );
     }
 
@@ -1469,7 +1630,13 @@ mod tests {
             stage,
             error: Error::Refused("x".into()),
         };
-        for s in [Stage::Read, Stage::Lock, Stage::Validate, Stage::Pull] {
+        for s in [
+            Stage::Read,
+            Stage::Lock,
+            Stage::Validate,
+            Stage::Pull,
+            Stage::Prepare,
+        ] {
             assert_eq!(e(s).outcome(), Outcome::NothingChanged, "{s}");
         }
         for s in [Stage::Deploy, Stage::Watch] {
@@ -1646,7 +1813,11 @@ mod tests {
                 snapshot.stack, options.rules.max_task_failures
             ));
             Ok(Watched {
-                ok: self.ok,
+                outcome: if self.ok {
+                    Outcome::Done
+                } else {
+                    Outcome::RolledBack
+                },
                 summary: "backend: ok\n".into(),
             })
         }
@@ -1691,6 +1862,10 @@ mod tests {
                 r#"[{"ID":"n1","Spec":{"Availability":"active","Labels":{"stackship.edge":"true","stackship.postgres.prod":"true"}},"Description":{"Hostname":"manager-1"},"Status":{"State":"ready"}}]"#,
             ),
             (&["service", "inspect", "stackship-prod_postgres"], "[{}]"),
+            (
+                &["stack", "deploy", "--help"],
+                "Options:\n  -d, --detach   Exit immediately instead of waiting\n",
+            ),
             (&["stack", "deploy"], ""),
         ] {
             fake.answer(prefix, answer);
@@ -1737,8 +1912,9 @@ mod tests {
         let deploy_call = calls
             .iter()
             .find(|c| {
-                c.args
-                    .starts_with(&["stack".to_owned(), "deploy".to_owned()])
+                c.effect == crate::docker::Effect::Write
+                    && c.args
+                        .starts_with(&["stack".to_owned(), "deploy".to_owned()])
             })
             .unwrap();
         assert_eq!(
@@ -1757,8 +1933,8 @@ mod tests {
         assert_eq!(env["REGISTRY"], "127.0.0.1:5000");
         assert_eq!(env["BACKEND_TAG"], "20261206_aaaaaaaa");
         assert!(env["PROD_BACKEND_CONFIG"].starts_with("prod_backend_config_"));
-        // The only changes: the stack deploy (labels were there, no login configured).
-        assert_eq!(fake.writes().len(), 1, "{:?}", fake.writes());
+        // The only changes: the pulls and the stack deploy (labels were there, no login).
+        assert_eq!(fake.writes().len(), 3, "{:?}", fake.writes());
         assert!(progress.contains("stackship-prod deployed"), "{progress}");
     }
 
@@ -1799,13 +1975,18 @@ mod tests {
             steps: Default::default(),
         };
         let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
-        assert_eq!(e.stage, Stage::Deploy);
+        assert_eq!(e.stage, Stage::Prepare);
+        assert_eq!(e.outcome(), Outcome::NothingChanged);
         assert!(
             e.to_string()
                 .contains("Postgres would start an EMPTY database"),
             "{e}"
         );
-        assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+        assert!(
+            fake.writes().iter().all(|w| w.starts_with("docker pull")),
+            "{:?}",
+            fake.writes()
+        );
         assert!(rollout.steps.borrow().is_empty());
     }
 
@@ -1847,5 +2028,137 @@ mod tests {
             "Error: no such service",
         );
         swarm_answers(fake, "Commands:\n  deploy   x\n")
+    }
+
+    fn result(
+        result: &str,
+        detail: &str,
+        old: &str,
+        fin: &str,
+    ) -> rollout_watcher::watch::ServiceResult {
+        rollout_watcher::watch::ServiceResult {
+            service: "stackship-prod_backend".into(),
+            result: result.into(),
+            detail: detail.into(),
+            old_image: old.into(),
+            new_image: "new".into(),
+            final_image: fin.into(),
+            counts: Default::default(),
+            update_message: None,
+            task_id: None,
+            task_error: None,
+            exit_code: None,
+            log_tail: None,
+            health_output: None,
+            seconds: 1.0,
+            floor_seconds: None,
+        }
+    }
+
+    #[test]
+    fn the_outcome_says_whether_the_old_version_serves() {
+        let report = |ok, services| rollout_watcher::watch::Report {
+            stack: "s".into(),
+            ok,
+            seconds: 1.0,
+            services,
+        };
+        assert_eq!(
+            outcome_of(&report(true, vec![result("ok", "updated", "old", "new")])),
+            Outcome::Done
+        );
+        assert_eq!(
+            outcome_of(&report(
+                false,
+                vec![
+                    result("ok", "unchanged, running", "p", "p"),
+                    result(
+                        "failed",
+                        "rolled back: update rolled back due to failure",
+                        "old",
+                        "old"
+                    ),
+                ]
+            )),
+            Outcome::RolledBack
+        );
+        // Paused, timed out, a first deploy without an old version, or not back on the old
+        // image: nobody can say what serves.
+        for r in [
+            result("failed", "paused: update paused", "old", "new"),
+            result("failed", "not settled within 300s", "old", "new"),
+            result("failed", "rolled back", "", ""),
+            result("failed", "rolled back", "old", "new"),
+        ] {
+            assert_eq!(
+                outcome_of(&report(false, vec![r.clone()])),
+                Outcome::Unknown,
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_review_deploy_makes_its_password_before_it_looks_for_it() {
+        let root = tempfile::tempdir().unwrap();
+        let release = root.path().join("review/7/current");
+        std::fs::create_dir_all(release.join("deploy-manifests/dev")).unwrap();
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        std::fs::write(root.path().join("dev/deploy.env"), "REGISTRY=r\n").unwrap();
+        std::fs::write(
+            release.join("deploy-manifests/dev/images.env"),
+            "BACKEND_TAG=t\n",
+        )
+        .unwrap();
+        std::fs::write(
+            release.join("docker-compose.review.yaml"),
+            "services:\n  backend:\n    image: ${REGISTRY}/stackship/backend:${BACKEND_TAG}\n    ports: [\"${REVIEW_PORT}:8080\"]\nsecrets:\n  db_password:\n    name: ${DB_PASSWORD_SECRET}\n    external: true\n",
+        )
+        .unwrap();
+        let request = Request {
+            release,
+            env: "dev".into(),
+            review: Some(7),
+            tag: None,
+            timeout: None,
+            process_env: BTreeMap::new(),
+            owner: "t".into(),
+            data_root: root.path().join("data"),
+        };
+        let fake = FakeEngine::new();
+        fake.answer(
+            &["info", "--format", "{{.Swarm.ControlAvailable}}"],
+            "true\n",
+        );
+        fake.answer(&["stack", "ls"], "stackship-dev\n");
+        fake.answer_once(&["secret", "ls"], "");
+        fake.answer(&["secret", "ls"], "stackship-review-7-db-password-v1\n");
+        fake.answer(&["secret", "create"], "id\n");
+        fake.answer(&["secret", "inspect"], "[{}]");
+        fake.answer(&["stack", "--help"], "Commands:\n  deploy   x\n");
+        fake.answer(&["info", "--format", "{{.Swarm.NodeID}}"], "n1\n");
+        fake.answer(&["node", "ls"], "n1\n");
+        fake.answer(
+            &["node", "inspect", "n1"],
+            r#"[{"ID":"n1","Spec":{"Availability":"active","Labels":{"stackship.edge":"true"}},"Description":{"Hostname":"m"},"Status":{"State":"ready"}}]"#,
+        );
+        let prepared = prepare(&Client::new(&fake), &request, &mut quiet()).unwrap();
+        assert_eq!(
+            prepared.vars["DB_PASSWORD_SECRET"],
+            "stackship-review-7-db-password-v1"
+        );
+        assert_eq!(prepared.vars["REVIEW_PORT"], "20007");
+        assert_eq!(prepared.db_node, None);
+        let lines = fake.command_lines();
+        let created = lines
+            .iter()
+            .position(|l| l.starts_with("docker secret create"))
+            .unwrap();
+        let inspected = lines
+            .iter()
+            .position(|l| l.starts_with("docker secret inspect"))
+            .unwrap();
+        assert!(created < inspected, "{lines:?}");
+        assert_eq!(fake.writes().len(), 1, "{:?}", fake.writes());
     }
 }

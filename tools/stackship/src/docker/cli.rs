@@ -48,7 +48,11 @@ impl Engine for CliEngine {
                 Stdio::null()
             })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(if call.pass_stderr {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
             .spawn()
             .map_err(|e| DockerError::Spawn(format!("{}: {e}", self.program)))?;
         if let (Some(input), Some(mut stdin)) = (call.stdin.clone(), child.stdin.take()) {
@@ -166,6 +170,14 @@ mod tests {
             .run(&Call::write(["-c", "cat"]).with_stdin("s3cret"))
             .unwrap();
         assert_eq!(out, "s3cret");
+    }
+
+    #[test]
+    fn passed_stderr_is_not_kept_for_the_error() {
+        let err = sh()
+            .run(&Call::write(["-c", "echo visible >&2; exit 4"]).passing_stderr())
+            .unwrap_err();
+        assert!(err.to_string().ends_with("failed: exit status 4"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Call {
     pub env: Vec<(String, String)>,
     /// The working directory (a stack file's relative `file:` paths resolve against it).
     pub dir: Option<std::path::PathBuf>,
+    /// Docker's standard error goes straight to ours (its warnings, e.g. `docker stack
+    /// deploy`'s about images it cannot resolve) instead of into the error on failure.
+    pub pass_stderr: bool,
     pub effect: Effect,
     /// The call is stopped (and fails) after this long.
     pub timeout: Duration,
@@ -52,6 +55,7 @@ impl Call {
             stdin: None,
             env: Vec::new(),
             dir: None,
+            pass_stderr: false,
             effect: Effect::Read,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -90,6 +94,12 @@ impl Call {
     /// The same call run in `dir`.
     pub fn in_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// The same call with Docker's standard error passed through to ours.
+    pub fn passing_stderr(mut self) -> Self {
+        self.pass_stderr = true;
         self
     }
 
