@@ -46,72 +46,6 @@ ensure_tools() {
     ensure_check_jsonschema
 }
 
-# A throwaway git repository holding the pipeline file, with an origin remote as
-# gitlab-ci-local expects: its state directory never lands in the working tree.
-make_gcl_repo() {
-    GCL_REPO="$WORK/gcl-repo"
-    mkdir -p "$GCL_REPO"
-    cp "$ROOT/.gitlab-ci.yml" "$GCL_REPO/"
-    git -C "$GCL_REPO" init -q -b main
-    git -C "$GCL_REPO" add .gitlab-ci.yml
-    git -C "$GCL_REPO" -c user.name=test -c user.email=test@localhost commit -q -m pipeline
-    git -C "$GCL_REPO" remote add origin https://gitlab.invalid/group/stackship.git
-    # A copy to break on purpose (inside the repository: gitlab-ci-local wants git around it).
-    mkdir -p "$GCL_REPO/broken-deps"
-    # The workflow rules as one job's rules: gitlab-ci-local 4.64 does not evaluate `workflow:`,
-    # and a job's rules decide the same way (a matching rule without `when` runs it, `when:
-    # never` or no match drops it). The probe job exists exactly when GitLab makes a pipeline.
-    mkdir -p "$GCL_REPO/probe"
-    "$VENV/bin/python" - "$ROOT/.gitlab-ci.yml" "$GCL_REPO/probe/.gitlab-ci.yml" <<'PY'
-import json, sys
-from ruamel.yaml import YAML
-doc = YAML(typ="safe").load(open(sys.argv[1]))
-rules = doc["workflow"]["rules"]
-json.dump({"workflow-probe": {"script": ["true"], "rules": rules}}, open(sys.argv[2], "w"))
-PY
-}
-
-# gcl DIR ARG... -- VAR=VALUE...: gitlab-ci-local in DIR with ARGs and the variables set (and
-# not overridden by its predefined ones).
-gcl() {
-    local dir="$1" args=() vars=() names=() kv
-    shift
-    while [[ $# -gt 0 && "$1" != -- ]]; do args+=("$1"); shift; done
-    [[ $# -eq 0 ]] || shift
-    for kv in "$@"; do
-        vars+=(--variable "$kv")
-        names+=("${kv%%=*}")
-    done
-    local IFS=,
-    (cd "$dir" && GCL_IGNORE_PREDEFINED_VARS="${names[*]}" "$GCL" "${args[@]}" "${vars[@]}")
-}
-
-# gcl_list DIR VAR=VALUE...: "job=manual|auto" lines of the jobs gitlab-ci-local lists.
-gcl_list() {
-    local dir="$1"
-    shift
-    gcl "$dir" --list-csv -- "$@" 2>"$WORK/gcl.err" \
-        | awk -F';' 'NR > 1 { print $1 "=" ($4 == "manual" ? "manual" : "auto") }'
-}
-
-# gcl_dependencies DIR VAR=VALUE...: gitlab-ci-local --validate-dependency-chain passes
-# (its output in GCL_OUT).
-gcl_dependencies() {
-    local dir="$1"
-    shift
-    GCL_OUT="$(gcl "$dir" --validate-dependency-chain -- "$@" 2>&1)" \
-        && [[ "$GCL_OUT" == *"All job dependencies are valid"* ]]
-}
-
-# pipeline_jobs VAR=VALUE...: the jobs of the pipeline GitLab would create, one line each,
-# sorted; nothing when the workflow rules create no pipeline.
-pipeline_jobs() {
-    local probe
-    probe="$(gcl_list "$GCL_REPO/probe" "$@")" || return 1
-    [[ "$probe" == "workflow-probe=auto" ]] || return 0
-    gcl_list "$GCL_REPO" "$@" | sort
-}
-
 section_schema() {
     check "schema: .gitlab-ci.yml passes GitLab's CI JSON schema (check-jsonschema vendor.gitlab-ci)" \
         "$VENV/bin/check-jsonschema" --builtin-schema vendor.gitlab-ci "$ROOT/.gitlab-ci.yml"
@@ -212,6 +146,16 @@ section_matrix() {
     mr "build and review" "build-frontend,review-deploy" build-lint-test=auto image-backend=manual \
         image-frontend=auto dev-deploy=manual prod-deploy=manual review-deploy=auto review-stop=manual
     mr "lookalike review labels" "review-deploy-later,no-review-deploy" "${all_manual[@]}"
+    # The workstation command a user asks the same question with.
+    "$ROOT/scripts/pipeline-jobs.sh" build-backend dev-deploy > "$WORK/jobs.out" 2>"$WORK/jobs.err" || true
+    expect_eq "matrix: scripts/pipeline-jobs.sh LABEL... lists the MR's jobs and when" \
+        "build-lint-test auto|dev-deploy auto|image-backend auto|image-frontend manual|prod-deploy manual|review-deploy manual|review-stop manual" \
+        "$(awk '{ print $1, $2 }' "$WORK/jobs.out" | paste -sd'|')"
+    "$ROOT/scripts/pipeline-jobs.sh" --main > "$WORK/jobs.out" 2>"$WORK/jobs.err" || true
+    expect_contains "matrix: scripts/pipeline-jobs.sh --main: a merge to main deploys prod" "prod-deploy      auto" "$WORK/jobs.out"
+    "$ROOT/scripts/pipeline-jobs.sh" --var CI_PIPELINE_SOURCE=push --var CI_COMMIT_BRANCH=feature \
+        --var CI_DEFAULT_BRANCH=main > "$WORK/jobs.out" 2>"$WORK/jobs.err" || true
+    expect_eq "matrix: scripts/pipeline-jobs.sh says when GitLab makes no pipeline" "no pipeline" "$(cat "$WORK/jobs.out")"
     section_review_jobs
     push "push to the default branch deploys prod, not dev, no review stack" \
         "build-lint-test=auto image-backend=manual image-frontend=manual prod-deploy=auto" \

@@ -79,3 +79,72 @@ ensure_check_jsonschema() {
             || die "pip install check-jsonschema failed"
     fi
 }
+
+# ---- the pipeline as gitlab-ci-local lists it (scripts/test-pipeline.sh, scripts/pipeline-jobs.sh);
+# callers set WORK (a temp dir), ROOT (the checkout), GCL and VENV (ensure_* above) ----
+
+# A throwaway git repository holding the pipeline file, with an origin remote as
+# gitlab-ci-local expects: its state directory never lands in the working tree.
+make_gcl_repo() {
+    GCL_REPO="$WORK/gcl-repo"
+    mkdir -p "$GCL_REPO"
+    cp "$ROOT/.gitlab-ci.yml" "$GCL_REPO/"
+    git -C "$GCL_REPO" init -q -b main
+    git -C "$GCL_REPO" add .gitlab-ci.yml
+    git -C "$GCL_REPO" -c user.name=test -c user.email=test@localhost commit -q -m pipeline
+    git -C "$GCL_REPO" remote add origin https://gitlab.invalid/group/stackship.git
+    # A copy to break on purpose (inside the repository: gitlab-ci-local wants git around it).
+    mkdir -p "$GCL_REPO/broken-deps"
+    # The workflow rules as one job's rules: gitlab-ci-local 4.64 does not evaluate `workflow:`,
+    # and a job's rules decide the same way (a matching rule without `when` runs it, `when:
+    # never` or no match drops it). The probe job exists exactly when GitLab makes a pipeline.
+    mkdir -p "$GCL_REPO/probe"
+    "$VENV/bin/python" - "$ROOT/.gitlab-ci.yml" "$GCL_REPO/probe/.gitlab-ci.yml" <<'PY'
+import json, sys
+from ruamel.yaml import YAML
+doc = YAML(typ="safe").load(open(sys.argv[1]))
+rules = doc["workflow"]["rules"]
+json.dump({"workflow-probe": {"script": ["true"], "rules": rules}}, open(sys.argv[2], "w"))
+PY
+}
+
+# gcl DIR ARG... -- VAR=VALUE...: gitlab-ci-local in DIR with ARGs and the variables set (and
+# not overridden by its predefined ones).
+gcl() {
+    local dir="$1" args=() vars=() names=() kv
+    shift
+    while [[ $# -gt 0 && "$1" != -- ]]; do args+=("$1"); shift; done
+    [[ $# -eq 0 ]] || shift
+    for kv in "$@"; do
+        vars+=(--variable "$kv")
+        names+=("${kv%%=*}")
+    done
+    local IFS=,
+    (cd "$dir" && GCL_IGNORE_PREDEFINED_VARS="${names[*]}" "$GCL" "${args[@]}" "${vars[@]}")
+}
+
+# gcl_list DIR VAR=VALUE...: "job=manual|auto" lines of the jobs gitlab-ci-local lists.
+gcl_list() {
+    local dir="$1"
+    shift
+    gcl "$dir" --list-csv -- "$@" 2>"$WORK/gcl.err" \
+        | awk -F';' 'NR > 1 { print $1 "=" ($4 == "manual" ? "manual" : "auto") }'
+}
+
+# gcl_dependencies DIR VAR=VALUE...: gitlab-ci-local --validate-dependency-chain passes
+# (its output in GCL_OUT).
+gcl_dependencies() {
+    local dir="$1"
+    shift
+    GCL_OUT="$(gcl "$dir" --validate-dependency-chain -- "$@" 2>&1)" \
+        && [[ "$GCL_OUT" == *"All job dependencies are valid"* ]]
+}
+
+# pipeline_jobs VAR=VALUE...: the jobs of the pipeline GitLab would create, one line each,
+# sorted; nothing when the workflow rules create no pipeline.
+pipeline_jobs() {
+    local probe
+    probe="$(gcl_list "$GCL_REPO/probe" "$@")" || return 1
+    [[ "$probe" == "workflow-probe=auto" ]] || return 0
+    gcl_list "$GCL_REPO" "$@" | sort
+}
