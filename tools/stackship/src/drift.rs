@@ -51,7 +51,19 @@ pub fn differences(recorded: &Value, running: &Value) -> Vec<String> {
     out
 }
 
+/// A list of plain values (strings, numbers), as environment variables and arguments are.
+fn is_scalar_list(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::Array(a)) if a.iter().all(|v| !v.is_object() && !v.is_array()))
+}
+
 fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+    // An absent list and an empty one are the same: compare item by item.
+    let empty = Value::Array(Vec::new());
+    let (old, new) = match (old, new) {
+        (a, b) if is_absent(a) && is_scalar_list(b) => (Some(&empty), b),
+        (a, b) if is_scalar_list(a) && is_absent(b) => (a, Some(&empty)),
+        other => other,
+    };
     match (old, new) {
         (Some(Value::Object(a)), Some(Value::Object(b))) => {
             let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -59,9 +71,6 @@ fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<Stri
                 walk(&join(path, k), a.get(k), b.get(k), out);
             }
         }
-        (a, b) if is_absent(a) && is_absent(b) => {}
-        (a, Some(b)) if is_absent(a) => out.push(format!("{path}: added {}", show(b))),
-        (Some(a), b) if is_absent(b) => out.push(format!("{path}: removed {}", show(a))),
         (Some(Value::Array(a)), Some(Value::Array(b)))
             if a.iter().chain(b).all(|v| !v.is_object() && !v.is_array()) =>
         {
@@ -98,6 +107,9 @@ fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<Stri
             }
             out.push(format!("{path}: {}", parts.join("; ")));
         }
+        (a, b) if is_absent(a) && is_absent(b) => {}
+        (a, Some(b)) if is_absent(a) => out.push(format!("{path}: added {}", show(b))),
+        (Some(a), b) if is_absent(b) => out.push(format!("{path}: removed {}", show(a))),
         (Some(a), Some(b)) if a != b => {
             out.push(format!("{path}: {} → {}", show(a), show(b)));
         }
@@ -123,6 +135,20 @@ mod tests {
         assert_eq!(
             differences(&old, &new),
             vec!["TaskTemplate.ContainerSpec.Env: added X=1"]
+        );
+    }
+
+    #[test]
+    fn a_list_that_was_absent_names_its_items() {
+        let old = json!({"TaskTemplate": {"ContainerSpec": {"Image": "i"}}});
+        let new = json!({"TaskTemplate": {"ContainerSpec": {"Image": "i", "Env": ["X=1"]}}});
+        assert_eq!(
+            differences(&old, &new),
+            vec!["TaskTemplate.ContainerSpec.Env: added X=1"]
+        );
+        assert_eq!(
+            differences(&new, &old),
+            vec!["TaskTemplate.ContainerSpec.Env: removed X=1"]
         );
     }
 
