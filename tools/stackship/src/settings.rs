@@ -149,6 +149,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Default)]
 struct FileValues {
     values: BTreeMap<String, (String, Origin)>,
+    /// Keys outside the allowed set that the reader tolerates, in file order.
+    ignored: Vec<String>,
 }
 
 impl FileValues {
@@ -163,10 +165,12 @@ impl FileValues {
     }
 }
 
-/// Reads `path` (a missing file has no values), accepting only `allowed` keys.
+/// Reads `path` (a missing file has no values), accepting only `allowed` keys, and keys that
+/// `tolerated` accepts, which are kept in [`FileValues::ignored`].
 fn read_file(
     path: &Path,
     allowed: &BTreeSet<String>,
+    tolerated: fn(&str) -> bool,
     what: &str,
 ) -> Result<FileValues, SettingsError> {
     let text = match std::fs::read_to_string(path) {
@@ -182,13 +186,14 @@ fn read_file(
             ));
         }
     };
-    parse_lines(&text, path, allowed, what)
+    parse_lines(&text, path, allowed, tolerated, what)
 }
 
 fn parse_lines(
     text: &str,
     path: &Path,
     allowed: &BTreeSet<String>,
+    tolerated: fn(&str) -> bool,
     what: &str,
 ) -> Result<FileValues, SettingsError> {
     let mut out = FileValues::default();
@@ -215,7 +220,9 @@ fn parse_lines(
         if key != key.trim() || !config_hasher::interpolate::is_variable_name(key) {
             return Err(err(origin, format!("`{key}` is not a variable name")));
         }
-        if !allowed.contains(key) {
+        if !allowed.contains(key) && tolerated(key) {
+            out.ignored.push(key.to_owned());
+        } else if !allowed.contains(key) {
             let list: Vec<&str> = allowed.iter().map(String::as_str).collect();
             return Err(err(
                 origin,
@@ -389,27 +396,20 @@ impl Settings {
         let mut warnings = Vec::new();
         let file = match &inputs.deploy_env {
             Some(p) => {
-                let mut shared = allowed.clone();
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                for line in text.lines() {
-                    if let Some((key, _)) = line.split_once('=')
-                        && is_image_setting(key)
-                        && !allowed.contains(key)
-                    {
-                        shared.insert(key.to_owned());
-                        warnings.push(format!(
-                            "{}: {key} is not used by this stack (no service names it); ignored",
-                            p.display()
-                        ));
-                    }
+                let file = read_file(p, &allowed, is_image_setting, "deploy.env")?;
+                for key in &file.ignored {
+                    warnings.push(format!(
+                        "{}: {key} is not used by this stack (no service names it); ignored",
+                        p.display()
+                    ));
                 }
-                read_file(p, &shared, "deploy.env")?
+                file
             }
             None => FileValues::default(),
         };
         let pin_keys: BTreeSet<String> = image_vars.keys().cloned().collect();
         let pins = match &inputs.pins {
-            Some(p) => read_file(p, &pin_keys, "images.env")?,
+            Some(p) => read_file(p, &pin_keys, |_| false, "images.env")?,
             None => FileValues::default(),
         };
         let look = Lookup {

@@ -1145,6 +1145,15 @@ fn has_detach_flag(client: &Client<'_>) -> bool {
 /// minutes; past this the state is unknown and the deploy says so.
 const STACK_DEPLOY_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// One progress line: time, `[stackship]`, the message.
+fn progress_line(out: &mut dyn std::io::Write, message: &str) {
+    let _ = writeln!(
+        out,
+        "{} [stackship] {message}",
+        chrono::Utc::now().format("%H:%M:%S")
+    );
+}
+
 /// The whole deploy: [`prepare`], then the stages that change the swarm. Returns the outcome
 /// and the rollout summary (stdout); progress goes to `progress`.
 pub fn deploy(
@@ -1153,13 +1162,7 @@ pub fn deploy(
     request: &Request,
     progress: &mut dyn std::io::Write,
 ) -> Result<(Outcome, String), DeployError> {
-    let mut say = |m: &str| {
-        let _ = writeln!(
-            progress,
-            "{} [stackship] {m}",
-            chrono::Utc::now().format("%H:%M:%S")
-        );
-    };
+    let mut say = |m: &str| progress_line(progress, m);
     let prepared = prepare(client, request, &mut say)?;
     let (release, vars) = (&prepared.release, &prepared.vars);
     let stack = request.stack();
@@ -1229,13 +1232,7 @@ pub fn deploy(
             stage: Stage::Watch,
             error: Error::Refused(format!("could not follow {stack}: {m}")),
         })?;
-    let mut say = |m: &str| {
-        let _ = writeln!(
-            progress,
-            "{} [stackship] {m}",
-            chrono::Utc::now().format("%H:%M:%S")
-        );
-    };
+    let mut say = |m: &str| progress_line(progress, m);
     if watched.outcome != Outcome::Done {
         say(&format!(
             "rollout of {stack} FAILED: {} (see above; report: {})",

@@ -2,10 +2,12 @@
 //! `DOCKER_HOST` and contexts. Each call runs with a deadline and is killed when it passes it
 //! (a `docker service logs` on a lost node would otherwise hang while the deploy lock is held).
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use rollout_watcher::docker::{reader, wait_until};
 
 use super::{Call, DockerError, Engine};
 
@@ -91,35 +93,10 @@ impl Engine for CliEngine {
     }
 }
 
-fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
-/// Waits for `child` until `deadline`; None when it is still running then.
-fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        thread::sleep((deadline - now).min(Duration::from_millis(20)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn sh() -> CliEngine {
         CliEngine::with_program("sh")
