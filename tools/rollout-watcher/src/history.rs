@@ -35,6 +35,10 @@ pub struct DeployRecord {
     /// The pipeline that deployed it (`CI_PIPELINE_URL` or id), when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
+    /// The commit's ancestors as the deploy job saw them (`git rev-list`, newest first, at
+    /// most a few hundred): a later deploy of one of these commits would go backwards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
     /// Service name (without the stack prefix) to what it ran.
     pub services: BTreeMap<String, ServiceRecord>,
 }
@@ -91,6 +95,7 @@ pub fn record_of(id: &str, stack: &str, services: &[Service]) -> DeployRecord {
         stack: stack.to_owned(),
         commit: None,
         pipeline: None,
+        ancestors: Vec::new(),
         services,
     }
 }

@@ -357,6 +357,7 @@ fn prune_keeps_current_previous_and_recent_deploys() {
         stack: "s".into(),
         commit: None,
         pipeline: None,
+        ancestors: Vec::new(),
         services: [(
             "backend".to_owned(),
             history::ServiceRecord {

@@ -65,9 +65,30 @@ pub enum Command {
         #[arg(long)]
         print_images: bool,
         /// The release directory (default: <root>/<env>/current; <root>/review/<IID>/current).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         release: Option<PathBuf>,
+        /// Install this release first (a directory inside the environment directory, as the
+        /// deploy job uploads it): it replaces current/ under the deploy's own lock.
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// With --from: the uploaded secret source files (tls.crt and tls.key) to install in
+        /// <env dir>/secrets/.
+        #[arg(long, value_name = "DIR", requires = "from")]
+        secrets: Option<PathBuf>,
+        /// Read the deploy job's settings as KEY=VALUE lines on stdin (registry login, tags,
+        /// CI_COMMIT_SHA, COMMIT_ANCESTORS, ...): no secret on a command line.
+        #[arg(long)]
+        settings_stdin: bool,
+        /// Deploy even if the commit is older than the one running (an ancestor of it).
+        #[arg(long)]
+        allow_older: bool,
+        /// Print the rollout report (JSON) on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
+    /// Releases on the manager.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// The deploy records of an environment, newest first.
     History {
         env: String,
@@ -75,6 +96,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Install a release the copy step assembled (DIR, inside the environment directory) as
+    /// <root>/<env>/current, under the environment's deploy lock: a running deploy keeps its
+    /// files, nothing of the old release survives, a refused one changes nothing.
+    Install {
+        env: String,
+        /// The release directory to install.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// How long to wait for a deploy that holds the lock, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::settings::Defaults::LOCK_WAIT.as_secs())]
+        lock_wait: u64,
+    },
+}
+
+/// `release install`: check, lock, swap.
+fn install_command(root: &Path, env: &str, from: &Path, lock_wait: u64) -> Result<Outcome, Error> {
+    let dir = env_dir(root, env)?;
+    crate::release::check(from, env, false)?;
+    crate::release::check_location(&dir.dir, from)?;
+    let process_env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut say = |m: &str| eprintln!("{} [stackship] {m}", chrono::Utc::now().format("%H:%M:%S"));
+    let lock = crate::lock::DeployLock::acquire(
+        &dir.dir,
+        &format!("{env} deploy"),
+        &owner(&process_env),
+        std::time::Duration::from_secs(lock_wait),
+        &mut say,
+    )?;
+    let current = crate::release::swap(&dir.dir, from, &lock)?;
+    say(&format!("release installed: {}", current.display()));
+    Ok(Outcome::Done)
 }
 
 fn env_dir(root: &Path, env: &str) -> Result<EnvDir, Error> {
@@ -134,18 +190,42 @@ fn owner(env: &BTreeMap<String, String>) -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn deploy_command(
-    root: &Path,
+/// What `stackship deploy` was asked.
+#[derive(Debug, Default)]
+struct DeployArgs {
     env: Option<String>,
     review: Option<u32>,
     tag: Option<String>,
     timeout: Option<String>,
     print_images: bool,
     release: Option<PathBuf>,
+    from: Option<PathBuf>,
+    secrets: Option<PathBuf>,
+    /// The deploy job's settings (`--settings-stdin`), already read.
+    job_settings: Option<String>,
+    allow_older: bool,
+    json: bool,
+}
+
+fn deploy_command(
+    root: &Path,
+    args: DeployArgs,
     client: &Client<'_>,
     out: &mut dyn Write,
 ) -> Result<Outcome, Error> {
+    let DeployArgs {
+        env,
+        review,
+        tag,
+        timeout,
+        print_images,
+        release,
+        from,
+        secrets,
+        job_settings,
+        allow_older,
+        json,
+    } = args;
     let env = match (env, review) {
         (Some(e), _) => e,
         (None, Some(_)) => "dev".to_owned(),
@@ -160,9 +240,13 @@ fn deploy_command(
         Some(iid) => root.join("review").join(iid.to_string()).join("current"),
         None => dir.current(),
     });
-    let process_env: BTreeMap<String, String> = std::env::vars_os()
+    let mut process_env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    if let Some(text) = job_settings {
+        // The job's settings act as the environment, and win over the manager's own.
+        process_env.extend(crate::settings::parse_job_settings(&text)?);
+    }
     let request = deploy::Request {
         release,
         env,
@@ -172,6 +256,8 @@ fn deploy_command(
         owner: owner(&process_env),
         process_env,
         data_root: PathBuf::from(deploy::DATA_ROOT),
+        install: from.map(|from| deploy::Install { from, secrets }),
+        allow_older,
     };
     if print_images {
         let (_, settings) =
@@ -180,10 +266,17 @@ fn deploy_command(
         return Ok(Outcome::Done);
     }
     let mut stderr = std::io::stderr();
-    let (outcome, summary) = deploy::deploy(client, &deploy::WatcherRollout, &request, &mut stderr)
+    let watched = deploy::deploy(client, &deploy::WatcherRollout, &request, &mut stderr)
         .map_err(|e| Error::Deploy(Box::new(e)))?;
-    write_out(out, &summary)?;
-    Ok(outcome)
+    write_out(
+        out,
+        if json {
+            &watched.report
+        } else {
+            &watched.summary
+        },
+    )?;
+    Ok(watched.outcome)
 }
 
 /// As [`run`], with the Docker client given (tests pass a fake).
@@ -229,17 +322,44 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
             timeout,
             print_images,
             release,
-        } => deploy_command(
-            &cli.root,
+            from,
+            secrets,
+            settings_stdin,
+            allow_older,
+            json,
+        } => {
+            let job_settings = if settings_stdin {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(Error::io("cannot read the deploy job's settings on stdin"))?;
+                Some(text)
+            } else {
+                None
+            };
+            deploy_command(
+                &cli.root,
+                DeployArgs {
+                    env,
+                    review,
+                    tag,
+                    timeout,
+                    print_images,
+                    release,
+                    from,
+                    secrets,
+                    job_settings,
+                    allow_older,
+                    json,
+                },
+                client,
+                out,
+            )
+        }
+        Command::Release(ReleaseCommand::Install {
             env,
-            review,
-            tag,
-            timeout,
-            print_images,
-            release,
-            client,
-            out,
-        ),
+            from,
+            lock_wait,
+        }) => install_command(&cli.root, &env, &from, lock_wait),
         Command::History { env, json } => {
             let dir = env_dir(&cli.root, &env)?;
             let recs = records(&dir)?;

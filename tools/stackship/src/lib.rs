@@ -6,8 +6,10 @@
 //! file's services and images, through config-hasher's YAML model), [`lock`] (the
 //! environment's deploy lock), [`docker`] (the docker CLI behind a trait, with deadlines and
 //! retries; a fake for tests), [`drift`] (running spec vs recorded spec), [`layout`] (paths on
-//! the manager), [`exit`] (exit codes a pipeline can act on).
+//! the manager), [`release`] (installing a release under the lock), [`ancestry`] (deploys do not
+//! go backwards), [`exit`] (exit codes a pipeline can act on).
 
+pub mod ancestry;
 pub mod cli;
 pub mod commands;
 pub mod docker;
@@ -17,6 +19,7 @@ pub mod exit;
 pub mod layout;
 pub mod lock;
 pub mod placement;
+pub mod release;
 pub mod settings;
 pub mod stack;
 

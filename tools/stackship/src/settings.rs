@@ -250,6 +250,52 @@ fn parse_lines(
     Ok(out)
 }
 
+/// What the deploy job sends on stdin (`stackship deploy --settings-stdin`): the settings it
+/// may choose per deploy, and who it is. Image settings (`<NAME>_TAG`, `<NAME>_IMAGE`) are
+/// accepted too.
+pub const JOB_KEYS: &[&str] = &[
+    "REGISTRY",
+    "REGISTRY_USER",
+    "REGISTRY_PASSWORD",
+    "IMAGE_TAG",
+    "LOCK_WAIT",
+    "ROLLOUT_TIMEOUT",
+    "REVIEW_PORT_BASE",
+    "CI_JOB_URL",
+    "CI_COMMIT_SHA",
+    "CI_PIPELINE_URL",
+    "COMMIT_ANCESTORS",
+    "ALLOW_OLDER",
+];
+
+/// The deploy job's settings (KEY=VALUE lines, read like `deploy.env`: no quotes, no
+/// `export`, no key twice), which then act as the process environment. Errors name the line.
+pub fn parse_job_settings(text: &str) -> Result<BTreeMap<String, String>, SettingsError> {
+    let mut allowed: BTreeSet<String> = JOB_KEYS.iter().map(|k| (*k).to_owned()).collect();
+    allowed.extend(
+        text.lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .filter(|k| is_image_setting(k))
+            .map(str::to_owned),
+    );
+    let source = Path::new("<stdin>");
+    let values = parse_lines(text, source, &allowed, |_| false, "the deploy job")?;
+    Ok(values
+        .values
+        .into_iter()
+        .map(|(k, (v, _))| (k, v))
+        .collect())
+}
+
+/// A yes/no setting: `1`, `true`, `yes` or `0`, `false`, `no` (empty: no).
+pub fn flag(key: &str, value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::trim).unwrap_or("") {
+        "" | "0" | "false" | "no" => Ok(false),
+        "1" | "true" | "yes" => Ok(true),
+        other => Err(format!("{key}='{other}' is not 1/true/yes or 0/false/no")),
+    }
+}
+
 /// Looks a key up in the environment (empty means unset), then in `deploy.env`.
 struct Lookup<'a> {
     env: &'a BTreeMap<String, String>,
@@ -1037,5 +1083,46 @@ mod tests {
         assert!(!is_valid_registry("h:p0rt"));
         assert!(!is_valid_registry("h/"));
         assert!(!is_valid_registry("h/UPPER"));
+    }
+
+    #[test]
+    fn the_deploy_jobs_settings_are_checked_like_a_file() {
+        let v = parse_job_settings(
+            "REGISTRY=r:5000\nBACKEND_TAG=t1\n\nCI_COMMIT_SHA=abc1234\nREGISTRY_PASSWORD=p=w\n",
+        )
+        .unwrap();
+        assert_eq!(v["REGISTRY"], "r:5000");
+        assert_eq!(v["BACKEND_TAG"], "t1");
+        assert_eq!(v["REGISTRY_PASSWORD"], "p=w");
+        assert_eq!(v.len(), 4);
+        let e = parse_job_settings("REGISTRY=r\nPATH=/evil\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("<stdin>:2: unknown key PATH (the deploy job may set: "),
+            "{e}"
+        );
+        let e = parse_job_settings("REGISTRY=r\nREGISTRY=s\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "<stdin>:2: REGISTRY is set twice (first at <stdin>:1)"
+        );
+        assert!(parse_job_settings("no equals sign").is_err());
+        // Lower-case or odd keys ending in _TAG are not image settings.
+        assert!(parse_job_settings("backend_TAG=x").is_err());
+    }
+
+    #[test]
+    fn yes_no_settings() {
+        for yes in ["1", "true", "yes", " yes "] {
+            assert_eq!(flag("K", Some(yes)), Ok(true), "{yes}");
+        }
+        for no in ["", "0", "false", "no"] {
+            assert_eq!(flag("K", Some(no)), Ok(false), "{no}");
+        }
+        assert_eq!(flag("K", None), Ok(false));
+        assert_eq!(
+            flag("ALLOW_OLDER", Some("Y")),
+            Err("ALLOW_OLDER='Y' is not 1/true/yes or 0/false/no".to_owned())
+        );
     }
 }

@@ -91,7 +91,7 @@ fn help_names_every_verb_and_the_exit_codes() {
         .unwrap();
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for verb in ["deploy", "status", "history"] {
+    for verb in ["deploy", "status", "history", "release"] {
         assert!(help.contains(verb), "{help}");
     }
     assert!(help.contains("3 the state is unknown"), "{help}");
@@ -233,4 +233,109 @@ fn an_unknown_environment_or_missing_release_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("which environment?"));
     assert!(Path::new(env!("CARGO_BIN_EXE_stackship")).exists());
+}
+
+#[test]
+fn release_install_swaps_a_copy_in_and_refuses_a_partial_one() {
+    let f = Fixture::new("REGISTRY=127.0.0.1:5000\n", "unused");
+    let env_dir = f.root().join("prod");
+    let staging = env_dir.join(".incoming.1");
+    fs::create_dir_all(staging.join("deploy-manifests/prod")).unwrap();
+    fs::write(staging.join("docker-compose.prod.yaml"), "new").unwrap();
+    // Without the tool the copy is not a release: refused, current/ untouched.
+    let out = f.stackship(&[
+        "release",
+        "install",
+        "prod",
+        "--from",
+        staging.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("stackship missing"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        env_dir
+            .join("current/deploy-manifests/prod/images.env")
+            .is_file()
+    );
+    fs::write(staging.join("stackship"), "tool").unwrap();
+    let out = f.stackship(&[
+        "release",
+        "install",
+        "prod",
+        "--from",
+        staging.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("release installed: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(env_dir.join("current/docker-compose.prod.yaml")).unwrap(),
+        "new"
+    );
+    assert!(
+        !env_dir
+            .join("current/deploy-manifests/prod/images.env")
+            .exists()
+    );
+    assert!(!staging.exists());
+    // A deploy that holds the lock keeps the release it reads: the install waits, then gives up.
+    let again = env_dir.join(".incoming.2");
+    fs::create_dir_all(again.join("deploy-manifests/prod")).unwrap();
+    fs::write(again.join("docker-compose.prod.yaml"), "newer").unwrap();
+    fs::write(again.join("stackship"), "tool").unwrap();
+    let out = bash(
+        &format!(
+            "exec 9>>'{lock}'; flock -n 9; echo 'pid 1 on m (a deploy)' > '{lock}.owner'; '{bin}' release install prod --from '{from}' --lock-wait 1",
+            lock = lock_file(&f).display(),
+            bin = env!("CARGO_BIN_EXE_stackship"),
+            from = again.display()
+        ),
+        &f,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the prod deploy lock is still held after 1s by: pid 1 on m (a deploy)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(env_dir.join("current/docker-compose.prod.yaml")).unwrap(),
+        "new"
+    );
+    assert!(f.docker_log().is_empty());
+}
+
+#[test]
+fn the_deploy_jobs_settings_on_stdin_are_checked_before_anything() {
+    let f = Fixture::new("REGISTRY=127.0.0.1:5000\n", "unused");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stackship"))
+        .args(["deploy", "prod", "--settings-stdin"])
+        .env("STACKSHIP_DEPLOY_ROOT", f.root())
+        .env("PATH", f.path_env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"REGISTRY_PASSWORD=hunter2\nSSH_AUTH_SOCK=/x\n",
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("<stdin>:2: unknown key SSH_AUTH_SOCK"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(f.docker_log().is_empty());
 }

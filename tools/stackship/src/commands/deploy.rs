@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use config_hasher::{Options as HashOptions, SkipReason, hash_compose_file};
 
+use crate::ancestry::Provenance;
 use crate::docker::{Call, Client, DockerError};
 use crate::error::Error;
 use crate::exit::Outcome;
@@ -34,6 +35,8 @@ use crate::stack::StackFile;
 pub enum Stage {
     Read,
     Lock,
+    /// `--from`: the upload swapped in as the release.
+    Install,
     Validate,
     Pull,
     /// The database directory and the snapshot: nothing of the stack has changed yet.
@@ -47,6 +50,7 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::Read => "read",
             Stage::Lock => "lock",
+            Stage::Install => "install",
             Stage::Validate => "validate",
             Stage::Pull => "pull",
             Stage::Prepare => "prepare",
@@ -113,6 +117,19 @@ pub struct Request {
     /// Where environments keep Postgres's data on their database node
     /// (`/data/stackship/data`, as the stack files bind-mount it).
     pub data_root: PathBuf,
+    /// A release to install as `release` first, under the deploy's lock (`--from`).
+    pub install: Option<Install>,
+    /// Deploy a commit older than the running one (`--allow-older`).
+    pub allow_older: bool,
+}
+
+/// An uploaded release to swap in before the deploy.
+#[derive(Debug, Clone)]
+pub struct Install {
+    /// The release directory, inside the environment directory.
+    pub from: PathBuf,
+    /// Uploaded secret source files (the TLS pair), if any.
+    pub secrets: Option<PathBuf>,
 }
 
 impl Request {
@@ -132,11 +149,14 @@ impl Request {
     }
 
     pub fn compose(&self) -> PathBuf {
-        let file = match self.review {
+        self.release.join(self.compose_name())
+    }
+
+    fn compose_name(&self) -> String {
+        match self.review {
             Some(_) => "docker-compose.review.yaml".to_owned(),
             None => format!("docker-compose.{}.yaml", self.env),
-        };
-        self.release.join(file)
+        }
     }
 
     /// A review stack uses the settings of the environment it copies (`<root>/<env>/`, beside
@@ -154,10 +174,7 @@ impl Request {
     }
 
     pub fn pins(&self) -> PathBuf {
-        self.release
-            .join("deploy-manifests")
-            .join(&self.env)
-            .join("images.env")
+        pins_in(&self.release, &self.env)
     }
 
     fn env_var(&self, key: &str) -> Option<&str> {
@@ -179,9 +196,25 @@ pub struct Release {
     pub externals: Vec<(String, String)>,
 }
 
+fn pins_in(release: &Path, env: &str) -> PathBuf {
+    release
+        .join("deploy-manifests")
+        .join(env)
+        .join("images.env")
+}
+
 /// Stage 1, first half: the stack file and the settings (all `--print-images` needs).
 pub fn read_settings(request: &Request) -> Result<(StackFile, Settings), DeployError> {
-    let compose = request.compose();
+    read_settings_in(request, &request.release)
+}
+
+/// As [`read_settings`], with the stack file and pins of the release in `release` (an upload
+/// not installed yet) and the environment's own settings.
+fn read_settings_in(
+    request: &Request,
+    release: &Path,
+) -> Result<(StackFile, Settings), DeployError> {
+    let compose = release.join(request.compose_name());
     if !compose.is_file() {
         return refused(
             Stage::Read,
@@ -192,7 +225,7 @@ pub fn read_settings(request: &Request) -> Result<(StackFile, Settings), DeployE
             ),
         );
     }
-    let manifests = request.release.join("deploy-manifests").join(&request.env);
+    let manifests = release.join("deploy-manifests").join(&request.env);
     if !manifests.is_dir() {
         return refused(
             Stage::Read,
@@ -207,7 +240,7 @@ pub fn read_settings(request: &Request) -> Result<(StackFile, Settings), DeployE
     let inputs = Inputs {
         env: request.process_env.clone(),
         deploy_env: Some(request.settings_file()),
-        pins: Some(request.pins()),
+        pins: Some(pins_in(release, &request.env)),
         tag: request.tag.clone(),
         timeout: request.timeout.clone(),
         env_name: request.env.clone(),
@@ -439,6 +472,8 @@ pub struct Prepared {
     pub vars: BTreeMap<String, String>,
     /// The node that keeps the database, for a stack with one.
     pub db_node: Option<String>,
+    /// The commit deployed, for the record.
+    pub provenance: Provenance,
 }
 
 /// The deploy's first stages — read, lock, validate — returning what the later ones need.
@@ -451,7 +486,30 @@ pub fn prepare(
 ) -> Result<Prepared, DeployError> {
     // The settings say how long to wait for the lock; everything is read again once it is
     // held, as the copy step may swap the release meanwhile.
-    let (_, early) = read_settings(request)?;
+    let (_, early) = match &request.install {
+        Some(install) => {
+            crate::release::check(&install.from, &request.env, request.review.is_some())
+                .at(Stage::Read)?;
+            read_settings_in(request, &install.from)?
+        }
+        None => read_settings(request)?,
+    };
+    let provenance = Provenance::from_settings(
+        request.env_var("CI_COMMIT_SHA"),
+        request.env_var("CI_PIPELINE_URL"),
+        request.env_var("COMMIT_ANCESTORS"),
+    )
+    .map_err(|m| DeployError {
+        stage: Stage::Read,
+        error: Error::Refused(m),
+    })?;
+    let allow_older = request.allow_older
+        || crate::settings::flag("ALLOW_OLDER", request.env_var("ALLOW_OLDER")).map_err(|m| {
+            DeployError {
+                stage: Stage::Read,
+                error: Error::Refused(m),
+            }
+        })?;
     let env_dir = request.env_dir();
     let what = match request.review {
         Some(iid) => format!("review-{iid} deploy"),
@@ -477,7 +535,19 @@ pub fn prepare(
             lock
         }
     };
+    if let Some(install) = &request.install {
+        install_release(request, install, &lock, progress)?;
+    }
     let release = read(request)?;
+    let records =
+        rollout_watcher::history::read_all(&env_dir.join("history")).map_err(|e| DeployError {
+            stage: Stage::Validate,
+            error: Error::Records(format!("{e:#}")),
+        })?;
+    match crate::ancestry::check(records.last(), &provenance, allow_older) {
+        Ok(line) => progress(&line),
+        Err(why) => return refused(Stage::Validate, why),
+    }
     let names: Vec<String> = release
         .content_names
         .iter()
@@ -521,7 +591,33 @@ pub fn prepare(
         lock,
         vars,
         db_node,
+        provenance,
     })
+}
+
+/// The install before a deploy (`--from`): the upload's secret files, then the swap, all under
+/// the deploy's lock; `current/` is then the release this deploy reads.
+fn install_release(
+    request: &Request,
+    install: &Install,
+    lock: &DeployLock,
+    progress: Progress<'_>,
+) -> Result<(), DeployError> {
+    let env_dir = request.env_dir();
+    crate::release::check_location(&env_dir, &install.from).at(Stage::Install)?;
+    if let Some(secrets) = &install.secrets {
+        let names = crate::release::install_secrets(secrets, &env_dir, lock).at(Stage::Install)?;
+        if !names.is_empty() {
+            progress(&format!(
+                "installed {} from the upload in {}",
+                names.join(" and "),
+                env_dir.join("secrets").display()
+            ));
+        }
+    }
+    let current = crate::release::swap(&env_dir, &install.from, lock).at(Stage::Install)?;
+    progress(&format!("release installed: {}", current.display()));
+    Ok(())
 }
 
 /// Stage 3, part: `docker stack config` validates the stack file with the deploy's variables
@@ -1015,6 +1111,8 @@ pub struct Watched {
     pub outcome: Outcome,
     /// One line per service (old → new image, how it ended).
     pub summary: String,
+    /// The whole report (rollout-watcher's JSON), as written to `last-rollout.json`.
+    pub report: String,
 }
 
 /// The rollout's own steps, behind a trait so the orchestration is tested without Docker:
@@ -1036,8 +1134,7 @@ pub trait Rollout {
         &self,
         stack: &str,
         history: &Path,
-        commit: Option<String>,
-        pipeline: Option<String>,
+        provenance: &Provenance,
     ) -> Result<PathBuf, String>;
     /// Removes the stack's configs and secrets that neither the current or previous specs nor
     /// the last `keep` records use; returns one line per object removed or kept by an error.
@@ -1085,11 +1182,12 @@ impl Rollout for WatcherRollout {
         let report = rollout_watcher::watch::watch(snapshot, options, progress)
             .map_err(|e| format!("{e:#}"))?;
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
-        std::fs::write(report_file, text)
+        std::fs::write(report_file, &text)
             .map_err(|e| format!("cannot write {}: {e}", report_file.display()))?;
         Ok(Watched {
             outcome: outcome_of(&report),
             summary: rollout_watcher::watch::summary(&report),
+            report: text,
         })
     }
 
@@ -1097,8 +1195,7 @@ impl Rollout for WatcherRollout {
         &self,
         stack: &str,
         history: &Path,
-        commit: Option<String>,
-        pipeline: Option<String>,
+        provenance: &Provenance,
     ) -> Result<PathBuf, String> {
         let services: Vec<_> = rollout_watcher::docker::stack_services(stack)
             .map_err(|e| format!("{e:#}"))?
@@ -1107,8 +1204,9 @@ impl Rollout for WatcherRollout {
             .collect();
         let id = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
         let mut record = rollout_watcher::history::record_of(&id, stack, &services);
-        record.commit = commit;
-        record.pipeline = pipeline;
+        record.commit = provenance.commit.clone();
+        record.pipeline = provenance.pipeline.clone();
+        record.ancestors = provenance.ancestors.clone();
         rollout_watcher::history::write(history, &record).map_err(|e| format!("{e:#}"))
     }
 
@@ -1154,14 +1252,14 @@ fn progress_line(out: &mut dyn std::io::Write, message: &str) {
     );
 }
 
-/// The whole deploy: [`prepare`], then the stages that change the swarm. Returns the outcome
-/// and the rollout summary (stdout); progress goes to `progress`.
+/// The whole deploy: [`prepare`], then the stages that change the swarm. Returns
+/// what the rollout came to (outcome, summary, report); progress goes to `progress`.
 pub fn deploy(
     client: &Client<'_>,
     rollout: &dyn Rollout,
     request: &Request,
     progress: &mut dyn std::io::Write,
-) -> Result<(Outcome, String), DeployError> {
+) -> Result<Watched, DeployError> {
     let mut say = |m: &str| progress_line(progress, m);
     let prepared = prepare(client, request, &mut say)?;
     let (release, vars) = (&prepared.release, &prepared.vars);
@@ -1239,15 +1337,10 @@ pub fn deploy(
             watched.outcome.meaning(),
             report_file.display()
         ));
-        return Ok((watched.outcome, watched.summary));
+        return Ok(watched);
     }
     say(&format!("rollout of {stack} complete"));
-    let recorded = match rollout.record(
-        &stack,
-        &env_dir.join("history"),
-        request.env_var("CI_COMMIT_SHA").map(str::to_owned),
-        request.env_var("CI_PIPELINE_URL").map(str::to_owned),
-    ) {
+    let recorded = match rollout.record(&stack, &env_dir.join("history"), &prepared.provenance) {
         Ok(path) => {
             say(&format!("deploy recorded in {}", path.display()));
             true
@@ -1280,7 +1373,7 @@ pub fn deploy(
         }
     }
     say(&format!("{stack} deployed"));
-    Ok((Outcome::Done, watched.summary))
+    Ok(watched)
 }
 
 #[cfg(test)]
@@ -1324,6 +1417,8 @@ mod tests {
             process_env: BTreeMap::new(),
             owner: "test".into(),
             data_root: root.path().join("data"),
+            install: None,
+            allow_older: false,
         };
         Fixture {
             _root: root,
@@ -1580,6 +1675,8 @@ mod tests {
             process_env: BTreeMap::new(),
             owner: String::new(),
             data_root: PathBuf::from("/nonexistent"),
+            install: None,
+            allow_older: false,
         };
         assert_eq!(r.stack(), "stackship-review-42");
         assert_eq!(
@@ -1816,18 +1913,19 @@ mod tests {
                     Outcome::RolledBack
                 },
                 summary: "backend: ok\n".into(),
+                report: "{}\n".into(),
             })
         }
         fn record(
             &self,
             stack: &str,
             _history: &Path,
-            commit: Option<String>,
-            _pipeline: Option<String>,
+            provenance: &Provenance,
         ) -> Result<PathBuf, String> {
             self.steps.borrow_mut().push(format!(
-                "record {stack} commit={}",
-                commit.unwrap_or_default()
+                "record {stack} commit={} ancestors={}",
+                provenance.commit.clone().unwrap_or_default(),
+                provenance.ancestors.join(",")
             ));
             Ok(PathBuf::from("/h/1.json"))
         }
@@ -1883,7 +1981,10 @@ mod tests {
         let mut f = fixture("REGISTRY=127.0.0.1:5000\nPRUNE_KEEP=4\nMAX_TASK_FAILURES=2\n");
         f.request
             .process_env
-            .insert("CI_COMMIT_SHA".into(), "abc123".into());
+            .insert("CI_COMMIT_SHA".into(), "abc1234".into());
+        f.request
+            .process_env
+            .insert("COMMIT_ANCESTORS".into(), "1234567 89abcde".into());
         with_data_dir(&f);
         let fake = swarm_engine();
         let rollout = FakeRollout {
@@ -1891,8 +1992,9 @@ mod tests {
             steps: Default::default(),
         };
         let mut progress = Vec::new();
-        let (outcome, summary) =
-            deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap();
+        let Watched {
+            outcome, summary, ..
+        } = deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap();
         let progress = String::from_utf8(progress).unwrap();
         assert_eq!(outcome, Outcome::Done, "{progress}");
         assert_eq!(summary, "backend: ok\n");
@@ -1901,7 +2003,7 @@ mod tests {
             vec![
                 "snapshot stackship-prod",
                 "watch stackship-prod max_task_failures=2",
-                "record stackship-prod commit=abc123",
+                "record stackship-prod commit=abc1234 ancestors=1234567,89abcde",
                 "prune stackship-prod keep=4"
             ]
         );
@@ -1945,7 +2047,7 @@ mod tests {
             steps: Default::default(),
         };
         let mut progress = Vec::new();
-        let (outcome, _) =
+        let Watched { outcome, .. } =
             deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap();
         assert_eq!(outcome, Outcome::RolledBack);
         assert_eq!(outcome.code(), 1);
@@ -1998,7 +2100,7 @@ mod tests {
         let r = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new());
         let dir = f.request.data_root.join("prod/postgres");
         match r {
-            Ok((outcome, _)) => {
+            Ok(Watched { outcome, .. }) => {
                 assert_eq!(outcome, Outcome::Done);
                 assert!(dir.is_dir());
                 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -2121,6 +2223,8 @@ mod tests {
             process_env: BTreeMap::new(),
             owner: "t".into(),
             data_root: root.path().join("data"),
+            install: None,
+            allow_older: false,
         };
         let fake = FakeEngine::new();
         fake.answer(
@@ -2157,5 +2261,189 @@ mod tests {
             .unwrap();
         assert!(created < inspected, "{lines:?}");
         assert_eq!(fake.writes().len(), 1, "{:?}", fake.writes());
+    }
+
+    fn write_record(f: &Fixture, commit: &str, ancestors: &[&str]) {
+        let history = f.request.env_dir().join("history");
+        std::fs::create_dir_all(&history).unwrap();
+        let record = rollout_watcher::history::DeployRecord {
+            id: "20261206T010000.000Z".into(),
+            stack: "stackship-prod".into(),
+            commit: Some(commit.into()),
+            pipeline: Some("https://ci/p/9".into()),
+            ancestors: ancestors.iter().map(|a| (*a).to_owned()).collect(),
+            services: Default::default(),
+        };
+        rollout_watcher::history::write(&history, &record).unwrap();
+    }
+
+    #[test]
+    fn an_older_commit_is_refused_before_anything_changes() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        write_record(&f, "bbbbbbbb", &["aaaaaaaa"]);
+        f.request
+            .process_env
+            .insert("CI_COMMIT_SHA".into(), "aaaaaaaa".into());
+        with_data_dir(&f);
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.stage, Stage::Validate);
+        assert_eq!(e.outcome(), Outcome::NothingChanged);
+        assert!(
+            e.to_string()
+                .starts_with("validate: commit aaaaaaaa is older than the running bbbbbbbb"),
+            "{e}"
+        );
+        assert!(fake.calls().is_empty(), "{:?}", fake.command_lines());
+        assert!(rollout.steps.borrow().is_empty());
+        // ALLOW_OLDER (or --allow-older) lets it through, saying so.
+        f.request
+            .process_env
+            .insert("ALLOW_OLDER".into(), "1".into());
+        let mut progress = Vec::new();
+        let Watched { outcome, .. } =
+            deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap();
+        assert_eq!(outcome, Outcome::Done);
+        let progress = String::from_utf8(progress).unwrap();
+        assert!(
+            progress.contains("WARNING: commit aaaaaaaa is older than the running bbbbbbbb"),
+            "{progress}"
+        );
+        f.request
+            .process_env
+            .insert("ALLOW_OLDER".into(), "perhaps".into());
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "read: ALLOW_OLDER='perhaps' is not 1/true/yes or 0/false/no"
+        );
+        f.request.process_env.remove("ALLOW_OLDER");
+        f.request.allow_older = true;
+        assert!(deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn a_bad_commit_id_or_unreadable_records_refuse_the_deploy() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        f.request
+            .process_env
+            .insert("CI_COMMIT_SHA".into(), "not-a-sha".into());
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.stage, Stage::Read);
+        assert!(
+            e.to_string()
+                .contains("CI_COMMIT_SHA 'not-a-sha' is not a commit id"),
+            "{e}"
+        );
+        f.request.process_env.remove("CI_COMMIT_SHA");
+        let history = f.request.env_dir().join("history");
+        std::fs::create_dir_all(&history).unwrap();
+        std::fs::write(history.join("20261206T010000.000Z.json"), "{").unwrap();
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.stage, Stage::Validate);
+        assert!(e.to_string().contains("20261206T010000.000Z.json"), "{e}");
+        assert!(fake.writes().is_empty());
+    }
+
+    /// Moves the fixture's release to an upload directory beside `current/`, as the deploy
+    /// job's upload or the copy step leaves it.
+    fn as_upload(f: &mut Fixture) -> PathBuf {
+        let env_dir = f.request.env_dir();
+        let upload = env_dir.join(".incoming-1");
+        std::fs::create_dir(&upload).unwrap();
+        std::fs::rename(&f.request.release, upload.join("current")).unwrap();
+        std::fs::write(upload.join("current/stackship"), "tool").unwrap();
+        std::fs::create_dir(upload.join("secrets")).unwrap();
+        for name in ["tls.crt", "tls.key"] {
+            std::fs::write(upload.join("secrets").join(name), name).unwrap();
+        }
+        f.request.install = Some(Install {
+            from: upload.join("current"),
+            secrets: Some(upload.join("secrets")),
+        });
+        upload
+    }
+
+    #[test]
+    fn a_deploy_from_an_upload_installs_it_under_its_lock_first() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let env_dir = f.request.env_dir();
+        let upload = as_upload(&mut f);
+        // What runs now: another release, which the install replaces whole.
+        std::fs::create_dir_all(f.request.release.join("old-only")).unwrap();
+        with_data_dir(&f);
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let mut progress = Vec::new();
+        let Watched { outcome, .. } =
+            deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap();
+        let progress = String::from_utf8(progress).unwrap();
+        assert_eq!(outcome, Outcome::Done, "{progress}");
+        let lock_line = progress.find("holding the prod deploy lock").unwrap();
+        let installed = progress
+            .find(&format!(
+                "release installed: {}",
+                f.request.release.display()
+            ))
+            .unwrap();
+        let tls = progress
+            .find("installed tls.crt and tls.key from the upload")
+            .unwrap();
+        assert!(lock_line < tls && tls < installed, "{progress}");
+        assert!(f.request.compose().is_file());
+        assert!(f.request.release.join("stackship").is_file());
+        assert!(!f.request.release.join("old-only").exists());
+        assert!(!upload.join("current").exists());
+        assert_eq!(
+            std::fs::read_to_string(env_dir.join("secrets/tls.key")).unwrap(),
+            "tls.key"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_upload_is_refused_and_the_release_kept() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let upload = as_upload(&mut f);
+        std::fs::create_dir_all(f.request.release.join("kept")).unwrap();
+        std::fs::remove_file(upload.join("current/stackship")).unwrap();
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.stage, Stage::Read);
+        assert!(e.to_string().ends_with("is not a prod release: stackship missing (the copy step puts the stack file, deploy-manifests/prod/ and stackship there)"), "{e}");
+        assert!(f.request.release.join("kept").is_dir());
+        assert!(!f.request.env_dir().join("secrets").exists());
+        // An upload outside the environment directory is refused under the lock.
+        std::fs::write(upload.join("current/stackship"), "tool").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let moved = outside.path().join("current");
+        std::fs::rename(upload.join("current"), &moved).unwrap();
+        f.request.install = Some(Install {
+            from: moved,
+            secrets: None,
+        });
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.stage, Stage::Install);
+        assert!(
+            e.to_string().contains("must be a new directory inside"),
+            "{e}"
+        );
+        assert!(f.request.release.join("kept").is_dir());
+        assert!(fake.writes().is_empty());
     }
 }

@@ -66,6 +66,7 @@ mod tests {
             stack: "stackship-prod".into(),
             commit: commit.map(Into::into),
             pipeline: None,
+            ancestors: Vec::new(),
             services: [(
                 "backend".to_owned(),
                 ServiceRecord {
