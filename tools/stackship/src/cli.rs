@@ -111,12 +111,24 @@ pub enum ReleaseCommand {
         /// How long to wait for a deploy that holds the lock, in seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = crate::settings::Defaults::LOCK_WAIT.as_secs())]
         lock_wait: u64,
+        /// The environment directory (default: <root>/<env>).
+        #[arg(long, value_name = "DIR")]
+        env_dir: Option<PathBuf>,
     },
 }
 
 /// `release install`: check, lock, swap.
-fn install_command(root: &Path, env: &str, from: &Path, lock_wait: u64) -> Result<Outcome, Error> {
-    let dir = env_dir(root, env)?;
+fn install_command(
+    root: &Path,
+    env: &str,
+    from: &Path,
+    lock_wait: u64,
+    dest: Option<PathBuf>,
+) -> Result<Outcome, Error> {
+    let mut dir = env_dir(root, env)?;
+    if let Some(dest) = dest {
+        dir.dir = dest;
+    }
     crate::release::check(from, env, false)?;
     crate::release::check_location(&dir.dir, from)?;
     let process_env: BTreeMap<String, String> = std::env::vars().collect();
@@ -359,7 +371,8 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
             env,
             from,
             lock_wait,
-        }) => install_command(&cli.root, &env, &from, lock_wait),
+            env_dir,
+        }) => install_command(&cli.root, &env, &from, lock_wait, env_dir),
         Command::History { env, json } => {
             let dir = env_dir(&cli.root, &env)?;
             let recs = records(&dir)?;

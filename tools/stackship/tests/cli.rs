@@ -339,3 +339,29 @@ fn the_deploy_jobs_settings_on_stdin_are_checked_before_anything() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
     assert!(f.docker_log().is_empty());
 }
+
+#[test]
+fn release_install_into_another_directory() {
+    let f = Fixture::new("REGISTRY=127.0.0.1:5000\n", "unused");
+    let stage = f.dir.path().join("stage");
+    let copy = stage.join(".incoming.1");
+    fs::create_dir_all(copy.join("deploy-manifests/dev")).unwrap();
+    fs::write(copy.join("docker-compose.dev.yaml"), "dev").unwrap();
+    fs::write(copy.join("stackship"), "tool").unwrap();
+    let out = f.stackship(&[
+        "release",
+        "install",
+        "dev",
+        "--from",
+        copy.to_str().unwrap(),
+        "--env-dir",
+        stage.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        fs::read_to_string(stage.join("current/docker-compose.dev.yaml")).unwrap(),
+        "dev"
+    );
+    assert!(stage.join("deploy.lock").exists());
+    assert!(!f.root().join("dev").exists());
+}
