@@ -535,10 +535,7 @@ pub fn prepare(
             lock
         }
     };
-    if let Some(install) = &request.install {
-        install_release(request, install, &lock, progress)?;
-    }
-    let release = read(request)?;
+    // Before the install: a refused release must not become current/.
     let records =
         rollout_watcher::history::read_all(&env_dir.join("history")).map_err(|e| DeployError {
             stage: Stage::Validate,
@@ -548,6 +545,10 @@ pub fn prepare(
         Ok(line) => progress(&line),
         Err(why) => return refused(Stage::Validate, why),
     }
+    if let Some(install) = &request.install {
+        install_release(request, install, &lock, progress)?;
+    }
+    let release = read(request)?;
     let names: Vec<String> = release
         .content_names
         .iter()
@@ -2410,6 +2411,27 @@ mod tests {
             std::fs::read_to_string(env_dir.join("secrets/tls.key")).unwrap(),
             "tls.key"
         );
+    }
+
+    #[test]
+    fn an_older_upload_is_not_installed() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        write_record(&f, "bbbbbbbb", &["aaaaaaaa"]);
+        let upload = as_upload(&mut f);
+        std::fs::create_dir_all(f.request.release.join("running")).unwrap();
+        f.request
+            .process_env
+            .insert("CI_COMMIT_SHA".into(), "aaaaaaaa".into());
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("is older than the running"), "{e}");
+        assert!(f.request.release.join("running").is_dir());
+        assert!(upload.join("current").is_dir());
+        assert!(!f.request.env_dir().join("secrets").exists());
     }
 
     #[test]
