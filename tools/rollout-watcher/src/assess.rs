@@ -349,6 +349,9 @@ pub fn problem_task<'a>(
         .max_by_key(|t| (!on_current_spec(service, t), ran(t), t.created_at))
 }
 
+/// What [`task_error`] says of a task that exited 0 while it should keep running.
+pub const EXITED_0: &str = "exited 0 while the service should keep it running";
+
 /// A task's error as Swarm reports it ("task: non-zero exit (1)", "No such image: ..."); for
 /// a task that exited 0 (see [`is_failure`]), that it should have kept running.
 pub fn task_error(task: &Task) -> String {
@@ -357,7 +360,7 @@ pub fn task_error(task: &Task) -> String {
     let message = status.and_then(|s| s.message.as_deref()).unwrap_or("");
     let state = state_of(task).map(|s| s.to_string()).unwrap_or_default();
     if err.is_empty() && state_of(task) == Some(TaskState::COMPLETE) && is_failure(task) {
-        return format!("{state}: exited 0 while the service should keep it running");
+        return format!("{state}: {EXITED_0}");
     }
     match (err.is_empty(), message.is_empty()) {
         (false, _) => format!("{state}: {err}"),

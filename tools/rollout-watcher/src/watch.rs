@@ -292,17 +292,27 @@ fn problem(
         Some(tail) => Some(tail),
         None => kept_log.or(live.filter(|l| !l.trim().is_empty())),
     };
+    let health_output = kept
+        .and_then(|e| e.health.clone())
+        .or_else(|| container.and_then(|c| probe.health_output(c)));
+    let task_error = task
+        .map(assess::task_error)
+        .or_else(|| kept.map(|e| e.error.clone()))
+        .map(|e| match &health_output {
+            // Swarm stopped a task that never turned healthy; it exited 0 on the signal.
+            Some(_) if e.ends_with(assess::EXITED_0) => e.replace(
+                assess::EXITED_0,
+                "stopped by Swarm after failing its healthcheck (it exited 0 on the stop signal)",
+            ),
+            _ => e,
+        });
     Some(Problem {
-        task_error: task
-            .map(assess::task_error)
-            .or_else(|| kept.map(|e| e.error.clone())),
+        task_error,
         exit_code: task
             .and_then(exit_code_of)
             .or_else(|| kept.and_then(|e| e.exit_code)),
         log_tail,
-        health_output: kept
-            .and_then(|e| e.health.clone())
-            .or_else(|| container.and_then(|c| probe.health_output(c))),
+        health_output,
         task_id: id,
     })
 }
@@ -702,6 +712,59 @@ mod tests {
             Some("rejected: No such image: x")
         );
         assert_eq!(guess.log_tail, None);
+    }
+
+    #[test]
+    fn a_task_stopped_for_its_healthcheck_is_not_said_to_have_exited_by_itself() {
+        let mut started = rollback_started();
+        for t in started["tasks"].as_array_mut().unwrap() {
+            if t["ID"] == CULPRIT {
+                t["Status"]["State"] = "complete".into();
+                t["Status"]["Err"] = serde_json::Value::Null;
+                t["Status"]["ContainerStatus"]["ExitCode"] = 0.into();
+            }
+        }
+        let (service, tasks) = parsed(&started);
+        let messages = vec![
+            started["service"]["UpdateStatus"]["Message"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ];
+        let before = BTreeSet::new();
+        let seen = Seen::default();
+        let p = problem(
+            &service.service,
+            &tasks,
+            &before,
+            &messages,
+            &seen,
+            &culprit_probe(),
+            20,
+        )
+        .unwrap();
+        assert_eq!(p.task_id, CULPRIT);
+        assert_eq!(
+            p.task_error.as_deref(),
+            Some(
+                "complete: stopped by Swarm after failing its healthcheck (it exited 0 on the stop signal)"
+            )
+        );
+        // Without healthcheck output, nothing says Swarm stopped it.
+        let p = problem(
+            &service.service,
+            &tasks,
+            &before,
+            &messages,
+            &seen,
+            &FakeProbe::default(),
+            20,
+        )
+        .unwrap();
+        assert_eq!(
+            p.task_error.as_deref(),
+            Some("complete: exited 0 while the service should keep it running")
+        );
     }
 
     #[test]
