@@ -106,7 +106,7 @@ purge_swarm() {
     local stack foreign
     for stack in $(project_stacks); do remove_stack "$stack"; done
     if [[ -n "$(docker ps -aq --filter "label=${STACKSHIP_PROJECT}.test-node")" ]]; then
-        "$(dirname "${BASH_SOURCE[0]}")/swarm-nodes.sh" down
+        "$(dirname "${BASH_SOURCE[0]}")/tests/swarm-nodes.sh" down
     fi
     foreign="$(foreign_services)"
     if [[ -n "$foreign" ]]; then
@@ -158,9 +158,9 @@ main() {
     if docker info >/dev/null 2>&1 && [[ "$(docker info --format '{{.Swarm.LocalNodeState}}')" == active ]]; then
         remove_stack "$(stack_name prod)"
         remove_stack "$(stack_name dev)"
-        # Test nodes (scripts/swarm-nodes.sh) would be left without their manager's registry.
+        # Test nodes (scripts/tests/swarm-nodes.sh) would be left without their manager's registry.
         if [[ -n "$(docker ps -aq --filter "label=${STACKSHIP_PROJECT}.test-node")" ]]; then
-            "$(dirname "${BASH_SOURCE[0]}")/swarm-nodes.sh" down
+            "$(dirname "${BASH_SOURCE[0]}")/tests/swarm-nodes.sh" down
         fi
         # The database data was initialised with these passwords: kept with it.
         [[ -n "$keep_data" ]] || remove_secrets

@@ -112,7 +112,7 @@ ensure_docker() {
 }
 
 # swarm_local_addr: the address a swarm on this machine advertises: the docker0 bridge's, which
-# this host and its containers (scripts/swarm-nodes.sh's test nodes) reach, else loopback.
+# this host and its containers (scripts/tests/swarm-nodes.sh's test nodes) reach, else loopback.
 swarm_local_addr() {
     local addr
     addr="$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{ split($4, a, "/"); print a[1]; exit }')"

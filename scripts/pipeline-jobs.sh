@@ -8,8 +8,8 @@ set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# shellcheck source=scripts/ci/test-tools.sh
-source "$(dirname "${BASH_SOURCE[0]}")/ci/test-tools.sh"
+# shellcheck source=scripts/tests/pipeline-tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tests/pipeline-tools.sh"
 
 usage() {
     cat <<'USAGE'

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The rollout load test: a bounded load through the prod proxy (scripts/loadgen.py: version,
+# The rollout load test: a bounded load through the prod proxy (scripts/tests/loadgen.py: version,
 # log list and log writes, keep-alive on and off) while each of seven rollouts happens, counting
 # every failed request; then the acknowledged rows are checked in the database, and a Postgres
 # restart is timed. Writes bench/results/rollout.txt, ending with key=value lines.
@@ -57,7 +57,7 @@ build_next_backend() {
     local base line
     base="$("$(repo_root)/scripts/base-images.sh" | sed -n 's/^BASE_IMAGE=//p')"
     [[ -n "$base" ]] || die "no base image"
-    REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$(repo_root)/scripts/build-images.sh" --tag "${TAG}-next" \
+    REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$(repo_root)/scripts/ci/build-images.sh" --tag "${TAG}-next" \
         --push --base-image "$base" backend >/dev/null || die "building the backend ${TAG}-next failed"
     line="$(docker run --rm --entrypoint /app/backend "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${TAG}-next" --version)"
     [[ "$line" == *"${TAG}-next"* ]] || die "the next backend reports '${line}'"
@@ -72,7 +72,7 @@ run_case() {
     stop="$WORK/case${n}.running"
     : > "$stop"
     log "case ${n}: ${name}"
-    python3 "$(repo_root)/scripts/loadgen.py" --url https://localhost \
+    python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost \
         --cacert "$STACKSHIP_PROD_CERT" --rate "$RATE" \
         --min-requests "$MIN_REQUESTS" --max-seconds 900 --stop-file "$stop" \
         --run "case${n}-$$" --out "$report" > "$WORK/case${n}.load" 2>&1 &

@@ -6,8 +6,8 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
-# shellcheck source=scripts/pg-throwaway.sh
-. "$ROOT/scripts/pg-throwaway.sh"
+# shellcheck source=scripts/tests/pg-throwaway.sh
+. "$ROOT/scripts/tests/pg-throwaway.sh"
 
 usage() {
     cat <<'USAGE'
@@ -17,13 +17,13 @@ Runs, in order:
   1. lint:   cargo fmt --check, cargo clippy --all-targets -D warnings, shellcheck
   2. cargo test --workspace, against a throwaway PostgreSQL started on a free loopback port
      (the Debian postgresql package is installed when missing) and stopped at the end
-  3. the pipeline tests (scripts/test-pipeline.sh): .gitlab-ci.yml against GitLab's schema,
+  3. the pipeline tests (scripts/tests/test-pipeline.sh): .gitlab-ci.yml against GitLab's schema,
      the MR label matrix, the CI job scripts against a stand-in GitLab API; then the
      end-to-end harness's self-test (scripts/tests/harness-selftest.sh)
-  4. the stack's end-to-end tests (scripts/test-stack.sh): Docker Engine, local swarm,
+  4. the stack's end-to-end tests (scripts/tests/test-stack.sh): Docker Engine, local swarm,
      images, deploys, rollbacks, a headless browser; then the SSH deploy end to end
-     (scripts/test-ssh-deploy.sh: a real sshd on loopback, setup-server.sh's user); then the
-     multi-node tests (scripts/test-multinode.sh: two worker nodes as containers)
+     (scripts/tests/test-ssh-deploy.sh: a real sshd on loopback, setup-server.sh's user); then the
+     multi-node tests (scripts/tests/test-multinode.sh: two worker nodes as containers)
 
 Options:
   --no-stack   skip step 4 (quick local runs; CI runs everything)
@@ -77,16 +77,16 @@ main() {
     ((do_lint)) && lint
     cargo_tests "$@"
     log "pipeline tests"
-    "$ROOT/scripts/test-pipeline.sh"
+    "$ROOT/scripts/tests/test-pipeline.sh"
     log "end-to-end harness self-test"
     "$ROOT/scripts/tests/harness-selftest.sh"
     if ((stack)); then
         log "stack end-to-end tests"
-        "$ROOT/scripts/test-stack.sh"
+        "$ROOT/scripts/tests/test-stack.sh"
         log "SSH deploy end-to-end tests"
-        "$ROOT/scripts/test-ssh-deploy.sh"
+        "$ROOT/scripts/tests/test-ssh-deploy.sh"
         log "multi-node tests"
-        "$ROOT/scripts/test-multinode.sh"
+        "$ROOT/scripts/tests/test-multinode.sh"
     fi
     log "all tests passed"
 }

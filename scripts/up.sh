@@ -128,16 +128,16 @@ publish_standin() {
 build_and_push() {
     local root
     root="$(repo_root)"
-    TAG="$("$root/scripts/image-tag.sh")"
+    TAG="$("$root/scripts/ci/image-tag.sh")"
     log "building the deploy tools (config-hasher, rollout-watcher, stackship)"
     (cd "$root" && cargo build --release --locked -p config-hasher -p rollout-watcher -p stackship) >&2 \
         || die "cargo build of the deploy tools failed"
     log "building service images with tag ${TAG}"
-    REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$root/scripts/build-images.sh" --tag "$TAG" --push \
+    REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$root/scripts/ci/build-images.sh" --tag "$TAG" --push \
         --base-image "$BASE_IMAGE" --nginx-image "$NGINX_IMAGE" >/dev/null
 }
 
-# ensure_secrets ENV: the database password (scripts/secret.sh: generated into Swarm, never on
+# ensure_secrets ENV: the database password (scripts/server/secret.sh: generated into Swarm, never on
 # disk) and, for prod, a self-signed certificate in the deploy directory's secrets/, the source
 # of the content-named TLS secrets.
 ensure_secrets() {
@@ -148,7 +148,7 @@ ensure_secrets() {
     if [[ -s "$legacy/db_password" ]]; then
         init+=(--file "$legacy/db_password")
     fi
-    "$(repo_root)/scripts/secret.sh" "${init[@]}" || die "creating the ${env} database password failed"
+    "$(repo_root)/scripts/server/secret.sh" "${init[@]}" || die "creating the ${env} database password failed"
     rm -f "$legacy/db_password"
     if [[ "$env" == prod ]]; then
         if [[ -s "$legacy/tls.crt" && -s "$legacy/tls.key" && ! -s "$dir/tls.crt" ]]; then
@@ -185,7 +185,7 @@ deploy_env() {
     dir="$(env_deploy_dir "$env")"
     check_ports "$env"
     ensure_secrets "$env"
-    "$root/scripts/copy-manifests.sh" "--$env" --dest "$dir"
+    "$root/scripts/ci/copy-manifests.sh" "--$env" --dest "$dir"
     cat > "$dir/deploy.env" <<ENVFILE
 # Written by scripts/up.sh: the local registry and the images this machine uses (the
 # third-party ones by digest, as deploy.sh requires; they override the pins in images.env).

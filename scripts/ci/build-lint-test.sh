@@ -3,7 +3,7 @@
 # (DATABASE_URL points at the job's Postgres service), then the binaries the later jobs use:
 # backend in ${CARGO_TARGET_DIR}/release/ (APP_VERSION = the image tag baked in), and the
 # deploy tools config-hasher, rollout-watcher and stackship statically linked in .build/tools/
-# (scripts/build-tools.sh), so they run on whatever Linux the manager has.
+# (scripts/ci/build-tools.sh), so they run on whatever Linux the manager has.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -40,10 +40,10 @@ main() {
     cargo clippy --workspace --all-targets --locked -- -D warnings || die "clippy found warnings"
     log "cargo test --workspace"
     cargo test --workspace --locked || die "tests failed"
-    tag="$("$root/scripts/image-tag.sh")" || die "cannot compute the image tag"
+    tag="$("$root/scripts/ci/image-tag.sh")" || die "cannot compute the image tag"
     log "release binaries (APP_VERSION=${tag})"
     APP_VERSION="$tag" cargo build --release --locked -p backend || die "release build failed"
-    "$root/scripts/build-tools.sh" --out "$root/.build/tools" >/dev/null
+    "$root/scripts/ci/build-tools.sh" --out "$root/.build/tools" >/dev/null
     log "binaries: ${CARGO_TARGET_DIR:-target}/release/backend, .build/tools/{config-hasher,rollout-watcher,stackship}"
 }
 

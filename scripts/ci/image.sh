@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The image-<service> job: builds one service's image from the build job's binaries (with
 # services/<svc>/Dockerfile, else the root Dockerfile), tags it YYYYMMDD_<sha8>
-# (scripts/image-tag.sh), pushes it to $CI_REGISTRY_IMAGE/<svc>, and leaves
+# (scripts/ci/image-tag.sh), pushes it to $CI_REGISTRY_IMAGE/<svc>, and leaves
 # BUILT_<SVC>_TAG=<tag> in built-image.env (a dotenv report: dev-deploy deploys it).
 # Then it posts an MR note: the service, the tag and the pin line for images.env, or "build
 # failed" with the job's URL. The job's exit status is the build's: a note that cannot be
@@ -42,7 +42,7 @@ build_and_push() {
     printf '%s' "$CI_REGISTRY_PASSWORD" \
         | docker login --username "$CI_REGISTRY_USER" --password-stdin "$CI_REGISTRY" >/dev/null \
         || die "docker login ${CI_REGISTRY} failed"
-    REGISTRY="$registry" "$root/scripts/build-images.sh" --registry "$registry" --tag "$TAG" \
+    REGISTRY="$registry" "$root/scripts/ci/build-images.sh" --registry "$registry" --tag "$TAG" \
         --no-cargo --push "$SERVICE" >/dev/null || die "building ${IMAGE} failed"
     log "pushed ${IMAGE}"
 }
@@ -83,7 +83,7 @@ main() {
     SERVICE="$1"
     [[ "$SERVICE" =~ ^[a-z][a-z0-9-]*$ && -d "$(repo_root)/services/${SERVICE}" ]] \
         || die "unknown service '${SERVICE}' (no services/${SERVICE})"
-    TAG="$("$(repo_root)/scripts/image-tag.sh")" || die "cannot compute the image tag"
+    TAG="$("$(repo_root)/scripts/ci/image-tag.sh")" || die "cannot compute the image tag"
     IMAGE="${CI_REGISTRY_IMAGE:-}/${SERVICE}:${TAG}"
     local rc=0 var
     # In a subshell: its die() ends the build, not this script, which still posts the note.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The dev-deploy / prod-deploy job: ships one environment's release to the Swarm manager over
 # SSH and deploys it there.
-#   1. stages the release locally with scripts/copy-manifests.sh (deploy.sh, the tool
+#   1. stages the release locally with scripts/ci/copy-manifests.sh (deploy.sh, the tool
 #      binaries from the build job, the stack file, deploy-manifests/<env>/ with its pins);
 #   2. checks the connection: the host key must be in $SSH_KNOWN_HOSTS (StrictHostKeyChecking
 #      yes, no other known_hosts file, never ssh-keyscan), the key from $SSH_PRIVATE_KEY; a
@@ -28,7 +28,7 @@ usage() {
 Usage: scripts/ci/ssh-deploy.sh dev|prod|review|review-stop
 
 CI variables:
-  SERVER_HOST, SERVER_USER         the manager and the deploy user (scripts/setup-server.sh)
+  SERVER_HOST, SERVER_USER         the manager and the deploy user (scripts/server/setup-server.sh)
   SERVER_PORT                      ssh port (default 22)
   SSH_PRIVATE_KEY                  File variable: the CI private key
   SSH_KNOWN_HOSTS                  File variable: the manager's host key line(s), as
@@ -49,7 +49,7 @@ CI variables:
                                    content, so a renewed certificate rolls exactly the proxy
   MR_NOTE_TOKEN                    optional: post the rollout summary on the MR
 Binaries: .build/tools/{config-hasher,rollout-watcher,stackship}, statically linked (build-lint-test,
-scripts/build-tools.sh); STACKSHIP_TOOLS_DIR overrides the directory.
+scripts/ci/build-tools.sh); STACKSHIP_TOOLS_DIR overrides the directory.
 USAGE
 }
 
@@ -71,7 +71,7 @@ check_settings() {
     [[ -n "${SSH_PRIVATE_KEY:-}" && -f "$SSH_PRIVATE_KEY" ]] \
         || die "SSH_PRIVATE_KEY must be a File variable (a path to the private key)"
     [[ -n "${SSH_KNOWN_HOSTS:-}" && -s "$SSH_KNOWN_HOSTS" ]] \
-        || die "SSH_KNOWN_HOSTS must be a File variable with the manager's host key (scripts/setup-server.sh prints it); host keys are never fetched on first use"
+        || die "SSH_KNOWN_HOSTS must be a File variable with the manager's host key (scripts/server/setup-server.sh prints it); host keys are never fetched on first use"
     REMOTE_ROOT="${STACKSHIP_REMOTE_DEPLOY_ROOT:-/data/${STACKSHIP_PROJECT}/deploy}"
     [[ "$REMOTE_ROOT" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "STACKSHIP_REMOTE_DEPLOY_ROOT '${REMOTE_ROOT}' is not a plain absolute path"
     if [[ -n "${DEPLOY_REGISTRY:-}" ]]; then
@@ -143,13 +143,13 @@ stage_release() {
     bin_dir="${STACKSHIP_TOOLS_DIR:-$root/.build/tools}"
     log "staging the ${ENV} release (binaries from ${bin_dir})"
     # A review stack is dev's release with its own stack file.
-    "$root/scripts/copy-manifests.sh" "--${ENV/review/dev}" --dest "$TMP/stage" --bin-dir "$bin_dir" \
+    "$root/scripts/ci/copy-manifests.sh" "--${ENV/review/dev}" --dest "$TMP/stage" --bin-dir "$bin_dir" \
         || die "staging the ${ENV} release failed (did build-lint-test run in this pipeline?)"
     mkdir -p "$TMP/upload"
     mv "$TMP/stage/current" "$TMP/upload/current"
     if [[ "$ENV" == review ]]; then
         install -m 0644 "$root/docker-compose.review.yaml" "$TMP/upload/current/"
-        install -m 0755 "$root/scripts/review-stop.sh" "$TMP/upload/current/"
+        install -m 0755 "$root/scripts/server/review-stop.sh" "$TMP/upload/current/"
     fi
     install -m 0755 "$root/scripts/ci/remote-deploy.sh" "$TMP/upload/remote-deploy.sh"
     if [[ -n "${TLS_CERT_FILE:-}" ]]; then
@@ -178,11 +178,11 @@ settings() {
 review_stop() {
     local parent="${REMOTE_ROOT%/}/review" upload rc=0
     remote "test -d '${parent}' && test -w '${parent}'" \
-        || die "cannot use ${TARGET}:${parent}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/setup-server.sh)"
+        || die "cannot use ${TARGET}:${parent}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/server/setup-server.sh)"
     upload="${parent}/.stop-${CI_MERGE_REQUEST_IID}-${CI_JOB_ID:-local}-$$"
     upload="${upload//[^0-9A-Za-z\/._-]/}"
     mkdir -p "$TMP/upload"
-    install -m 0755 "$(repo_root)/scripts/review-stop.sh" "$TMP/upload/review-stop.sh"
+    install -m 0755 "$(repo_root)/scripts/server/review-stop.sh" "$TMP/upload/review-stop.sh"
     rsync -a -e "$(printf '%q ' ssh "${SSH_OPTS[@]}")" "$TMP/upload/" "${TARGET}:${upload}/" \
         || { remote "rm -rf '${upload}'" || true; die "copying review-stop.sh to ${TARGET} failed"; }
     log "removing the review stack of MR !${CI_MERGE_REQUEST_IID} on ${TARGET}"
@@ -212,9 +212,9 @@ main() {
 
     log "connecting to ${TARGET} port ${SERVER_PORT} (host key pinned by SSH_KNOWN_HOSTS)"
     [[ "$ENV" != review ]] || remote "test -d '${ENV_DIR%/*}' && test -w '${ENV_DIR%/*}' && mkdir -p '${ENV_DIR}'" \
-        || die "cannot use ${TARGET}:${ENV_DIR%/*}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/setup-server.sh); nothing was copied"
+        || die "cannot use ${TARGET}:${ENV_DIR%/*}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/server/setup-server.sh); nothing was copied"
     remote "test -d '${ENV_DIR}' && test -w '${ENV_DIR}'" \
-        || die "cannot use ${TARGET}:${ENV_DIR}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/setup-server.sh); nothing was copied"
+        || die "cannot use ${TARGET}:${ENV_DIR}: the host key does not match SSH_KNOWN_HOSTS, the key was refused, or the directory is missing or not writable (scripts/server/setup-server.sh); nothing was copied"
 
     local incoming rc=0 job="${CI_JOB_ID:-local}"
     incoming="${ENV_DIR}/.incoming-${job//[^0-9A-Za-z]/}-$(date -u +%Y%m%d%H%M%S)-$$"

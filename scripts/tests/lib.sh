@@ -1,4 +1,4 @@
-# Shared by the end-to-end tests (scripts/test-stack.sh and the test modules it sources from
+# Shared by the end-to-end tests (scripts/tests/test-stack.sh and the test modules it sources from
 # scripts/tests/stack-*.sh): the PASS/FAIL harness and helpers that deploy and read the local prod
 # stack. Sourced after scripts/lib.sh; defines functions and globals only.
 # shellcheck shell=bash
@@ -68,7 +68,7 @@ deploy_prod() {
 
 # copy_prod: the copy step for prod with this checkout's files and tools.
 copy_prod() {
-    "$(repo_root)/scripts/copy-manifests.sh" --prod --dest "$PROD_DIR" \
+    "$(repo_root)/scripts/ci/copy-manifests.sh" --prod --dest "$PROD_DIR" \
         --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release"
 }
 
@@ -109,7 +109,7 @@ next_backend_tag() {
     if ! docker pull -q "$image" >/dev/null 2>&1; then
         base="$("$(repo_root)/scripts/base-images.sh" | sed -n 's/^BASE_IMAGE=//p')"
         [[ -n "$base" ]] || { fail "no base image"; return 1; }
-        REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$(repo_root)/scripts/build-images.sh" --tag "${TAG}-next" \
+        REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$(repo_root)/scripts/ci/build-images.sh" --tag "${TAG}-next" \
             --push --base-image "$base" backend >/dev/null || { fail "building the backend ${TAG}-next failed"; return 1; }
     fi
     [[ "$(docker run --rm --entrypoint /app/backend "$image" --version)" == *"${TAG}-next"* ]] \
@@ -201,7 +201,7 @@ run_test() {
     fi
 }
 
-# load_during REPORT CMD...: runs CMD while scripts/loadgen.py sends a bounded load through the
+# load_during REPORT CMD...: runs CMD while scripts/tests/loadgen.py sends a bounded load through the
 # prod proxy (version reads, log lists and writes, keep-alive on and off; 100 req/s, at most
 # 600 s); the load's JSON report (requests, failed, failed_by_kind, ...) goes to REPORT.
 # Returns CMD's status; fails if the load generator itself failed.
@@ -209,7 +209,7 @@ load_during() {
     local report="$1" stop load_pid rc=0
     shift
     stop="$(mktemp)"
-    python3 "$(repo_root)/scripts/loadgen.py" --url https://localhost --cacert "$STACKSHIP_PROD_CERT" \
+    python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost --cacert "$STACKSHIP_PROD_CERT" \
         --rate 100 --min-requests 1 --max-seconds 600 --stop-file "$stop" --run "e2e-$$" \
         --out "$report" > "${report}.log" 2>&1 &
     load_pid=$!

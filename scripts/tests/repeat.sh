@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs one end-to-end test of scripts/test-stack.sh again and again on the stacks that are up,
+# Runs one end-to-end test of scripts/tests/test-stack.sh again and again on the stacks that are up,
 # to measure how often it fails (an intermittent failure shows as a count, not an anecdote).
 set -Eeuo pipefail
 
@@ -10,7 +10,7 @@ usage() {
     cat <<'USAGE'
 Usage: scripts/tests/repeat.sh [--times N] TEST
 
-Runs `scripts/test-stack.sh --no-up TEST` N times (default 20) on the stacks scripts/up.sh
+Runs `scripts/tests/test-stack.sh --no-up TEST` N times (default 20) on the stacks scripts/up.sh
 brought up, prints one PASS/FAIL line per round with its duration, keeps each failed round's
 output under /data/stackship/test-artifacts/repeat/, and ends with "N passed, M failed".
 Example, the wrong-secret release (its reason must name the task Swarm blamed):
@@ -36,7 +36,7 @@ main() {
     for ((round = 1; round <= times; round++)); do
         started=$SECONDS
         out="${dir}/${test}-${round}.log"
-        if "$(repo_root)/scripts/test-stack.sh" --no-up "$test" > "$out" 2>&1; then
+        if "$(repo_root)/scripts/tests/test-stack.sh" --no-up "$test" > "$out" 2>&1; then
             passed=$((passed + 1))
             printf 'PASS %s round %d (%ss)\n' "$test" "$round" "$((SECONDS - started))"
             rm -f "$out"

@@ -1,4 +1,4 @@
-# End-to-end tests of the stack's hardening, sourced by scripts/test-stack.sh: every service of
+# End-to-end tests of the stack's hardening, sourced by scripts/tests/test-stack.sh: every service of
 # the running prod and dev stacks, as `docker service inspect`, `docker inspect` and /proc report
 # it (scripts/tests/hardening_check.py), and the deploy's refusal of a third-party image that is
 # not pinned by digest.

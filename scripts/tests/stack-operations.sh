@@ -1,5 +1,5 @@
 # Day-2 operations on the local prod stack: backup and restore, rollback to an earlier deploy,
-# the database tunnel and Prometheus. Sourced by scripts/test-stack.sh (after scripts/lib.sh and
+# the database tunnel and Prometheus. Sourced by scripts/tests/test-stack.sh (after scripts/lib.sh and
 # scripts/tests/lib.sh); defines test_ functions and adds their names to STACK_TESTS.
 # shellcheck shell=bash
 
@@ -19,7 +19,7 @@ test_backup_restore_roundtrip() {
     dir="$(mktemp -d)"
     id="$(post_entry "backup marker $(date -u +%s%N)")"
     [[ -n "$id" ]] || fail "no id for the marker entry"
-    file="$("$(repo_root)/scripts/db-backup.sh" prod --dir "$dir" --keep 2)" || fail "db-backup.sh prod failed"
+    file="$("$(repo_root)/scripts/server/db-backup.sh" prod --dir "$dir" --keep 2)" || fail "db-backup.sh prod failed"
     [[ -s "$file" && "$file" == "$dir"/stackship-prod-*.dump ]] || fail "db-backup.sh printed '${file}', not a dated dump in ${dir}"
     [[ "$(stat -c %a "$file")" == 600 ]] || fail "the backup is readable by others (mode $(stat -c %a "$file"))"
     [[ -z "$(find "$dir" -name '.*.partial')" ]] || fail "a partial file was left in ${dir}"
@@ -32,12 +32,12 @@ test_backup_restore_roundtrip() {
     done
     [[ "$(log_rows)" != "$rows_before" ]] || fail "writing 3 rows did not change the table"
     # Refusals: no --yes, no such file; neither may change anything.
-    "$(repo_root)/scripts/db-restore.sh" prod "$file" > /dev/null 2>&1 && fail "db-restore.sh ran without --yes"
-    "$(repo_root)/scripts/db-restore.sh" prod "${dir}/no-such.dump" --yes > /dev/null 2>&1 && fail "db-restore.sh accepted a missing file"
+    "$(repo_root)/scripts/server/db-restore.sh" prod "$file" > /dev/null 2>&1 && fail "db-restore.sh ran without --yes"
+    "$(repo_root)/scripts/server/db-restore.sh" prod "${dir}/no-such.dump" --yes > /dev/null 2>&1 && fail "db-restore.sh accepted a missing file"
     rows_after="$(log_rows)"
     grep -q "after the backup 3" <<<"$rows_after" || fail "a refused restore changed the data"
     out="$(mktemp)"
-    "$(repo_root)/scripts/db-restore.sh" prod "$file" --yes > "$out" 2>&1 || rc=$?
+    "$(repo_root)/scripts/server/db-restore.sh" prod "$file" --yes > "$out" 2>&1 || rc=$?
     ((rc == 0)) || fail "db-restore.sh --yes failed: $(tail -n 20 "$out")"
     rows_after="$(log_rows)"
     [[ "$rows_after" == "$rows_before" ]] \
@@ -49,7 +49,7 @@ test_backup_restore_roundtrip() {
     [[ -n "$(post_entry "after the restore $(date -u +%s%N)")" ]] || fail "POST /api/log failed after the restore"
     # Retention: with --keep 1 only the newest backup stays.
     sleep 1
-    kept="$("$(repo_root)/scripts/db-backup.sh" prod --dir "$dir" --keep 1)" || fail "second db-backup.sh failed"
+    kept="$("$(repo_root)/scripts/server/db-backup.sh" prod --dir "$dir" --keep 1)" || fail "second db-backup.sh failed"
     [[ "$(find "$dir" -name 'stackship-prod-*.dump' | wc -l)" == 1 && -f "$kept" && ! -e "$file" ]] \
         || fail "--keep 1 left: $(ls "$dir")"
     [[ -z "$(docker service ls -q --filter label=stackship.ops-helper)" ]] || fail "a helper service was left behind"
@@ -83,7 +83,7 @@ test_db_tunnel_reaches_database() {
     [[ -z "$(tunnel_leftovers)" ]] || fail "tunnel leftovers before the test: $(tunnel_leftovers | tr '\n' ' ')"
     # The tunnel runs in the background as an interactive one would: SIGINT (Ctrl-C) ends it.
     # Background jobs of a script ignore SIGINT unless the disposition is reset.
-    env --default-signal=INT "$(repo_root)/scripts/db-tunnel.sh" prod --port "$port" > "$out" 2>&1 &
+    env --default-signal=INT "$(repo_root)/scripts/server/db-tunnel.sh" prod --port "$port" > "$out" 2>&1 &
     pid=$!
     deadline=$((SECONDS + 90))
     until grep -q "^ready 127.0.0.1:${port}$" "$out"; do
@@ -229,13 +229,13 @@ test_rollback_refusals_change_nothing() {
     missing="$(fake_record 00000000T000002.000Z-e2e 'r["services"]["backend"]["image"] = r["services"]["backend"]["image"].split("@")[0] + "@sha256:" + "0" * 64')" \
         || { rm -f "$pruned"; fail "no fake record"; }
     rc=0
-    "$(repo_root)/scripts/rollback.sh" prod --to 00000000T000001 > "$out" 2>&1 || rc=$?
+    "$(repo_root)/scripts/server/rollback.sh" prod --to 00000000T000001 > "$out" 2>&1 || rc=$?
     ((rc != 0)) || { rm -f "$pruned" "$missing"; fail "a rollback to a record whose config was pruned succeeded"; }
     grep -q "prod_backend_config_000000000000 were pruned" "$out" || { rm -f "$pruned" "$missing"; fail "no clear refusal: $(tail -n 3 "$out")"; }
-    "$(repo_root)/scripts/rollback.sh" prod --list 2>/dev/null | grep -q '^00000000T000001.000Z-e2e (configs pruned: cannot be restored)' \
+    "$(repo_root)/scripts/server/rollback.sh" prod --list 2>/dev/null | grep -q '^00000000T000001.000Z-e2e (configs pruned: cannot be restored)' \
         || { rm -f "$pruned" "$missing"; fail "--list does not mark the record whose configs were pruned"; }
     rc=0
-    "$(repo_root)/scripts/rollback.sh" prod --to 00000000T000002 > "$out" 2>&1 || rc=$?
+    "$(repo_root)/scripts/server/rollback.sh" prod --to 00000000T000002 > "$out" 2>&1 || rc=$?
     rm -f "$pruned" "$missing"
     ((rc != 0)) || fail "a rollback to an image that does not exist succeeded"
     grep -q "cannot pull .*backend.*@sha256:0000" "$out" || fail "deploy.sh's reason is not in the output: $(tail -n 5 "$out")"

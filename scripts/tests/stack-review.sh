@@ -1,4 +1,4 @@
-# Stack tests of review stacks (sourced by scripts/test-stack.sh, after scripts/tests/lib.sh):
+# Stack tests of review stacks (sourced by scripts/tests/test-stack.sh, after scripts/tests/lib.sh):
 # two merge requests' stacks side by side with dev and prod, deployed the way the review-deploy
 # job does it on the manager (remote-deploy.sh --review from an upload directory, settings on
 # stdin), each answering its own version on its own port and reaching only its own database;
@@ -31,14 +31,14 @@ review_deploy() {
     dir="${STACKSHIP_DEPLOY_ROOT}/review/${iid}"
     mkdir -p "$dir"
     stage="$(mktemp -d)"
-    "$root/scripts/copy-manifests.sh" --dev --dest "$stage" \
+    "$root/scripts/ci/copy-manifests.sh" --dev --dest "$stage" \
         --bin-dir "${CARGO_TARGET_DIR:-$root/target}/release" >/dev/null 2>&1 || fail "staging the review release failed"
     incoming="${dir}/.incoming-e2e-$$"
     mkdir -p "$incoming"
     mv "$stage/current" "$incoming/current"
     rm -rf "$stage"
     install -m 0644 "$root/docker-compose.review.yaml" "$incoming/current/"
-    install -m 0755 "$root/scripts/review-stop.sh" "$incoming/current/"
+    install -m 0755 "$root/scripts/server/review-stop.sh" "$incoming/current/"
     install -m 0755 "$root/scripts/ci/remote-deploy.sh" "$incoming/remote-deploy.sh"
     printf 'REGISTRY=%s\nREGISTRY_USER=%s\nREGISTRY_PASSWORD=%s\nBACKEND_TAG=%s\n' \
         "$STACKSHIP_REGISTRY_ADDR" "$STACKSHIP_REGISTRY_USER" "$(registry_password)" "$tag" \
@@ -49,7 +49,7 @@ review_deploy() {
 
 # review_stop IID: review-stop.sh as the review-stop job runs it; its output in stop-IID.log.
 review_stop() {
-    "$(repo_root)/scripts/review-stop.sh" "$1" --root "$STACKSHIP_DEPLOY_ROOT" 2> "${REVIEW_STATE}/stop-$1.log"
+    "$(repo_root)/scripts/server/review-stop.sh" "$1" --root "$STACKSHIP_DEPLOY_ROOT" 2> "${REVIEW_STATE}/stop-$1.log"
 }
 
 review_version() { curl -sS -m 10 -f "$(review_url "$1")/api/service/version" | json version; }

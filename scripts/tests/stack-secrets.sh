@@ -1,4 +1,4 @@
-# Stack tests of the secrets (sourced by scripts/test-stack.sh, after scripts/tests/lib.sh):
+# Stack tests of the secrets (sourced by scripts/tests/test-stack.sh, after scripts/tests/lib.sh):
 # rotation under load, a rotation whose rollout fails, a release with a wrong secret, a renewed
 # certificate, and a canary search for the secret values everywhere they must not be.
 # shellcheck shell=bash
@@ -6,7 +6,7 @@
 STACK_TESTS+=(db_password_rotates_under_load failed_rotation_restores_password
     wrong_secret_release_rolls_back renewed_certificate_rolls_proxy_only secrets_do_not_leak)
 
-SECRET_SH="$(repo_root)/scripts/secret.sh"
+SECRET_SH="$(repo_root)/scripts/server/secret.sh"
 
 # backend_password_secret: the db-password-v<N> secret prod's backend mounts.
 backend_password_secret() {

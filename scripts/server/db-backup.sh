@@ -5,7 +5,7 @@
 # Postgres's own image, so the database may be on any node and its port is never published.
 set -Eeuo pipefail
 
-# shellcheck source=scripts/ops-lib.sh
+# shellcheck source=scripts/server/ops-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ops-lib.sh"
 
 usage() {

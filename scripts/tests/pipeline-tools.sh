@@ -80,7 +80,7 @@ ensure_check_jsonschema() {
     fi
 }
 
-# ---- the pipeline as gitlab-ci-local lists it (scripts/test-pipeline.sh, scripts/pipeline-jobs.sh);
+# ---- the pipeline as gitlab-ci-local lists it (scripts/tests/test-pipeline.sh, scripts/pipeline-jobs.sh);
 # callers set WORK (a temp dir), ROOT (the checkout), GCL and VENV (ensure_* above) ----
 
 # A throwaway git repository holding the pipeline file, with an origin remote as

@@ -2,7 +2,7 @@
 // Loads the page, waits for the backend's version, posts an entry with the form and waits for
 // it in the list; checks that markup in a message is shown as text, and saves a screenshot.
 //
-//   node scripts/browser-check.mjs URL EXPECTED_VERSION SCREENSHOT.png
+//   node scripts/tests/browser-check.mjs URL EXPECTED_VERSION SCREENSHOT.png
 // Env: CHROMIUM (default /usr/bin/chromium), PLAYWRIGHT_CORE (path of the installed module).
 import { createRequire } from "node:module";
 import path from "node:path";

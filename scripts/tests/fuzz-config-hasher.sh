@@ -9,7 +9,7 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 TARGET="parse_compose"
 SECONDS_TO_FUZZ=60
@@ -17,7 +17,7 @@ MAX_LEN=8192
 
 usage() {
     cat <<USAGE
-Usage: scripts/fuzz-config-hasher.sh [--time SECONDS] [--max-len BYTES] [--help]
+Usage: scripts/tests/fuzz-config-hasher.sh [--time SECONDS] [--max-len BYTES] [--help]
 
 Builds the cargo-fuzz target '${TARGET}' in tools/config-hasher/fuzz and runs it
 for --time seconds (default ${SECONDS_TO_FUZZ}; libFuzzer's -max_total_time), with inputs

@@ -12,11 +12,11 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 usage() {
     cat <<USAGE
-Usage: scripts/copy-manifests.sh --prod|--dev [--dest DIR] [--bin-dir DIR] [--lock-wait S]
+Usage: scripts/ci/copy-manifests.sh --prod|--dev [--dest DIR] [--bin-dir DIR] [--lock-wait S]
 
   --dest DIR        the environment's deploy directory (default: ${STACKSHIP_DEPLOY_ROOT}/<env>)
   --bin-dir DIR     where the config-hasher, rollout-watcher and stackship binaries are
@@ -54,10 +54,10 @@ main() {
     staging="$(mktemp -d "${dest}/.incoming.XXXXXX")"
     mkdir -p "$staging/deploy-manifests"
     install -m 0755 "$root/scripts/deploy.sh" "$staging/deploy.sh"
-    install -m 0755 "$root/scripts/secret.sh" "$staging/secret.sh"
-    install -m 0644 "$root/scripts/ops-lib.sh" "$staging/ops-lib.sh"
+    install -m 0755 "$root/scripts/server/secret.sh" "$staging/secret.sh"
+    install -m 0644 "$root/scripts/server/ops-lib.sh" "$staging/ops-lib.sh"
     for tool in rollback.sh db-backup.sh db-restore.sh db-tunnel.sh; do
-        install -m 0755 "$root/scripts/${tool}" "$staging/${tool}"
+        install -m 0755 "$root/scripts/server/${tool}" "$staging/${tool}"
     done
     install -m 0755 "$bin_dir/config-hasher" "$staging/config-hasher"
     install -m 0755 "$bin_dir/rollout-watcher" "$staging/rollout-watcher"

@@ -14,7 +14,7 @@
 # rollout completed. Postgres keeps running throughout.
 set -Eeuo pipefail
 
-# shellcheck source=scripts/ops-lib.sh
+# shellcheck source=scripts/server/ops-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ops-lib.sh"
 
 PROJECT="$OPS_PROJECT"

@@ -2,24 +2,24 @@
 # Builds the project's service images as ${REGISTRY}/stackship/<service>:<tag> and optionally
 # pushes them. Rust services: `APP_VERSION=<tag> cargo build --release -p <svc>`, then the root
 # Dockerfile packs the binary. A service with its own services/<svc>/Dockerfile is built from
-# that directory instead. The tag comes from scripts/image-tag.sh unless given.
+# that directory instead. The tag comes from scripts/ci/image-tag.sh unless given.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 # Services that ship as images (config-hasher is a CLI, not an image).
 IMAGE_SERVICES=(backend frontend)
 
 usage() {
     cat <<USAGE
-Usage: scripts/build-images.sh [options] [SERVICE...]
+Usage: scripts/ci/build-images.sh [options] [SERVICE...]
 
 Builds the images of SERVICE... (default: ${IMAGE_SERVICES[*]}).
 
 Options:
   --registry R      image registry (default: \$REGISTRY, else ${STACKSHIP_REGISTRY_ADDR})
-  --tag TAG         image tag (default: scripts/image-tag.sh)
+  --tag TAG         image tag (default: scripts/ci/image-tag.sh)
   --push            push the images after building
   --base-image I    runtime base for the root Dockerfile (default: debian:bookworm-slim)
   --nginx-image I   nginx base for the frontend (default: nginx:1.27-bookworm)
@@ -84,7 +84,7 @@ main() {
     done
     [[ ${#services[@]} -gt 0 ]] || services=("${IMAGE_SERVICES[@]}")
     if [[ -z "$tag" ]]; then
-        tag="$("$(repo_root)/scripts/image-tag.sh")" || die "cannot compute the image tag"
+        tag="$("$(repo_root)/scripts/ci/image-tag.sh")" || die "cannot compute the image tag"
     fi
     [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "'${tag}' is not a valid image tag"
     need docker "install docker.io"

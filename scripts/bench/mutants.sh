@@ -4,23 +4,24 @@
 # which takes an hour or more on 2 cores. Writes bench/results/mutants.txt.
 set -Eeuo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
-# shellcheck source=scripts/pg-throwaway.sh
-. "$ROOT/scripts/pg-throwaway.sh"
+# shellcheck source=scripts/tests/pg-throwaway.sh
+. "$ROOT/scripts/tests/pg-throwaway.sh"
 
 RESULTS="$ROOT/bench/results/mutants.txt"
 CRATES=(backend config-hasher rollout-watcher stackship)
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/mutants.sh [--crate NAME]... [--jobs N] [--out DIR] [--report-only]
+Usage: scripts/bench/mutants.sh [--crate NAME]... [--jobs N] [--out DIR] [--report-only]
 
 Runs cargo-mutants on each crate (default: backend, config-hasher, rollout-watcher, stackship)
 against a throwaway PostgreSQL (the backend's tests need one), at the lowest CPU priority, and writes per crate the
 caught, missed, timeout and unviable counts to bench/results/mutants.txt, with the missed
-mutants listed. Mutants judged equivalent are excluded, each with its reason, in
+mutants listed; crates not run keep the figures an earlier run wrote (with its tree and
+date). Mutants judged equivalent are excluded, each with its reason, in
 .cargo/mutants.toml.
 
 Options:
@@ -79,8 +80,9 @@ report_crate() {
     total=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' \
         "$out/mutants.out/mutants.json" 2>/dev/null || echo '?')
     {
-        printf '\n## %s (tree at %s, %s min)\n' "$crate" "$(cat "$out/commit" 2>/dev/null || echo '?')" \
-            "$(cat "$out/minutes" 2>/dev/null || echo '?')"
+        printf '\n## %s (tree at %s, %s min, --jobs %s, %s)\n' "$crate" \
+            "$(cat "$out/commit" 2>/dev/null || echo '?')" "$(cat "$out/minutes" 2>/dev/null || echo '?')" \
+            "$JOBS" "$(date -u -r "$out/commit" +%Y-%m-%d 2>/dev/null || echo '?')"
         if [[ "$total" != "$((viable + unviable))" ]]; then
             printf 'PARTIAL RUN: %s of %s mutants tested; the figures below cover those only\n' \
                 "$((viable + unviable))" "$total"
@@ -136,19 +138,63 @@ main() {
     write_results "$out" "${crates[@]}"
 }
 
-# write_results OUT CRATE...: bench/results/mutants.txt from the runs under OUT.
+# kept_results CRATE: CRATE's section of bench/results/mutants.txt as an earlier run wrote it,
+# then its keys, each line prefixed with "key ", when the file has one. A heading without a
+# date of its own gets the date and --jobs of the file it came from.
+kept_results() {
+    [[ -f "$RESULTS" ]] || return 0
+    python3 - "$RESULTS" "$1" <<'PY'
+import re, sys
+
+text = open(sys.argv[1]).read()
+crate = sys.argv[2]
+date = re.search(r"cargo mutants, (\d{4}-\d\d-\d\d)", text)
+jobs = re.search(r"--jobs (\d+)\n", text)
+for block in re.split(r"\n(?=## )", text):
+    lines = block.strip("\n").split("\n")
+    if not lines[0].startswith(f"## {crate} ("):
+        continue
+    if date and not re.search(r", \d{4}-\d\d-\d\d\)$", lines[0]):
+        extra = f", --jobs {jobs.group(1)}" if jobs else ""
+        lines[0] = lines[0][:-1] + f"{extra}, {date.group(1)})"
+    print("\n".join([""] + [line for line in lines if line and not re.match(r"[\w-]+=", line)]))
+    break
+for line in text.splitlines():
+    if re.fullmatch(re.escape(crate) + r"_(caught|missed|timeout|unviable|caught_pct)=[\d.]+", line):
+        print("key " + line)
+PY
+}
+
+# write_results OUT CRATE...: bench/results/mutants.txt from the runs under OUT. Crates not run
+# now keep the section and keys an earlier run wrote, with that run's tree and date.
 write_results() {
-    local out="$1" crate
+    local out="$1" crate kept line
     shift
+    local run=" $* " order=("${CRATES[@]}")
+    for crate in "$@"; do
+        [[ " ${CRATES[*]} " == *" $crate "* ]] || order+=("$crate")
+    done
     KEYS=()
     {
         printf '# Mutation testing: cargo mutants, %s\n' "$(date -u +%Y-%m-%d)"
-        printf 'machine: %s, %s cores; %s; --jobs %s\n' \
-            "$(uname -m)" "$(nproc)" "$(cargo mutants --version)" "$JOBS"
+        printf 'machine: %s, %s cores; %s; each heading: the tree tested, minutes, --jobs, date\n' \
+            "$(uname -m)" "$(nproc)" "$(cargo mutants --version)"
         printf 'Excluded equivalent mutants and why: .cargo/mutants.toml\n'
     } >"$RESULTS.tmp"
-    for crate in "$@"; do
-        report_crate "$crate" "$out"
+    for crate in "${order[@]}"; do
+        if [[ "$run" == *" $crate "* ]]; then
+            report_crate "$crate" "$out"
+            continue
+        fi
+        kept=$(kept_results "$crate")
+        [[ -n "$kept" ]] || continue
+        while IFS= read -r line; do
+            if [[ "$line" == "key "* ]]; then
+                KEYS+=("${line#key }")
+            else
+                printf '%s\n' "$line" >>"$RESULTS.tmp"
+            fi
+        done <<<"$kept"
     done
     printf '\n' >>"$RESULTS.tmp"
     printf '%s\n' "${KEYS[@]}" >>"$RESULTS.tmp"

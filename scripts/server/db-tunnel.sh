@@ -11,7 +11,7 @@
 # user nobody, under an init, with a read-only root filesystem and no capabilities.
 set -Eeuo pipefail
 
-# shellcheck source=scripts/ops-lib.sh
+# shellcheck source=scripts/server/ops-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ops-lib.sh"
 
 # FORWARD LISTEN_PORT HOST PORT: accepts on LISTEN_PORT, one process per connection, copies

@@ -14,7 +14,7 @@
 # repository's files again).
 set -Eeuo pipefail
 
-# shellcheck source=scripts/ops-lib.sh
+# shellcheck source=scripts/server/ops-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ops-lib.sh"
 
 usage() {

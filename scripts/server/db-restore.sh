@@ -7,7 +7,7 @@
 # commits can fail, and anything written after the backup is gone.
 set -Eeuo pipefail
 
-# shellcheck source=scripts/ops-lib.sh
+# shellcheck source=scripts/server/ops-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ops-lib.sh"
 
 usage() {

@@ -5,11 +5,11 @@
 # and writes the figures to bench/results/backend.txt (ratios at the end, as key=value lines).
 set -Eeuo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
-# shellcheck source=scripts/pg-throwaway.sh
-. "$ROOT/scripts/pg-throwaway.sh"
+# shellcheck source=scripts/tests/pg-throwaway.sh
+. "$ROOT/scripts/tests/pg-throwaway.sh"
 
 DURATION=${BENCH_DURATION:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -21,7 +21,7 @@ NGINX_PID=""
 
 usage() {
     cat <<USAGE
-Usage: scripts/bench-backend.sh [--duration SECONDS] [--rounds N] [--out FILE]
+Usage: scripts/bench/bench-backend.sh [--duration SECONDS] [--rounds N] [--out FILE]
 
 Runs each load for --duration seconds (default $DURATION) at $CONNECTIONS connections/clients,
 alternating with its reference for --rounds rounds (default $ROUNDS), and keeps the median run:

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Test swarm nodes on this machine: N worker nodes, each a container of images/swarm-node running
 # its own Docker Engine, joined to this machine's swarm and able to pull from the local registry.
-# They are this project's own test hosts for the multi-node tests (scripts/test-multinode.sh);
+# They are this project's own test hosts for the multi-node tests (scripts/tests/test-multinode.sh);
 # a real node is a real server (README, "Adding a node").
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 NODE_PREFIX="${STACKSHIP_PROJECT}-node"
 # Carried by the node containers and, as a node label, by the swarm nodes they run.
@@ -18,9 +18,9 @@ MAX_NODES=5
 
 usage() {
     cat <<USAGE
-Usage: scripts/swarm-nodes.sh up N [--label I:KEY=VALUE]...
-       scripts/swarm-nodes.sh down
-       scripts/swarm-nodes.sh ls
+Usage: scripts/tests/swarm-nodes.sh up N [--label I:KEY=VALUE]...
+       scripts/tests/swarm-nodes.sh down
+       scripts/tests/swarm-nodes.sh ls
 
   up N     start worker nodes ${NODE_PREFIX}-1 .. ${NODE_PREFIX}-N (N <= ${MAX_NODES}) as containers
            and join them to this machine's swarm; nodes already up are kept. Each node gets

@@ -5,7 +5,7 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 RUNS=200
 WARMUP=10
@@ -16,7 +16,7 @@ WORK=""
 
 usage() {
     cat <<USAGE
-Usage: scripts/bench-config-hasher.sh [--runs N] [--out FILE] [--help]
+Usage: scripts/bench/bench-config-hasher.sh [--runs N] [--out FILE] [--help]
 
 Builds config-hasher in release mode (cargo build --release -p config-hasher, honouring
 CARGO_TARGET_DIR), generates a deploy directory with a compose file of ${CONFIGS} file-backed

@@ -9,7 +9,7 @@
 #      job log, a failing note never hides a failed build, a missing token skips with a warning;
 #   4. the image pins (scripts/pin-image.sh, deploy.sh --print-images);
 #   5. the deploy job's MR summary (rollout-note.sh) and the checks ssh-deploy.sh makes before
-#      it connects (the SSH end-to-end test is scripts/test-ssh-deploy.sh);
+#      it connects (the SSH end-to-end test is scripts/tests/test-ssh-deploy.sh);
 #   6. image tags: a tree with uncommitted changes never gets a clean commit's tag.
 # Prints one PASS/FAIL line per check and "N passed, M failed"; exits 1 when any failed.
 # Installs its tools into a cache outside the repository (gitlab-ci-local from npm,
@@ -17,14 +17,14 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-# shellcheck source=scripts/ci/test-tools.sh
-source "$(dirname "${BASH_SOURCE[0]}")/ci/test-tools.sh"
+# shellcheck source=scripts/tests/pipeline-tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pipeline-tools.sh"
 
 usage() {
     cat <<USAGE
-Usage: scripts/test-pipeline.sh [--only SECTION] [--help]
+Usage: scripts/tests/test-pipeline.sh [--only SECTION] [--help]
 
 Tests .gitlab-ci.yml and the CI job scripts without a GitLab (sections: schema, matrix, note,
 pins, deploy, tag; default all). Tools are installed into ${STACKSHIP_CACHE} (override with STACKSHIP_CACHE).
@@ -204,10 +204,10 @@ FAKE_PID=""
 FAKE_PORT=""
 TOKEN="glpat-test-$$-SECRETVALUE"
 
-# start_fake_gitlab: scripts/ci/fake-gitlab-api.py on 127.0.0.1 (free port): records every
+# start_fake_gitlab: scripts/tests/fake-gitlab-api.py on 127.0.0.1 (free port): records every
 # request in $WORK/requests.jsonl, answers with the status in $WORK/status (201 when absent).
 start_fake_gitlab() {
-    python3 "$ROOT/scripts/ci/fake-gitlab-api.py" "$WORK" </dev/null >"$WORK/fake_gitlab.log" 2>&1 &
+    python3 "$ROOT/scripts/tests/fake-gitlab-api.py" "$WORK" </dev/null >"$WORK/fake_gitlab.log" 2>&1 &
     FAKE_PID=$!
     wait_until 10 "the stand-in GitLab API" test -s "$WORK/port"
     FAKE_PORT="$(cat "$WORK/port")"
@@ -639,7 +639,7 @@ JSON
     "${CARGO_TARGET_DIR:-$ROOT/target}/debug/stackship" deploy --review 0 > "$WORK/deploy.log" 2>&1 || rc=$?
     check "review: stackship deploy --review needs a positive IID" grep -q "invalid value '0' for '--review <IID>'" "$WORK/deploy.log"
     rc=0
-    "$ROOT/scripts/review-stop.sh" 12 --root /nonexistent-review-root > "$WORK/deploy.log" 2>&1 || rc=$?
+    "$ROOT/scripts/server/review-stop.sh" 12 --root /nonexistent-review-root > "$WORK/deploy.log" 2>&1 || rc=$?
     check "review: review-stop.sh without the review directory fails and says why" \
         grep -q 'nonexistent-review-root/review is missing' "$WORK/deploy.log"
     remote_deploy_tests
@@ -650,12 +650,12 @@ JSON
         bash -c "grep -q 'StrictHostKeyChecking=yes' '$ROOT/scripts/ci/ssh-deploy.sh' && grep -q 'GlobalKnownHostsFile=/dev/null' '$ROOT/scripts/ci/ssh-deploy.sh'"
 }
 
-# ---- section tag: scripts/image-tag.sh never gives two contents one tag ----
+# ---- section tag: scripts/ci/image-tag.sh never gives two contents one tag ----
 
 section_tag() {
     local repo="$WORK/tag-repo" clean tag1 tag2 tag3 sha
-    mkdir -p "$repo/scripts" "$repo/services/backend"
-    cp "$ROOT/scripts/image-tag.sh" "$repo/scripts/"
+    mkdir -p "$repo/scripts/ci" "$repo/services/backend"
+    cp "$ROOT/scripts/ci/image-tag.sh" "$repo/scripts/ci/"
     printf 'fn main() {}\n' > "$repo/services/backend/main.rs"
     printf '[workspace]\n' > "$repo/Cargo.toml"
     printf '# readme\n' > "$repo/README.md"
@@ -664,29 +664,29 @@ section_tag() {
     git -C "$repo" add .
     git -C "$repo" -c user.name=test -c user.email=test@localhost commit -q -m base
     sha="$(git -C "$repo" rev-parse HEAD)"
-    clean="$(env -u CI_COMMIT_SHA -u CI_COMMIT_TIMESTAMP "$repo/scripts/image-tag.sh")"
+    clean="$(env -u CI_COMMIT_SHA -u CI_COMMIT_TIMESTAMP "$repo/scripts/ci/image-tag.sh")"
     expect_eq "tag: a clean tree gets YYYYMMDD_<sha8>" "$(date -u +%Y%m%d)_${sha:0:8}" "$clean"
     printf '# changed\n' >> "$repo/README.md"
     mkdir -p "$repo/services/backend/target"
     printf 'build output\n' > "$repo/services/backend/target/x"
     expect_eq "tag: changes outside the image inputs, and ignored files, keep the clean tag" "$clean" \
-        "$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+        "$(env -u CI_COMMIT_SHA "$repo/scripts/ci/image-tag.sh")"
     printf 'fn main() { println!("a"); }\n' > "$repo/services/backend/main.rs"
-    tag1="$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    tag1="$(env -u CI_COMMIT_SHA "$repo/scripts/ci/image-tag.sh")"
     check "tag: an uncommitted change to services/ says so (-dirty-<hash8>)" \
         grep -qxE "${clean}-dirty-[0-9a-f]{8}" <<<"$tag1"
-    expect_eq "tag: the same tree gives the same dirty tag" "$tag1" "$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    expect_eq "tag: the same tree gives the same dirty tag" "$tag1" "$(env -u CI_COMMIT_SHA "$repo/scripts/ci/image-tag.sh")"
     printf 'fn main() { println!("b"); }\n' > "$repo/services/backend/main.rs"
-    tag2="$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    tag2="$(env -u CI_COMMIT_SHA "$repo/scripts/ci/image-tag.sh")"
     check "tag: a different change gives a different dirty tag" test "$tag2" != "$tag1" -a "$tag2" != "$clean"
     git -C "$repo" checkout -q -- services
     printf 'x\n' > "$repo/services/backend/new.rs"
-    tag3="$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    tag3="$(env -u CI_COMMIT_SHA "$repo/scripts/ci/image-tag.sh")"
     check "tag: an untracked file in services/ makes the tree dirty" grep -qxE "${clean}-dirty-[0-9a-f]{8}" <<<"$tag3"
     git -C "$repo" add services/backend/new.rs
-    expect_eq "tag: ... staged, the same content keeps the same tag" "$tag3" "$(env -u CI_COMMIT_SHA "$repo/scripts/image-tag.sh")"
+    expect_eq "tag: ... staged, the same content keeps the same tag" "$tag3" "$(env -u CI_COMMIT_SHA "$repo/scripts/ci/image-tag.sh")"
     expect_eq "tag: a pipeline (CI_COMMIT_SHA, CI_COMMIT_TIMESTAMP) gets its commit's tag" "20261122_${sha:0:8}" \
-        "$(CI_COMMIT_SHA="$sha" CI_COMMIT_TIMESTAMP=2026-11-22T23:59:59+00:00 "$repo/scripts/image-tag.sh")"
+        "$(CI_COMMIT_SHA="$sha" CI_COMMIT_TIMESTAMP=2026-11-22T23:59:59+00:00 "$repo/scripts/ci/image-tag.sh")"
     check "tag: every tag is a valid image tag" grep -qxE '[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}' <<<"$tag1"
 }
 

@@ -8,16 +8,16 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=scripts/tests/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/tests/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # playwright-core drives Debian's chromium; installed outside the repository.
 PLAYWRIGHT_VERSION="1.65.1"
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/test-stack.sh [--no-up] [--help] [TEST...]
+Usage: scripts/tests/test-stack.sh [--no-up] [--help] [TEST...]
 
 Runs the end-to-end tests (all, or the named ones) against the local swarm: this file's own,
 then those of the modules scripts/tests/stack-*.sh, in order.
@@ -149,7 +149,7 @@ test_browser_shows_version_and_entry() {
     ensure_browser_tools || return 1
     mkdir -p "$ARTIFACTS"
     PLAYWRIGHT_CORE="${STACKSHIP_DATA}/cache/playwright/node_modules/playwright-core" \
-        timeout 180 node "$(repo_root)/scripts/browser-check.mjs" https://localhost/ "$TAG" \
+        timeout 180 node "$(repo_root)/scripts/tests/browser-check.mjs" https://localhost/ "$TAG" \
         "${ARTIFACTS}/frontend.png" || fail "browser check failed"
 }
 
@@ -290,7 +290,7 @@ test_poll_version_reports() {
 }
 
 test_proxy_errors_are_json() {
-    "$(repo_root)/scripts/test-proxy-errors.sh" >&2 || fail "scripts/test-proxy-errors.sh failed"
+    "$(repo_root)/scripts/tests/test-proxy-errors.sh" >&2 || fail "scripts/tests/test-proxy-errors.sh failed"
 }
 
 test_concurrent_deploys_take_turns() {
@@ -399,8 +399,8 @@ main() {
     # The deployed image reference is repo:tag@sha256:...; the tag is what the tests expect.
     TAG="$(docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' \
         | sed -e 's/@sha256:.*//' -e 's/.*://')" || die "no prod stack (run without --no-up)"
-    if [[ -n "$up" && "$TAG" != "$("$(repo_root)/scripts/image-tag.sh")" ]]; then
-        die "prod runs ${TAG}, not the tag just built ($("$(repo_root)/scripts/image-tag.sh"))"
+    if [[ -n "$up" && "$TAG" != "$("$(repo_root)/scripts/ci/image-tag.sh")" ]]; then
+        die "prod runs ${TAG}, not the tag just built ($("$(repo_root)/scripts/ci/image-tag.sh"))"
     fi
     log "testing tag ${TAG}"
     for name in "${tests[@]}"; do

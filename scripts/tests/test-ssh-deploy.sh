@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of the deploy job: the job's own script (scripts/ci/ssh-deploy.sh dev, with
 # the CI variables a GitLab job gets) against a real sshd on a loopback port, a deploy user
-# made by scripts/setup-server.sh (key-only, exactly the CI key), the host key pinned through
+# made by scripts/server/setup-server.sh (key-only, exactly the CI key), the host key pinned through
 # SSH_KNOWN_HOSTS, onto this machine's swarm (the dev stack):
 #   - a wrong or missing host key fails the job before anything is copied;
 #   - a good release deploys (the stack runs the pinned images) and the job passes;
@@ -18,21 +18,21 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# shellcheck source=scripts/ci/test-tools.sh
-source "$(dirname "${BASH_SOURCE[0]}")/ci/test-tools.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=scripts/tests/pipeline-tools.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pipeline-tools.sh"
 
 E2E_LOCK="/tmp/stackship-e2e.lock"
 TEST_USER="stackship-e2e"
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/test-ssh-deploy.sh [--help]
+Usage: scripts/tests/test-ssh-deploy.sh [--help]
 
 Root, Debian. Installs openssh-server and rsync when missing; starts its own sshd on a free
 loopback port (stopped at the end); creates and removes the user stackship-e2e.
 About 2 to 4 minutes. Honours CARGO_TARGET_DIR for the static tool binaries it builds
-(scripts/build-tools.sh).
+(scripts/ci/build-tools.sh).
 USAGE
 }
 
@@ -60,7 +60,7 @@ cleanup() {
     fi
     if [[ -n "$WORK" && -d "$WORK/srv/deploy/review" ]]; then
         # A review stack a failed test left behind.
-        "$ROOT/scripts/review-stop.sh" "$REVIEW_IID" --root "$WORK/srv/deploy" 2>/dev/null \
+        "$ROOT/scripts/server/review-stop.sh" "$REVIEW_IID" --root "$WORK/srv/deploy" 2>/dev/null \
             || warn "could not remove the review stack ${REVIEW_IID}"
     fi
     [[ -z "$WORK" ]] || rm -rf "$WORK"
@@ -218,7 +218,7 @@ run_tests() {
         pass "setup: another key is refused"
     fi
     local again
-    again="$("$ROOT/scripts/setup-server.sh" "${SETUP_ARGS[@]}" 2>/dev/null)" || again="failed"
+    again="$("$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" 2>/dev/null)" || again="failed"
     expect_eq "setup: a second run changes nothing and prints the same line" "$(cat "$WORK/known_hosts")" "$again"
 
     # --- a wrong host key: the job fails before anything is copied ---
@@ -281,7 +281,7 @@ run_tests() {
     # --- a crashing image built "in this pipeline" of an MR: overrides the pin, the job
     # fails, and the rollout summary goes to the MR (a stand-in GitLab API on loopback) ---
     mkdir -p "$WORK/api"
-    python3 "$ROOT/scripts/ci/fake-gitlab-api.py" "$WORK/api" </dev/null >"$WORK/api.log" 2>&1 &
+    python3 "$ROOT/scripts/tests/fake-gitlab-api.py" "$WORK/api" </dev/null >"$WORK/api.log" 2>&1 &
     API_PID=$!
     wait_until 10 "the stand-in GitLab API" test -s "$WORK/api/port"
     local token="glpat-e2e-$$-SECRET"
@@ -380,7 +380,7 @@ main() {
     WORK="$(mktemp -d /tmp/stackship-ssh-e2e.XXXXXX)"
     trap cleanup EXIT
     # The deploy tools as the build job makes them: statically linked.
-    "$ROOT/scripts/build-tools.sh" --out "$WORK/tools" >/dev/null || die "scripts/build-tools.sh failed"
+    "$ROOT/scripts/ci/build-tools.sh" --out "$WORK/tools" >/dev/null || die "scripts/ci/build-tools.sh failed"
     # The deploy user reaches its deploy root below this directory.
     chmod 0755 "$WORK"
     ssh-keygen -q -t ed25519 -N '' -C ci -f "$WORK/ci_key"
@@ -404,7 +404,7 @@ main() {
     PORT="$(free_port)"
     SETUP_ARGS=(--ci-key "$WORK/ci_key.pub" --user "$TEST_USER" --envs dev --deploy-root "$WORK/srv/deploy"
         --ssh-host 127.0.0.1 --ssh-port "$PORT" --host-key "$WORK/host_key.pub" --sshd-config-dir "$WORK/sshd.d")
-    "$ROOT/scripts/setup-server.sh" "${SETUP_ARGS[@]}" > "$WORK/known_hosts" || die "setup-server.sh failed"
+    "$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" > "$WORK/known_hosts" || die "setup-server.sh failed"
     printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$WORK/impostor_host_key.pub")" > "$WORK/wrong_known_hosts"
     # The manager's own settings (the third-party images this machine uses).
     printf 'POSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\n' "$POSTGRES_IMAGE" "$NGINX_IMAGE" > "$WORK/srv/deploy/dev/deploy.env"

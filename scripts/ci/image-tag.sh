@@ -14,7 +14,7 @@ set -Eeuo pipefail
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/image-tag.sh [--help]
+Usage: scripts/ci/image-tag.sh [--help]
 Prints YYYYMMDD_<sha8> for the current commit.
   sha:  $CI_COMMIT_SHA, else git rev-parse HEAD
   date: UTC date of $CI_COMMIT_TIMESTAMP, else today's UTC date (build date)

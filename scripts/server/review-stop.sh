@@ -89,7 +89,7 @@ main() {
     [[ "$root" =~ ^/[A-Za-z0-9._/-]+$ ]] || die "--root '${root}' is not a plain absolute path"
     STACK="${PROJECT}-review-${IID}"
     local dir="${root%/}/review/${IID}" before after
-    [[ -d "${root%/}/review" ]] || die "${root%/}/review is missing (scripts/setup-server.sh makes it)"
+    [[ -d "${root%/}/review" ]] || die "${root%/}/review is missing (scripts/server/setup-server.sh makes it)"
     command -v docker >/dev/null 2>&1 || die "docker is required"
     command -v flock >/dev/null 2>&1 || die "flock is required (apt-get install util-linux)"
 

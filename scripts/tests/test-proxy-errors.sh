@@ -4,13 +4,13 @@
 # itself (413, 502, 504). Deploys nothing.
 set -Eeuo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/test-proxy-errors.sh [--local-only | --live-only] [--manifests DIR]
+Usage: scripts/tests/test-proxy-errors.sh [--local-only | --live-only] [--manifests DIR]
 
 Two parts, each printing PASS/FAIL lines; the last line is "N passed, M failed".
 

@@ -6,13 +6,13 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 TOOLS=(config-hasher rollout-watcher stackship)
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/build-tools.sh [--out DIR]
+Usage: scripts/ci/build-tools.sh [--out DIR]
 
 Builds config-hasher, rollout-watcher and stackship statically linked into DIR (default .build/tools),
 checks that they are static and run, and prints DIR. Honours CARGO_TARGET_DIR.

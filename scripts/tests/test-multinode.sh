@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The multi-node tests: this machine's swarm (the manager) plus two worker nodes from
-# scripts/swarm-nodes.sh, with dev's database on a worker and prod's backend spread over all
+# scripts/tests/swarm-nodes.sh, with dev's database on a worker and prod's backend spread over all
 # three. One scenario in order, each step building on the one before: placement and the first
 # deploy, an update, pulls with the deploy's credentials after it, a drain and a node loss under
 # load, a rollback. Figures go to the test artifacts (bench/results/multinode.txt with --record).
@@ -8,11 +8,11 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=scripts/tests/lib.sh
 source "$(repo_root)/scripts/tests/lib.sh"
 
-NODES="$(repo_root)/scripts/swarm-nodes.sh"
+NODES="$(repo_root)/scripts/tests/swarm-nodes.sh"
 DEV_DIR="$(env_deploy_dir dev)"
 # The figures: under the test artifacts, so a run leaves the checkout as it was; --record writes
 # the committed bench/results/multinode.txt instead.
@@ -32,9 +32,9 @@ ALL_TESTS=(first_deploy_places_services deploy_refuses_unplaceable_stack moved_d
 
 usage() {
     cat <<USAGE
-Usage: scripts/test-multinode.sh [--keep-nodes] [--record] [TEST...]
+Usage: scripts/tests/test-multinode.sh [--keep-nodes] [--record] [TEST...]
 
-Starts two worker nodes (scripts/swarm-nodes.sh up 2), runs the multi-node tests in order and
+Starts two worker nodes (scripts/tests/swarm-nodes.sh up 2), runs the multi-node tests in order and
 writes their figures to ${RESULTS} (--record: to ${RECORDED_RESULTS#"$(repo_root)/"}). Needs prod and dev up (scripts/up.sh --all;
 scripts/test.sh runs it first). At the end the nodes are removed (unless --keep-nodes) and dev
 and prod are deployed on the manager again.
@@ -86,7 +86,7 @@ deploy_dev() {
 }
 
 copy_dev() {
-    "$(repo_root)/scripts/copy-manifests.sh" --dev --dest "$DEV_DIR" \
+    "$(repo_root)/scripts/ci/copy-manifests.sh" --dev --dest "$DEV_DIR" \
         --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release"
 }
 
@@ -368,8 +368,8 @@ write_results() {
     [[ -s "$f" ]] || return 0
     mkdir -p "$(dirname "$RESULTS")"
     {
-        printf '# scripts/test-multinode.sh: 1 manager + 2 worker nodes (containers, vfs), prod under\n'
-        printf '# scripts/loadgen.py (100 req/s through the proxy). %s, %s\n' "$(date -u +%Y-%m-%dT%H:%MZ)" \
+        printf '# scripts/tests/test-multinode.sh: 1 manager + 2 worker nodes (containers, vfs), prod under\n'
+        printf '# scripts/tests/loadgen.py (100 req/s through the proxy). %s, %s\n' "$(date -u +%Y-%m-%dT%H:%MZ)" \
             "$(git -C "$(repo_root)" describe --always --dirty 2>/dev/null || echo unknown)"
         printf '# node_loss_recovery_s: from the kill until prod backend runs 2 tasks elsewhere. The killed\n'
         printf '# worker ran a backend task, not prod'"'"'s database (on the manager): rows_lost counts rows the\n'
@@ -454,10 +454,10 @@ main() {
     # Nodes an interrupted run left hold its state (dev's database directory): start anew.
     if [[ -n "$(docker ps -aq --filter "label=${STACKSHIP_PROJECT}.test-node")" ]]; then
         log "removing the test nodes an earlier run left"
-        "$NODES" down >&2 || die "scripts/swarm-nodes.sh down failed"
+        "$NODES" down >&2 || die "scripts/tests/swarm-nodes.sh down failed"
     fi
     log "starting two worker nodes"
-    "$NODES" up 2 >&2 || die "scripts/swarm-nodes.sh up 2 failed"
+    "$NODES" up 2 >&2 || die "scripts/tests/swarm-nodes.sh up 2 failed"
     log "testing tag ${TAG} on $(docker node ls -q | wc -l) nodes"
     for name in "${tests[@]}"; do
         run_test "$name"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""A stand-in for the GitLab API's note endpoint, for the tests only (scripts/test-pipeline.sh,
-scripts/test-ssh-deploy.sh).
+"""A stand-in for the GitLab API's note endpoint, for the tests only (scripts/tests/test-pipeline.sh,
+scripts/tests/test-ssh-deploy.sh).
 
 Serves on 127.0.0.1 on a free port, written to WORK/port; records every POST (method, path,
 headers, body) as a JSON line in WORK/requests.jsonl; answers with the status in WORK/status

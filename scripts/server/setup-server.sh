@@ -13,11 +13,11 @@
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 usage() {
     cat <<USAGE
-Usage: scripts/setup-server.sh --ci-key FILE [options]
+Usage: scripts/server/setup-server.sh --ci-key FILE [options]
 
   --ci-key FILE          the CI public key (the pair of the SSH_PRIVATE_KEY CI variable)
   --user NAME            the deploy user (default stackship-deploy; the SERVER_USER CI variable)
@@ -117,7 +117,7 @@ ensure_sshd() {
     local file="$SSHD_DIR/50-${STACKSHIP_PROJECT}-${DEPLOY_USER}.conf"
     mkdir -p "$SSHD_DIR"
     cat > "$file" <<CONF
-# Written by ${STACKSHIP_PROJECT}'s scripts/setup-server.sh: the deploy user logs in with its key only.
+# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh: the deploy user logs in with its key only.
 Match User ${DEPLOY_USER}
     PasswordAuthentication no
     KbdInteractiveAuthentication no
@@ -148,7 +148,7 @@ ensure_env() {
     # Source files of the file-backed secrets (prod's TLS certificate and key): the pipeline
     # installs them from CI File variables; only the deploy user reads them.
     install -d -m 0700 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir/secrets"
-    "$(repo_root)/scripts/secret.sh" init db-password "$env" || die "creating the ${env} database password failed"
+    "$(repo_root)/scripts/server/secret.sh" init db-password "$env" || die "creating the ${env} database password failed"
     if [[ "$env" == prod && ! -s "$dir/secrets/tls.crt" ]]; then
         warn "no TLS certificate in ${dir}/secrets/: set the CI File variables TLS_CERT_FILE and TLS_KEY_FILE (the prod deploy installs them), or put tls.crt and tls.key there (owner ${DEPLOY_USER}, mode 0600)"
     fi
