@@ -19,7 +19,7 @@ Runs, in order:
      (the Debian postgresql package is installed when missing) and stopped at the end
   3. the pipeline tests (scripts/tests/test-pipeline.sh): .gitlab-ci.yml against GitLab's schema,
      the MR label matrix, the CI job scripts against a stand-in GitLab API; then the
-     end-to-end harness's self-test (scripts/tests/harness-selftest.sh)
+     test harness's self-test (scripts/tests/harness-selftest.sh)
   4. the stack's end-to-end tests (scripts/tests/test-stack.sh): Docker Engine, local swarm,
      images, deploys, rollbacks, a headless browser; then the SSH deploy end to end
      (scripts/tests/test-ssh-deploy.sh: a real sshd on loopback, setup-server.sh's user); then the
@@ -78,7 +78,7 @@ main() {
     cargo_tests "$@"
     log "pipeline tests"
     "$ROOT/scripts/tests/test-pipeline.sh"
-    log "end-to-end harness self-test"
+    log "test harness self-test"
     "$ROOT/scripts/tests/harness-selftest.sh"
     if ((stack)); then
         log "stack end-to-end tests"

@@ -1,9 +1,13 @@
 # Shared by the end-to-end tests (scripts/tests/test-stack.sh and the test modules it sources from
-# scripts/tests/stack-*.sh): the PASS/FAIL harness and helpers that deploy and read the local prod
-# stack. Sourced after scripts/lib.sh; defines functions and globals only.
+# scripts/tests/stack-*.sh, test-multinode.sh, rollout-test.sh): the PASS/FAIL harness
+# (scripts/tests/harness.sh) and helpers that deploy and read the local prod stack. Sourced after
+# scripts/lib.sh; defines functions and globals only.
 # shellcheck shell=bash
-
 # shellcheck disable=SC2034  # used by the scripts that source this file
+
+# shellcheck source=scripts/tests/harness.sh
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
+
 PROD_STACK="$(stack_name prod)"
 # shellcheck disable=SC2034
 DEV_STACK="$(stack_name dev)"
@@ -12,34 +16,8 @@ PROD_DIR="$(env_deploy_dir prod)"
 ARTIFACTS="${STACKSHIP_DATA}/test-artifacts"
 # The image tag prod runs when the tests start (set by the runner).
 TAG=""
-PASSED=0
-FAILED=0
-FAILED_NAMES=()
 # Test modules add their test names here (run in this order after test-stack.sh's own).
 STACK_TESTS=()
-
-# fail MESSAGE: says why a test fails (stderr) and returns 1; the harness then adds nothing.
-fail() {
-    printf '    %s\n' "$*" >&2
-    TEST_SAID_WHY=1
-    return 1
-}
-
-# test_died: the ERR trap of a running test. A check that fails without calling fail (a command
-# substitution under set -e, a helper's non-zero exit) still says which command, where and how.
-test_died() {
-    local rc="$1" line="$2" src="$3" cmd="$4" func="$5"
-    # Only in the test's own shell (a failure inside $(...) is reported where it lands) and
-    # only when fail did not already say why.
-    ((BASH_SUBSHELL == TEST_SUBSHELL)) || return 0
-    [[ -z "${TEST_SAID_WHY:-}" ]] || return 0
-    if [[ "$func" == run_test ]]; then
-        printf '    the test returned %s without saying why (its last command: %s)\n' "$rc" "$cmd" >&2
-    else
-        printf '    died at %s:%s (exit %s): %s\n' "${src#"$(repo_root)/"}" "$line" "$rc" "$cmd" >&2
-    fi
-    TEST_SAID_WHY=1
-}
 
 # json FIELD: a top-level field of the JSON document on stdin.
 json() { python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"; }
@@ -175,30 +153,6 @@ prod_psql() {
     pg="$(container_of "${PROD_STACK}_postgres")"
     [[ -n "$pg" ]] || fail "no running prod postgres container"
     docker exec "$pg" psql -U backend -d backend -v ON_ERROR_STOP=1 -Atc "$1"
-}
-
-# run_test NAME: runs test_NAME, prints PASS/FAIL with its duration.
-run_test() {
-    local name="$1" started=$SECONDS
-    log "running ${name}"
-    # A subshell with errexit: the first failed check ends the test (not the run).
-    set +e
-    (
-        set -Eeuo pipefail
-        TEST_SUBSHELL=$BASH_SUBSHELL TEST_SAID_WHY=""
-        trap 'test_died "$?" "$LINENO" "${BASH_SOURCE[0]}" "$BASH_COMMAND" "${FUNCNAME[0]:-}"' ERR
-        "test_${name}"
-    )
-    local rc=$?
-    set -e
-    if ((rc == 0)); then
-        printf 'PASS %s (%ss)\n' "$name" "$((SECONDS - started))"
-        PASSED=$((PASSED + 1))
-    else
-        printf 'FAIL %s (%ss)\n' "$name" "$((SECONDS - started))"
-        FAILED=$((FAILED + 1))
-        FAILED_NAMES+=("$name")
-    fi
 }
 
 # load_during REPORT CMD...: runs CMD while scripts/tests/loadgen.py sends a bounded load through the

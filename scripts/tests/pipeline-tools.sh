@@ -1,55 +1,13 @@
 # shellcheck shell=bash
 # The tools the pipeline tests use, installed into a cache outside the repository:
 # gitlab-ci-local from npm and check-jsonschema from PyPI (in a venv). Source it after
-# scripts/lib.sh; it defines functions and runs nothing.
+# scripts/lib.sh; it defines functions and runs nothing. (Their PASS/FAIL harness is
+# scripts/tests/harness.sh.)
 
 # gitlab-ci-local 4.7x needs Node 22; 4.64.1 runs on Node 20 and validates against the schema.
 GCL_VERSION="4.64.1"
 CHECK_JSONSCHEMA_VERSION="0.39.0"
 STACKSHIP_CACHE="${STACKSHIP_CACHE:-${STACKSHIP_DATA}/cache}"
-
-# Checks of the pipeline tests: one PASS/FAIL line each, counted for the closing line.
-PASSED=0
-FAILED=0
-pass() { PASSED=$((PASSED + 1)); printf 'PASS %s\n' "$*"; }
-fail() { FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$*"; }
-
-# check NAME CMD...: PASS when CMD succeeds.
-check() {
-    local name="$1"
-    shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
-
-# expect_eq NAME WANT GOT
-expect_eq() {
-    if [[ "$2" == "$3" ]]; then
-        pass "$1"
-    else
-        fail "$1"
-        printf '  want: %s\n  got:  %s\n' "$2" "$3"
-    fi
-}
-
-# expect_contains NAME NEEDLE HAYSTACK_FILE
-expect_contains() {
-    if grep -qF -- "$2" "$3"; then
-        pass "$1"
-    else
-        fail "$1"
-        printf '  %s does not contain: %s\n' "$3" "$2"
-    fi
-}
-
-# expect_absent NAME NEEDLE FILE
-expect_absent() {
-    if grep -qF -- "$2" "$3"; then
-        fail "$1"
-        printf '  %s contains what it must not\n' "$3"
-    else
-        pass "$1"
-    fi
-}
 
 # ensure_gitlab_ci_local: sets GCL to the gitlab-ci-local executable, installing it if needed.
 ensure_gitlab_ci_local() {

@@ -468,8 +468,7 @@ main() {
     restore || { FAILED=$((FAILED + 1)); FAILED_NAMES+=(restore); }
     rm -rf "$WORK"
     log "finished in $((SECONDS - started))s${FAILED_NAMES[*]:+; failed: ${FAILED_NAMES[*]}}"
-    printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
-    [[ "$FAILED" -eq 0 ]]
+    harness_summary
 }
 
 main "$@"

@@ -19,6 +19,8 @@ set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
+# shellcheck source=scripts/tests/harness.sh
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 # shellcheck source=scripts/tests/pipeline-tools.sh
 source "$(dirname "${BASH_SOURCE[0]}")/pipeline-tools.sh"
 
@@ -46,25 +48,24 @@ ensure_tools() {
     ensure_check_jsonschema
 }
 
-section_schema() {
-    check "schema: .gitlab-ci.yml passes GitLab's CI JSON schema (check-jsonschema vendor.gitlab-ci)" \
-        "$VENV/bin/check-jsonschema" --builtin-schema vendor.gitlab-ci "$ROOT/.gitlab-ci.yml"
+# gcl_lists_pipeline: gitlab-ci-local lists the pipeline of a push, with no error in its output.
+gcl_lists_pipeline() {
     local out rc=0
     out="$(cd "$GCL_REPO" && GCL_IGNORE_PREDEFINED_VARS=CI_PIPELINE_SOURCE "$GCL" --list-csv \
         --variable CI_PIPELINE_SOURCE=push 2>&1)" || rc=$?
-    if [[ "$rc" -eq 0 && "$out" == *"name;description;stage;when"* && "$out" != *rror* ]]; then
-        pass "schema: gitlab-ci-local ${GCL_VERSION} lists the pipeline without errors"
-    else
-        fail "schema: gitlab-ci-local lists the pipeline without errors (exit ${rc})"
-        printf '%s\n' "$out" | sed 's/^/  /'
-    fi
+    [[ "$rc" -eq 0 && "$out" == *"name;description;stage;when"* && "$out" != *rror* ]] && return 0
+    printf '%s\n' "$out" | sed 's/^/    | /' >&2
+    fail "gitlab-ci-local exited ${rc}"
+}
+
+section_schema() {
+    check "schema: .gitlab-ci.yml passes GitLab's CI JSON schema (check-jsonschema vendor.gitlab-ci)" \
+        "$VENV/bin/check-jsonschema" --builtin-schema vendor.gitlab-ci "$ROOT/.gitlab-ci.yml"
+    check "schema: gitlab-ci-local ${GCL_VERSION} lists the pipeline without errors" gcl_lists_pipeline
     # A broken file must fail the same checks (the checks can fail).
     printf 'build-lint-test:\n  stage: build\n  script: true\n  when: sometimes\n' > "$WORK/broken.yml"
-    if "$VENV/bin/check-jsonschema" --builtin-schema vendor.gitlab-ci "$WORK/broken.yml" >/dev/null 2>&1; then
-        fail "schema: a job with 'when: sometimes' is rejected"
-    else
-        pass "schema: a job with 'when: sometimes' is rejected"
-    fi
+    check "schema: a job with 'when: sometimes' is rejected" \
+        refused "$VENV/bin/check-jsonschema" --builtin-schema vendor.gitlab-ci "$WORK/broken.yml"
     local name
     for name in build-lint-test image-backend image-frontend dev-deploy prod-deploy review-deploy review-stop; do
         check "schema: job ${name} is defined" grep -q "^${name}:" "$ROOT/.gitlab-ci.yml"
@@ -116,6 +117,16 @@ PY
     # shellcheck disable=SC2016 # likewise
     expect_eq "matrix: review-stop is manual only, environment action stop, no artifacts, same resource group" \
         'stop review/${CI_MERGE_REQUEST_IID} stop manual [] True' "$(sed -n 2p <<<"$got")"
+}
+
+# broken_dependency_caught: a prod-deploy that needs dev-deploy, which does not run on the
+# default branch, fails the dependency check, which names both jobs.
+broken_dependency_caught() {
+    if gcl_dependencies "$GCL_REPO/broken-deps" CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main; then
+        fail "gitlab-ci-local --validate-dependency-chain passed"
+    fi
+    grep -q 'dev-deploy.*prod-deploy\|prod-deploy.*dev-deploy' <<<"$GCL_OUT" \
+        || fail "its output does not name dev-deploy and prod-deploy: ${GCL_OUT}"
 }
 
 section_matrix() {
@@ -183,12 +194,7 @@ section_matrix() {
     # prod-deploy, on the default branch, needing dev-deploy, which does not run there.
     sed '/^prod-deploy:/,/^$/ s/^  dependencies: \[build-lint-test\]$/  dependencies: [build-lint-test, dev-deploy]/' \
         "$GCL_REPO/.gitlab-ci.yml" > "$GCL_REPO/broken-deps/.gitlab-ci.yml"
-    if gcl_dependencies "$GCL_REPO/broken-deps" CI_PIPELINE_SOURCE=push CI_COMMIT_BRANCH=main CI_DEFAULT_BRANCH=main; then
-        fail "matrix: a dependency on a job absent from the pipeline is caught"
-    else
-        check "matrix: a dependency on a job absent from the pipeline is caught" \
-            grep -q 'dev-deploy.*prod-deploy\|prod-deploy.*dev-deploy' <<<"$GCL_OUT"
-    fi
+    check "matrix: a dependency on a job absent from the pipeline is caught" broken_dependency_caught
 
     # Manual jobs never block an MR pipeline (allow_failure), automatic ones count.
     local blocking
@@ -394,6 +400,14 @@ print_images() {
         "$WORK/deploy/${env}/current/deploy.sh" "--${env}" --print-images > "$WORK/print.log" 2>&1 || PRINT_RC=$?
 }
 
+# pin_refused FILE CMD...: CMD fails and leaves FILE as it was ($WORK/pins.before).
+pin_refused() {
+    local file="$1"
+    shift
+    refused "$@"
+    cmp -s "$file" "$WORK/pins.before" || fail "${file} changed"
+}
+
 section_pins() {
     local repo="$WORK/pin-repo" file before
     mkdir -p "$repo"
@@ -417,11 +431,7 @@ section_pins() {
     local bad
     for bad in "prod backend bad/tag" "prod backends 20261123_0123abcd" "staging backend 20261123_0123abcd" "prod backend"; do
         # shellcheck disable=SC2086 # the words are the arguments
-        if "$repo/scripts/pin-image.sh" $bad >/dev/null 2>&1; then
-            fail "pins: pin-image.sh ${bad} is refused"
-        else
-            check "pins: pin-image.sh ${bad} is refused, file unchanged" cmp -s "$file" "$WORK/pins.before"
-        fi
+        check "pins: pin-image.sh ${bad} is refused, file unchanged" pin_refused "$file" "$repo/scripts/pin-image.sh" $bad
     done
 
     # Third-party images are pinned by digest; a reference that already has one needs no Docker.
@@ -441,11 +451,8 @@ section_pins() {
     check "pins: pin-image.sh prod prometheus sets PROMETHEUS_IMAGE" grep -qx "PROMETHEUS_IMAGE=${prom_pin}" "$file"
     cp "$file" "$WORK/pins.before"
     # shellcheck disable=SC2016 # a literal command substitution: it must not run
-    if "$repo/scripts/pin-image.sh" prod nginx 'nginx:1.27 $(touch /tmp/x)' >/dev/null 2>&1; then
-        fail "pins: pin-image.sh refuses a malformed image reference"
-    else
-        check "pins: pin-image.sh refuses a malformed image reference, file unchanged" cmp -s "$file" "$WORK/pins.before"
-    fi
+    check "pins: pin-image.sh refuses a malformed image reference, file unchanged" \
+        pin_refused "$file" "$repo/scripts/pin-image.sh" prod nginx 'nginx:1.27 $(touch /tmp/x)'
 
     # The deploy reads the pins of the release it runs from; overrides win. Every rule of that
     # choice (precedence, unknown keys, digests, tags, stack-only images) is a unit test of
@@ -565,6 +572,13 @@ remote_deploy_tests() {
     check "remote deploy: ... and the summary says it failed before the rollout" grep -q "FAILED before the rollout" <<<"$out"
 }
 
+# stopped_saying RC LOG TEXT: a job that exited RC failed, and its LOG says TEXT.
+stopped_saying() {
+    [[ "$1" -ne 0 ]] && grep -qF -- "$3" "$2" && return 0
+    sed 's/^/    | /' "$2" | tail -n 5 >&2
+    fail "exit $1; the log's last lines are above"
+}
+
 section_deploy() {
     cat > "$WORK/rollout.json" <<'JSON'
 {"stack": "stackship-dev", "ok": false, "seconds": 32.59, "services": [
@@ -610,12 +624,8 @@ JSON
         "CI_REGISTRY_IMAGE=registry.invalid/group/other|does not end in /stackship" \
         "DEPLOY_REGISTRY_USER=token-user|set both DEPLOY_REGISTRY_USER and DEPLOY_REGISTRY_PASSWORD"; do
         deploy_job "${case_vars%%|*}"
-        if [[ "$rc" -ne 0 ]] && grep -qF -- "${case_vars#*|}" "$WORK/deploy.log"; then
-            pass "deploy job: ${case_vars%%|*} stops it: ${case_vars#*|}"
-        else
-            fail "deploy job: ${case_vars%%|*} stops it: ${case_vars#*|} (exit ${rc})"
-            sed 's/^/  | /' "$WORK/deploy.log" | tail -n 5
-        fi
+        check "deploy job: ${case_vars%%|*} stops it: ${case_vars#*|}" \
+            stopped_saying "$rc" "$WORK/deploy.log" "${case_vars#*|}"
     done
     # Review stacks exist only in MR pipelines, on a port that exists.
     local mode
@@ -627,12 +637,8 @@ JSON
             (cd "$WORK" && env SERVER_HOST=127.0.0.1 SERVER_USER=deploy SSH_PRIVATE_KEY="$WORK/key" \
                 SSH_KNOWN_HOSTS="$WORK/key" CI_REGISTRY_IMAGE=registry.invalid/group/stackship \
                 CI_MERGE_REQUEST_IID=7 "${case_vars%%|*}" "$ROOT/scripts/ci/ssh-deploy.sh" "$mode") > "$WORK/deploy.log" 2>&1 || rc=$?
-            if [[ "$rc" -ne 0 ]] && grep -qF -- "${case_vars#*|}" "$WORK/deploy.log"; then
-                pass "${mode} job: ${case_vars%%|*} stops it: ${case_vars#*|}"
-            else
-                fail "${mode} job: ${case_vars%%|*} stops it: ${case_vars#*|} (exit ${rc})"
-                sed 's/^/  | /' "$WORK/deploy.log" | tail -n 5
-            fi
+            check "${mode} job: ${case_vars%%|*} stops it: ${case_vars#*|}" \
+                stopped_saying "$rc" "$WORK/deploy.log" "${case_vars#*|}"
         done
     done
     rc=0
@@ -716,8 +722,7 @@ main() {
             "section_${section}"
         fi
     done
-    printf '%s passed, %s failed\n' "$PASSED" "$FAILED"
-    [[ "$FAILED" -eq 0 ]]
+    harness_summary
 }
 
 main "$@"

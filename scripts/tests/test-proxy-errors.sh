@@ -7,6 +7,8 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
+# shellcheck source=scripts/tests/harness.sh
+. "$ROOT/scripts/tests/harness.sh"
 
 usage() {
     cat <<'USAGE'
@@ -32,15 +34,10 @@ Exits non-zero when a check failed. Installs nginx, curl and openssl from Debian
 USAGE
 }
 
-PASSED=0
-FAILED=0
 MANIFESTS="$ROOT/deploy-manifests"
 WORK=""
 STUB_PID=""
 NGINX_PIDS=()
-
-pass() { PASSED=$((PASSED + 1)); printf 'PASS %s\n' "$*"; }
-fail() { FAILED=$((FAILED + 1)); printf 'FAIL %s\n' "$*"; }
 
 cleanup() {
     local pid
@@ -74,35 +71,43 @@ print(d)' "$WORK/$1.body" "$2" 2>/dev/null || true
 # expect_json_error WHAT NAME STATUS CODE: the answer NAME is STATUS with a JSON error CODE, a
 # non-empty message and exactly one X-Request-Id.
 expect_json_error() {
-    local what="$1" name="$2" status="$3" code="$4" got ct ids
+    check "$1: $3 JSON $4, one X-Request-Id" json_error "$2" "$3" "$4"
+}
+json_error() {
+    local name="$1" status="$2" code="$3" got ct ids
     got=$(cat "$WORK/$name.status")
     ct=$(header_value "$name" content-type)
     ids=$(header_count "$name" x-request-id)
-    if [[ "$got" != "$status" ]]; then
-        fail "$what: status $got, expected $status ($(head -c 200 "$WORK/$name.body"; cat "$WORK/$name.err"))"
-    elif [[ "$ct" != application/json* ]]; then
-        fail "$what: content-type '$ct', expected application/json ($(head -c 200 "$WORK/$name.body"))"
-    elif [[ "$(json_field "$name" error.code)" != "$code" ]]; then
-        fail "$what: error code '$(json_field "$name" error.code)', expected $code"
-    elif [[ -z "$(json_field "$name" error.message)" ]]; then
-        fail "$what: no error message"
-    elif [[ "$ids" != 1 ]]; then
-        fail "$what: $ids X-Request-Id headers, expected 1"
-    else
-        pass "$what: $status JSON $code, one X-Request-Id"
-    fi
+    [[ "$got" == "$status" ]] \
+        || fail "status $got, expected $status ($(head -c 200 "$WORK/$name.body"; cat "$WORK/$name.err"))"
+    [[ "$ct" == application/json* ]] || fail "content-type '$ct', expected application/json ($(head -c 200 "$WORK/$name.body"))"
+    [[ "$(json_field "$name" error.code)" == "$code" ]] || fail "error code '$(json_field "$name" error.code)', expected $code"
+    [[ -n "$(json_field "$name" error.message)" ]] || fail "no error message"
+    [[ "$ids" == 1 ]] || fail "$ids X-Request-Id headers, expected 1"
 }
 
 # expect_one_request_id WHAT NAME STATUS: STATUS with exactly one X-Request-Id.
 expect_one_request_id() {
-    local what="$1" name="$2" status="$3" got ids
+    check "$1: $3, one X-Request-Id" one_request_id "$2" "$3"
+}
+one_request_id() {
+    local name="$1" status="$2" got ids
     got=$(cat "$WORK/$name.status")
     ids=$(header_count "$name" x-request-id)
-    if [[ "$got" == "$status" && "$ids" == 1 ]]; then
-        pass "$what: $status, one X-Request-Id"
-    else
-        fail "$what: status $got (expected $status), $ids X-Request-Id headers (expected 1)"
-    fi
+    [[ "$got" == "$status" && "$ids" == 1 ]] \
+        || fail "status $got (expected $status), $ids X-Request-Id headers (expected 1)"
+}
+
+# same_request_id NAME: the X-Request-Id the client got is the one the backend was given.
+same_request_id() {
+    [[ "$(header_value "$1" x-request-id)" == "$(json_field "$1" request_id_seen)" ]] \
+        || fail "X-Request-Id '$(header_value "$1" x-request-id)' but the backend saw '$(json_field "$1" request_id_seen)'"
+}
+
+# prod_answers: the local prod stack answers on https://localhost.
+prod_answers() {
+    [[ "$(curl_env prod -o /dev/null -w '%{http_code}' https://localhost/api/service/ping 2>/dev/null || true)" == 200 ]] \
+        || fail "it does not (bring it up with scripts/up.sh)"
 }
 
 free_port() {
@@ -228,11 +233,7 @@ local_checks() {
         expect_json_error "local $env: the backend's own 503 passes through" "$env-own" 503 database_unavailable
         fetch "$env-ok" "${c[@]}" "$PROXY_URL/api/ok"
         expect_one_request_id "local $env: GET /api/ok" "$env-ok" 200
-        if [[ "$(header_value "$env-ok" x-request-id)" == "$(json_field "$env-ok" request_id_seen)" ]]; then
-            pass "local $env: the client's X-Request-Id is the one the backend was given"
-        else
-            fail "local $env: X-Request-Id '$(header_value "$env-ok" x-request-id)' but the backend saw '$(json_field "$env-ok" request_id_seen)'"
-        fi
+        check "local $env: the client's X-Request-Id is the one the backend was given" same_request_id "$env-ok"
     done
     # The backend gone altogether: connection refused.
     kill "$STUB_PID"
@@ -243,8 +244,9 @@ local_checks() {
 }
 
 live_checks() {
-    if [[ "$(curl_env prod -o /dev/null -w '%{http_code}' https://localhost/api/service/ping 2>/dev/null || true)" != 200 ]]; then
-        fail "live: the prod stack does not answer on https://localhost (bring it up with scripts/up.sh)"
+    # Without the stack nothing else here can pass: one FAIL says so.
+    if ! prod_answers 2>/dev/null; then
+        check "live: the prod stack answers on https://localhost" prod_answers
         return 0
     fi
     local c=(--cacert "$STACKSHIP_PROD_CERT")
@@ -283,8 +285,7 @@ main() {
     big_body
     ((local_part)) && local_checks
     ((live_part)) && live_checks
-    printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
-    ((FAILED == 0))
+    harness_summary
 }
 
 main "$@"

@@ -19,6 +19,8 @@ set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=scripts/tests/harness.sh
+source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 # shellcheck source=scripts/tests/pipeline-tools.sh
 source "$(dirname "${BASH_SOURCE[0]}")/pipeline-tools.sh"
 
@@ -177,6 +179,12 @@ service_image() {
 
 no_upload_left() { ! compgen -G "${ENV_DIR}/.incoming-*" >/dev/null; }
 
+# build_static_image: the deploy tools alone in a FROM scratch image, stackship-e2e-static:test.
+build_static_image() {
+    docker build -q -t stackship-e2e-static:test "$WORK/tools" >/dev/null 2>"$WORK/build.err" \
+        || fail "docker build failed: $(tail -n 3 "$WORK/build.err")"
+}
+
 run_tests() {
     local ssh_base=(ssh -F /dev/null -p "$PORT" -o BatchMode=yes -o StrictHostKeyChecking=yes
         -o "UserKnownHostsFile=$WORK/known_hosts" -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes
@@ -186,14 +194,14 @@ run_tests() {
     # --- the deploy tools run in an image with nothing else in it ---
     local tool out
     printf 'FROM scratch\nCOPY config-hasher rollout-watcher stackship /\n' > "$WORK/tools/Dockerfile"
-    if docker build -q -t stackship-e2e-static:test "$WORK/tools" >/dev/null 2>"$WORK/build.err"; then
+    docker image rm stackship-e2e-static:test >/dev/null 2>&1 || true
+    check "static tools: the FROM scratch image builds" build_static_image
+    if docker image inspect stackship-e2e-static:test >/dev/null 2>&1; then
         for tool in config-hasher rollout-watcher stackship; do
             out="$(docker run --rm stackship-e2e-static:test "/${tool}" --help 2>&1)" || out="failed: ${out}"
             expect_contains "static tools: ${tool} runs in an empty (FROM scratch) image" "Usage" <(printf '%s\n' "$out")
         done
         docker image rm stackship-e2e-static:test >/dev/null 2>&1 || true
-    else
-        fail "static tools: cannot build the FROM scratch image"
     fi
     rm -f "$WORK/tools/Dockerfile"
 
@@ -212,11 +220,7 @@ run_tests() {
     check "setup: sshd allows the deploy user public keys only" grep -qx 'authenticationmethods publickey' <<<"$effective"
     check "setup: sshd refuses passwords for the deploy user" grep -qx 'passwordauthentication no' <<<"$effective"
     check "setup: the CI key logs in" "${ssh_base[@]}" -i "$WORK/ci_key" "${TEST_USER}@127.0.0.1" true
-    if "${ssh_base[@]}" -i "$WORK/other_key" "${TEST_USER}@127.0.0.1" true 2>/dev/null; then
-        fail "setup: another key is refused"
-    else
-        pass "setup: another key is refused"
-    fi
+    check "setup: another key is refused" refused "${ssh_base[@]}" -i "$WORK/other_key" "${TEST_USER}@127.0.0.1" true
     local again
     again="$("$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" 2>/dev/null)" || again="failed"
     expect_eq "setup: a second run changes nothing and prints the same line" "$(cat "$WORK/known_hosts")" "$again"
@@ -411,8 +415,7 @@ main() {
     start_sshd
 
     run_tests
-    printf '%s passed, %s failed\n' "$PASSED" "$FAILED"
-    [[ "$FAILED" -eq 0 ]]
+    harness_summary
 }
 
 main "$@"

@@ -407,8 +407,7 @@ main() {
         run_test "$name"
     done
     log "finished in $((SECONDS - started))s${FAILED_NAMES[*]:+; failed: ${FAILED_NAMES[*]}}"
-    printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
-    [[ "$FAILED" -eq 0 ]]
+    harness_summary
 }
 
 main "$@"
