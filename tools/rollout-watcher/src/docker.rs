@@ -541,6 +541,69 @@ mod tests {
     }
 
     #[test]
+    fn each_retry_of_a_read_waits_twice_as_long_as_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = counting(
+            dir.path(),
+            "if [ $n -lt 4 ]; then echo 'The swarm does not have a leader' >&2; exit 1; fi; echo ok",
+        );
+        let cli = Cli {
+            pause: Duration::from_millis(100),
+            ..Cli::with_program("sh")
+        };
+        let started = Instant::now();
+        assert_eq!(cli.read(&["-c", &script], READ_TIMEOUT).unwrap(), "ok\n");
+        assert_eq!(runs(dir.path()), 4);
+        // 100 + 200 + 400 ms of pauses: a leader election gets more time with each attempt.
+        assert!(started.elapsed() >= Duration::from_millis(700));
+    }
+
+    /// A fake docker script in `dir` running `body`; the `Cli` that runs it.
+    fn fake_docker(dir: &Path, body: &str) -> Cli {
+        let script = dir.join("docker");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        Cli {
+            pause: Duration::ZERO,
+            ..Cli::with_program(script.display().to_string())
+        }
+    }
+
+    /// Runs `f` again while the new script is busy (another test's fork may briefly hold it
+    /// open for writing: ETXTBSY).
+    fn patiently<T>(f: impl Fn() -> T, busy: impl Fn(&T) -> bool) -> T {
+        for _ in 0..20 {
+            let out = f();
+            if !busy(&out) {
+                return out;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        f()
+    }
+
+    #[test]
+    fn a_log_tail_is_the_last_lines_of_output_and_error_or_why_there_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = fake_docker(
+            dir.path(),
+            "[ \"$1 $2 $7\" = 'service logs t1' ] || exit 9; printf 'a\\nb\\nc\\n'; echo 'd: error' >&2",
+        );
+        let busy = |s: &String| s.contains("busy");
+        assert_eq!(
+            patiently(|| cli.task_log_tail("t1", 3), busy),
+            "b\nc\nd: error"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cli = fake_docker(dir.path(), "echo 'Error: No such task: t1' >&2; exit 1");
+        assert_eq!(
+            patiently(|| cli.task_log_tail("t1", 3), busy),
+            "(no logs: Error: No such task: t1)"
+        );
+    }
+
+    #[test]
     fn a_read_gives_up_after_its_attempts() {
         let dir = tempfile::tempdir().unwrap();
         let script = counting(

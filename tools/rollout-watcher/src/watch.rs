@@ -768,6 +768,57 @@ mod tests {
     }
 
     #[test]
+    fn a_starting_task_is_fetched_again_only_after_3_seconds() {
+        let (_, before_tasks) = parsed(&raw("healthy_before_update"));
+        let before: BTreeSet<String> = before_tasks.iter().filter_map(|t| t.id.clone()).collect();
+        let (_, tasks) = parsed(&raw("updating"));
+        let starting = tasks
+            .iter()
+            .find(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::STARTING))
+            .and_then(|t| t.id.clone())
+            .unwrap();
+        let probe = FakeProbe::default();
+        let mut seen = Seen::default();
+        // Samples a poll apart: its logs are not fetched on every one.
+        seen.remember(&tasks, &before, 20, &probe);
+        seen.remember(&tasks, &before, 20, &probe);
+        let asked = probe.asked.borrow().clone();
+        assert_eq!(
+            asked
+                .iter()
+                .filter(|a| *a == &format!("logs {starting}"))
+                .count(),
+            1,
+            "{asked:?}"
+        );
+        assert_eq!(seen.evidence[&starting].state, "starting");
+    }
+
+    #[test]
+    fn with_nothing_kept_the_report_says_why_there_are_no_logs() {
+        let started = rollback_started();
+        let (service, tasks) = parsed(&started);
+        let messages = vec![
+            started["service"]["UpdateStatus"]["Message"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ];
+        let p = problem(
+            &service.service,
+            &tasks,
+            &BTreeSet::new(),
+            &messages,
+            &Seen::default(),
+            &FakeProbe::default(),
+            20,
+        )
+        .unwrap();
+        assert_eq!(p.task_id, CULPRIT);
+        assert_eq!(p.log_tail.as_deref(), Some("(no logs: no such task)"));
+    }
+
+    #[test]
     fn an_ended_task_is_captured_once_and_a_later_empty_fetch_keeps_what_was_found() {
         let before = BTreeSet::new();
         let (_, tasks) = parsed(&rollback_started());
