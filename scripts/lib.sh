@@ -20,9 +20,12 @@ STACKSHIP_DEV_HTTP_PORT=8880
 # The name shown in progress lines: the script that was run (the outermost source), e.g. `up`.
 STACKSHIP_SCRIPT="$(basename "${BASH_SOURCE[-1]}" .sh)"
 
+# die exits with this status; a script whose exit statuses mean something else sets its own.
+STACKSHIP_DIE_STATUS=1
+
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "$STACKSHIP_SCRIPT" "$*" >&2; }
 warn() { printf '%s [%s] WARNING: %s\n' "$(date -u +%H:%M:%S)" "$STACKSHIP_SCRIPT" "$*" >&2; }
-die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$STACKSHIP_SCRIPT" "$*" >&2; exit 1; }
+die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$STACKSHIP_SCRIPT" "$*" >&2; exit "$STACKSHIP_DIE_STATUS"; }
 
 # repo_root: the working tree these scripts belong to.
 repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd); }

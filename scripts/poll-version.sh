@@ -7,9 +7,10 @@
 #   scripts/poll-version.sh https://localhost/api/service/version --until-version 20261123_ab12cd34
 set -Eeuo pipefail
 
-SCRIPT_NAME="poll-version"
-log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; }
-die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; exit 2; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# Whatever it dies of is a bad argument (or no curl): exit 2, since 1 means V did not answer.
+STACKSHIP_DIE_STATUS=2
 
 usage() {
     cat <<'USAGE'

@@ -12,6 +12,9 @@
 # Sourcing this file defines image_tag() without running anything.
 set -Eeuo pipefail
 
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
 usage() {
     cat <<'USAGE'
 Usage: scripts/ci/image-tag.sh [--help]
@@ -21,8 +24,6 @@ Prints YYYYMMDD_<sha8> for the current commit.
 Without $CI_COMMIT_SHA, uncommitted changes to the image inputs add -dirty-<hash8>.
 USAGE
 }
-
-die() { printf 'image-tag: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # What goes into the images: an uncommitted change here makes a tree "dirty".
 IMAGE_INPUTS=(services Cargo.toml Cargo.lock Dockerfile .dockerignore)

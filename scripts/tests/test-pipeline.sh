@@ -661,6 +661,7 @@ JSON
 section_tag() {
     local repo="$WORK/tag-repo" clean tag1 tag2 tag3 sha
     mkdir -p "$repo/scripts/ci" "$repo/services/backend"
+    cp "$ROOT/scripts/lib.sh" "$repo/scripts/"
     cp "$ROOT/scripts/ci/image-tag.sh" "$repo/scripts/ci/"
     printf 'fn main() {}\n' > "$repo/services/backend/main.rs"
     printf '[workspace]\n' > "$repo/Cargo.toml"
