@@ -7,7 +7,7 @@
 #                   and ops-lib.sh, which they source}
 # <dest> defaults to /data/stackship/deploy/<env>; its deploy.env, lock and history are not
 # touched (nor secrets/, the source files of file-backed secrets), nor is any other
-# environment's directory. The swap happens under the environment's
+# environment's directory. The swap is `stackship release install`, under the environment's
 # deploy lock, so it never changes the files of a deploy that is running.
 set -Eeuo pipefail
 
@@ -48,10 +48,12 @@ main() {
     [[ -f "$root/docker-compose.${env}.yaml" ]] || die "docker-compose.${env}.yaml is missing"
     [[ -d "$root/deploy-manifests/${env}" ]] || die "deploy-manifests/${env} is missing"
     [[ "$dest" == /* && "$dest" != / ]] || die "--dest '${dest}' must be an absolute directory other than /"
-    need flock "apt-get install util-linux"
 
     mkdir -p "$dest"
     staging="$(mktemp -d "${dest}/.incoming.XXXXXX")"
+    # A copy that stops halfway leaves nothing behind (after the install, nothing is there).
+    STAGING="$staging"
+    trap 'rm -rf "$STAGING"' EXIT
     mkdir -p "$staging/deploy-manifests"
     install -m 0755 "$root/scripts/deploy.sh" "$staging/deploy.sh"
     install -m 0755 "$root/scripts/server/secret.sh" "$staging/secret.sh"
@@ -65,21 +67,10 @@ main() {
     install -m 0644 "$root/docker-compose.${env}.yaml" "$staging/"
     cp -R "$root/deploy-manifests/${env}" "$staging/deploy-manifests/${env}"
     chmod 0755 "$staging"
-    # Swap in the new tree under the environment's deploy lock: nothing stale survives, a
-    # failed copy leaves the old one intact, and a running deploy keeps its files.
-    (
-        exec 9>>"$dest/deploy.lock"
-        if ! flock -n 9; then
-            log "a ${env} deploy is running ($(cat "$dest/deploy.lock.owner" 2>/dev/null || echo 'unknown holder')); waiting up to ${lock_wait}s"
-            flock -w "$lock_wait" 9 || die "the ${env} deploy lock is still held after ${lock_wait}s"
-        fi
-        rm -rf "$dest/current.old"
-        if [[ -e "$dest/current" ]]; then
-            mv "$dest/current" "$dest/current.old"
-        fi
-        mv "$staging" "$dest/current"
-        rm -rf "$dest/current.old"
-    ) || { rm -rf "$staging"; die "copy step for ${env} failed"; }
+    # The release's own stackship swaps it in under the environment's deploy lock: nothing
+    # stale survives, a refused copy leaves the old one intact, a running deploy keeps its files.
+    "$staging/stackship" release install "$env" --from "$staging" --env-dir "$dest" --lock-wait "$lock_wait" \
+        || die "copy step for ${env} failed (see above)"
     log "copied the ${env} release to ${dest}/current"
 }
 

@@ -7,8 +7,10 @@
 #      yes, no other known_hosts file, never ssh-keyscan), the key from $SSH_PRIVATE_KEY; a
 #      wrong host key stops here, before anything is copied;
 #   3. rsyncs the release into <env dir>/.incoming-<job>/ on the manager;
-#   4. runs remote-deploy.sh there: under the environment's deploy lock it swaps the release
-#      in and runs deploy.sh; the registry login (a deploy token) goes over stdin;
+#   4. runs remote-deploy.sh there, which runs the release's own `stackship deploy --from`:
+#      under the environment's deploy lock it checks the commit is not older than the one
+#      running, swaps the release in and deploys it; the registry login (a deploy token), the
+#      commit and its ancestors (git rev-list) go over stdin;
 #   5. keeps the rollout report in rollout/ (artifact), prints its summary and, in an MR,
 #      posts it as a note.
 # Exits with the rollout's result: a rolled-back or failed rollout fails the job.
@@ -40,6 +42,8 @@ CI variables:
   BUILT_BACKEND_TAG, BUILT_FRONTEND_TAG
                                    dev and review: images this pipeline built, over the dev pins
   CI_MERGE_REQUEST_IID             review, review-stop: the MR whose stack it is
+  ALLOW_OLDER                      1: deploy even a commit older than the one running (an
+                                   ancestor of it; set it on a manual run of the job)
   REVIEW_PORT_BASE                 review: the stack's host port is this + the MR iid
                                    (default 20000)
   STACKSHIP_REMOTE_DEPLOY_ROOT     deploy root on the manager (default /data/stackship/deploy)
@@ -159,13 +163,34 @@ stage_release() {
     fi
 }
 
+# commit_ancestors: up to MAX_ANCESTORS ancestors of CI_COMMIT_SHA, newest first, from this
+# checkout (GIT_DEPTH in .gitlab-ci.yml says how far back a job's clone reaches), in ANCESTORS.
+MAX_ANCESTORS=300
+commit_ancestors() {
+    ANCESTORS=""
+    [[ -n "${CI_COMMIT_SHA:-}" ]] || return 0
+    if ! ANCESTORS="$(git -C "$(repo_root)" rev-list --max-count="$((MAX_ANCESTORS + 1))" "${CI_COMMIT_SHA}" -- 2>/dev/null \
+        | tail -n +2 | paste -sd' ')"; then
+        ANCESTORS=""
+    fi
+    if [[ -z "$ANCESTORS" ]]; then
+        warn "no history of ${CI_COMMIT_SHA:0:8} in this checkout (git rev-list): the manager can still refuse it as older only if a later deploy recorded it as an ancestor"
+    else
+        log "commit ${CI_COMMIT_SHA:0:8} and $(wc -w <<<"$ANCESTORS") of its ancestors go with the release (the manager refuses an older commit than the one running)"
+    fi
+}
+
 # settings: what remote-deploy.sh reads on stdin.
 settings() {
     printf 'REGISTRY=%s\n' "$REGISTRY"
     printf 'REGISTRY_USER=%s\nREGISTRY_PASSWORD=%s\n' "${DEPLOY_REGISTRY_USER:-}" "${DEPLOY_REGISTRY_PASSWORD:-}"
     printf 'CI_JOB_URL=%s\n' "${CI_JOB_URL:-}"
-    # The deploy record names the commit and pipeline the release came from.
+    # The deploy record names the commit and pipeline the release came from, and the commit's
+    # ancestors: the manager refuses a commit older than the one running (ALLOW_OLDER=1 lets
+    # it through).
     printf 'CI_COMMIT_SHA=%s\nCI_PIPELINE_URL=%s\n' "${CI_COMMIT_SHA:-}" "${CI_PIPELINE_URL:-}"
+    printf 'COMMIT_ANCESTORS=%s\n' "$ANCESTORS"
+    printf 'ALLOW_OLDER=%s\n' "${ALLOW_OLDER:-}"
     if [[ "$ENV" == dev || "$ENV" == review ]]; then
         # Images this pipeline built win over the dev pins; prod deploys its pins only.
         printf 'BACKEND_TAG=%s\nFRONTEND_TAG=%s\n' "${BUILT_BACKEND_TAG:-}" "${BUILT_FRONTEND_TAG:-}"
@@ -209,6 +234,7 @@ main() {
         return 0
     fi
     stage_release
+    commit_ancestors
 
     log "connecting to ${TARGET} port ${SERVER_PORT} (host key pinned by SSH_KNOWN_HOSTS)"
     [[ "$ENV" != review ]] || remote "test -d '${ENV_DIR%/*}' && test -w '${ENV_DIR%/*}' && mkdir -p '${ENV_DIR}'" \

@@ -495,79 +495,97 @@ section_pins() {
 
 # ---- section deploy: the deploy job's summary and its checks before any connection ----
 
-# upload NAME RC: an upload directory as ssh-deploy.sh leaves it on the manager, in
-# $WORK/manager/dev, whose stub deploy.sh records its environment and lock descriptor, writes
-# a rollout report, and exits RC.
+# upload NAME RC [DIR]: an upload directory as ssh-deploy.sh leaves it on the manager, in DIR
+# (default $WORK/manager/dev), whose stand-in stackship records its arguments and stdin,
+# writes a rollout report on stdout, and exits RC.
 upload() {
+    local dir="${3:-$WORK/manager/dev}/.incoming-$1"
+    mkdir -p "$dir/current/deploy-manifests/dev"
+    cp "$ROOT/scripts/ci/remote-deploy.sh" "$dir/"
+    cat > "$dir/current/stackship" <<SH
+#!/usr/bin/env bash
+{ echo "args=\$*"; cat; } > "$WORK/stackship-ran.txt"
+echo "progress on stderr" >&2
+[[ $2 -eq 0 ]] && ok=true || ok=false
+echo "{\"stack\": \"stackship-dev\", \"ok\": \$ok, \"release\": \"$1\"}"
+exit $2
+SH
+    chmod +x "$dir/current/stackship"
+}
+
+# real_upload NAME: an upload with the real stackship and a one-service dev release.
+real_upload() {
     local dir="$WORK/manager/dev/.incoming-$1"
     mkdir -p "$dir/current/deploy-manifests/dev"
     cp "$ROOT/scripts/ci/remote-deploy.sh" "$dir/"
-    cat > "$dir/current/deploy.sh" <<SH
-#!/usr/bin/env bash
-env_dir="\$(dirname "\$(cd "\$(dirname "\$0")" && pwd)")"
-{ echo "args=\$*"; echo "release=$1"; env | grep -E '^(REGISTRY|REGISTRY_USER|REGISTRY_PASSWORD|BACKEND_TAG|FRONTEND_TAG)=' | sort
-  echo "lockfd=\${STACKSHIP_DEPLOY_LOCK_FD:-}"
-  flock -n "\$env_dir/deploy.lock" true && echo "lock=free" || echo "lock=held"
-} > "\$env_dir/deploy-ran.txt"
-echo "summary on stdout"
-[[ $2 -eq 0 ]] && ok=true || ok=false
-echo "{\"stack\": \"stackship-dev\", \"ok\": \$ok, \"release\": \"$1\"}" > "\$env_dir/last-rollout.json"
-exit $2
-SH
-    chmod +x "$dir/current/deploy.sh"
+    install -m 0755 "$STACKSHIP_BIN" "$dir/current/stackship"
+    # shellcheck disable=SC2016 # the stack file's own variables
+    printf 'services:\n  web:\n    image: ${REGISTRY}/stackship/web:${WEB_TAG}\n' > "$dir/current/docker-compose.dev.yaml"
     printf '%s\n' "$1" > "$dir/current/marker"
 }
 
 remote_deploy_tests() {
     local env_dir="$WORK/manager/dev" rc out
-    mkdir -p "$env_dir"
+    mkdir -p "$env_dir/current"
+    echo r0 > "$env_dir/current/marker"
     upload r1 0
     rc=0
-    printf 'REGISTRY=registry.invalid/group\nREGISTRY_USER=deploy-token\nREGISTRY_PASSWORD=s3cret\nBACKEND_TAG=20261123_0123abcd\nFRONTEND_TAG=\n' \
+    printf 'REGISTRY=registry.invalid/group\nREGISTRY_PASSWORD=s3cret\n' \
         | "$env_dir/.incoming-r1/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
-    expect_eq "remote deploy: exits with deploy.sh's status (0)" 0 "$rc"
-    expect_eq "remote deploy: the upload is swapped in as current/" r1 "$(cat "$env_dir/current/marker" 2>/dev/null)"
-    check "remote deploy: the upload directory is gone" test ! -e "$env_dir/.incoming-r1"
-    expect_contains "remote deploy: deploy.sh runs for the environment" "args=--dev" "$env_dir/deploy-ran.txt"
-    expect_contains "remote deploy: settings from stdin reach deploy.sh" "REGISTRY_PASSWORD=s3cret" "$env_dir/deploy-ran.txt"
-    expect_contains "remote deploy: ... the built tag too" "BACKEND_TAG=20261123_0123abcd" "$env_dir/deploy-ran.txt"
-    expect_absent "remote deploy: an empty setting is not set (the pin applies)" "FRONTEND_TAG=" "$env_dir/deploy-ran.txt"
-    expect_contains "remote deploy: deploy.sh gets the lock descriptor" "lockfd=9" "$env_dir/deploy-ran.txt"
-    expect_contains "remote deploy: ... and the lock is held while it runs" "lock=held" "$env_dir/deploy-ran.txt"
+    expect_eq "remote deploy: exits with stackship's status (0)" 0 "$rc"
+    expect_eq "remote deploy: the release's own stackship deploys the upload under the environment's lock" \
+        "args=--root $WORK/manager deploy dev --from $env_dir/.incoming-r1/current --secrets $env_dir/.incoming-r1/secrets --settings-stdin --json" \
+        "$(head -n 1 "$WORK/stackship-ran.txt")"
+    expect_contains "remote deploy: the job's settings reach it on stdin" "REGISTRY_PASSWORD=s3cret" "$WORK/stackship-ran.txt"
     expect_eq "remote deploy: stdout is only the rollout report" r1 "$(jq -r .release "$WORK/remote.out" 2>/dev/null)"
-    expect_contains "remote deploy: deploy.sh's own output goes to the log" "summary on stdout" "$WORK/remote.log"
+    expect_contains "remote deploy: progress goes to the log" "progress on stderr" "$WORK/remote.log"
+    check "remote deploy: the upload directory is gone" test ! -e "$env_dir/.incoming-r1"
 
     upload r2 1
     rc=0
     printf 'REGISTRY=registry.invalid/group\n' | "$env_dir/.incoming-r2/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
-    expect_eq "remote deploy: exits with deploy.sh's status (1)" 1 "$rc"
+    expect_eq "remote deploy: exits with stackship's status (1)" 1 "$rc"
     expect_eq "remote deploy: ... with that deploy's report" false "$(jq -r .ok "$WORK/remote.out" 2>/dev/null)"
+    check "remote deploy: ... and the upload directory is gone" test ! -e "$env_dir/.incoming-r2"
 
-    upload r3 0
+    mkdir -p "$WORK/manager/review/7"
+    upload r4 0 "$WORK/manager/review/7"
+    rc=0
+    printf '' | "$WORK/manager/review/7/.incoming-r4/remote-deploy.sh" --review 7 > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
+    expect_eq "remote deploy: a review stack's root is two levels up" \
+        "0 args=--root $WORK/manager deploy --review 7 --from $WORK/manager/review/7/.incoming-r4/current --secrets $WORK/manager/review/7/.incoming-r4/secrets --settings-stdin --json" \
+        "$rc $(head -n 1 "$WORK/stackship-ran.txt")"
+
+    upload r5 0
+    rm "$env_dir/.incoming-r5/current/stackship"
+    rc=0
+    printf '' | "$env_dir/.incoming-r5/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
+    expect_eq "remote deploy: an upload without stackship is refused (exit 2)" 2 "$rc"
+    expect_contains "remote deploy: ... saying so" "current/stackship is missing: the upload is incomplete" "$WORK/remote.log"
+
+    # The real stackship: a setting the job may not send is refused before anything changes.
+    STACKSHIP_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/stackship"
+    [[ -x "$STACKSHIP_BIN" ]] || (cd "$ROOT" && cargo build --quiet -p stackship) || die "cannot build stackship"
+    real_upload r3
     rc=0
     printf 'REGISTRY=x\nPATH=/tmp/evil\n' | "$env_dir/.incoming-r3/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
-    expect_eq "remote deploy: an unknown setting is refused" 1 "$rc"
-    expect_eq "remote deploy: ... before anything is swapped in" r2 "$(cat "$env_dir/current/marker" 2>/dev/null)"
+    expect_eq "remote deploy: an unknown setting is refused (exit 2)" 2 "$rc"
+    expect_contains "remote deploy: ... naming its line" "<stdin>:2: unknown key PATH" "$WORK/remote.log"
+    expect_eq "remote deploy: ... before anything is swapped in" r0 "$(cat "$env_dir/current/marker" 2>/dev/null)"
 
-    # Another deploy holds the lock: the swap waits, then gives up, leaving current/ alone.
+    # Another deploy holds the lock: the swap waits LOCK_WAIT, then gives up, leaving current/ alone.
+    real_upload r6
     rc=0
     (
         exec 8>>"$env_dir/deploy.lock"
         flock 8
-        printf 'LOCK_WAIT=1\n' | "$env_dir/.incoming-r3/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log"
+        printf 'REGISTRY=registry.invalid/group\nWEB_TAG=t1\nLOCK_WAIT=1\n' \
+            | "$env_dir/.incoming-r6/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log"
     ) || rc=$?
-    expect_eq "remote deploy: a held lock stops the swap after LOCK_WAIT" 1 "$rc"
-    expect_contains "remote deploy: ... saying so" "lock is still held" "$WORK/remote.log"
-    expect_eq "remote deploy: ... and current/ is untouched" r2 "$(cat "$env_dir/current/marker" 2>/dev/null)"
-
-    # A deploy that stops before its rollout: no stale report of an earlier deploy on stdout.
-    rc=0
-    touch -d '1 hour ago' "$env_dir/last-rollout.json"
-    sed -i '/^echo "{/d' "$env_dir/.incoming-r3/current/deploy.sh"
-    sed -i 's/^exit 0$/exit 1/' "$env_dir/.incoming-r3/current/deploy.sh"
-    printf '' | "$env_dir/.incoming-r3/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
-    expect_eq "remote deploy: a deploy stopped before its rollout returns no old report" "1 0" \
-        "$rc $(wc -c < "$WORK/remote.out")"
+    expect_eq "remote deploy: a held lock stops the deploy after LOCK_WAIT (exit 2)" 2 "$rc"
+    expect_contains "remote deploy: ... saying so" "lock is still held after 1s" "$WORK/remote.log"
+    expect_eq "remote deploy: ... and current/ is untouched" r0 "$(cat "$env_dir/current/marker" 2>/dev/null)"
+    expect_eq "remote deploy: ... and nothing is on stdout (no report)" 0 "$(wc -c < "$WORK/remote.out")"
     out="$(CI_JOB_URL='' "$ROOT/scripts/ci/rollout-note.sh" dev "$WORK/remote.out")"
     check "remote deploy: ... and the summary says it failed before the rollout" grep -q "FAILED before the rollout" <<<"$out"
 }

@@ -270,8 +270,9 @@ run_tests() {
         "$(stat -c %U "$ENV_DIR/current/deploy.sh" 2>/dev/null)"
     check "deploy: the release carries the pins" grep -qx "BACKEND_TAG=${NEXT_TAG}" "$ENV_DIR/current/deploy-manifests/dev/images.env"
     check "deploy: no upload directory is left" no_upload_left
-    expect_contains "deploy: deploy.sh ran under the lock remote-deploy.sh took" \
-        "holding the dev deploy lock (taken by the caller)" "$WORK/job.log"
+    expect_contains "deploy: stackship deploy --from took the environment's lock" \
+        "holding the dev deploy lock" "$WORK/job.log"
+    expect_contains "deploy: ... and swapped the upload in under it" "release installed: ${ENV_DIR}/current" "$WORK/job.log"
     expect_contains "deploy: the tags came from the pins (file and line)" "/current/deploy-manifests/dev/images.env:" "$WORK/job.log"
     expect_eq "deploy: the rollout report came back (artifact)" true "$(jq -r .ok "$WORK/job/rollout/last-rollout.json" 2>/dev/null)"
     expect_contains "deploy: the summary says ok" "**dev deploy: ok**" "$WORK/job/rollout/summary.md"
@@ -324,6 +325,24 @@ run_tests() {
     expect_eq "gitlab-ci-local: the stack runs the image the pipeline built" \
         "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${NEXT_TAG}" "$(service_image)"
     expect_absent "gitlab-ci-local: the registry password is not in the job log" "$(registry_password)" "$WORK/gcl.log"
+
+    # --- deploys do not go backwards: the job sends its commit's ancestors, and the manager
+    # refuses a commit older than the one running ---
+    git -C "$WORK/repo" -c user.name=test -c user.email=test@localhost commit -q --allow-empty -m next
+    local first next records
+    first="$(git -C "$WORK/repo" rev-parse HEAD~1)"
+    next="$(git -C "$WORK/repo" rev-parse HEAD)"
+    job CI_COMMIT_SHA="$next"
+    expect_eq "ancestry: a newer commit deploys" 0 "$JOB_RC"
+    expect_contains "ancestry: ... with its history" "commit ${next:0:8} and 1 of its ancestors go with the release" "$WORK/job.log"
+    expect_contains "ancestry: ... which the manager compared" "commit ${next:0:8} descends from the running ${first:0:8}" "$WORK/job.log"
+    records="$(find "$ENV_DIR/history" -name '*.json' | wc -l)"
+    job CI_COMMIT_SHA="$first"
+    expect_eq "ancestry: an older commit fails the job" 1 "$JOB_RC"
+    expect_contains "ancestry: ... saying why" "commit ${first:0:8} is older than the running ${next:0:8}" "$WORK/job.log"
+    expect_contains "ancestry: ... and that nothing was deployed" "exit 2: nothing was deployed" "$WORK/job.log"
+    expect_eq "ancestry: ... no deploy was recorded" "$records" "$(find "$ENV_DIR/history" -name '*.json' | wc -l)"
+    check "ancestry: ... and no upload is left" no_upload_left
 
     job
     expect_eq "restore: the stack is back on the tag scripts/up.sh deployed" \
