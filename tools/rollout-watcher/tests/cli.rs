@@ -124,10 +124,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Runs `watch STACK --snapshot SNAP --poll-ms 100 ARGS...`.
+/// Runs `watch STACK --snapshot SNAP --poll-ms 100 ARGS...`, with `--timeout 5` unless ARGS
+/// give one (each fixture settles at once: a watch that does not has failed the test).
 fn watch(swarm: &Swarm, stack: &str, snap: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut all = vec!["watch", stack, "--snapshot", snap.to_str().unwrap()];
     all.extend(["--poll-ms", "100"]);
+    if !args.contains(&"--timeout") {
+        all.extend(["--timeout", "5"]);
+    }
     all.extend(args);
     swarm.run(&all, env)
 }
@@ -244,7 +248,7 @@ fn services_that_appear_after_the_first_sample_are_waited_for() {
     swarm.set(Some(raw_fixture("global_running")));
     // The first two samples of the watch find no service yet.
     std::fs::write(swarm.path("appears-on"), "4").unwrap();
-    let out = watch(&swarm, "rw", &snap, &["--timeout", "20"], &[]);
+    let out = watch(&swarm, "rw", &snap, &[], &[]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.starts_with("rw-fixture-global: ok "), "{stdout}");

@@ -12,6 +12,14 @@ use rollout_watcher::docker::{self, ServiceInspect};
 use rollout_watcher::{budget, history, prune};
 use serde::Deserialize;
 
+// More of the same, one file per subject (tests/verdicts/; one test binary links faster).
+#[path = "verdicts/budgets.rs"]
+mod budgets;
+#[path = "verdicts/records.rs"]
+mod records;
+#[path = "verdicts/tasks.rs"]
+mod tasks;
+
 struct Fixture {
     service: ServiceInspect,
     tasks: Vec<Task>,
