@@ -250,6 +250,11 @@ mod tests {
         assert_eq!(swarm_name("A", EMPTY_SHA, 7), Err(NameError::HashLen(7)));
         assert_eq!(swarm_name("A", EMPTY_SHA, 41), Err(NameError::HashLen(41)));
         assert_eq!(swarm_name("A", "abc", 8), Err(NameError::BadDigest));
+        // A partial digest exactly as long as the hash is enough.
+        assert_eq!(
+            swarm_name("A", &EMPTY_SHA[..8], 8).as_deref(),
+            Ok(&*format!("a_{}", &EMPTY_SHA[..8]))
+        );
         assert_eq!(
             swarm_name("A", &EMPTY_SHA.to_uppercase(), 8),
             Err(NameError::BadDigest)

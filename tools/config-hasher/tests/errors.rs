@@ -43,6 +43,17 @@ fn compose_file_is_a_directory() {
 }
 
 #[test]
+fn compose_file_behind_a_plain_file_cannot_be_read_and_says_why() {
+    let t = Tree::new();
+    t.write("plain", "not a directory");
+    let err = run(&t.path().join("plain/compose.yaml")).unwrap_err();
+    assert!(matches!(err, Error::ComposeFile { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("cannot be read"), "{msg}");
+    assert!(msg.to_lowercase().contains("not a directory"), "{msg}");
+}
+
+#[test]
 fn compose_file_not_utf8() {
     let t = Tree::new();
     let compose = t.write("compose.yaml", b"configs:\n  a: \xff\n");
@@ -273,7 +284,7 @@ fn name_cannot_be_made_valid() {
         "{problem:?}"
     );
     assert!(
-        msg.contains("config `a`: cannot build a valid Swarm name from variable __"),
+        msg.contains("config `a`: cannot build a valid Swarm name from variable __: it has no letter or digit to start a name with"),
         "{msg}"
     );
 }
