@@ -205,5 +205,11 @@ mod tests {
             d[0]
         );
         assert!(d[0].ends_with("→ b"));
+        // Up to 80 characters a value is shown whole.
+        let old = json!({"Image": "a".repeat(80)});
+        assert_eq!(
+            differences(&old, &new),
+            vec![format!("Image: {} → b", "a".repeat(80))]
+        );
     }
 }

@@ -64,4 +64,17 @@ mod tests {
             "deploy records: bad.json"
         );
     }
+
+    #[test]
+    fn a_deploy_that_stopped_after_it_began_leaves_the_state_unknown() {
+        use crate::commands::deploy::{DeployError, Stage};
+        let at = |stage| {
+            Error::Deploy(Box::new(DeployError {
+                stage,
+                error: Error::Refused("x".into()),
+            }))
+        };
+        assert_eq!(at(Stage::Watch).outcome(), Outcome::Unknown);
+        assert_eq!(at(Stage::Validate).outcome(), Outcome::NothingChanged);
+    }
 }

@@ -328,12 +328,25 @@ mod tests {
     #[test]
     fn an_inherited_descriptor_must_be_the_lock_file() {
         let dir = tempfile::tempdir().unwrap();
-        for bad in ["", "x", "99999"] {
+        for bad in ["", "x", "3x", "99999"] {
             let e = DeployLock::inherited(dir.path(), bad)
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("STACKSHIP_DEPLOY_LOCK_FD"), "{bad}: {e}");
+            assert!(
+                e.contains(&format!(
+                    "STACKSHIP_DEPLOY_LOCK_FD={bad} is not a descriptor number"
+                )),
+                "{bad}: {e}"
+            );
         }
+        // A number, but no descriptor of this process.
+        let e = DeployLock::inherited(dir.path(), "9999")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("STACKSHIP_DEPLOY_LOCK_FD=9999 is not open"),
+            "{e}"
+        );
         // Descriptor 0 is this test's standard input, not the lock file.
         let e = DeployLock::inherited(dir.path(), "0")
             .unwrap_err()

@@ -1000,6 +1000,37 @@ mod tests {
     }
 
     #[test]
+    fn a_quote_at_one_end_only_is_part_of_the_value() {
+        for password in ["pa\"ss\"", "\"pass", "'pass", "pass'", "'"] {
+            let f = fixture(
+                &format!("REGISTRY=r\nREGISTRY_USER=ci\nREGISTRY_PASSWORD={password}\n"),
+                &pins(),
+            );
+            let (_, secret) = load(&f).unwrap().login.unwrap();
+            assert_eq!(secret.expose(), password);
+        }
+        for quoted in ["\"pass\"", "'pass'"] {
+            let f = fixture(
+                &format!("REGISTRY=r\nREGISTRY_USER=ci\nREGISTRY_PASSWORD={quoted}\n"),
+                &pins(),
+            );
+            assert!(error(&f).contains("remove the quotes"), "{quoted}");
+        }
+    }
+
+    #[test]
+    fn a_settings_file_that_exists_but_cannot_be_read_is_an_error() {
+        let mut f = fixture("", &pins());
+        // A directory where deploy.env should be: not the same as no file.
+        f.inputs.deploy_env = Some(f.dir.path().to_owned());
+        let e = error(&f);
+        assert!(
+            e.starts_with(&format!("{}:0: cannot read it: ", f.dir.path().display())),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn an_environment_override_without_digest_names_variable_origin_and_pin_command() {
         let mut f = fixture("REGISTRY=r\n", &pins());
         f.inputs.env_name = "prod".into();

@@ -313,6 +313,21 @@ mod tests {
     }
 
     #[test]
+    fn by_default_a_leader_election_is_waited_out_not_retried_at_once() {
+        let fake = FakeEngine::new();
+        fake.fail_once(&["node", "ls"], "The swarm does not have a leader");
+        fake.answer(&["node", "ls"], "n1\n");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            Client::new(&fake).run(&Call::read(["node", "ls"])).unwrap(),
+            "n1\n"
+        );
+        // The default rule's first pause (1 s) passed before the second attempt.
+        assert!(started.elapsed() >= Retry::default().first_pause);
+        assert_eq!(fake.calls().len(), 2);
+    }
+
+    #[test]
     fn a_read_gives_up_after_its_attempts_with_the_last_error() {
         let fake = FakeEngine::new();
         for _ in 0..3 {
