@@ -6,7 +6,7 @@ STACKSHIP_PROJECT="${STACKSHIP_PROJECT:-stackship}"
 # Root of everything the local bring-up keeps on this machine.
 STACKSHIP_DATA="${STACKSHIP_DATA:-/data/${STACKSHIP_PROJECT}}"
 # Where each environment's deploy directory lives on the manager, as the pipeline puts them:
-# <root>/<env>/current/ (deploy.sh and the release), deploy.env, deploy.lock, history/.
+# <root>/<env>/current/ (stackship and the release), deploy.env, deploy.lock, history/.
 STACKSHIP_DEPLOY_ROOT="${STACKSHIP_DEPLOY_ROOT:-${STACKSHIP_DATA}/deploy}"
 
 # env_deploy_dir ENV: one environment's deploy directory.

@@ -2,7 +2,7 @@
 # Brings the whole system up on this machine, from nothing, the way production deploys it:
 # Docker engine, single-node swarm, a local registry with login standing in for GitLab
 # Registry, base and stand-in images, the service images built and pushed with their tag,
-# secrets, the copy step into /data/stackship/deploy, and deploy.sh for each environment.
+# secrets, the copy step into /data/stackship/deploy, and stackship deploy for each environment.
 # Safe to re-run: every step checks before it acts. scripts/down.sh undoes it.
 set -Eeuo pipefail
 
@@ -77,7 +77,7 @@ CONFIG
 }
 
 # resolve_third_party_images: real images when pullable, else stand-ins pushed to the registry;
-# POSTGRES_IMAGE, NGINX_IMAGE and PROMETHEUS_IMAGE by digest (repo:tag@sha256:...), as deploy.sh
+# POSTGRES_IMAGE, NGINX_IMAGE and PROMETHEUS_IMAGE by digest (repo:tag@sha256:...), as stackship
 # requires.
 resolve_third_party_images() {
     local line key value
@@ -178,7 +178,7 @@ check_ports() {
     done
 }
 
-# deploy_env ENV: the copy step, local settings for deploy.sh, then deploy.sh itself.
+# deploy_env ENV: the copy step, local settings for the deploy, then stackship deploy.
 deploy_env() {
     local env="$1" root dir
     root="$(repo_root)"
@@ -188,7 +188,7 @@ deploy_env() {
     "$root/scripts/ci/copy-manifests.sh" "--$env" --dest "$dir"
     cat > "$dir/deploy.env" <<ENVFILE
 # Written by scripts/up.sh: the local registry and the images this machine uses (the
-# third-party ones by digest, as deploy.sh requires; they override the pins in images.env).
+# third-party ones by digest, as stackship requires; they override the pins in images.env).
 REGISTRY=${STACKSHIP_REGISTRY_ADDR}
 IMAGE_TAG=${TAG}
 POSTGRES_IMAGE=${POSTGRES_IMAGE}
@@ -198,9 +198,9 @@ ENVFILE
     if grep -q 'PROMETHEUS_IMAGE' "$root/docker-compose.${env}.yaml"; then
         printf 'PROMETHEUS_IMAGE=%s\n' "$PROMETHEUS_IMAGE" >> "$dir/deploy.env"
     fi
-    log "deploy.sh --${env}"
+    log "stackship deploy ${env}"
     REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
-        "$dir/current/deploy.sh" "--$env" || die "deploy of ${env} failed"
+        "$dir/current/stackship" deploy "$env" --release "$dir/current" || die "deploy of ${env} failed"
 }
 
 # check_answers ENV: the proxy serves the frontend and the backend's version.

@@ -2,7 +2,7 @@
 # Shared by the day-2 scripts that run on a Swarm manager (rollback.sh, db-backup.sh,
 # db-restore.sh, db-tunnel.sh, secret.sh): logging, an environment's stack and directory, what
 # the running services use, and one-off helper tasks on the stack's network. The copy step
-# ships this file beside deploy.sh in <env dir>/current/, so it needs nothing from the
+# ships this file beside stackship in <env dir>/current/, so it needs nothing from the
 # repository. Source it; it defines functions and runs nothing.
 #
 # A one-off helper is a swarm service with one task that is never restarted. The swarm picks its
@@ -101,9 +101,9 @@ ops_env() {
         || die "this engine is not a swarm manager (run on the manager of ${OPS_STACK})"
 }
 
-# ops_lock: takes the environment's deploy lock (as deploy.sh does, on descriptor 9, waiting at
+# ops_lock: takes the environment's deploy lock (as stackship does, on descriptor 9, waiting at
 # most LOCK_WAIT seconds, default 900), so no deploy runs meanwhile; held until the script exits.
-# deploy.sh run from here gets STACKSHIP_DEPLOY_LOCK_FD=9 and does not wait for it.
+# stackship deploy run from here gets STACKSHIP_DEPLOY_LOCK_FD=9 and does not wait for it.
 ops_lock() {
     local lock="${OPS_ENV_DIR}/deploy.lock" wait="${LOCK_WAIT:-900}"
     need flock "apt-get install util-linux"

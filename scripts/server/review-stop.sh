@@ -31,7 +31,7 @@ STACK=""
 IID=""
 
 # leftovers: one "kind name" line per object of the stack that still exists: labelled with the
-# stack's namespace (what docker stack deploy and deploy.sh made), or named after the stack.
+# stack's namespace (what docker stack deploy and stackship deploy made), or named after the stack.
 leftovers() {
     local kind
     for kind in service network config secret volume; do

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Returns an environment to an earlier deploy: the images (by digest) and the content-named
-# configs its deploy record names, through deploy.sh and rollout-watcher like any deploy, so a
+# configs its deploy record names, through stackship deploy like any deploy, so a
 # rollback that does not settle fails loudly (and is itself recorded when it succeeds).
 #
 # How: under the environment's deploy lock it copies the release in current/ to a temporary
 # sibling directory, writes each config's old content back into its file (read from the swarm
 # with `docker config inspect`: the prune keeps the configs of the last deploys), checks that
-# config-hasher now gives exactly the recorded names, and runs that copy's deploy.sh with the
+# config-hasher now gives exactly the recorded names, and runs that copy's stackship deploy with the
 # recorded images as overrides (<SERVICE>_TAG=tag@sha256:... for the project's images, the
 # <X>_IMAGE variable for third-party ones). What is not rolled back: secrets (a rotated password
 # or a renewed certificate stays), the database, the stack file's structure (a service added since
@@ -30,14 +30,14 @@ Deploys ENV (dev or prod) as an earlier deploy ran it: its images and its config
 
 Runs on the manager from the release directory (<env dir>/current/, where the copy step puts
 it) or from the repository with the deploy directory in /data/stackship/deploy/<env>. Registry
-login as for deploy.sh (REGISTRY_USER/REGISTRY_PASSWORD, or the engine's existing login).
+login as for stackship deploy (REGISTRY_USER/REGISTRY_PASSWORD, or the engine's existing login).
 USAGE
 }
 
 # The plan (Python: JSON in, lines out): reads the history, the current release's config-hasher
 # JSON and stack file, and prints what to deploy:
 #   TARGET <id>              the record chosen
-#   SET <VAR> <value>        an image override for deploy.sh
+#   SET <VAR> <value>        an image override for stackship deploy
 #   CONFIG <name> <file>...  write the content of config <name> to these files
 #   EXPECT <VAR> <name>      config-hasher must then name VAR so
 #   WARN <text>
@@ -183,7 +183,7 @@ main() {
     need python3 "apt-get install python3"
     ops_env "$env"
     release="${OPS_ENV_DIR}/current"
-    [[ -x "$release/deploy.sh" && -x "$release/config-hasher" ]] \
+    [[ -x "$release/stackship" && -x "$release/config-hasher" ]] \
         || die "no ${env} release in ${release} (run the copy step for ${env} first)"
     [[ -d "${OPS_ENV_DIR}/history" ]] || die "no deploy records in ${OPS_ENV_DIR}/history: nothing to roll back to"
     if [[ -n "$list" ]]; then
@@ -198,7 +198,7 @@ main() {
     fi
 
     ops_lock
-    # A copy of the release beside current/, so deploy.sh finds the environment directory (its
+    # A copy of the release beside current/, so stackship finds the environment directory (its
     # settings, lock, records) as its parent and relative paths (../secrets) still resolve.
     work="$(mktemp -d "${OPS_ENV_DIR}/.rollback.XXXXXX")"
     ops_on_exit "rm -rf '${work}'"
@@ -229,11 +229,11 @@ main() {
     done <<<"$plan"
     check_names "$work" "$env" "${expects[@]}"
     if [[ -n "$dry_run" ]]; then
-        log "dry run: would run deploy.sh --${env} with ${sets[*]}"
+        log "dry run: would run stackship deploy ${env} with ${sets[*]}"
         return 0
     fi
-    log "deploy.sh --${env} (rollback)"
-    env "${sets[@]}" STACKSHIP_DEPLOY_LOCK_FD=9 "$work/deploy.sh" "--${env}" \
+    log "stackship deploy ${env} (rollback)"
+    env "${sets[@]}" STACKSHIP_DEPLOY_LOCK_FD=9 "$work/stackship" deploy "$env" --release "$work" \
         || die "the rollback of ${OPS_STACK} FAILED (see above; report: ${OPS_ENV_DIR}/last-rollout.json)"
     log "${OPS_STACK} rolled back"
 }
@@ -241,7 +241,7 @@ main() {
 # config_names: every config in the swarm, one line each.
 config_names() { docker config ls --format '{{.Name}}' || die "docker config ls failed"; }
 
-# registry: the registry deploy.sh will use (environment, deploy.env, CI variable), or empty.
+# registry: the registry stackship deploy will use (environment, deploy.env, CI variable), or empty.
 registry() {
     local value="${REGISTRY:-}"
     if [[ -z "$value" && -f "${OPS_ENV_DIR}/deploy.env" ]]; then

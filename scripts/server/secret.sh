@@ -6,11 +6,11 @@
 # never written to disk or to a log, and shown (once, on the terminal) only with --show.
 # Swarm secrets cannot be changed, only replaced: nothing here overwrites one.
 #
-# The database password is versioned: the backend mounts <stack>-db-password-v<N> (deploy.sh
+# The database password is versioned: the backend mounts <stack>-db-password-v<N> (stackship deploy
 # picks the newest), Postgres mounts <stack>-db-bootstrap-password, read only when it
 # initialises an empty data directory. A rotation therefore changes the password inside
 # PostgreSQL (ALTER ROLE, from a one-off task on the stack's database network), then rolls the
-# backend onto the new secret through deploy.sh, and removes the old secret only after that
+# backend onto the new secret through stackship deploy, and removes the old secret only after that
 # rollout completed. Postgres keeps running throughout.
 set -Eeuo pipefail
 
@@ -39,7 +39,7 @@ Usage: secret.sh create NAME [--length N] [--show]
                          backend, and stackship-ENV-db-bootstrap-password, for Postgres's first
                          start. Does nothing when both exist.
   rotate db-password ENV a new stackship-ENV-db-password-v<N+1>: ALTER ROLE in PostgreSQL, the
-                         backend rolled onto it by deploy.sh (under ENV's deploy lock, watched
+                         backend rolled onto it by stackship deploy (under ENV's deploy lock, watched
                          like any deploy), then the old version removed. If the rollout fails,
                          the old password is put back and the new secret removed.
   list [ENV]             the project's secrets (names, creation times; never values).
@@ -223,9 +223,9 @@ cmd_rotate() {
     [[ $# -eq 2 ]] || die "usage: secret.sh rotate db-password ENV"
     env_names "$env"
     ops_env "$env"
-    [[ -x "${OPS_ENV_DIR}/current/deploy.sh" ]] || die "${OPS_ENV_DIR}/current/deploy.sh is missing: ${ENVIRONMENT} has never been copied to this manager"
+    [[ -x "${OPS_ENV_DIR}/current/stackship" ]] || die "${OPS_ENV_DIR}/current/stackship is missing: ${ENVIRONMENT} has never been copied to this manager"
     # One deploy of this environment at a time: the rotation holds the deploy lock throughout
-    # and hands it to deploy.sh.
+    # and hands it to stackship deploy.
     ops_lock
     current="$(ops_service_secret backend db_password)"
     [[ "$current" == "$PW_PREFIX"* ]] || die "the ${ENVIRONMENT} backend mounts ${current}, not a ${PW_PREFIX}<N>: deploy ${ENVIRONMENT} first"
@@ -246,7 +246,8 @@ cmd_rotate() {
         || { docker secret rm "$new" >/dev/null 2>&1 || true; die "the password was not changed; ${new} removed, the backend keeps ${current}"; }
 
     log "deploying ${ENVIRONMENT} with ${new} (the backend rolls; Postgres keeps running)"
-    DB_PASSWORD_SECRET="$new" STACKSHIP_DEPLOY_LOCK_FD=9 "${OPS_ENV_DIR}/current/deploy.sh" "--${ENVIRONMENT}" || rc=$?
+    DB_PASSWORD_SECRET="$new" STACKSHIP_DEPLOY_LOCK_FD=9 "${OPS_ENV_DIR}/current/stackship" deploy "${ENVIRONMENT}" \
+        --release "${OPS_ENV_DIR}/current" || rc=$?
     if ((rc != 0)); then
         log "the rollout onto ${new} FAILED (exit ${rc}): putting the old password back"
         alter_password "ALTER ROLE: the password of ${current} again" "$current" "$new" \

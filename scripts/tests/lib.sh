@@ -38,10 +38,10 @@ backend_config_name() {
         --format '{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}}{{end}}'
 }
 
-# deploy_prod [VAR=VALUE...]: deploy.sh --prod from the prod deploy directory, as up.sh runs it.
+# deploy_prod [VAR=VALUE...]: stackship deploy prod from the prod deploy directory, as up.sh runs it.
 deploy_prod() {
     env "$@" REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
-        "${PROD_DIR}/current/deploy.sh" --prod
+        "${PROD_DIR}/current/stackship" deploy prod --release "${PROD_DIR}/current"
 }
 
 # copy_prod: the copy step for prod with this checkout's files and tools.

@@ -6,11 +6,11 @@
 
 HARDENING_CHECK="$(repo_root)/scripts/tests/hardening_check.py"
 
-# env_images ENV OUT: the images ENV's deployed release says it deploys (deploy.sh
+# env_images ENV OUT: the images ENV's deployed release says it deploys (stackship deploy
 # --print-images, with its deploy.env and pins): `<service> <image> (<source>)` lines.
 env_images() {
-    "$(env_deploy_dir "$1")/current/deploy.sh" "--$1" --print-images > "$2" \
-        || fail "deploy.sh --$1 --print-images failed"
+    "$(env_deploy_dir "$1")/current/stackship" deploy "$1" --release "$(env_deploy_dir "$1")/current" --print-images > "$2" \
+        || fail "stackship deploy $1 --print-images failed"
 }
 
 # env_publish ENV: the one service that may publish host ports, and its ports.
@@ -34,7 +34,7 @@ service_versions() {
 # Every service of both stacks: non-root (spec, container, every process's uids and gids),
 # read-only root filesystem, cap_drop ALL with nothing added and no capability left in any
 # process, memory/CPU/pids limits, a healthcheck (and healthy), ports only on the proxy (host
-# mode, unprivileged target), no Docker socket, and the image deploy.sh names: the third-party
+# mode, unprivileged target), no Docker socket, and the image stackship deploy names: the third-party
 # ones exactly the digest pinned.
 test_stack_is_hardened() {
     local env images out count
@@ -44,7 +44,7 @@ test_stack_is_hardened() {
         env_images "$env" "$images"
         for svc in postgres nginx-proxy; do
             grep -qE "^${svc} [^ ]+@sha256:[0-9a-f]{64} " "$images" \
-                || fail "${env}: deploy.sh does not name ${svc}'s image by digest: $(grep "^${svc} " "$images")"
+                || fail "${env}: stackship deploy does not name ${svc}'s image by digest: $(grep "^${svc} " "$images")"
         done
         count="$(docker stack services "$(stack_name "$env")" -q | wc -l)"
         ((count >= 4)) || fail "${env}: only ${count} services in the stack"
@@ -71,7 +71,7 @@ test_hardening_checks_can_fail() {
     rm -f "$images" "$out"
 }
 
-# A third-party image without a digest stops deploy.sh before anything changes: the error names
+# A third-party image without a digest stops stackship deploy before anything changes: the error names
 # the variable, where it came from and how to pin; no service of either stack is updated.
 test_unpinned_image_refused() {
     local pinned before after out rc=0
@@ -80,22 +80,22 @@ test_unpinned_image_refused() {
     before="$(service_versions prod dev; all_running_tasks "$PROD_STACK")"
     out="$(mktemp)"
     deploy_prod POSTGRES_IMAGE="${pinned%@*}" > "$out" 2>&1 || rc=$?
-    ((rc != 0)) || fail "deploy.sh accepted POSTGRES_IMAGE=${pinned%@*}"
+    ((rc != 0)) || fail "stackship deploy accepted POSTGRES_IMAGE=${pinned%@*}"
     grep -q "POSTGRES_IMAGE '${pinned%@*}' (POSTGRES_IMAGE from the environment) is not pinned by digest" "$out" \
         || fail "the error does not name the variable and its source: $(tail -n 3 "$out")"
     grep -qF "scripts/pin-image.sh prod postgres ${pinned%@*}" "$out" || fail "the error does not say how to pin"
-    ! grep -q "holding the prod deploy lock\|docker stack deploy" "$out" || fail "deploy.sh got past its checks: $(cat "$out")"
+    ! grep -q "holding the prod deploy lock\|docker stack deploy" "$out" || fail "stackship deploy got past its checks: $(cat "$out")"
     # The same with nginx, a tag without a registry: refused too.
     rc=0
     deploy_prod NGINX_IMAGE="nginx:1.27-bookworm" > "$out" 2>&1 || rc=$?
-    ((rc != 0)) || fail "deploy.sh accepted NGINX_IMAGE=nginx:1.27-bookworm"
+    ((rc != 0)) || fail "stackship deploy accepted NGINX_IMAGE=nginx:1.27-bookworm"
     grep -q "NGINX_IMAGE 'nginx:1.27-bookworm' (NGINX_IMAGE from the environment) is not pinned by digest" "$out" \
         || fail "the nginx error does not name the variable: $(tail -n 3 "$out")"
     after="$(service_versions prod dev; all_running_tasks "$PROD_STACK")"
     [[ "$before" == "$after" ]] || fail "services changed:"$'\n'"${before}"$'\n'"->"$'\n'"${after}"
     # Control: the digest-pinned reference passes the same check.
-    POSTGRES_IMAGE="$pinned" "${PROD_DIR}/current/deploy.sh" --prod --print-images > "$out" 2>&1 \
-        || fail "deploy.sh --print-images refuses the pinned ${pinned}: $(tail -n 2 "$out")"
+    POSTGRES_IMAGE="$pinned" "${PROD_DIR}/current/stackship" deploy prod --release "${PROD_DIR}/current" --print-images > "$out" 2>&1 \
+        || fail "stackship deploy --print-images refuses the pinned ${pinned}: $(tail -n 2 "$out")"
     rm -f "$out"
 }
 

@@ -146,7 +146,7 @@ test_rollback_returns_to_earlier_deploy() {
     grep -q "no-such-deploy.*no such record" "$out" || fail "--to an unknown deploy: no clear error: $(tail -n 3 "$out")"
     traffic_during "$traffic" "${PROD_DIR}/current/rollback.sh" prod > "$out" 2>&1 || rc=$?
     ((rc == 0)) || fail "rollback.sh prod failed (exit ${rc}): $(tail -n 30 "$out")"
-    grep -q "rollout of ${PROD_STACK} complete" "$out" || fail "the rollback did not go through deploy.sh's watched rollout"
+    grep -q "rollout of ${PROD_STACK} complete" "$out" || fail "the rollback did not go through stackship deploy's watched rollout"
     [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)', expected A's ${TAG}"
     [[ "$(prod_title)" == "rollback A ${stamp}" ]] || fail "after the rollback the title is '$(prod_title)', expected A's"
     [[ "$(backend_config_name)" == "$a_config" ]] || fail "after the rollback the backend mounts $(backend_config_name), not A's ${a_config}"
@@ -225,7 +225,7 @@ test_rollback_refusals_change_nothing() {
     out="$(mktemp)"
     # A record whose backend config the prune removed: refused before anything changes.
     pruned="$(fake_record 00000000T000001.000Z-e2e 'r["services"]["backend"]["configs"] = ["prod_backend_config_000000000000"]')" || fail "no fake record"
-    # A record whose backend image no longer exists: deploy.sh stops at the pull, loudly.
+    # A record whose backend image no longer exists: stackship deploy stops at the pull, loudly.
     missing="$(fake_record 00000000T000002.000Z-e2e 'r["services"]["backend"]["image"] = r["services"]["backend"]["image"].split("@")[0] + "@sha256:" + "0" * 64')" \
         || { rm -f "$pruned"; fail "no fake record"; }
     rc=0
@@ -238,7 +238,7 @@ test_rollback_refusals_change_nothing() {
     "$(repo_root)/scripts/server/rollback.sh" prod --to 00000000T000002 > "$out" 2>&1 || rc=$?
     rm -f "$pruned" "$missing"
     ((rc != 0)) || fail "a rollback to an image that does not exist succeeded"
-    grep -q "cannot pull .*backend.*@sha256:0000" "$out" || fail "deploy.sh's reason is not in the output: $(tail -n 5 "$out")"
+    grep -q "cannot pull .*backend.*@sha256:0000" "$out" || fail "stackship deploy's reason is not in the output: $(tail -n 5 "$out")"
     grep -q "the rollback of ${PROD_STACK} FAILED" "$out" || fail "rollback.sh does not say the rollback failed: $(tail -n 3 "$out")"
     [[ "$(all_running_tasks "$PROD_STACK") $(backend_image) $(backend_config_name)" == "$before" ]] || fail "a refused rollback changed prod"
     [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.rollback.*')" ]] || fail "a refused rollback left its working copy behind"
@@ -253,7 +253,7 @@ stackship_status() { "${PROD_DIR}/current/stackship" status "$@"; }
 test_status_shows_drift() {
     local svc="${PROD_STACK}_frontend" out
     # A fresh deploy record (a no-op deploy records what runs).
-    deploy_prod >/dev/null 2>&1 || fail "deploy.sh --prod failed"
+    deploy_prod >/dev/null 2>&1 || fail "stackship deploy prod failed"
     out="$(stackship_status prod 2>&1)" || fail "stackship status prod failed: ${out}"
     grep -qE '^  frontend +frontend:' <<<"$out" || fail "status does not list the frontend: ${out}"
     grep -qE '^  last deploy: [0-9]{8}T' <<<"$out" || fail "status names no last deploy: ${out}"

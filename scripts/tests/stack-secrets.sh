@@ -91,7 +91,7 @@ test_wrong_secret_release_rolls_back() {
     "$SECRET_SH" create "$bad" >/dev/null 2>&1 || fail "cannot create ${bad}"
     deploy_prod > "$out" 2>&1 || rc=$?
     docker secret rm "$bad" >/dev/null 2>&1 || true
-    ((rc != 0)) || fail "deploy.sh exited 0 with a password secret the database refuses"
+    ((rc != 0)) || fail "stackship deploy exited 0 with a password secret the database refuses"
     grep -q "database password: ${bad}" "$out" || fail "the deploy did not pick the newest secret ${bad}"
     assert_rolled_back_to_tag "$out"
     grep -q "password authentication failed" "$out" || fail "the deploy output does not say why (password authentication failed)"
@@ -166,7 +166,7 @@ test_secrets_do_not_leak() {
     LEAKS=0
     leak_hits "secret.sh's output" < "$out"
     deploy_prod > "$out" 2>&1 || fail "deploy failed"
-    leak_hits "deploy.sh's output" < "$out"
+    leak_hits "stackship deploy's output" < "$out"
     for stack in "$PROD_STACK" "$DEV_STACK"; do
         for svc in $(docker stack services "$stack" --format '{{.Name}}'); do
             leak_hits "docker service inspect ${svc}" < <(docker service inspect "$svc")

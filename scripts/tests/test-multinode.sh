@@ -82,7 +82,7 @@ tasks_pulled() {
 
 deploy_dev() {
     env REGISTRY_USER="$STACKSHIP_REGISTRY_USER" REGISTRY_PASSWORD="$(registry_password)" \
-        "${DEV_DIR}/current/deploy.sh" --dev
+        "${DEV_DIR}/current/stackship" deploy dev --release "${DEV_DIR}/current"
 }
 
 copy_dev() {
@@ -151,7 +151,7 @@ refused_while_paused() {
     docker node update --availability pause "$1" >/dev/null
     deploy_dev > "$out" 2>&1 || rc=$?
     docker node update --availability active "$1" >/dev/null
-    ((rc != 0)) || fail "deploy.sh exited 0 with $2 paused"
+    ((rc != 0)) || fail "stackship deploy exited 0 with $2 paused"
     grep -qF "$3" "$out" || fail "no clear error with $2 paused: $(tail -n 3 "$out")"
 }
 
@@ -165,7 +165,7 @@ test_moved_database_label_is_refused() {
     move_label stackship.postgres.dev "$(docker node inspect "$other" --format '{{.ID}}')"
     deploy_dev > "$out" 2>&1 || rc=$?
     move_label stackship.postgres.dev "$(docker node inspect "$DB_WORKER" --format '{{.ID}}')"
-    ((rc != 0)) || fail "deploy.sh exited 0 with the database label on a node without the data"
+    ((rc != 0)) || fail "stackship deploy exited 0 with the database label on a node without the data"
     grep -q "there is no database in /data/${STACKSHIP_PROJECT}/data/dev/postgres on node ${other}" "$out" \
         || fail "no clear error for the moved label: $(tail -n 3 "$out")"
     if docker exec "$other" test -e "/data/${STACKSHIP_PROJECT}/data/dev/postgres"; then
@@ -351,7 +351,7 @@ test_rollback_reported_on_multinode() {
     TAG="$(cat "$WORK/prod-tag")"
     bad="$(push_variant crash 'CMD ["/bin/sh", "-c", "echo fatal: cannot start >&2; exit 1"]')"
     deploy_prod BACKEND_TAG="$bad" > "$out" 2>&1 || rc=$?
-    ((rc != 0)) || fail "deploy.sh exited 0 with a backend that exits 1 at start"
+    ((rc != 0)) || fail "stackship deploy exited 0 with a backend that exits 1 at start"
     where="$(docker service ps "${PROD_STACK}_backend" --format '{{.Image}} {{.Node}}' | awk -v t=":${bad}" 'index($1, t) { print $2 }' | sort -u)"
     log "the failing tasks ran on: $(tr '\n' ' ' <<<"$where")"
     [[ -n "$where" ]] || fail "no task of ${bad} was found"

@@ -7,7 +7,7 @@
 #   3. the CI job scripts (scripts/ci/) against a local HTTP server standing in for the GitLab
 #      API and a stub docker: MR notes (method, path, token header, body), the token never in a
 #      job log, a failing note never hides a failed build, a missing token skips with a warning;
-#   4. the image pins (scripts/pin-image.sh, deploy.sh --print-images);
+#   4. the image pins (scripts/pin-image.sh, stackship deploy --print-images);
 #   5. the deploy job's MR summary (rollout-note.sh) and the checks ssh-deploy.sh makes before
 #      it connects (the SSH end-to-end test is scripts/tests/test-ssh-deploy.sh);
 #   6. image tags: a tree with uncommitted changes never gets a clean commit's tag.
@@ -388,16 +388,16 @@ section_note() {
     stop_fake_gitlab
 }
 
-# ---- section pins: scripts/pin-image.sh and deploy.sh's choice of tags ----
+# ---- section pins: scripts/pin-image.sh and stackship deploy's choice of tags ----
 
-# print_images ENV [VAR=VALUE...]: deploy.sh --print-images from a release staged in
+# print_images ENV [VAR=VALUE...]: stackship deploy --print-images from a release staged in
 # $WORK/deploy/ENV/current; output (stdout and stderr) in $WORK/print.log.
 print_images() {
     local env="$1"
     shift
     PRINT_RC=0
     env -u IMAGE_TAG -u BACKEND_TAG -u FRONTEND_TAG -u POSTGRES_IMAGE -u NGINX_IMAGE -u PROMETHEUS_IMAGE REGISTRY=registry.invalid:5050/group "$@" \
-        "$WORK/deploy/${env}/current/deploy.sh" "--${env}" --print-images > "$WORK/print.log" 2>&1 || PRINT_RC=$?
+        "$WORK/deploy/${env}/current/stackship" deploy "$env" --release "$WORK/deploy/${env}/current" --print-images > "$WORK/print.log" 2>&1 || PRINT_RC=$?
 }
 
 # pin_refused FILE CMD...: CMD fails and leaves FILE as it was ($WORK/pins.before).
@@ -461,15 +461,16 @@ section_pins() {
     [[ -x "$bin" ]] || (cd "$ROOT" && cargo build --quiet -p stackship) || die "cannot build stackship"
     for env in dev prod; do
         mkdir -p "$WORK/deploy/${env}/current"
-        cp "$ROOT/scripts/deploy.sh" "$bin" "$ROOT/docker-compose.${env}.yaml" "$WORK/deploy/${env}/current/"
+        install -m 0755 "$bin" "$WORK/deploy/${env}/current/stackship"
+        cp "$ROOT/docker-compose.${env}.yaml" "$WORK/deploy/${env}/current/"
         cp -R "$repo/deploy-manifests" "$WORK/deploy/${env}/current/"
     done
     "$repo/scripts/pin-image.sh" prod frontend 20261120_aaaabbbb 2>/dev/null
     cp "$repo/deploy-manifests/prod/images.env" "$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
     local pins_file="$WORK/deploy/prod/current/deploy-manifests/prod/images.env"
     print_images prod
-    expect_eq "pins: deploy.sh --print-images succeeds" 0 "$PRINT_RC"
-    expect_eq "pins: deploy.sh deploys the pins, each with the line it came from" \
+    expect_eq "pins: stackship deploy --print-images succeeds" 0 "$PRINT_RC"
+    expect_eq "pins: stackship deploy deploys the pins, each with the line it came from" \
         "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (${pins_file}:$(grep -n '^BACKEND_TAG=' "$pins_file" | cut -d: -f1))|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (${pins_file}:$(grep -n '^FRONTEND_TAG=' "$pins_file" | cut -d: -f1))|nginx-proxy ${ngx_pin} (${pins_file}:$(grep -n '^NGINX_IMAGE=' "$pins_file" | cut -d: -f1))|postgres ${pg_pin} (${pins_file}:$(grep -n '^POSTGRES_IMAGE=' "$pins_file" | cut -d: -f1))|prometheus ${prom_pin} (${pins_file}:$(grep -n '^PROMETHEUS_IMAGE=' "$pins_file" | cut -d: -f1))" \
         "$(paste -sd'|' "$WORK/print.log")"
     # A third-party image counts only where the stack file has its service: Prometheus is prod's.

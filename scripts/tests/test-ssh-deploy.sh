@@ -267,7 +267,7 @@ run_tests() {
     check "deploy: the report shows the update to the pinned tag" \
         bash -c "[[ '$(backend_report new_image)' == *':${NEXT_TAG}@'* && '$(backend_report result)' == ok ]]"
     expect_eq "deploy: the release is in place, owned by the deploy user" "$TEST_USER" \
-        "$(stat -c %U "$ENV_DIR/current/deploy.sh" 2>/dev/null)"
+        "$(stat -c %U "$ENV_DIR/current/stackship" 2>/dev/null)"
     check "deploy: the release carries the pins" grep -qx "BACKEND_TAG=${NEXT_TAG}" "$ENV_DIR/current/deploy-manifests/dev/images.env"
     check "deploy: no upload directory is left" no_upload_left
     expect_contains "deploy: stackship deploy --from took the environment's lock" \

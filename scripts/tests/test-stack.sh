@@ -161,7 +161,7 @@ test_config_change_rolls_backend_only() {
     title="stackship e2e $(date -u +%H%M%S)"
     set_prod_title "$title"
     traffic_during "${ARTIFACTS}/rollout-traffic.txt" deploy_prod \
-        || fail "deploy.sh --prod failed after the config change"
+        || fail "stackship deploy prod failed after the config change"
     after_config="$(backend_config_name)"
     after_tasks="$(all_running_tasks "$PROD_STACK")"
     [[ "$after_config" != "$before_config" ]] || fail "backend config name unchanged (${after_config})"
@@ -188,7 +188,7 @@ test_config_change_rolls_backend_only() {
 test_noop_redeploy_restarts_nothing() {
     local before after
     before="$(all_running_tasks "$PROD_STACK")"
-    deploy_prod || fail "deploy.sh --prod failed"
+    deploy_prod || fail "stackship deploy prod failed"
     after="$(all_running_tasks "$PROD_STACK")"
     [[ "$before" == "$after" ]] || fail "tasks changed: ${before} -> ${after}"
 }
@@ -201,7 +201,7 @@ test_unhealthy_image_rolls_back() {
     started=$SECONDS
     deploy_prod BACKEND_TAG="$bad" > "$out" 2>&1 || rc=$?
     log "deploy of an unhealthy image: exit ${rc} after $((SECONDS - started))s"
-    ((rc != 0)) || fail "deploy.sh exited 0 with a backend that never turns healthy"
+    ((rc != 0)) || fail "stackship deploy exited 0 with a backend that never turns healthy"
     assert_rolled_back_to_tag "$out"
     grep -q "rolled back" "$out" || fail "the deploy output does not say the backend was rolled back"
     rm -f "$out"
@@ -212,7 +212,7 @@ test_crash_at_start_rolls_back() {
     out="$(mktemp)"
     bad="$(push_variant crash 'CMD ["/bin/sh", "-c", "echo fatal: cannot start >&2; exit 1"]')"
     deploy_prod BACKEND_TAG="$bad" > "$out" 2>&1 || rc=$?
-    ((rc != 0)) || fail "deploy.sh exited 0 with a backend that exits 1 at start"
+    ((rc != 0)) || fail "stackship deploy exited 0 with a backend that exits 1 at start"
     assert_rolled_back_to_tag "$out"
     grep -q "non-zero exit (1)" "$out" || fail "the task error (non-zero exit (1)) is not in the deploy output"
     grep -q "fatal: cannot start" "$out" || fail "the failed task's log line is not in the deploy output"
@@ -227,7 +227,7 @@ test_wrong_db_password_rolls_back() {
     sed -i 's#^password_file = .*#password = "not-the-database-password"#' "$(prod_config)"
     grep -q '^password = "not-the-database-password"' "$(prod_config)" || fail "could not set a wrong password"
     deploy_prod > "$out" 2>&1 || rc=$?
-    ((rc != 0)) || fail "deploy.sh exited 0 with a backend that cannot log in to its database"
+    ((rc != 0)) || fail "stackship deploy exited 0 with a backend that cannot log in to its database"
     assert_rolled_back_to_tag "$out"
     grep -q "password authentication failed" "$out" || fail "the deploy output does not say why (password authentication failed): $(grep -A12 -- "--- backend failed" "$out")"
     if grep -q "not-the-database-password" "$out"; then fail "the password appears in the deploy output"; fi
@@ -256,7 +256,7 @@ test_failing_migration_rolls_back() {
     done
     prod_psql "UPDATE _sqlx_migrations SET checksum = decode('${checksum}', 'hex') WHERE version = ${version}" >/dev/null
     wait "$pid" || rc=$?
-    ((rc != 0)) || fail "deploy.sh exited 0 with a backend whose migration fails"
+    ((rc != 0)) || fail "stackship deploy exited 0 with a backend whose migration fails"
     assert_rolled_back_to_tag "$out"
     grep -q "previously applied but has been modified" "$out" || fail "the deploy output does not say the migration failed: $(grep -A12 -- "--- backend failed" "$out")"
     [[ "$(curl_env prod -f https://localhost/api/service/info | json title)" == stackship ]] \

@@ -373,7 +373,7 @@ pub fn db_password_secret(client: &Client<'_>, request: &Request) -> Result<Stri
         None => refused(
             Stage::Validate,
             format!(
-                "no database password secret {prefix}<N> exists: create it with scripts/secret.sh init db-password {} (secret.sh in the release directory)",
+                "no database password secret {prefix}<N> exists: create it with scripts/server/secret.sh init db-password {} (secret.sh in the release directory)",
                 request.env
             ),
         ),
@@ -404,7 +404,7 @@ pub fn check_externals(
         refused(
             Stage::Validate,
             format!(
-                "missing swarm objects: {} (create secrets with scripts/secret.sh, see its --help)",
+                "missing swarm objects: {} (create secrets with scripts/server/secret.sh, see its --help)",
                 missing.join(", ")
             ),
         )
