@@ -421,6 +421,9 @@ mod tests {
   old_form:
     external:
       name: legacy-name
+  unnamed:
+    external: true
+    name: ''
   with_file:
     name: ${F}
     file: f
@@ -440,6 +443,7 @@ mod tests {
                 ("by_key", Some("by_key")),
                 ("named", Some("${DB_SECRET}")),
                 ("old_form", Some("legacy-name")),
+                ("unnamed", Some("unnamed")),
                 ("env", None),
             ]
         );

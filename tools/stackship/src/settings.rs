@@ -776,6 +776,12 @@ mod tests {
         let mut f = fixture("REGISTRY=r\nIMAGE_TAG=from-file\n", &pins());
         let s = load(&f).unwrap();
         assert_eq!(s.stack_variables["BACKEND_TAG"], "from-file");
+        // An empty --tag (an unset CI variable) gives no tag.
+        f.inputs.tag = Some(String::new());
+        assert_eq!(
+            load(&f).unwrap().stack_variables["BACKEND_TAG"],
+            "from-file"
+        );
         f.inputs.tag = Some("from-flag".into());
         let s = load(&f).unwrap();
         assert_eq!(s.stack_variables["BACKEND_TAG"], "from-flag");
@@ -1107,8 +1113,16 @@ mod tests {
         assert!(!is_digest_reference(&format!("@{DIGEST}")));
         assert!(!is_digest_reference(&format!("-x@{DIGEST}")));
         assert!(!is_digest_reference("x@sha256:ABCD"));
+        // A digest is exactly 64 lower-case hex digits.
+        assert!(!is_digest_reference("x@sha256:abcd"));
+        assert!(!is_digest_reference(&format!(
+            "x@sha256:{}",
+            "g".repeat(64)
+        )));
+        assert!(!is_valid_tag(&format!("t@sha256:{}", "1".repeat(63))));
         assert!(is_valid_registry("registry.gitlab.example:5050/group"));
         assert!(is_valid_registry("127.0.0.1:5000"));
+        assert!(is_valid_registry("h:5000/team-2/app_1.x"));
         assert!(!is_valid_registry(""));
         assert!(!is_valid_registry("h:"));
         assert!(!is_valid_registry("h:p0rt"));
