@@ -3,7 +3,7 @@
 # pipeline does on the manager, replacing whatever a previous copy left there:
 #   <dest>/current/{stackship, config-hasher, rollout-watcher, secret.sh,
 #                   docker-compose.<env>.yaml, deploy-manifests/<env>/,
-#                   the day-2 scripts rollback.sh, db-backup.sh, db-restore.sh, db-tunnel.sh
+#                   the day-2 scripts db-backup.sh, db-restore.sh, db-tunnel.sh
 #                   and ops-lib.sh, which they source}
 # <dest> defaults to /data/stackship/deploy/<env>; its deploy.env, lock and history are not
 # touched (nor secrets/, the source files of file-backed secrets), nor is any other
@@ -57,7 +57,7 @@ main() {
     mkdir -p "$staging/deploy-manifests"
     install -m 0755 "$root/scripts/server/secret.sh" "$staging/secret.sh"
     install -m 0644 "$root/scripts/server/ops-lib.sh" "$staging/ops-lib.sh"
-    for tool in rollback.sh db-backup.sh db-restore.sh db-tunnel.sh; do
+    for tool in db-backup.sh db-restore.sh db-tunnel.sh; do
         install -m 0755 "$root/scripts/server/${tool}" "$staging/${tool}"
     done
     install -m 0755 "$bin_dir/config-hasher" "$staging/config-hasher"

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by the day-2 scripts that run on a Swarm manager (rollback.sh, db-backup.sh,
+# Shared by the day-2 scripts that run on a Swarm manager (db-backup.sh,
 # db-restore.sh, db-tunnel.sh, secret.sh): logging, an environment's stack and directory, what
 # the running services use, and one-off helper tasks on the stack's network. The copy step
 # ships this file beside stackship in <env dir>/current/, so it needs nothing from the

@@ -166,9 +166,9 @@ print_known_hosts() {
 main() {
     parse_args "$@"
     require_root
-    # The deploy itself is stackship (static, no runtime dependency); flock(1) is for the
-    # shell steps that share its lock, python3 for rollback.sh until it moves into stackship.
-    apt_install openssh-server openssh-client rsync util-linux openssl python3
+    # Deploys and rollbacks are stackship (static, no runtime dependency); flock(1) is for the
+    # shell steps that share its lock (secret.sh, db-*.sh), openssl for secret.sh's passwords.
+    apt_install openssh-server openssh-client rsync util-linux openssl
     ensure_docker
     ensure_swarm_here
     ensure_user

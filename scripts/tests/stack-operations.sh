@@ -122,6 +122,9 @@ prod_title() { curl_env prod -f https://localhost/api/service/info | json title;
 
 backend_image() { docker service inspect "${PROD_STACK}_backend" --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}'; }
 
+# rollback_prod ARGS...: the release's stackship rollback, as an operator runs it on the manager.
+rollback_prod() { "${PROD_DIR}/current/stackship" --root "$(dirname "$PROD_DIR")" rollback prod "$@"; }
+
 test_rollback_returns_to_earlier_deploy() {
     local stamp next a_config a_image b_config out traffic rc=0 listing
     stamp="$(date -u +%H%M%S)"
@@ -139,13 +142,13 @@ test_rollback_returns_to_earlier_deploy() {
     [[ "$b_config" != "$a_config" ]] || fail "deploy B has A's config name"
     [[ "$(prod_version)" == "$next" && "$(prod_title)" == "rollback B ${stamp}" ]] || fail "deploy B does not answer as B"
     # The shipped copy in the release directory, as an operator runs it on the manager.
-    listing="$("${PROD_DIR}/current/rollback.sh" prod --list 2>&1)" || fail "rollback.sh --list failed: ${listing}"
+    listing="$(rollback_prod --list 2>&1)" || fail "stackship rollback --list failed: ${listing}"
     grep -q "(default rollback target)" <<<"$listing" || fail "--list marks no default target"
     rc=0
-    "${PROD_DIR}/current/rollback.sh" prod --to no-such-deploy > "$out" 2>&1 && fail "--to an unknown deploy succeeded"
+    rollback_prod --to no-such-deploy > "$out" 2>&1 && fail "--to an unknown deploy succeeded"
     grep -q "no-such-deploy.*no such record" "$out" || fail "--to an unknown deploy: no clear error: $(tail -n 3 "$out")"
-    traffic_during "$traffic" "${PROD_DIR}/current/rollback.sh" prod > "$out" 2>&1 || rc=$?
-    ((rc == 0)) || fail "rollback.sh prod failed (exit ${rc}): $(tail -n 30 "$out")"
+    traffic_during "$traffic" rollback_prod > "$out" 2>&1 || rc=$?
+    ((rc == 0)) || fail "stackship rollback prod failed (exit ${rc}): $(tail -n 30 "$out")"
     grep -q "rollout of ${PROD_STACK} complete" "$out" || fail "the rollback did not go through stackship deploy's watched rollout"
     [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)', expected A's ${TAG}"
     [[ "$(prod_title)" == "rollback A ${stamp}" ]] || fail "after the rollback the title is '$(prod_title)', expected A's"
@@ -154,7 +157,7 @@ test_rollback_returns_to_earlier_deploy() {
     no_failed_requests "$traffic"
     [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.rollback.*')" ]] || fail "the rollback left its working copy behind"
     # The rollback is a deploy of its own: it is recorded, and the default target is now B.
-    listing="$("${PROD_DIR}/current/rollback.sh" prod --list 2>/dev/null | grep -A1 '(default rollback target)' || true)"
+    listing="$(rollback_prod --list 2>/dev/null | grep -A1 '(default rollback target)' || true)"
     grep -q "backend=backend:${next}" <<<"$listing" || fail "after the rollback the default target is not B: ${listing}"
     rm -f "$out" "$traffic"
     restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
@@ -229,17 +232,17 @@ test_rollback_refusals_change_nothing() {
     missing="$(fake_record 00000000T000002.000Z-e2e 'r["services"]["backend"]["image"] = r["services"]["backend"]["image"].split("@")[0] + "@sha256:" + "0" * 64')" \
         || { rm -f "$pruned"; fail "no fake record"; }
     rc=0
-    "$(repo_root)/scripts/server/rollback.sh" prod --to 00000000T000001 > "$out" 2>&1 || rc=$?
+    rollback_prod --to 00000000T000001 > "$out" 2>&1 || rc=$?
     ((rc != 0)) || { rm -f "$pruned" "$missing"; fail "a rollback to a record whose config was pruned succeeded"; }
     grep -q "prod_backend_config_000000000000 were pruned" "$out" || { rm -f "$pruned" "$missing"; fail "no clear refusal: $(tail -n 3 "$out")"; }
-    "$(repo_root)/scripts/server/rollback.sh" prod --list 2>/dev/null | grep -q '^00000000T000001.000Z-e2e (configs pruned: cannot be restored)' \
+    rollback_prod --list 2>/dev/null | grep -q '^00000000T000001.000Z-e2e (configs pruned: cannot be restored)' \
         || { rm -f "$pruned" "$missing"; fail "--list does not mark the record whose configs were pruned"; }
     rc=0
-    "$(repo_root)/scripts/server/rollback.sh" prod --to 00000000T000002 > "$out" 2>&1 || rc=$?
+    rollback_prod --to 00000000T000002 > "$out" 2>&1 || rc=$?
     rm -f "$pruned" "$missing"
     ((rc != 0)) || fail "a rollback to an image that does not exist succeeded"
     grep -q "cannot pull .*backend.*@sha256:0000" "$out" || fail "stackship deploy's reason is not in the output: $(tail -n 5 "$out")"
-    grep -q "the rollback of ${PROD_STACK} FAILED" "$out" || fail "rollback.sh does not say the rollback failed: $(tail -n 3 "$out")"
+    grep -q "the rollback of ${PROD_STACK} FAILED" "$out" || fail "stackship rollback does not say the rollback failed: $(tail -n 3 "$out")"
     [[ "$(all_running_tasks "$PROD_STACK") $(backend_image) $(backend_config_name)" == "$before" ]] || fail "a refused rollback changed prod"
     [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.rollback.*')" ]] || fail "a refused rollback left its working copy behind"
     rm -f "$out"

@@ -349,7 +349,8 @@ test_copy_step_touches_one_environment() {
     [[ "$before" == "$after" ]] || fail "the prod copy step changed files of dev"
     [[ -x "${PROD_DIR}/current/rollout-watcher" && -x "${PROD_DIR}/current/config-hasher" ]] || fail "tools missing from the prod release"
     local tool
-    for tool in rollback.sh db-backup.sh db-restore.sh db-tunnel.sh; do
+    "${PROD_DIR}/current/stackship" rollback --help > /dev/null || fail "stackship rollback --help failed"
+    for tool in db-backup.sh db-restore.sh db-tunnel.sh; do
         [[ -x "${PROD_DIR}/current/${tool}" ]] || fail "${tool} missing from the prod release"
         # Each runs from the release alone: ops-lib.sh beside it, nothing from the repository.
         "${PROD_DIR}/current/${tool}" --help > /dev/null || fail "${PROD_DIR}/current/${tool} --help failed"

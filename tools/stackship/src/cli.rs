@@ -89,6 +89,21 @@ pub enum Command {
     /// Releases on the manager.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Return the environment to an earlier deploy: its images (by digest) and configs, deployed
+    /// and watched like any release (secrets, the database and services added since stay).
+    Rollback {
+        env: String,
+        /// The record to return to: an id from --list or a unique prefix of one (default: the
+        /// newest deploy whose images or configs differ from the last one).
+        #[arg(long, value_name = "ID")]
+        to: Option<String>,
+        /// The deploy records, newest first, and which can be restored (changes nothing).
+        #[arg(long, conflicts_with_all = ["to", "dry_run"])]
+        list: bool,
+        /// Show what would be deployed; deploy nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The deploy records of an environment, newest first.
     History {
         env: String,
@@ -270,6 +285,7 @@ fn deploy_command(
         data_root: PathBuf::from(deploy::DATA_ROOT),
         install: from.map(|from| deploy::Install { from, secrets }),
         allow_older,
+        lock_held_here: false,
     };
     if print_images {
         let (_, settings) =
@@ -366,6 +382,38 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
                 client,
                 out,
             )
+        }
+        Command::Rollback {
+            env,
+            to,
+            list,
+            dry_run,
+        } => {
+            let dir = env_dir(&cli.root, &env)?;
+            if list {
+                let text = crate::commands::rollback::listing(client, &dir.dir)?;
+                write_out(out, &text)?;
+                return Ok(Outcome::Done);
+            }
+            let process_env: BTreeMap<String, String> = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect();
+            let request = crate::commands::rollback::Request {
+                env_dir: dir.dir.clone(),
+                env,
+                want: to,
+                dry_run,
+                owner: owner(&process_env),
+                process_env,
+            };
+            let (outcome, summary) = crate::commands::rollback::rollback(
+                client,
+                &deploy::WatcherRollout,
+                &request,
+                &mut std::io::stderr(),
+            )?;
+            write_out(out, &summary)?;
+            Ok(outcome)
         }
         Command::Release(ReleaseCommand::Install {
             env,

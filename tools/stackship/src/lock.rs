@@ -145,6 +145,16 @@ impl DeployLock {
         })
     }
 
+    /// The lock this process already holds through another [`DeployLock`] (a rollback that
+    /// runs a deploy under its own lock): a token for the deploy's stages, releasing nothing.
+    pub fn held_here(env_dir: &Path) -> Self {
+        Self {
+            _file: None,
+            owner_path: env_dir.join("deploy.lock.owner"),
+            waited_for: None,
+        }
+    }
+
     /// Where the holder is described.
     pub fn owner_path(&self) -> &Path {
         &self.owner_path

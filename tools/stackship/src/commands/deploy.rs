@@ -121,6 +121,8 @@ pub struct Request {
     pub install: Option<Install>,
     /// Deploy a commit older than the running one (`--allow-older`).
     pub allow_older: bool,
+    /// This process already holds the environment's lock (a rollback deploying under it).
+    pub lock_held_here: bool,
 }
 
 /// An uploaded release to swap in before the deploy.
@@ -516,6 +518,7 @@ pub fn prepare(
         None => format!("{} deploy", request.env),
     };
     let lock = match request.env_var("STACKSHIP_DEPLOY_LOCK_FD") {
+        _ if request.lock_held_here => DeployLock::held_here(&env_dir),
         // A caller that swapped this release in under the lock passes it down.
         Some(fd) => {
             let lock = DeployLock::inherited(&env_dir, fd).at(Stage::Lock)?;
@@ -1245,7 +1248,7 @@ fn has_detach_flag(client: &Client<'_>) -> bool {
 const STACK_DEPLOY_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// One progress line: time, `[stackship]`, the message.
-fn progress_line(out: &mut dyn std::io::Write, message: &str) {
+pub fn progress_line(out: &mut dyn std::io::Write, message: &str) {
     let _ = writeln!(
         out,
         "{} [stackship] {message}",
@@ -1420,6 +1423,7 @@ mod tests {
             data_root: root.path().join("data"),
             install: None,
             allow_older: false,
+            lock_held_here: false,
         };
         Fixture {
             _root: root,
@@ -1678,6 +1682,7 @@ mod tests {
             data_root: PathBuf::from("/nonexistent"),
             install: None,
             allow_older: false,
+            lock_held_here: false,
         };
         assert_eq!(r.stack(), "stackship-review-42");
         assert_eq!(
@@ -2226,6 +2231,7 @@ mod tests {
             data_root: root.path().join("data"),
             install: None,
             allow_older: false,
+            lock_held_here: false,
         };
         let fake = FakeEngine::new();
         fake.answer(
@@ -2467,5 +2473,163 @@ mod tests {
         );
         assert!(f.request.release.join("kept").is_dir());
         assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn a_rollback_deploys_a_copy_with_the_recorded_images_and_configs() {
+        use base64::Engine;
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        with_data_dir(&f);
+        let config = f
+            .request
+            .release
+            .join("deploy-manifests/prod/backend/config.toml");
+        // The name the old content had, and the one the installed release has.
+        std::fs::write(&config, "title = \"old\"\n").unwrap();
+        let old_name = read(&f.request).unwrap().content_names["PROD_BACKEND_CONFIG"].clone();
+        std::fs::write(&config, "title = \"x\"\n").unwrap();
+        let new_name = read(&f.request).unwrap().content_names["PROD_BACKEND_CONFIG"].clone();
+        assert_ne!(old_name, new_name);
+        let history = f.request.env_dir().join("history");
+        for (id, tag, name, commit) in [
+            ("20261201T000000.000Z", "old", &old_name, "aaaaaaaa"),
+            (
+                "20261202T000000.000Z",
+                "20261206_aaaaaaaa",
+                &new_name,
+                "bbbbbbbb",
+            ),
+        ] {
+            let record = rollout_watcher::history::DeployRecord {
+                id: id.into(),
+                stack: "stackship-prod".into(),
+                commit: Some(commit.into()),
+                ancestors: if commit == "bbbbbbbb" {
+                    vec!["aaaaaaaa".into()]
+                } else {
+                    vec![]
+                },
+                services: [
+                    (
+                        "backend".to_owned(),
+                        rollout_watcher::history::ServiceRecord {
+                            image: format!("127.0.0.1:5000/stackship/backend:{tag}@{DIGEST}"),
+                            configs: vec![name.clone()],
+                            ..Default::default()
+                        },
+                    ),
+                    (
+                        "postgres".to_owned(),
+                        rollout_watcher::history::ServiceRecord {
+                            image: format!("postgres:15@{DIGEST}"),
+                            ..Default::default()
+                        },
+                    ),
+                ]
+                .into(),
+                ..Default::default()
+            };
+            rollout_watcher::history::write(&history, &record).unwrap();
+        }
+        let fake = swarm_engine();
+        fake.answer(&["config", "ls"], &format!("{old_name}\n{new_name}\n"));
+        let data = base64::engine::general_purpose::STANDARD.encode("title = \"old\"\n");
+        fake.answer(&["config", "inspect", &old_name], &format!("\"{data}\"\n"));
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let request = crate::commands::rollback::Request {
+            env_dir: f.request.env_dir(),
+            env: "prod".into(),
+            want: None,
+            dry_run: false,
+            process_env: BTreeMap::new(),
+            owner: "test".into(),
+        };
+        let mut progress = Vec::new();
+        let (outcome, _) = crate::commands::rollback::rollback(
+            &Client::new(&fake),
+            &rollout,
+            &request,
+            &mut progress,
+        )
+        .unwrap();
+        let progress = String::from_utf8(progress).unwrap();
+        assert_eq!(outcome, Outcome::Done, "{progress}");
+        assert!(
+            progress.contains("rolling stackship-prod back to deploy 20261201T000000.000Z"),
+            "{progress}"
+        );
+        assert!(
+            progress.contains(&format!(
+                "config: deploy-manifests/prod/backend/config.toml <- {old_name}"
+            )),
+            "{progress}"
+        );
+        assert!(
+            progress.contains("stackship-prod rolled back to deploy 20261201T000000.000Z"),
+            "{progress}"
+        );
+        let deploy_call = fake
+            .calls()
+            .into_iter()
+            .find(|c| {
+                c.args
+                    .starts_with(&["stack".to_owned(), "deploy".to_owned()])
+                    && c.args.len() > 3
+            })
+            .unwrap();
+        let env: BTreeMap<String, String> = deploy_call.env.iter().cloned().collect();
+        assert_eq!(env["BACKEND_TAG"], format!("old@{DIGEST}"));
+        assert_eq!(env["PROD_BACKEND_CONFIG"], old_name);
+        // The record names the commit returned to; the working copy is gone; current/ is as it was.
+        assert!(
+            rollout
+                .steps
+                .borrow()
+                .iter()
+                .any(|s| s == "record stackship-prod commit=aaaaaaaa ancestors="),
+            "{:?}",
+            rollout.steps.borrow()
+        );
+        assert!(std::fs::read_dir(f.request.env_dir()).unwrap().all(|e| {
+            !e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".rollback")
+        }));
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), "title = \"x\"\n");
+        // A dry run and --list change nothing.
+        let before = fake.writes().len();
+        let dry = crate::commands::rollback::Request {
+            dry_run: true,
+            ..request.clone()
+        };
+        crate::commands::rollback::rollback(&Client::new(&fake), &rollout, &dry, &mut Vec::new())
+            .unwrap();
+        assert_eq!(fake.writes().len(), before);
+        let listing =
+            crate::commands::rollback::listing(&Client::new(&fake), &f.request.env_dir()).unwrap();
+        assert!(
+            listing.starts_with("20261202T000000.000Z (last deploy)\n"),
+            "{listing}"
+        );
+        // A config that cannot be read back refuses the rollback before the deploy.
+        let gone = swarm_engine();
+        gone.answer(&["config", "ls"], &format!("{old_name}\n{new_name}\n"));
+        let e = crate::commands::rollback::rollback(
+            &Client::new(&gone),
+            &rollout,
+            &request,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("config {old_name} cannot be read")),
+            "{e}"
+        );
+        assert!(gone.writes().is_empty());
     }
 }

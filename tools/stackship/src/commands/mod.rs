@@ -2,4 +2,5 @@
 
 pub mod deploy;
 pub mod history;
+pub mod rollback;
 pub mod status;
