@@ -186,11 +186,18 @@ test_config_change_rolls_backend_only() {
 }
 
 test_noop_redeploy_restarts_nothing() {
-    local before after
+    local before after out records
+    out="$(mktemp)"
+    # The same release twice: the second deploy changes nothing and records nothing.
+    deploy_prod > "$out" 2>&1 || fail "stackship deploy prod failed: $(tail -n 20 "$out")"
     before="$(all_running_tasks "$PROD_STACK")"
-    deploy_prod || fail "stackship deploy prod failed"
+    records="$(find "${PROD_DIR}/history" -name '*.json' | wc -l)"
+    deploy_prod > "$out" 2>&1 || fail "stackship deploy prod failed: $(tail -n 20 "$out")"
     after="$(all_running_tasks "$PROD_STACK")"
     [[ "$before" == "$after" ]] || fail "tasks changed: ${before} -> ${after}"
+    grep -q "nothing changed since deploy .*: no new record" "$out" || fail "a no-op deploy does not say it changed nothing: $(tail -n 5 "$out")"
+    [[ "$(find "${PROD_DIR}/history" -name '*.json' | wc -l)" == "$records" ]] || fail "a no-op deploy added a deploy record"
+    rm -f "$out"
 }
 
 test_unhealthy_image_rolls_back() {

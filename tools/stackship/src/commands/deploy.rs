@@ -1133,16 +1133,35 @@ pub trait Rollout {
         report_file: &Path,
         progress: &mut dyn std::io::Write,
     ) -> Result<Watched, String>;
-    /// Writes the deploy record of what runs now; returns its path.
+    /// Writes the deploy record of what runs now, unless it is the last record again.
     fn record(
         &self,
         stack: &str,
         history: &Path,
         provenance: &Provenance,
-    ) -> Result<PathBuf, String>;
+    ) -> Result<Recorded, String>;
     /// Removes the stack's configs and secrets that neither the current or previous specs nor
     /// the last `keep` records use; returns one line per object removed or kept by an error.
     fn prune(&self, stack: &str, history: &Path, keep: usize) -> Result<Vec<String>, String>;
+}
+
+/// What [`Rollout::record`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new record, at this path.
+    Written(PathBuf),
+    /// Nothing changed since this record (same services, specs and commit): none added, so a
+    /// no-op deploy does not push a real release out of the prune's window.
+    Unchanged(String),
+}
+
+/// Whether `new` records the same release as `last`: every service's image, configs, secrets
+/// and spec, and the commit.
+pub fn same_release(
+    last: &rollout_watcher::history::DeployRecord,
+    new: &rollout_watcher::history::DeployRecord,
+) -> bool {
+    last.stack == new.stack && last.commit == new.commit && last.services == new.services
 }
 
 /// What a watch report means for the environment: every service ok — done; every failed
@@ -1200,7 +1219,7 @@ impl Rollout for WatcherRollout {
         stack: &str,
         history: &Path,
         provenance: &Provenance,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<Recorded, String> {
         let services: Vec<_> = rollout_watcher::docker::stack_services(stack)
             .map_err(|e| format!("{e:#}"))?
             .into_iter()
@@ -1211,7 +1230,13 @@ impl Rollout for WatcherRollout {
         record.commit = provenance.commit.clone();
         record.pipeline = provenance.pipeline.clone();
         record.ancestors = provenance.ancestors.clone();
-        rollout_watcher::history::write(history, &record).map_err(|e| format!("{e:#}"))
+        let records = rollout_watcher::history::read_all(history).map_err(|e| format!("{e:#}"))?;
+        if let Some(last) = records.last().filter(|last| same_release(last, &record)) {
+            return Ok(Recorded::Unchanged(last.id.clone()));
+        }
+        rollout_watcher::history::write(history, &record)
+            .map(Recorded::Written)
+            .map_err(|e| format!("{e:#}"))
     }
 
     fn prune(&self, stack: &str, history: &Path, keep: usize) -> Result<Vec<String>, String> {
@@ -1345,8 +1370,12 @@ pub fn deploy(
     }
     say(&format!("rollout of {stack} complete"));
     let recorded = match rollout.record(&stack, &env_dir.join("history"), &prepared.provenance) {
-        Ok(path) => {
+        Ok(Recorded::Written(path)) => {
             say(&format!("deploy recorded in {}", path.display()));
+            true
+        }
+        Ok(Recorded::Unchanged(id)) => {
+            say(&format!("nothing changed since deploy {id}: no new record"));
             true
         }
         // The release runs; without its record a rollback, drift and the prune know less.
@@ -1927,13 +1956,13 @@ mod tests {
             stack: &str,
             _history: &Path,
             provenance: &Provenance,
-        ) -> Result<PathBuf, String> {
+        ) -> Result<Recorded, String> {
             self.steps.borrow_mut().push(format!(
                 "record {stack} commit={} ancestors={}",
                 provenance.commit.clone().unwrap_or_default(),
                 provenance.ancestors.join(",")
             ));
-            Ok(PathBuf::from("/h/1.json"))
+            Ok(Recorded::Written(PathBuf::from("/h/1.json")))
         }
         fn prune(&self, stack: &str, _history: &Path, keep: usize) -> Result<Vec<String>, String> {
             self.steps
@@ -2631,5 +2660,46 @@ mod tests {
             "{e}"
         );
         assert!(gone.writes().is_empty());
+    }
+
+    #[test]
+    fn the_same_release_again_is_not_a_new_record() {
+        use rollout_watcher::history::{DeployRecord, ServiceRecord};
+        let record = |commit: &str, image: &str, spec: serde_json::Value| DeployRecord {
+            id: "x".into(),
+            stack: "stackship-prod".into(),
+            commit: Some(commit.into()),
+            services: [(
+                "backend".to_owned(),
+                ServiceRecord {
+                    image: image.into(),
+                    configs: vec!["c_1".into()],
+                    secrets: vec!["s_1".into()],
+                    spec: Some(spec),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let a = record("aaaaaaa", "i:1", serde_json::json!({"Env": []}));
+        let mut again = a.clone();
+        again.id = "y".into();
+        again.pipeline = Some("another pipeline".into());
+        assert!(same_release(&a, &again));
+        assert!(!same_release(
+            &a,
+            &record("bbbbbbb", "i:1", serde_json::json!({"Env": []}))
+        ));
+        assert!(!same_release(
+            &a,
+            &record("aaaaaaa", "i:2", serde_json::json!({"Env": []}))
+        ));
+        assert!(!same_release(
+            &a,
+            &record("aaaaaaa", "i:1", serde_json::json!({"Env": ["X=1"]}))
+        ));
+        let mut other_stack = a.clone();
+        other_stack.stack = "stackship-dev".into();
+        assert!(!same_release(&a, &other_stack));
     }
 }
