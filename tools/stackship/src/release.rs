@@ -63,9 +63,12 @@ pub fn check_location(env_dir: &Path, from: &Path) -> Result<(), Error> {
     };
     let dir = canonical(env_dir)?;
     let from_c = canonical(from)?;
-    if from_c == dir || from_c == dir.join("current") || !from_c.starts_with(&dir) {
+    let inside_a_release = ["current", "current.old"]
+        .iter()
+        .any(|r| from_c.starts_with(dir.join(r)));
+    if from_c == dir || inside_a_release || !from_c.starts_with(&dir) {
         return Err(Error::Refused(format!(
-            "the release {} must be a new directory inside {} (the swap renames it to current/)",
+            "the release {} must be a new directory inside {}, not current/ or current.old/ (the swap renames it to current/)",
             from.display(),
             env_dir.display()
         )));
@@ -196,6 +199,128 @@ pub fn swap(env_dir: &Path, from: &Path, _lock: &DeployLock) -> Result<PathBuf, 
     // The new release is in; a leftover old tree is removed by the next install.
     let _ = remove_tree(&old);
     Ok(current)
+}
+
+/// An install not yet deployed: the previous release waits in `current.old/` and the previous
+/// TLS pair in `secrets/.<name>.prev`. [`Pending::commit`] drops them once the deploy begins;
+/// dropping the guard before that (a refusal, a failed pull, an error) puts them back, so a
+/// release that was not deployed never stays installed.
+#[derive(Debug)]
+pub struct Pending {
+    env_dir: PathBuf,
+    had_release: bool,
+    /// Whether the new release was renamed to `current/` (only then is there one to undo).
+    swapped: bool,
+    /// Live secret files and whether each had a previous version backed up.
+    secrets: Vec<(PathBuf, bool)>,
+    committed: bool,
+}
+
+fn prev_of(live: &Path) -> PathBuf {
+    let name = live.file_name().unwrap_or_default().to_string_lossy();
+    live.with_file_name(format!(".{name}.prev"))
+}
+
+impl Pending {
+    /// The deploy begins: the previous release and TLS pair are not needed any more.
+    pub fn commit(mut self) {
+        self.committed = true;
+        let _ = remove_tree(&self.env_dir.join("current.old"));
+        for (live, had) in &self.secrets {
+            if *had {
+                let _ = fs::remove_file(prev_of(live));
+            }
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let current = self.env_dir.join("current");
+        let old = self.env_dir.join("current.old");
+        // A release that was not deployed does not stay installed (the first one neither).
+        if self.swapped {
+            let _ = remove_tree(&current);
+        }
+        if self.had_release {
+            let _ = fs::rename(&old, &current);
+        }
+        for (live, had) in &self.secrets {
+            if *had {
+                let _ = fs::rename(prev_of(live), live);
+            } else {
+                let _ = fs::remove_file(live);
+            }
+        }
+    }
+}
+
+/// Installs an upload under the held lock: the TLS pair from `secrets` (if any, see
+/// [`install_secrets`]) and the release `from` as `current/` (checked with [`check_location`]),
+/// keeping the previous ones until the returned guard is committed.
+pub fn install(
+    env_dir: &Path,
+    from: &Path,
+    secrets: Option<&Path>,
+    lock: &DeployLock,
+) -> Result<(Pending, Vec<String>), Error> {
+    check_location(env_dir, from)?;
+    let mut pending = Pending {
+        env_dir: env_dir.to_owned(),
+        had_release: false,
+        swapped: false,
+        secrets: Vec::new(),
+        committed: false,
+    };
+    let mut names = Vec::new();
+    if let Some(upload) = secrets {
+        let dir = env_dir.join("secrets");
+        // Back up the live pair first: a refusal puts it back.
+        if uploaded_pair(upload)?.is_some() {
+            for name in UPLOADED_SECRETS {
+                let live = dir.join(name);
+                let had = live.exists();
+                if had {
+                    fs::rename(&live, prev_of(&live))
+                        .map_err(Error::io(format!("cannot keep {} aside", live.display())))?;
+                }
+                pending.secrets.push((live, had));
+            }
+        }
+        names = install_secrets(upload, env_dir, lock)?;
+    }
+    let current = env_dir.join("current");
+    let old = env_dir.join("current.old");
+    remove_tree(&old)?;
+    if fs::symlink_metadata(&current).is_ok() {
+        fs::rename(&current, &old).map_err(Error::io(format!(
+            "cannot move {} aside",
+            current.display()
+        )))?;
+        pending.had_release = true;
+    }
+    fs::rename(from, &current).map_err(Error::io(format!(
+        "cannot rename {} to {}",
+        from.display(),
+        current.display()
+    )))?;
+    pending.swapped = true;
+    Ok((pending, names))
+}
+
+/// Whether `upload` holds secret files to install (checked as [`install_secrets`] does).
+fn uploaded_pair(upload: &Path) -> Result<Option<()>, Error> {
+    if !upload.is_dir() {
+        return Ok(None);
+    }
+    let any = fs::read_dir(upload)
+        .map_err(Error::io(format!("cannot list {}", upload.display())))?
+        .next()
+        .is_some();
+    Ok(any.then_some(()))
 }
 
 fn remove_tree(path: &Path) -> Result<(), Error> {

@@ -476,6 +476,8 @@ pub struct Prepared {
     pub db_node: Option<String>,
     /// The commit deployed, for the record.
     pub provenance: Provenance,
+    /// `--from`: the install, undone unless the deploy stage begins.
+    pub pending: Option<crate::release::Pending>,
 }
 
 /// The deploy's first stages — read, lock, validate — returning what the later ones need.
@@ -548,9 +550,10 @@ pub fn prepare(
         Ok(line) => progress(&line),
         Err(why) => return refused(Stage::Validate, why),
     }
-    if let Some(install) = &request.install {
-        install_release(request, install, &lock, progress)?;
-    }
+    let pending = match &request.install {
+        Some(install) => Some(install_release(request, install, &lock, progress)?),
+        None => None,
+    };
     let release = read(request)?;
     let names: Vec<String> = release
         .content_names
@@ -596,6 +599,7 @@ pub fn prepare(
         vars,
         db_node,
         provenance,
+        pending,
     })
 }
 
@@ -606,22 +610,23 @@ fn install_release(
     install: &Install,
     lock: &DeployLock,
     progress: Progress<'_>,
-) -> Result<(), DeployError> {
+) -> Result<crate::release::Pending, DeployError> {
     let env_dir = request.env_dir();
-    crate::release::check_location(&env_dir, &install.from).at(Stage::Install)?;
-    if let Some(secrets) = &install.secrets {
-        let names = crate::release::install_secrets(secrets, &env_dir, lock).at(Stage::Install)?;
-        if !names.is_empty() {
-            progress(&format!(
-                "installed {} from the upload in {}",
-                names.join(" and "),
-                env_dir.join("secrets").display()
-            ));
-        }
+    let (pending, names) =
+        crate::release::install(&env_dir, &install.from, install.secrets.as_deref(), lock)
+            .at(Stage::Install)?;
+    if !names.is_empty() {
+        progress(&format!(
+            "installed {} from the upload in {}",
+            names.join(" and "),
+            env_dir.join("secrets").display()
+        ));
     }
-    let current = crate::release::swap(&env_dir, &install.from, lock).at(Stage::Install)?;
-    progress(&format!("release installed: {}", current.display()));
-    Ok(())
+    progress(&format!(
+        "release installed: {} (the previous one comes back if this deploy stops before the deploy stage)",
+        env_dir.join("current").display()
+    ));
+    Ok(pending)
 }
 
 /// Stage 3, part: `docker stack config` validates the stack file with the deploy's variables
@@ -1290,7 +1295,8 @@ pub fn deploy(
     progress: &mut dyn std::io::Write,
 ) -> Result<Watched, DeployError> {
     let mut say = |m: &str| progress_line(progress, m);
-    let prepared = prepare(client, request, &mut say)?;
+    let mut prepared = prepare(client, request, &mut say)?;
+    let pending = prepared.pending.take();
     let (release, vars) = (&prepared.release, &prepared.vars);
     let stack = request.stack();
     pull(client, release, &mut say)?;
@@ -1312,6 +1318,10 @@ pub fn deploy(
         })
         .map(|(svc, image)| format!("{svc} {}", image.value.rsplit(':').next().unwrap_or("")))
         .collect();
+    // The deploy stage begins: the installed release stays, whatever happens next.
+    if let Some(p) = pending {
+        p.commit();
+    }
     say(&format!(
         "docker stack deploy {stack} ({})",
         tags.join(", ")
@@ -2701,5 +2711,89 @@ mod tests {
         let mut other_stack = a.clone();
         other_stack.stack = "stackship-dev".into();
         assert!(!same_release(&a, &other_stack));
+    }
+
+    #[test]
+    fn an_upload_refused_after_its_install_puts_the_previous_release_back() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let env_dir = f.request.env_dir();
+        let upload = as_upload(&mut f);
+        // What runs now: an older release and TLS pair.
+        std::fs::create_dir_all(f.request.release.join("old-only")).unwrap();
+        std::fs::create_dir_all(env_dir.join("secrets")).unwrap();
+        std::fs::write(env_dir.join("secrets/tls.key"), "OLDKEY").unwrap();
+        std::fs::write(env_dir.join("secrets/tls.crt"), "OLDCRT").unwrap();
+        with_data_dir(&f);
+        // No database password secret: refused at validate, after the install.
+        let fake = FakeEngine::new();
+        fake.answer(
+            &["info", "--format", "{{.Swarm.ControlAvailable}}"],
+            "true\n",
+        );
+        fake.answer(&["secret", "ls"], "");
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let mut progress = Vec::new();
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap_err();
+        let progress = String::from_utf8(progress).unwrap();
+        assert_eq!(e.stage, Stage::Validate, "{e}");
+        assert!(progress.contains("release installed: "), "{progress}");
+        assert!(
+            f.request.release.join("old-only").is_dir(),
+            "the previous release is back"
+        );
+        assert!(!env_dir.join("current.old").exists());
+        assert_eq!(
+            std::fs::read_to_string(env_dir.join("secrets/tls.key")).unwrap(),
+            "OLDKEY"
+        );
+        assert_eq!(
+            std::fs::read_to_string(env_dir.join("secrets/tls.crt")).unwrap(),
+            "OLDCRT"
+        );
+        assert!(!env_dir.join("secrets/.tls.key.prev").exists());
+        assert!(fake.writes().is_empty());
+        assert!(upload.exists());
+        // A first install (nothing before it) that is refused leaves nothing installed.
+        let mut first = fixture("REGISTRY=127.0.0.1:5000\n");
+        let first_env = first.request.env_dir();
+        as_upload(&mut first);
+        deploy(
+            &Client::new(&fake),
+            &rollout,
+            &first.request,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(!first_env.join("current").exists());
+        assert!(!first_env.join("secrets/tls.key").exists());
+    }
+
+    #[test]
+    fn a_deployed_upload_stays_and_the_previous_release_goes() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let env_dir = f.request.env_dir();
+        as_upload(&mut f);
+        std::fs::create_dir_all(f.request.release.join("old-only")).unwrap();
+        std::fs::create_dir_all(env_dir.join("secrets")).unwrap();
+        std::fs::write(env_dir.join("secrets/tls.key"), "OLDKEY").unwrap();
+        with_data_dir(&f);
+        let fake = swarm_engine();
+        // The rollout fails and is rolled back: the release was deployed, so it stays.
+        let rollout = FakeRollout {
+            ok: false,
+            steps: Default::default(),
+        };
+        let w = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap();
+        assert_eq!(w.outcome, Outcome::RolledBack);
+        assert!(!f.request.release.join("old-only").exists());
+        assert!(!env_dir.join("current.old").exists());
+        assert_eq!(
+            std::fs::read_to_string(env_dir.join("secrets/tls.key")).unwrap(),
+            "tls.key"
+        );
+        assert!(!env_dir.join("secrets/.tls.key.prev").exists());
     }
 }
