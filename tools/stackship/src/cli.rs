@@ -288,8 +288,13 @@ fn deploy_command(
         lock_held_here: false,
     };
     if print_images {
+        // What this deploy would run: the upload's images with --from.
+        let source = request
+            .install
+            .as_ref()
+            .map_or(request.release.clone(), |i| i.from.clone());
         let (_, settings) =
-            deploy::read_settings(&request).map_err(|e| Error::Deploy(Box::new(e)))?;
+            deploy::read_settings_in(&request, &source).map_err(|e| Error::Deploy(Box::new(e)))?;
         write_out(out, &deploy::images_text(&settings))?;
         return Ok(Outcome::Done);
     }

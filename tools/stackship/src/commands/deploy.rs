@@ -212,7 +212,7 @@ pub fn read_settings(request: &Request) -> Result<(StackFile, Settings), DeployE
 
 /// As [`read_settings`], with the stack file and pins of the release in `release` (an upload
 /// not installed yet) and the environment's own settings.
-fn read_settings_in(
+pub fn read_settings_in(
     request: &Request,
     release: &Path,
 ) -> Result<(StackFile, Settings), DeployError> {
@@ -546,7 +546,9 @@ pub fn prepare(
             stage: Stage::Validate,
             error: Error::Records(format!("{e:#}")),
         })?;
-    match crate::ancestry::check(records.last(), &provenance, allow_older) {
+    // Deploys that name no commit (by hand, a local bring-up) do not reset the comparison.
+    let running = records.iter().rev().find(|r| r.commit.is_some());
+    match crate::ancestry::check(running, &provenance, allow_older) {
         Ok(line) => progress(&line),
         Err(why) => return refused(Stage::Validate, why),
     }
@@ -2795,5 +2797,49 @@ mod tests {
             "tls.key"
         );
         assert!(!env_dir.join("secrets/.tls.key.prev").exists());
+    }
+
+    #[test]
+    fn a_deploy_without_a_commit_does_not_reset_the_ancestry_check() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        write_record(&f, "bbbbbbbb", &["aaaaaaaa"]);
+        // A later deploy by hand (a rotation, a local bring-up) names no commit.
+        let by_hand = rollout_watcher::history::DeployRecord {
+            id: "20261206T020000.000Z".into(),
+            stack: "stackship-prod".into(),
+            ..Default::default()
+        };
+        rollout_watcher::history::write(&f.request.env_dir().join("history"), &by_hand).unwrap();
+        f.request
+            .process_env
+            .insert("CI_COMMIT_SHA".into(), "aaaaaaaa".into());
+        let fake = swarm_engine();
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let e = deploy(&Client::new(&fake), &rollout, &f.request, &mut Vec::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("commit aaaaaaaa is older than the running bbbbbbbb"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn print_images_of_an_upload_shows_the_upload() {
+        let mut f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let upload = as_upload(&mut f);
+        std::fs::write(
+            upload.join("current/deploy-manifests/prod/images.env"),
+            format!("BACKEND_TAG=20261207_bbbbbbbb\nPOSTGRES_IMAGE=postgres:15@{DIGEST}\n"),
+        )
+        .unwrap();
+        let (_, settings) = read_settings_in(&f.request, &upload.join("current")).unwrap();
+        assert!(
+            images_text(&settings).contains("backend:20261207_bbbbbbbb"),
+            "{}",
+            images_text(&settings)
+        );
     }
 }

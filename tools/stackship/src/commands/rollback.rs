@@ -225,13 +225,30 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
                         target.id, service.name
                     ));
                 };
-                let expected = crate::stack::expand(repository, &|v| {
-                    (v == "REGISTRY").then(|| i.registry.unwrap_or_default().to_owned())
-                })
-                .unwrap_or_else(|_| repository.clone());
-                if (i.registry.is_some() || !repository.contains("${")) && repo != expected {
+                if let Some(suffix) = repository.strip_prefix("${REGISTRY}") {
+                    // The registry the record ran it from; the environment's, if it names one.
+                    let Some(from) = repo.strip_suffix(suffix) else {
+                        return Err(format!(
+                            "deploy {} ran {} as {repo}, which is not <registry>{suffix}",
+                            target.id, service.name
+                        ));
+                    };
+                    match i.registry.or(plan.sets.get("REGISTRY").map(String::as_str)) {
+                        Some(registry) if registry != from => {
+                            return Err(format!(
+                                "deploy {} ran {} from {repo}, not from this environment's {registry}{suffix}",
+                                target.id, service.name
+                            ));
+                        }
+                        Some(_) => {}
+                        // No REGISTRY setting on the manager (the pipeline sends it): the record's.
+                        None => {
+                            plan.sets.insert("REGISTRY".to_owned(), from.to_owned());
+                        }
+                    }
+                } else if repo != repository {
                     return Err(format!(
-                        "deploy {} ran {} from {repo}, not from this environment's {expected}",
+                        "deploy {} ran {} from {repo}, not from {repository}",
                         target.id, service.name
                     ));
                 }
@@ -432,21 +449,31 @@ pub fn rollback(
             request.env
         ));
     }
-    let (stack, settings) = deploy::read_settings(&base).map_err(|e| Error::Deploy(Box::new(e)))?;
+    // The settings of the installed release may not load on their own (the pipeline sends the
+    // tags and the registry with each deploy): they only say how long to wait for the lock here,
+    // and the rollback's own image settings complete them for its deploy.
+    let lock_wait = deploy::read_settings(&base)
+        .map(|(_, s)| s.lock_wait.value)
+        .unwrap_or(crate::settings::Defaults::LOCK_WAIT);
     let _lock = DeployLock::acquire(
         &request.env_dir,
         &format!("{} deploy", request.env),
         &request.owner,
-        settings.lock_wait.value,
+        lock_wait,
         &mut say,
     )?;
+    // Everything else is read under the lock: a deploy that held it may have changed it all.
+    let stack = StackFile::read(&compose)?;
+    let registry = deploy::read_settings(&base)
+        .ok()
+        .and_then(|(_, s)| s.registry.map(|r| r.value));
     let records = rollout_watcher::history::read_all(&request.env_dir.join("history"))
         .map_err(|e| Error::Records(format!("{e:#}")))?;
     let existing = existing_configs(client)?;
     let report = hash_compose_file(&compose, &HashOptions::default()).map_err(|e| {
         Error::Refused(format!("config-hasher rejected {}: {e}", compose.display()))
     })?;
-    let registry = settings.registry.as_ref().map(|r| r.value.as_str());
+    let registry = registry.as_deref();
     let plan = plan(&Inputs {
         records: &records,
         stack: &stack,
@@ -466,16 +493,6 @@ pub fn rollback(
     }
     for (var, value) in &plan.sets {
         say(&format!("image: {var}={value}"));
-    }
-    if request.dry_run {
-        let sets: Vec<String> = plan.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        say(&format!(
-            "dry run: would run stackship deploy {} with {} and the configs {}",
-            request.env,
-            sets.join(" "),
-            plan.expects.values().cloned().collect::<Vec<_>>().join(" ")
-        ));
-        return Ok((Outcome::Done, String::new()));
     }
     // A copy beside current/: the deploy finds the environment directory (settings, lock,
     // records) as its parent, and relative paths (../secrets) still resolve.
@@ -512,6 +529,16 @@ pub fn rollback(
                 plan.target
             ));
         }
+    }
+    if request.dry_run {
+        let sets: Vec<String> = plan.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        say(&format!(
+            "dry run: the configs are restored and named as recorded; would run stackship deploy {} with {} and the configs {}",
+            request.env,
+            sets.join(" "),
+            plan.expects.values().cloned().collect::<Vec<_>>().join(" ")
+        ));
+        return Ok((Outcome::Done, String::new()));
     }
     // The rollback's record names the commit it returned to.
     let target = records.iter().find(|r| r.id == plan.target);
@@ -892,6 +919,88 @@ mod tests {
             ]
         );
         assert_eq!(p.sets.len(), 1);
+    }
+
+    #[test]
+    fn without_a_registry_setting_the_records_registry_is_used() {
+        // A manager fed by the pipeline has no REGISTRY of its own: the job sends it.
+        let r = records();
+        let p = plan(&Inputs {
+            records: &r,
+            stack: &stack(STACK),
+            names: &[],
+            existing: &existing(&["prod_backend_config_aaa"]),
+            registry: None,
+            want: Some("1"),
+        })
+        .unwrap();
+        assert_eq!(p.sets["REGISTRY"], "127.0.0.1:5000");
+        // Two services from two registries cannot both be right.
+        let two = "services:\n  backend:\n    image: ${REGISTRY}/stackship/backend:${BACKEND_TAG}\n  frontend:\n    image: ${REGISTRY}/stackship/frontend:${FRONTEND_TAG}\n";
+        let mut r = records();
+        r[0].services.insert(
+            "frontend".into(),
+            ServiceRecord {
+                image: format!("other:5000/stackship/frontend:a{D}"),
+                ..Default::default()
+            },
+        );
+        let e = plan(&Inputs {
+            records: &r,
+            stack: &stack(two),
+            names: &[],
+            existing: &existing(&["prod_backend_config_aaa"]),
+            registry: None,
+            want: Some("1"),
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "deploy 1 ran frontend from other:5000/stackship/frontend, not from this environment's 127.0.0.1:5000/stackship/frontend"
+        );
+        // An image that is not <registry>/stackship/<name> at all.
+        r[0].services.get_mut("frontend").unwrap().image = format!("elsewhere/web:a{D}");
+        let e = plan(&Inputs {
+            records: &r,
+            stack: &stack(two),
+            names: &[],
+            existing: &existing(&["prod_backend_config_aaa"]),
+            registry: None,
+            want: Some("1"),
+        })
+        .unwrap_err();
+        assert!(
+            e.ends_with("which is not <registry>/stackship/frontend"),
+            "{e}"
+        );
+        // A repository written out must match as written.
+        let fixed = stack(
+            "services:\n  backend:\n    image: 127.0.0.1:5000/stackship/backend:${BACKEND_TAG}\n",
+        );
+        let p = plan(&Inputs {
+            records: &records(),
+            stack: &fixed,
+            names: &[],
+            existing: &existing(&["prod_backend_config_aaa"]),
+            registry: None,
+            want: Some("1"),
+        })
+        .unwrap();
+        assert_eq!(p.sets.len(), 1);
+        let other =
+            stack("services:\n  backend:\n    image: r.invalid/stackship/backend:${BACKEND_TAG}\n");
+        assert!(
+            plan(&Inputs {
+                records: &records(),
+                stack: &other,
+                names: &[],
+                existing: &existing(&["prod_backend_config_aaa"]),
+                registry: None,
+                want: Some("1"),
+            })
+            .unwrap_err()
+            .ends_with("not from r.invalid/stackship/backend")
+        );
     }
 
     #[test]
