@@ -41,6 +41,10 @@ main() {
     incoming="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     env_dir="$(dirname "$incoming")"
     [[ "$(basename "$incoming")" == .incoming-* ]] || die "${incoming} is not an upload directory (.incoming-*)"
+    # Nothing of the upload stays, whatever happens (it may hold a private key): the release,
+    # if installed, is current/ by then.
+    INCOMING="$incoming"
+    trap 'rm -rf "$INCOMING"' EXIT
     [[ -x "$incoming/current/stackship" ]] || die "${incoming}/current/stackship is missing: the upload is incomplete"
     # stackship finds an environment at <root>/<env>, a review stack at <root>/review/<iid>.
     root="$(dirname "$env_dir")"
@@ -48,8 +52,6 @@ main() {
     local rc=0
     "$incoming/current/stackship" --root "$root" deploy "${args[@]}" --from "$incoming/current" \
         --secrets "$incoming/secrets" --settings-stdin --json || rc=$?
-    # Nothing of the upload is needed any more (the release, if installed, is current/ now).
-    rm -rf "$incoming"
     return "$rc"
 }
 

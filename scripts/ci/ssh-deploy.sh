@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The dev-deploy / prod-deploy job: ships one environment's release to the Swarm manager over
 # SSH and deploys it there.
-#   1. stages the release locally with scripts/ci/copy-manifests.sh (deploy.sh, the tool
+#   1. stages the release locally with scripts/ci/copy-manifests.sh (stackship, the tool
 #      binaries from the build job, the stack file, deploy-manifests/<env>/ with its pins);
 #   2. checks the connection: the host key must be in $SSH_KNOWN_HOSTS (StrictHostKeyChecking
 #      yes, no other known_hosts file, never ssh-keyscan), the key from $SSH_PRIVATE_KEY; a
@@ -16,7 +16,7 @@
 # Exits with the rollout's result: a rolled-back or failed rollout fails the job.
 #
 # `review` (review-deploy) does the same for the MR's review stack stackship-review-<iid>: the
-# dev release plus docker-compose.review.yaml into <root>/review/<iid>/, deploy.sh --review, and
+# dev release plus docker-compose.review.yaml into <root>/review/<iid>/, stackship deploy --review, and
 # the stack's URL in the dotenv report review.env (REVIEW_URL, the GitLab environment's URL).
 # `review-stop` (review-stop) uploads review-stop.sh alone and runs it: the stack and everything
 # it made are removed; nothing left to remove is a success.
@@ -123,6 +123,8 @@ ssh_setup() {
     need_cmd rsync rsync
     need_cmd jq jq
     need_cmd curl curl
+    # The commit's ancestors go with the release (the manager refuses an older commit).
+    need_cmd git git
     # The MR note goes to the GitLab API over HTTPS (curl alone does not pull the CA bundle in).
     [[ -s /etc/ssl/certs/ca-certificates.crt ]] || apt_install ca-certificates
     (umask 077 && cat "$SSH_PRIVATE_KEY" > "$TMP/key")
@@ -169,12 +171,15 @@ MAX_ANCESTORS=300
 commit_ancestors() {
     ANCESTORS=""
     [[ -n "${CI_COMMIT_SHA:-}" ]] || return 0
-    if ! ANCESTORS="$(git -C "$(repo_root)" rev-list --max-count="$((MAX_ANCESTORS + 1))" "${CI_COMMIT_SHA}" -- 2>/dev/null \
+    local root err="$TMP/rev-list.err"
+    root="$(repo_root)"
+    # The checkout may belong to another user than the job's (a runner's volume).
+    if ! ANCESTORS="$(git -c safe.directory="$root" -C "$root" rev-list --max-count="$((MAX_ANCESTORS + 1))" "${CI_COMMIT_SHA}" -- 2>"$err" \
         | tail -n +2 | paste -sd' ')"; then
         ANCESTORS=""
     fi
     if [[ -z "$ANCESTORS" ]]; then
-        warn "no history of ${CI_COMMIT_SHA:0:8} in this checkout (git rev-list): the manager can still refuse it as older only if a later deploy recorded it as an ancestor"
+        warn "no history of ${CI_COMMIT_SHA:0:8} in this checkout ($(head -n 1 "$err" || true)): the manager refuses it as older only if a later deploy recorded it as an ancestor"
     else
         log "commit ${CI_COMMIT_SHA:0:8} and $(wc -w <<<"$ANCESTORS") of its ancestors go with the release (the manager refuses an older commit than the one running)"
     fi
@@ -268,7 +273,8 @@ main() {
         1) meaning="the release failed and was rolled back: the old version serves" ;;
         2) meaning="nothing was deployed (refused, bad input, lock timeout or a Docker error before the deploy)" ;;
         3) meaning="the state is UNKNOWN: the rollout may still be moving; check with stackship status" ;;
-        *) meaning="the deploy could not run on the manager" ;;
+        # ssh's own failure (255, a dropped connection): the deploy on the manager may go on.
+        *) meaning="the state is UNKNOWN: the connection to the manager failed or the deploy could not run there (exit ${rc}); check with stackship status" ;;
     esac
     [[ -z "$meaning" ]] || printf '\n**Exit %s:** %s.\n' "$rc" "$meaning" >> rollout/summary.md
     printf '%s\n' "----- ${ENV} rollout -----" >&2

@@ -563,6 +563,7 @@ remote_deploy_tests() {
     printf '' | "$env_dir/.incoming-r5/remote-deploy.sh" --dev > "$WORK/remote.out" 2> "$WORK/remote.log" || rc=$?
     expect_eq "remote deploy: an upload without stackship is refused (exit 2)" 2 "$rc"
     expect_contains "remote deploy: ... saying so" "current/stackship is missing: the upload is incomplete" "$WORK/remote.log"
+    check "remote deploy: ... and removed" test ! -e "$env_dir/.incoming-r5"
 
     # The real stackship: a setting the job may not send is refused before anything changes.
     STACKSHIP_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/stackship"
