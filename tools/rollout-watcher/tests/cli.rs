@@ -216,6 +216,8 @@ fn a_completed_update_exits_0_with_a_report_and_a_deploy_record() {
     let roll = &report["services"][0];
     assert_eq!(roll["service"], "roll");
     assert_eq!(roll["result"], "ok");
+    // Swarm's message ("update completed") is only worth a report line when the update failed.
+    assert!(roll["update_message"].is_null(), "{roll}");
     // What Swarm needed: the two new tasks took 1.675 s and 1.562 s from creation to running
     // (1.6187 s on average), one at a time, then the 3 s monitor window.
     let floor = roll["floor_seconds"].as_f64().unwrap();
