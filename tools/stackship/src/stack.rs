@@ -336,4 +336,14 @@ mod tests {
         assert_eq!(vars.len(), 1);
         assert_eq!(vars["APP_TAG"], vec!["a", "b"]);
     }
+
+    #[test]
+    fn a_default_ending_in_an_escaped_dollar_is_read_past() {
+        let found: Vec<String> = uses("${R:-reg$$}/a:${A_TAG}")
+            .unwrap()
+            .into_iter()
+            .map(|u| u.var)
+            .collect();
+        assert_eq!(found, ["R", "A_TAG"]);
+    }
 }
