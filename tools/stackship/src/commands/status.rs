@@ -367,6 +367,22 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains("DRIFT"), "{table}");
+        assert!(
+            table.contains("  SERVICE          IMAGE            DIGEST        REPLICAS"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn an_older_record_of_the_image_with_its_digest_is_no_drift() {
+        let inspect = inspect_json("update_completed");
+        let mut rec = record(&inspect);
+        for s in rec.services.values_mut() {
+            s.spec = None;
+            s.image = format!("{}@sha256:0123", s.image);
+        }
+        let status = report("prod", "rw-fixture", &observed(&inspect), Some(&rec));
+        assert!(!status.drifted(), "{status:?}");
     }
 
     #[test]
