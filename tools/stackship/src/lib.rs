@@ -16,6 +16,8 @@ pub mod docker;
 pub mod drift;
 pub mod error;
 pub mod exit;
+pub mod helper;
+pub mod interrupt;
 pub mod layout;
 pub mod lock;
 pub mod placement;
