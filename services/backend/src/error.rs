@@ -1,11 +1,12 @@
 //! The HTTP error type: every failure becomes a JSON body `{"error":{"code","message"}}`.
 //!
 //! Client mistakes map to 4xx with a message saying what was wrong. Database outages map to 503
-//! so clients and proxies can retry. Anything unexpected is an opaque 500; its detail goes to
+//! so clients and proxies can retry; so do writes refused while a restore runs (`read_only`, with
+//! `Retry-After`). Anything unexpected is an opaque 500; its detail goes to
 //! the log (by the request middleware, see [`server_error_detail`]), never to the client.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -27,6 +28,12 @@ pub enum ApiError {
     /// The database cannot be reached now; the detail (for the log) when there is one.
     #[error("database unavailable")]
     Unavailable(Option<String>),
+    /// A database restore holds the restore lock ([`crate::store::RESTORE_LOCK_KEY`]): the write
+    /// was refused, nothing was stored. Answered with `Retry-After`.
+    #[error(
+        "the database is being restored: writes are refused until it finishes; reads still work; retry later"
+    )]
+    ReadOnly,
     /// The request waited longer than `server.request_timeout_ms` (milliseconds); nothing was
     /// written.
     #[error("no answer from the database within {0} ms; nothing was stored, retrying is safe")]
@@ -45,6 +52,10 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// Seconds a client is asked to wait (`Retry-After`) before retrying a write refused during a
+/// restore.
+pub const READ_ONLY_RETRY_AFTER_SECS: u64 = 5;
+
 /// Detail of a 5xx, kept in the response extensions for the logging middleware.
 #[derive(Clone)]
 struct ErrorDetail(String);
@@ -61,6 +72,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::ReadOnly => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::TimeoutUnknownOutcome(_) => {
                 (StatusCode::GATEWAY_TIMEOUT, "timeout_unknown_outcome")
@@ -137,6 +149,12 @@ impl IntoResponse for ApiError {
             axum::Json(json!({ "error": { "code": code, "message": message } })),
         )
             .into_response();
+        if matches!(self, ApiError::ReadOnly) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(READ_ONLY_RETRY_AFTER_SECS),
+            );
+        }
         if status.is_server_error() {
             let detail = match &self {
                 ApiError::Unavailable(Some(e)) => format!("{message}: {e}"),
@@ -255,6 +273,12 @@ mod tests {
                 "timeout_unknown_outcome",
                 None,
             ),
+            (
+                ApiError::ReadOnly,
+                503,
+                "read_only",
+                Some("the database is being restored"),
+            ),
             (ApiError::NotFound("/x".into()), 404, "not_found", None),
             (
                 ApiError::PayloadTooLarge(10),
@@ -267,6 +291,12 @@ mod tests {
             let client_message = error.to_string();
             let response = error.into_response();
             assert_eq!(response.status().as_u16(), status, "{code}");
+            let retry_after = response.headers().get("retry-after");
+            if code == "read_only" {
+                assert_eq!(retry_after.unwrap(), "5");
+            } else {
+                assert!(retry_after.is_none(), "{code}: {retry_after:?}");
+            }
             let logged = server_error_detail(&response);
             match detail {
                 Some(d) => assert!(logged.unwrap().contains(d), "{code}: {logged:?}"),

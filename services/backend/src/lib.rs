@@ -17,3 +17,4 @@ pub mod telemetry;
 
 pub use config::Settings;
 pub use startup::Application;
+pub use store::RESTORE_LOCK_KEY;

@@ -1,4 +1,5 @@
-//! Prometheus metrics: request counts and latencies by route and status, pool gauges, batch sizes.
+//! Prometheus metrics: request counts and latencies by route and status, pool gauges, batch sizes,
+//! rows abandoned, rows refused during a restore.
 //!
 //! One registry per application (no global recorder), so several apps can live in one process.
 
@@ -44,6 +45,7 @@ pub struct Metrics {
     pool: Family<PoolLabels, Gauge>,
     batch_rows: Histogram,
     abandoned: Family<StageLabels, Counter>,
+    read_only: Counter,
 }
 
 impl Metrics {
@@ -91,6 +93,13 @@ impl Metrics {
             // Both series exist from the start, at 0, so a rate() over them is never empty.
             let _ = abandoned.get_or_create(&StageLabels { stage });
         }
+        let read_only = Counter::default();
+        registry.register(
+            "log_rows_read_only",
+            "POST /api/log rows refused with 503 read_only, never written: a database restore held \
+             the restore lock",
+            read_only.clone(),
+        );
         Self {
             registry,
             requests,
@@ -98,6 +107,7 @@ impl Metrics {
             pool,
             batch_rows,
             abandoned,
+            read_only,
         }
     }
 
@@ -114,6 +124,9 @@ impl Metrics {
                 self.abandoned
                     .get_or_create(&StageLabels { stage: "in_flight" })
                     .inc();
+            }
+            WriterEvent::RefusedReadOnly(rows) => {
+                self.read_only.inc_by(rows as u64);
             }
         }
     }
@@ -213,6 +226,8 @@ mod tests {
         m.observe_writer(WriterEvent::DroppedQueued(2));
         m.observe_writer(WriterEvent::DroppedQueued(3));
         m.observe_writer(WriterEvent::CommittedAbandoned);
+        m.observe_writer(WriterEvent::RefusedReadOnly(4));
+        m.observe_writer(WriterEvent::RefusedReadOnly(2));
         let pool = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
@@ -226,6 +241,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("log_group_commit_rows_sum 3.0"), "{text}");
+        assert!(text.contains("log_rows_read_only_total 6"), "{text}");
         assert!(
             text.contains(r#"db_pool_connections{state="max"} 7"#),
             "{text}"

@@ -182,6 +182,7 @@ fn write_error(e: WriteError) -> ApiError {
         WriteError::Inconsistent(why) => {
             ApiError::Internal(anyhow::anyhow!("group insert rolled back: {why}"))
         }
+        WriteError::ReadOnly => ApiError::ReadOnly,
         WriteError::Stopped => ApiError::ShuttingDown,
     }
 }
@@ -352,6 +353,9 @@ mod tests {
         );
         assert_eq!(status(WriteError::Inconsistent("x".into())), 500);
         assert_eq!(status(WriteError::Stopped), 503);
+        let r = write_error(WriteError::ReadOnly).into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "5");
         let r = write_error(WriteError::Inconsistent("row 0 does not pair".into())).into_response();
         let detail = error::server_error_detail(&r).unwrap();
         assert!(detail.contains("row 0 does not pair"), "{detail}");

@@ -24,6 +24,29 @@
 //! `nextval` hands out ids in that order and `ORDER BY id` returns the rows in input order. The
 //! writer checks every reply (count, message and client address) before it commits; a mismatch
 //! rolls the batch back and answers 500, with the cause in the log.
+//!
+//! # Writes during a restore
+//! A database restore holds the advisory lock [`RESTORE_LOCK_KEY`] exclusively. Every batch
+//! takes it shared with `pg_try_advisory_xact_lock_shared` in the INSERT statement itself (no
+//! extra round trip), before any row is written, and holds it until its COMMIT. So:
+//! - a restore asking for the lock waits until every batch in flight has committed (or rolled
+//!   back); a batch that got the lock is never cut off by the restore;
+//! - from the moment the restore asks for the lock until it releases it (or its session ends),
+//!   a new batch does not get it (Postgres queues lock requests: a shared request does not jump
+//!   a waiting exclusive one, and `try` does not wait). Such a batch writes nothing, takes no
+//!   id, is rolled back, and each of its requests is answered 503 `read_only`
+//!   ([`WriteError::ReadOnly`]), counted in `log_rows_read_only_total`.
+//!
+//! The statement returns the lock's answer with the rows (the lock's single row, left-joined
+//! with the inserted ones), so "refused" never has to be guessed from an empty result: an
+//! INSERT that returns no row although the lock was granted is a pairing failure (500), not a
+//! refusal. Reads take no lock and go on; so do the health and readiness checks.
+//!
+//! The lock is tried when the INSERT runs, after Postgres has locked the table for it. While
+//! pg_restore's own transaction holds the table (it drops and recreates it), a batch therefore
+//! waits for that transaction like a read does, and is refused once it gets through; if its
+//! request's deadline passes first, the answer is `timeout_unknown_outcome`, as for any batch in
+//! flight.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -35,6 +58,13 @@ use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+/// The Postgres advisory lock key (the bytes `STKSREST`) that keeps writes out of a database
+/// restore. A restore holds it **exclusively** (`pg_advisory_lock`, session level) from before it
+/// replaces the data until it has set the sequences; every write transaction takes it
+/// **shared** (`pg_try_advisory_xact_lock_shared`, released at commit or rollback) and writes
+/// nothing when it is not granted. See the module docs.
+pub const RESTORE_LOCK_KEY: i64 = 0x5354_4b53_5245_5354;
 
 /// One stored log entry, as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -95,6 +125,9 @@ pub enum WriteError {
     /// The INSERT's rows did not pair with its inputs; the batch was rolled back.
     #[error("group insert rolled back: {0}")]
     Inconsistent(String),
+    /// A restore holds (or waits for) [`RESTORE_LOCK_KEY`]: nothing was written.
+    #[error("the database is being restored; nothing was written")]
+    ReadOnly,
     #[error("log writer stopped")]
     Stopped,
 }
@@ -108,6 +141,8 @@ pub enum WriterEvent {
     DroppedQueued(usize),
     /// A row was committed after its requester had gone.
     CommittedAbandoned,
+    /// A batch of this many rows was refused: a restore holds the restore lock.
+    RefusedReadOnly(usize),
 }
 
 /// Receives [`WriterEvent`]s (for metrics).
@@ -244,6 +279,9 @@ async fn write_batch(pool: &PgPool, batch: Vec<Pending>, observe: &WriterObserve
     let rows = match result {
         Ok(rows) => rows,
         Err(e) => {
+            if matches!(e, WriteError::ReadOnly) {
+                observe(WriterEvent::RefusedReadOnly(batch.len()));
+            }
             for pending in batch {
                 let _ = pending.reply.send(Err(e.clone()));
             }
@@ -263,32 +301,100 @@ async fn write_batch(pool: &PgPool, batch: Vec<Pending>, observe: &WriterObserve
     }
 }
 
-/// One transaction: the multi-row INSERT, the pairing check, then COMMIT (or rollback).
+/// One row of the batch statement: the restore lock's answer, and an inserted row (all `None`
+/// on the single row of a batch that inserted nothing).
+#[derive(Debug, sqlx::FromRow)]
+struct BatchRow {
+    granted: bool,
+    id: Option<i64>,
+    created_at: Option<DateTime<Utc>>,
+    client_addr: Option<String>,
+    message: Option<String>,
+}
+
+/// What the batch statement did: `None` when the restore lock was refused (nothing inserted),
+/// else the inserted rows, still to be paired with the inputs. An answer that fits neither (it
+/// cannot happen with the statement as written) is an error, and the batch is rolled back.
+fn batch_outcome(rows: Vec<BatchRow>) -> Result<Option<Vec<LogEntry>>, String> {
+    let Some(granted) = rows.first().map(|r| r.granted) else {
+        return Err("the insert returned no row, not even the restore lock's answer".into());
+    };
+    if rows.iter().any(|r| r.granted != granted) {
+        return Err("the insert returned differing answers of the restore lock".into());
+    }
+    let nothing_inserted = rows.len() == 1 && rows[0].id.is_none();
+    if !granted {
+        return if nothing_inserted {
+            Ok(None)
+        } else {
+            Err(format!(
+                "the restore lock was refused, yet the insert returned {} rows",
+                rows.len()
+            ))
+        };
+    }
+    if nothing_inserted {
+        // Granted, but no row inserted: `pair_rows` reports the count.
+        return Ok(Some(Vec::new()));
+    }
+    rows.into_iter()
+        .enumerate()
+        .map(
+            |(i, r)| match (r.id, r.created_at, r.client_addr, r.message) {
+                (Some(id), Some(created_at), Some(client_addr), Some(message)) => Ok(LogEntry {
+                    id,
+                    created_at,
+                    client_addr,
+                    message,
+                }),
+                _ => Err(format!("row {i} of the insert's answer is incomplete")),
+            },
+        )
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// One transaction: the restore lock (shared) and the multi-row INSERT in one statement, the
+/// pairing check, then COMMIT (or rollback).
 async fn insert_batch(pool: &PgPool, inputs: &[(&str, &str)]) -> Result<Vec<LogEntry>, WriteError> {
     let db = |e: sqlx::Error| WriteError::Database(Arc::new(e));
     let (messages, addrs): (Vec<&str>, Vec<&str>) = inputs.iter().copied().unzip();
     let mut tx = pool.begin().await.map_err(db)?;
+    // `lock` is evaluated once (a volatile CTE is materialized); the INSERT's filter on it is a
+    // one-time filter evaluated before the first row, so a refused lock writes nothing and
+    // calls no `nextval`. The lock's row is left-joined with the inserted rows, so its answer
+    // comes back even when nothing was inserted.
     // The SELECT is ordered by the input position, so ids are assigned in that order and
     // `ORDER BY id` returns the rows in the order of `inputs` (checked by `pair_rows`).
-    let rows = sqlx::query_as::<_, LogEntry>(
-        "WITH input AS (
+    let rows = sqlx::query_as::<_, BatchRow>(
+        "WITH lock AS (
+             SELECT pg_try_advisory_xact_lock_shared($3) AS granted
+         ), input AS (
              SELECT * FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(message, client_addr, ord)
          ), inserted AS (
              INSERT INTO log_entries (message, client_addr)
-             SELECT message, client_addr FROM input ORDER BY ord
+             SELECT message, client_addr FROM input WHERE (SELECT granted FROM lock) ORDER BY ord
              RETURNING id, created_at, client_addr, message
          )
-         SELECT id, created_at, client_addr, message FROM inserted ORDER BY id",
+         SELECT lock.granted, inserted.id, inserted.created_at, inserted.client_addr, inserted.message
+         FROM lock LEFT JOIN inserted ON true
+         ORDER BY inserted.id",
     )
     .bind(&messages)
     .bind(&addrs)
+    .bind(RESTORE_LOCK_KEY)
     .fetch_all(&mut *tx)
     .await
     .map_err(db)?;
-    match pair_rows(inputs, rows) {
-        Ok(rows) => {
+    match batch_outcome(rows).and_then(|rows| rows.map(|r| pair_rows(inputs, r)).transpose()) {
+        Ok(Some(rows)) => {
             tx.commit().await.map_err(db)?;
             Ok(rows)
+        }
+        Ok(None) => {
+            // Nothing was written and no lock is held; end the transaction all the same.
+            let _ = tx.rollback().await;
+            Err(WriteError::ReadOnly)
         }
         Err(why) => {
             // Dropping the transaction rolls it back; say so explicitly and keep the cause.
@@ -363,5 +469,101 @@ pub async fn migrate_until_done(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restore_lock_key_spells_stksrest() {
+        assert_eq!(&RESTORE_LOCK_KEY.to_be_bytes(), b"STKSREST");
+    }
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn row(granted: bool, entry: Option<(i64, &str)>) -> BatchRow {
+        BatchRow {
+            granted,
+            id: entry.map(|(id, _)| id),
+            created_at: entry.map(|_| at()),
+            client_addr: entry.map(|_| "10.0.0.1".to_owned()),
+            message: entry.map(|(_, m)| m.to_owned()),
+        }
+    }
+
+    fn entry(id: i64, message: &str) -> LogEntry {
+        LogEntry {
+            id,
+            created_at: at(),
+            client_addr: "10.0.0.1".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_restore_lock_with_nothing_inserted_is_read_only() {
+        assert_eq!(batch_outcome(vec![row(false, None)]), Ok(None));
+    }
+
+    #[test]
+    fn a_granted_lock_gives_the_inserted_rows() {
+        let rows = vec![row(true, Some((7, "a"))), row(true, Some((8, "b")))];
+        assert_eq!(
+            batch_outcome(rows),
+            Ok(Some(vec![entry(7, "a"), entry(8, "b")]))
+        );
+    }
+
+    #[test]
+    fn a_granted_lock_with_nothing_inserted_is_not_read_only_but_fails_the_pairing() {
+        let rows = batch_outcome(vec![row(true, None)]).unwrap().unwrap();
+        assert!(rows.is_empty());
+        let why = pair_rows(&[("a", "10.0.0.1")], rows).unwrap_err();
+        assert!(why.contains("returned 0 rows for 1 inputs"), "{why}");
+    }
+
+    #[test]
+    fn answers_that_fit_neither_outcome_are_errors() {
+        let cases = [
+            (vec![], "no row"),
+            (
+                vec![row(false, Some((7, "a")))],
+                "refused, yet the insert returned 1 rows",
+            ),
+            (
+                vec![row(false, None), row(false, None)],
+                "refused, yet the insert returned 2 rows",
+            ),
+            (
+                vec![row(true, Some((7, "a"))), row(false, Some((8, "b")))],
+                "differing answers",
+            ),
+            (
+                vec![row(true, Some((7, "a"))), row(true, None)],
+                "row 1 of the insert's answer is incomplete",
+            ),
+        ];
+        for (rows, want) in cases {
+            let why = batch_outcome(rows).unwrap_err();
+            assert!(why.contains(want), "{why:?} should say {want:?}");
+        }
+        let mut partial = row(true, Some((7, "a")));
+        partial.created_at = None;
+        assert!(batch_outcome(vec![partial]).is_err());
+    }
+
+    #[test]
+    fn pairing_checks_count_message_and_address() {
+        let inputs = [("a", "10.0.0.1"), ("b", "10.0.0.1")];
+        assert!(pair_rows(&inputs, vec![entry(1, "a"), entry(2, "b")]).is_ok());
+        assert!(pair_rows(&inputs, vec![entry(1, "a")]).is_err());
+        assert!(pair_rows(&inputs, vec![entry(1, "b"), entry(2, "a")]).is_err());
+        let mut moved = entry(2, "b");
+        moved.client_addr = "10.0.0.2".into();
+        assert!(pair_rows(&inputs, vec![entry(1, "a"), moved]).is_err());
     }
 }

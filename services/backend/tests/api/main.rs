@@ -10,5 +10,6 @@ mod deploy_config;
 mod helpers;
 mod logs;
 mod migrations;
+mod restore_lock;
 mod service;
 mod shutdown;
