@@ -39,6 +39,10 @@ pub struct DeployRecord {
     /// most a few hundred): a later deploy of one of these commits would go backwards.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ancestors: Vec<String>,
+    /// What made this record when it was not a deploy of a release (`rotated db-password:
+    /// stackship-prod-db-password-v3 -> v4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Service name (without the stack prefix) to what it ran.
     pub services: BTreeMap<String, ServiceRecord>,
 }
@@ -96,6 +100,7 @@ pub fn record_of(id: &str, stack: &str, services: &[Service]) -> DeployRecord {
         commit: None,
         pipeline: None,
         ancestors: Vec::new(),
+        note: None,
         services,
     }
 }

@@ -21,6 +21,8 @@ pub struct Provenance {
     pub pipeline: Option<String>,
     /// The commit's ancestors, newest first (`git rev-list`), without the commit itself.
     pub ancestors: Vec<String>,
+    /// Why a record was made when it was not a deploy of a release (a rotation).
+    pub note: Option<String>,
 }
 
 /// A commit id: 7 to 40 hexadecimal digits (lower-cased).
@@ -69,6 +71,7 @@ impl Provenance {
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned),
             ancestors: list,
+            note: None,
         })
     }
 }
@@ -151,6 +154,7 @@ mod tests {
             commit: commit.map(Into::into),
             pipeline: Some("https://ci/p/7".into()),
             ancestors: ancestors.iter().map(|a| (*a).to_owned()).collect(),
+            note: None,
             services: Default::default(),
         }
     }
@@ -160,6 +164,7 @@ mod tests {
             commit: Some(commit.into()),
             pipeline: None,
             ancestors: ancestors.iter().map(|a| (*a).to_owned()).collect(),
+            note: None,
         }
     }
 

@@ -104,6 +104,10 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The environment's Swarm secrets: create, initialise and rotate the database password,
+    /// list (never values).
+    #[command(subcommand)]
+    Secret(crate::commands::secret::SecretCommand),
     /// The deploy records of an environment, newest first.
     History {
         env: String,
@@ -146,7 +150,7 @@ fn install_command(
     }
     crate::release::check(from, env, false)?;
     crate::release::check_location(&dir.dir, from)?;
-    let process_env: BTreeMap<String, String> = std::env::vars().collect();
+    let process_env = process_env();
     let mut say = |m: &str| eprintln!("{} [stackship] {m}", chrono::Utc::now().format("%H:%M:%S"));
     let lock = crate::lock::DeployLock::acquire(
         &dir.dir,
@@ -202,6 +206,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
     let engine = CliEngine::default();
     let client = Client::new(&engine);
     run_with(cli, &client, out)
+}
+
+/// The process's environment (variables that are not UTF-8 are left out).
+fn process_env() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
 }
 
 /// This process as the lock's owner line.
@@ -267,9 +278,7 @@ fn deploy_command(
         Some(iid) => root.join("review").join(iid.to_string()).join("current"),
         None => dir.current(),
     });
-    let mut process_env: BTreeMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let mut process_env = process_env();
     if let Some(text) = job_settings {
         // The job's settings act as the environment, and win over the manager's own.
         process_env.extend(crate::settings::parse_job_settings(&text)?);
@@ -400,9 +409,7 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
                 write_out(out, &text)?;
                 return Ok(Outcome::Done);
             }
-            let process_env: BTreeMap<String, String> = std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect();
+            let process_env = process_env();
             let request = crate::commands::rollback::Request {
                 env_dir: dir.dir.clone(),
                 env,
@@ -426,6 +433,18 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
             lock_wait,
             env_dir,
         }) => install_command(&cli.root, &env, &from, lock_wait, env_dir),
+        Command::Secret(command) => {
+            let (outcome, text) = crate::commands::secret::run(
+                client,
+                &deploy::WatcherRollout,
+                &|env: &str| env_dir(&cli.root, env),
+                owner(&process_env()),
+                command,
+                &mut std::io::stderr(),
+            )?;
+            write_out(out, &text)?;
+            Ok(outcome)
+        }
         Command::History { env, json } => {
             let dir = env_dir(&cli.root, &env)?;
             let recs = records(&dir)?;

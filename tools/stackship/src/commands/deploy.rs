@@ -782,7 +782,7 @@ pub fn prepare_review(
         progress(&format!(
             "creating the review database password {name} (random, never on disk)"
         ));
-        let password = random_password().at(Stage::Validate)?;
+        let password = crate::commands::secret::random_password(32).at(Stage::Validate)?;
         client
             .run(
                 &Call::write([
@@ -799,20 +799,6 @@ pub fn prepare_review(
     }
     progress(&format!("review stack {stack}: http port {port}"));
     Ok(port)
-}
-
-/// 32 random bytes from the kernel as a URL-safe password (32 characters of 6 random bits).
-fn random_password() -> Result<String, Error> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(Error::io("cannot read /dev/urandom"))?;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    Ok(bytes
-        .iter()
-        .map(|b| ALPHABET[usize::from(b & 63)] as char)
-        .collect())
 }
 
 /// Where environments keep Postgres's data by default (the stack files bind-mount it).
@@ -1237,6 +1223,7 @@ impl Rollout for WatcherRollout {
         record.commit = provenance.commit.clone();
         record.pipeline = provenance.pipeline.clone();
         record.ancestors = provenance.ancestors.clone();
+        record.note = provenance.note.clone();
         let records = rollout_watcher::history::read_all(history).map_err(|e| format!("{e:#}"))?;
         if let Some(last) = records.last().filter(|last| same_release(last, &record)) {
             return Ok(Recorded::Unchanged(last.id.clone()));
@@ -2320,6 +2307,7 @@ mod tests {
             commit: Some(commit.into()),
             pipeline: Some("https://ci/p/9".into()),
             ancestors: ancestors.iter().map(|a| (*a).to_owned()).collect(),
+            note: None,
             services: Default::default(),
         };
         rollout_watcher::history::write(&history, &record).unwrap();

@@ -25,6 +25,9 @@ pub fn render(records: &[DeployRecord]) -> String {
                 .unwrap_or_default(),
             if i == 0 { " (last deploy)" } else { "" }
         );
+        if let Some(note) = &r.note {
+            let _ = writeln!(out, "    {note}");
+        }
         let images: Vec<String> = r
             .services
             .iter()
@@ -67,6 +70,7 @@ mod tests {
             commit: commit.map(Into::into),
             pipeline: None,
             ancestors: Vec::new(),
+            note: None,
             services: [(
                 "backend".to_owned(),
                 ServiceRecord {
@@ -94,6 +98,19 @@ mod tests {
             text,
             "20261206T020000.000Z commit 0123456789ab (last deploy)\n    images: backend=backend:b\n    configs and secrets: prod_backend_config_1 stackship-prod-db-password-v1\n\
              20261206T010000.000Z\n    images: backend=backend:a\n    configs and secrets: prod_backend_config_1 stackship-prod-db-password-v1\n"
+        );
+    }
+
+    #[test]
+    fn a_rotation_says_so() {
+        let mut r = record("20261206T030000.000Z", "b", None);
+        r.note = Some("rotated db-password: v1 -> v2".into());
+        let text = render(&[r]);
+        assert!(
+            text.starts_with(
+                "20261206T030000.000Z (last deploy)\n    rotated db-password: v1 -> v2\n    images:"
+            ),
+            "{text}"
         );
     }
 

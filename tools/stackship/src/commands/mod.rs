@@ -3,4 +3,5 @@
 pub mod deploy;
 pub mod history;
 pub mod rollback;
+pub mod secret;
 pub mod status;
