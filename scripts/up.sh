@@ -137,18 +137,18 @@ build_and_push() {
         --base-image "$BASE_IMAGE" --nginx-image "$NGINX_IMAGE" >/dev/null
 }
 
-# ensure_secrets ENV: the database password (scripts/server/secret.sh: generated into Swarm, never on
+# ensure_secrets ENV: the database password (stackship secret init: generated into Swarm, never on
 # disk) and, for prod, a self-signed certificate in the deploy directory's secrets/, the source
 # of the content-named TLS secrets.
 ensure_secrets() {
-    local env="$1" legacy="${STACKSHIP_LEGACY_SECRETS_DIR}/$1" dir init=(init db-password "$1")
+    local env="$1" legacy="${STACKSHIP_LEGACY_SECRETS_DIR}/$1" dir init=(init "$1" db-password)
     dir="$(env_deploy_dir "$env")/secrets"
     install -d -m 0700 "$dir"
     # An older bring-up kept the password in a file: its database was initialised with it.
     if [[ -s "$legacy/db_password" ]]; then
         init+=(--file "$legacy/db_password")
     fi
-    "$(repo_root)/scripts/server/secret.sh" "${init[@]}" || die "creating the ${env} database password failed"
+    "${CARGO_TARGET_DIR:-$(repo_root)/target}/release/stackship" secret "${init[@]}" || die "creating the ${env} database password failed"
     rm -f "$legacy/db_password"
     if [[ "$env" == prod ]]; then
         if [[ -s "$legacy/tls.crt" && -s "$legacy/tls.key" && ! -s "$dir/tls.crt" ]]; then

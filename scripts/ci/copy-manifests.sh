@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The copy step: puts exactly one environment's release into its deploy directory, as the
 # pipeline does on the manager, replacing whatever a previous copy left there:
-#   <dest>/current/{stackship, config-hasher, rollout-watcher, secret.sh,
+#   <dest>/current/{stackship, config-hasher, rollout-watcher,
 #                   docker-compose.<env>.yaml, deploy-manifests/<env>/,
 #                   the day-2 scripts db-backup.sh, db-restore.sh, db-tunnel.sh
 #                   and ops-lib.sh, which they source}
@@ -55,7 +55,6 @@ main() {
     STAGING="$staging"
     trap 'rm -rf "$STAGING"' EXIT
     mkdir -p "$staging/deploy-manifests"
-    install -m 0755 "$root/scripts/server/secret.sh" "$staging/secret.sh"
     install -m 0644 "$root/scripts/server/ops-lib.sh" "$staging/ops-lib.sh"
     for tool in db-backup.sh db-restore.sh db-tunnel.sh; do
         install -m 0755 "$root/scripts/server/${tool}" "$staging/${tool}"

@@ -148,7 +148,8 @@ ensure_env() {
     # Source files of the file-backed secrets (prod's TLS certificate and key): the pipeline
     # installs them from CI File variables; only the deploy user reads them.
     install -d -m 0700 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir/secrets"
-    "$(repo_root)/scripts/server/secret.sh" init db-password "$env" || die "creating the ${env} database password failed"
+    # The database password (stackship-<env>-db-password-v1 and the bootstrap copy) is made by the
+    # environment's first deploy, or beforehand with `stackship secret init <env> db-password`.
     if [[ "$env" == prod && ! -s "$dir/secrets/tls.crt" ]]; then
         warn "no TLS certificate in ${dir}/secrets/: set the CI File variables TLS_CERT_FILE and TLS_KEY_FILE (the prod deploy installs them), or put tls.crt and tls.key there (owner ${DEPLOY_USER}, mode 0600)"
     fi
@@ -166,9 +167,9 @@ print_known_hosts() {
 main() {
     parse_args "$@"
     require_root
-    # Deploys and rollbacks are stackship (static, no runtime dependency); flock(1) is for the
-    # shell steps that share its lock (secret.sh, db-*.sh), openssl for secret.sh's passwords.
-    apt_install openssh-server openssh-client rsync util-linux openssl
+    # Everything the manager runs is stackship (static, no runtime dependency) and Docker; sshd
+    # and rsync receive the deploy job's upload.
+    apt_install openssh-server openssh-client rsync
     ensure_docker
     ensure_swarm_here
     ensure_user

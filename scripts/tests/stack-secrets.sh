@@ -4,9 +4,38 @@
 # shellcheck shell=bash
 
 STACK_TESTS+=(db_password_rotates_under_load failed_rotation_restores_password
-    wrong_secret_release_rolls_back renewed_certificate_rolls_proxy_only secrets_do_not_leak)
+    killed_rotation_helper_leaves_no_stray wrong_secret_release_rolls_back
+    renewed_certificate_rolls_proxy_only secrets_do_not_leak)
 
-SECRET_SH="$(repo_root)/scripts/server/secret.sh"
+# rotate_prod: stackship secret rotate prod db-password, from prod's release.
+rotate_prod() { "${PROD_DIR}/current/stackship" secret rotate prod db-password; }
+
+# prod_psql SQL: SQL as the backend role over the postgres container's socket, in the
+# maintenance database (so it works while the application's database refuses connections).
+prod_psql() {
+    local pg
+    pg="$(container_of "${PROD_STACK}_postgres")"
+    [[ -n "$pg" ]] || fail "no running prod postgres container"
+    docker exec "$pg" psql -U backend -d postgres -v ON_ERROR_STOP=1 -Atqc "$1"
+}
+
+# next_password_secret NAME: the version after NAME (…-v3 -> …-v4).
+next_password_secret() { printf '%s%s\n' "${1%-v*}-v" "$((${1##*-v} + 1))"; }
+
+# assert_rotation_undone BEFORE OLD_PW OUT: the backend still mounts BEFORE, the database
+# accepts OLD_PW, no newer version and no helper service is left, writes go on.
+assert_rotation_undone() {
+    local before="$1" old_pw="$2" out="$3" next
+    next="$(next_password_secret "$before")"
+    [[ "$(backend_password_secret)" == "$before" ]] || fail "the backend no longer mounts ${before}"
+    if docker secret inspect "$next" >/dev/null 2>&1; then fail "the new secret ${next} was left behind"; fi
+    [[ -z "$(docker service ls -q --filter label=stackship.ops-helper=secret)" ]] \
+        || fail "a password helper service was left: $(docker service ls --filter label=stackship.ops-helper=secret --format '{{.Name}}')"
+    password_works "$old_pw" || fail "the database no longer accepts the password the backend mounts"
+    a_write_is_stored || fail "a write after the failed rotation failed"
+    grep -qF "the database and the services are back on ${before}" "$out" \
+        || fail "the output does not say both are back on ${before}: $(tail -n 8 "$out")"
+}
 
 # backend_password_secret: the db-password-v<N> secret prod's backend mounts.
 backend_password_secret() {
@@ -45,8 +74,8 @@ test_db_password_rotates_under_load() {
     before="$(backend_password_secret)" || fail "prod's backend mounts no db-password-v<N>"
     old_pw="$(mounted_password)"
     pg_before="$(running_tasks "${PROD_STACK}_postgres")"
-    load_during "$report" "$SECRET_SH" rotate db-password prod > "$out" 2>&1 \
-        || fail "secret.sh rotate failed: $(tail -n 20 "$out")"
+    load_during "$report" rotate_prod > "$out" 2>&1 \
+        || fail "stackship secret rotate failed: $(tail -n 20 "$out")"
     log "rotation under load: $(load_summary "$report")"
     after="$(backend_password_secret)" || fail "after the rotation the backend mounts no db-password-v<N>"
     [[ "${after##*-v}" -eq $((${before##*-v} + 1)) ]] || fail "the backend moved from ${before} to ${after}, expected v$((${before##*-v} + 1))"
@@ -58,26 +87,53 @@ test_db_password_rotates_under_load() {
     if password_works "$old_pw"; then fail "the database still accepts the old password"; fi
     a_write_is_stored || fail "a write after the rotation failed"
     [[ "$(load_failed "$report")" -eq 0 ]] || fail "requests failed during the rotation: $(load_summary "$report")"
-    if grep -qF "$new_pw" "$out" || grep -qF "$old_pw" "$out"; then fail "a password appears in secret.sh's output"; fi
+    if grep -qF "$new_pw" "$out" || grep -qF "$old_pw" "$out"; then fail "a password appears in the rotation's output"; fi
+    "${PROD_DIR}/current/stackship" history prod | sed -n 2p | grep -qF "rotated db-password: ${before} -> ${after}" \
+        || fail "the last record does not say it was a rotation: $("${PROD_DIR}/current/stackship" history prod | head -n 3)"
     rm -f "$report" "$report.log" "$out"
 }
 
 test_failed_rotation_restores_password() {
-    local before bad out rc=0 old_pw
+    local before out rc=0 old_pw
     out="$(mktemp)"
     before="$(backend_password_secret)" || fail "prod's backend mounts no db-password-v<N>"
     old_pw="$(mounted_password)"
-    # The rollout onto the new secret fails: the release's backend never turns healthy.
-    bad="$(push_variant unhealthy 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM; while :; do sleep 1; done"]')"
-    BACKEND_TAG="$bad" "$SECRET_SH" rotate db-password prod > "$out" 2>&1 || rc=$?
-    ((rc != 0)) || fail "secret.sh rotate exited 0 although the rollout failed"
-    grep -q "rotation failed" "$out" || fail "the output does not say the rotation failed: $(tail -n 8 "$out")"
-    assert_rolled_back_to_tag "$out"
-    [[ "$(backend_password_secret)" == "$before" ]] || fail "the backend no longer mounts ${before}"
-    [[ -z "$(docker secret ls -q --filter "name=${PROD_STACK}-db-password-v$((${before##*-v} + 1))")" ]] \
-        || fail "the new secret v$((${before##*-v} + 1)) was left behind"
-    password_works "$old_pw" || fail "the database no longer accepts the password the backend mounts"
-    a_write_is_stored || fail "a write after the failed rotation failed"
+    # The rollout onto the new secret fails: the application's database refuses new connections
+    # (the running tasks keep theirs), so the new backend task never turns ready and Swarm rolls
+    # it back. The password helper works in the maintenance database.
+    prod_psql "ALTER DATABASE backend ALLOW_CONNECTIONS false" >/dev/null
+    rotate_prod > "$out" 2>&1 || rc=$?
+    prod_psql "ALTER DATABASE backend ALLOW_CONNECTIONS true" >/dev/null
+    ((rc == 1)) || fail "stackship secret rotate exited ${rc}, expected 1 (the rollout failed, rolled back): $(tail -n 8 "$out")"
+    grep -q "rotation failed: the rollout onto" "$out" || fail "the output does not say the rollout failed: $(tail -n 8 "$out")"
+    assert_rotation_undone "$before" "$old_pw" "$out"
+    rm -f "$out"
+}
+
+test_killed_rotation_helper_leaves_no_stray() {
+    local before out rc=0 old_pw holder pid helper="" deadline
+    out="$(mktemp)"
+    before="$(backend_password_secret)" || fail "prod's backend mounts no db-password-v<N>"
+    old_pw="$(mounted_password)"
+    # A transaction holds the role's row: the helper's ALTER ROLE waits behind it until the
+    # test kills the helper's container.
+    prod_psql "BEGIN; ALTER ROLE backend VALID UNTIL 'infinity'; SELECT pg_sleep(20); ROLLBACK;" >/dev/null 2>&1 &
+    holder=$!
+    # Started directly (not through a function), so $! is stackship's own pid, which names its helper.
+    "${PROD_DIR}/current/stackship" secret rotate prod db-password > "$out" 2>&1 &
+    pid=$!
+    deadline=$((SECONDS + 60))
+    while [[ -z "$helper" ]] && ((SECONDS < deadline)); do
+        helper="$(docker ps -q --filter "label=com.docker.swarm.service.name=${PROD_STACK}-ops-secret-${pid}" --filter status=running)"
+        [[ -n "$helper" ]] || sleep 0.5
+    done
+    [[ -n "$helper" ]] || { wait "$holder" || true; wait "$pid" || true; fail "the password helper never ran: $(tail -n 8 "$out")"; }
+    docker kill "$helper" >/dev/null
+    wait "$pid" || rc=$?
+    wait "$holder" || true
+    ((rc == 1)) || fail "stackship secret rotate exited ${rc} after its helper was killed, expected 1: $(tail -n 8 "$out")"
+    grep -q "the password was not changed as planned" "$out" || fail "the output does not say the helper failed: $(tail -n 8 "$out")"
+    assert_rotation_undone "$before" "$old_pw" "$out"
     rm -f "$out"
 }
 
@@ -88,7 +144,7 @@ test_wrong_secret_release_rolls_back() {
     # A newer version of the password secret whose content the database does not know: the next
     # deploy picks it up, its backend cannot log in, Swarm rolls it back.
     bad="${PROD_STACK}-db-password-v$((${before##*-v} + 1))"
-    "$SECRET_SH" create "$bad" >/dev/null 2>&1 || fail "cannot create ${bad}"
+    head -c 24 /dev/urandom | base64 | docker secret create "$bad" - >/dev/null || fail "cannot create ${bad}"
     deploy_prod > "$out" 2>&1 || rc=$?
     docker secret rm "$bad" >/dev/null 2>&1 || true
     ((rc != 0)) || fail "stackship deploy exited 0 with a password secret the database refuses"
@@ -158,13 +214,13 @@ test_secrets_do_not_leak() {
     out="$(mktemp)"
     # Canaries: a freshly rotated database password (unique, random) and a line from the middle
     # of the TLS key's PEM body.
-    "$SECRET_SH" rotate db-password prod > "$out" 2>&1 || fail "rotation failed: $(tail -n 10 "$out")"
+    rotate_prod > "$out" 2>&1 || fail "rotation failed: $(tail -n 10 "$out")"
     key_line="$(sed -n 3p "${PROD_DIR}/secrets/tls.key")"
     [[ ${#key_line} -ge 20 ]] || fail "no key line to use as a canary"
     CANARIES=("$(mounted_password)" "$key_line")
     [[ ${#CANARIES[0]} -eq 32 ]] || fail "no password canary"
     LEAKS=0
-    leak_hits "secret.sh's output" < "$out"
+    leak_hits "the rotation's output" < "$out"
     deploy_prod > "$out" 2>&1 || fail "deploy failed"
     leak_hits "stackship deploy's output" < "$out"
     for stack in "$PROD_STACK" "$DEV_STACK"; do

@@ -370,16 +370,35 @@ pub fn db_password_secret(client: &Client<'_>, request: &Request) -> Result<Stri
             "{{.Name}}",
         ]))
         .at(Stage::Validate)?;
-    match newest_version(names.iter().map(String::as_str), &prefix) {
-        Some(n) => Ok(format!("{prefix}{n}")),
-        None => refused(
-            Stage::Validate,
-            format!(
-                "no database password secret {prefix}<N> exists: create it with scripts/server/secret.sh init db-password {} (secret.sh in the release directory)",
-                request.env
-            ),
-        ),
+    if let Some(n) = newest_version(names.iter().map(String::as_str), &prefix) {
+        return Ok(format!("{prefix}{n}"));
     }
+    // The environment's first deploy (no database service, no bootstrap password): its
+    // password pair is made here, as `stackship secret init` would.
+    let stack = request.stack();
+    let first = !crate::commands::secret::exists(
+        client,
+        "secret",
+        &format!("{stack}-db-bootstrap-password"),
+    )
+    .at(Stage::Validate)?
+        && !crate::commands::secret::exists(client, "service", &format!("{stack}_postgres"))
+            .at(Stage::Validate)?;
+    if first {
+        let dir = crate::layout::EnvDir {
+            env: request.env.clone(),
+            dir: request.env_dir(),
+        };
+        crate::commands::secret::init(client, &dir, None, &mut |_| {}).at(Stage::Validate)?;
+        return Ok(format!("{prefix}1"));
+    }
+    refused(
+        Stage::Validate,
+        format!(
+            "no database password secret {prefix}<N> exists: create it with `stackship secret init {} db-password` (--file FILE with the password the database was initialised with)",
+            request.env
+        ),
+    )
 }
 
 /// Stage 3, part: every external secret and config the stack file names exists.
@@ -406,7 +425,7 @@ pub fn check_externals(
         refused(
             Stage::Validate,
             format!(
-                "missing swarm objects: {} (create secrets with scripts/server/secret.sh, see its --help)",
+                "missing swarm objects: {} (create secrets with `stackship secret create`, see its --help)",
                 missing.join(", ")
             ),
         )
@@ -1571,12 +1590,41 @@ mod tests {
             &["secret", "ls"],
             "stackship-prod-db-password-v0\nstackship-prod-db-password-vx\n",
         );
+        fake.answer(
+            &["secret", "inspect", "stackship-prod-db-bootstrap-password"],
+            "[{}]",
+        );
         let e = prepare(&Client::new(&fake), &f.request, &mut quiet()).unwrap_err();
         assert!(
-            e.to_string().contains("secret.sh init db-password prod"),
+            e.to_string()
+                .contains("`stackship secret init prod db-password`"),
             "{e}"
         );
         assert!(fake.writes().is_empty());
+        // A database service without any password: refused too, nothing made.
+        let fake = FakeEngine::new();
+        fake.answer(&["secret", "ls"], "");
+        fake.fail(&["secret", "inspect"], "Error: No such secret: x");
+        fake.answer(&["service", "inspect", "stackship-prod_postgres"], "[{}]");
+        let e = db_password_secret(&Client::new(&fake), &f.request).unwrap_err();
+        assert!(e.to_string().contains("secret init prod"), "{e}");
+        assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn a_first_deploy_makes_its_password_pair() {
+        let f = fixture("REGISTRY=r\n");
+        let fake = FakeEngine::new();
+        fake.answer(&["secret", "ls"], "");
+        fake.fail(&["secret", "inspect"], "Error: No such secret: x");
+        fake.fail(&["service", "inspect"], "Error: no such service: x");
+        fake.answer(&["secret", "create"], "");
+        let name = db_password_secret(&Client::new(&fake), &f.request).unwrap();
+        assert_eq!(name, "stackship-prod-db-password-v1");
+        let writes = fake.writes();
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        assert!(writes[0].ends_with("stackship-prod-db-password-v1 -"));
+        assert!(writes[1].ends_with("stackship-prod-db-bootstrap-password -"));
     }
 
     #[test]

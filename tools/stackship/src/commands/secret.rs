@@ -108,11 +108,14 @@ impl DbNames {
     }
 }
 
-fn exists(client: &Client<'_>, kind: &str, name: &str) -> Result<bool, Error> {
+/// Whether a swarm object exists (Docker's "No such ..." is no; any other failure an error).
+pub fn exists(client: &Client<'_>, kind: &str, name: &str) -> Result<bool, Error> {
     match client.run(&Call::read([kind, "inspect", name])) {
         Ok(_) => Ok(true),
         Err(DockerError::Failed { stderr, .. })
-            if stderr.contains("No such") || stderr.contains("not found") =>
+            if stderr.contains("No such")
+                || stderr.contains("no such")
+                || stderr.contains("not found") =>
         {
             Ok(false)
         }
