@@ -14,7 +14,19 @@ pub struct Object {
     pub name: String,
 }
 
-/// Names kept: referenced by a current or previous spec, or by the last `keep` records.
+/// What makes a record a release of its own: each service's image and configs. Secrets are
+/// left out, so the records a password rotation adds do not count as releases.
+fn release_of(record: &DeployRecord) -> Vec<(&str, &str, &[String])> {
+    record
+        .services
+        .iter()
+        .map(|(name, s)| (name.as_str(), s.image.as_str(), s.configs.as_slice()))
+        .collect()
+}
+
+/// Names kept: referenced by a current or previous spec, or by the records of the last `keep`
+/// distinct releases (a rotation's or a repeated release's records do not push an older
+/// release out).
 pub fn kept_names(
     services: &[ServiceInspect],
     records: &[DeployRecord],
@@ -33,7 +45,15 @@ pub fn kept_names(
             secrets.extend(s);
         }
     }
-    for record in records.iter().rev().take(keep) {
+    let mut releases = Vec::new();
+    for record in records.iter().rev() {
+        let release = release_of(record);
+        if !releases.contains(&release) {
+            if releases.len() == keep {
+                break;
+            }
+            releases.push(release);
+        }
         for service in record.services.values() {
             configs.extend(service.configs.iter().cloned());
             secrets.extend(service.secrets.iter().cloned());

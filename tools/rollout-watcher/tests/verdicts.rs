@@ -366,6 +366,7 @@ fn prune_keeps_current_previous_and_recent_deploys() {
         commit: None,
         pipeline: None,
         ancestors: Vec::new(),
+        note: None,
         services: [(
             "backend".to_owned(),
             history::ServiceRecord {
@@ -417,6 +418,25 @@ fn prune_keeps_current_previous_and_recent_deploys() {
     assert!(secrets.contains("c2-secret") && !secrets.contains("c1-secret"));
     let (configs, _) = prune::kept_names(&[], &records, 1);
     assert_eq!(configs.into_iter().collect::<Vec<_>>(), ["c4"]);
+    // Records of the same release (a rotation: only its secret differs) count once.
+    let mut rotated = record("5", "c4");
+    rotated.services.get_mut("backend").unwrap().secrets = vec!["v2".into()];
+    let records = vec![
+        record("1", "c1"),
+        record("2", "c2"),
+        record("3", "c3"),
+        rotated,
+        record("6", "c4"),
+    ];
+    let (configs, secrets) = prune::kept_names(&[], &records, 2);
+    assert_eq!(configs.into_iter().collect::<Vec<_>>(), ["c3", "c4"]);
+    assert!(
+        secrets.contains("v2") && secrets.contains("c3-secret"),
+        "{secrets:?}"
+    );
+    assert!(!secrets.contains("c2-secret"), "{secrets:?}");
+    let (configs, _) = prune::kept_names(&[], &records, 0);
+    assert!(configs.is_empty());
 }
 
 #[test]
