@@ -156,9 +156,18 @@ test_rollback_returns_to_earlier_deploy() {
     [[ "$(backend_image)" == "$a_image" ]] || fail "after the rollback the backend runs $(backend_image), not A's ${a_image}"
     no_failed_requests "$traffic"
     [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.rollback.*')" ]] || fail "the rollback left its working copy behind"
-    # The rollback is a deploy of its own: it is recorded, and the default target is now B.
+    # The rollback is a deploy of its own, recorded as one; a second rollback would go further
+    # back than A, not return to B.
+    "${PROD_DIR}/current/stackship" history prod | sed -n 2p | grep -q "rolled back to deploy" \
+        || fail "the last record does not say it was a rollback: $("${PROD_DIR}/current/stackship" history prod | head -n 2)"
     listing="$(rollback_prod --list 2>/dev/null | grep -A1 '(default rollback target)' || true)"
-    grep -q "backend=backend:${next}" <<<"$listing" || fail "after the rollback the default target is not B: ${listing}"
+    if grep -q "backend=backend:${next}" <<<"$listing"; then fail "after the rollback the default target is B again: ${listing}"; fi
+    # current/ is what runs: A's config, A's image pinned by digest; a plain deploy changes nothing.
+    grep -qx "title = \"rollback A ${stamp}\"" "$(prod_config)" || fail "current/ does not hold A's config after the rollback"
+    grep -q "^BACKEND_TAG=${TAG}@sha256:" "${PROD_DIR}/current/deploy-manifests/prod/images.env" \
+        || fail "current/'s pins do not name A's image by digest: $(grep BACKEND_TAG "${PROD_DIR}/current/deploy-manifests/prod/images.env")"
+    deploy_prod > "$out" 2>&1 || fail "a plain deploy after the rollback failed: $(tail -n 10 "$out")"
+    grep -q "nothing changed since deploy" "$out" || fail "a plain deploy after the rollback changed something: $(tail -n 10 "$out")"
     rm -f "$out" "$traffic"
     restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
     [[ "$(prod_version)" == "$TAG" && "$(prod_title)" == stackship ]] || fail "prod not restored"

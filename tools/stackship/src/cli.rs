@@ -295,6 +295,7 @@ fn deploy_command(
         install: from.map(|from| deploy::Install { from, secrets }),
         allow_older,
         lock_held_here: false,
+        note: None,
     };
     if print_images {
         // What this deploy would run: the upload's images with --from.

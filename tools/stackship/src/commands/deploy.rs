@@ -123,6 +123,8 @@ pub struct Request {
     pub allow_older: bool,
     /// This process already holds the environment's lock (a rollback deploying under it).
     pub lock_held_here: bool,
+    /// Kept in the record when this deploy is not a release's own (`rolled back to deploy X`).
+    pub note: Option<String>,
 }
 
 /// An uploaded release to swap in before the deploy.
@@ -198,7 +200,7 @@ pub struct Release {
     pub externals: Vec<(String, String)>,
 }
 
-fn pins_in(release: &Path, env: &str) -> PathBuf {
+pub fn pins_in(release: &Path, env: &str) -> PathBuf {
     release
         .join("deploy-manifests")
         .join(env)
@@ -517,7 +519,7 @@ pub fn prepare(
         }
         None => read_settings(request)?,
     };
-    let provenance = Provenance::from_settings(
+    let mut provenance = Provenance::from_settings(
         request.env_var("CI_COMMIT_SHA"),
         request.env_var("CI_PIPELINE_URL"),
         request.env_var("COMMIT_ANCESTORS"),
@@ -526,6 +528,7 @@ pub fn prepare(
         stage: Stage::Read,
         error: Error::Refused(m),
     })?;
+    provenance.note = request.note.clone();
     let allow_older = request.allow_older
         || crate::settings::flag("ALLOW_OLDER", request.env_var("ALLOW_OLDER")).map_err(|m| {
             DeployError {
@@ -570,6 +573,21 @@ pub fn prepare(
     match crate::ancestry::check(running, &provenance, allow_older) {
         Ok(line) => progress(&line),
         Err(why) => return refused(Stage::Validate, why),
+    }
+    if let Some(last) = records.last()
+        && request.note.is_none()
+        && let Some(to) = crate::commands::rollback::rolled_back_to(last)
+    {
+        progress(&format!(
+            "WARNING: the last deploy ({}) rolled {} back to deploy {to}; this deploys the release in {} over it",
+            last.id,
+            request.env,
+            request
+                .install
+                .as_ref()
+                .map_or(&request.release, |i| &i.from)
+                .display()
+        ));
     }
     let pending = match &request.install {
         Some(install) => Some(install_release(request, install, &lock, progress)?),
@@ -1471,6 +1489,7 @@ mod tests {
             install: None,
             allow_older: false,
             lock_held_here: false,
+            note: None,
         };
         Fixture {
             _root: root,
@@ -1759,6 +1778,7 @@ mod tests {
             install: None,
             allow_older: false,
             lock_held_here: false,
+            note: None,
         };
         assert_eq!(r.stack(), "stackship-review-42");
         assert_eq!(
@@ -2308,6 +2328,7 @@ mod tests {
             install: None,
             allow_older: false,
             lock_held_here: false,
+            note: None,
         };
         let fake = FakeEngine::new();
         fake.answer(
@@ -2660,7 +2681,8 @@ mod tests {
         let env: BTreeMap<String, String> = deploy_call.env.iter().cloned().collect();
         assert_eq!(env["BACKEND_TAG"], format!("old@{DIGEST}"));
         assert_eq!(env["PROD_BACKEND_CONFIG"], old_name);
-        // The record names the commit returned to; the working copy is gone; current/ is as it was.
+        // The record names the commit returned to; the working copy is gone; current/ is what
+        // runs now: the restored config, the images pinned as recorded.
         assert!(
             rollout
                 .steps
@@ -2676,7 +2698,20 @@ mod tests {
                 .to_string_lossy()
                 .starts_with(".rollback")
         }));
-        assert_eq!(std::fs::read_to_string(&config).unwrap(), "title = \"x\"\n");
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            "title = \"old\"\n"
+        );
+        let pins = std::fs::read_to_string(f.request.pins()).unwrap();
+        assert!(
+            pins.contains(&format!("\nBACKEND_TAG=old@{DIGEST}\n"))
+                || pins.starts_with(&format!("BACKEND_TAG=old@{DIGEST}\n")),
+            "{pins}"
+        );
+        assert!(
+            progress.contains("is now the rolled-back release"),
+            "{progress}"
+        );
         // A dry run and --list change nothing.
         let before = fake.writes().len();
         let dry = crate::commands::rollback::Request {
@@ -2692,7 +2727,9 @@ mod tests {
             listing.starts_with("20261202T000000.000Z (last deploy)\n"),
             "{listing}"
         );
-        // A config that cannot be read back refuses the rollback before the deploy.
+        // A config that cannot be read back refuses the rollback before the deploy (current/
+        // holding the newer config again).
+        std::fs::write(&config, "title = \"x\"\n").unwrap();
         let gone = swarm_engine();
         gone.answer(&["config", "ls"], &format!("{old_name}\n{new_name}\n"));
         let e = crate::commands::rollback::rollback(

@@ -54,11 +54,58 @@ fn state(r: &DeployRecord) -> BTreeMap<&str, (&str, Vec<&str>)> {
         .collect()
 }
 
-/// The newest deploy before the last one that ran something else.
+/// The note a rollback's record carries.
+pub fn rollback_note(target: &str) -> String {
+    format!("{ROLLED_BACK_TO}{target}")
+}
+
+const ROLLED_BACK_TO: &str = "rolled back to deploy ";
+
+/// The deploy a record's rollback returned to, if it was one.
+pub fn rolled_back_to(record: &DeployRecord) -> Option<&str> {
+    record.note.as_deref()?.strip_prefix(ROLLED_BACK_TO)
+}
+
+/// The newest deploy before the last one that ran something else. After a rollback to X,
+/// the search starts below X: a second rollback goes further back, not to the release the
+/// first one left.
 pub fn default_target(records: &[DeployRecord]) -> Option<&DeployRecord> {
-    let (last, earlier) = records.split_last()?;
+    let (last, mut earlier) = records.split_last()?;
+    if let Some(to) = rolled_back_to(last) {
+        let below = earlier
+            .iter()
+            .position(|r| r.id == to)
+            .unwrap_or(earlier.len());
+        earlier = &earlier[..below];
+    }
     let now = state(last);
     earlier.iter().rev().find(|r| state(r) != now)
+}
+
+/// The pins file's text with each `KEY=value` of `sets` in place (replaced or added).
+pub fn pinned(text: &str, sets: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut done = BTreeSet::new();
+    for line in text.lines() {
+        let key = line.split_once('=').map(|(k, _)| k.trim());
+        match key.and_then(|k| sets.get_key_value(k)) {
+            Some((k, v)) if !line.trim_start().starts_with('#') => {
+                if done.insert(k.clone()) {
+                    out.push_str(&format!("{k}={v}\n"));
+                }
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    for (k, v) in sets {
+        if !done.contains(k) {
+            out.push_str(&format!("{k}={v}\n"));
+        }
+    }
+    out
 }
 
 /// The configs a record names that no longer exist in the swarm.
@@ -439,6 +486,7 @@ pub fn rollback(
         install: None,
         allow_older: true,
         lock_held_here: true,
+        note: None,
     };
     let compose = base.compose();
     if !compose.is_file() {
@@ -564,12 +612,12 @@ pub fn rollback(
     let copy = deploy::Request {
         release: work.clone(),
         process_env: env,
+        note: Some(rollback_note(&plan.target)),
         ..base
     };
     let mut say = |m: &str| progress_line(progress, m);
     say(&format!("stackship deploy {} (rollback)", request.env));
     let result = deploy::deploy(client, rollout, &copy, progress);
-    drop(guard);
     let mut say = |m: &str| progress_line(progress, m);
     match result {
         Ok(w) if w.outcome == Outcome::Done => {
@@ -577,6 +625,24 @@ pub fn rollback(
                 "{stack_name} rolled back to deploy {}",
                 plan.target
             ));
+            // current/ becomes what runs: the copy, its images pinned as recorded, so the next
+            // plain deploy does not silently re-apply what was just rolled back.
+            let pins = deploy::pins_in(&work, &request.env);
+            let text = fs::read_to_string(&pins).unwrap_or_default();
+            let installed = fs::write(&pins, pinned(&text, &plan.sets))
+                .map_err(Error::io(format!("cannot write {}", pins.display())))
+                .and_then(|()| crate::release::swap(&request.env_dir, &work, &_lock));
+            match installed {
+                Ok(current) => say(&format!(
+                    "{} is now the rolled-back release (its images pinned by digest in {})",
+                    current.display(),
+                    pins.strip_prefix(&work).unwrap_or(&pins).display()
+                )),
+                Err(e) => say(&format!(
+                    "WARNING: the rollback runs, but current/ still holds the newer release ({e}): the next plain deploy would re-apply it"
+                )),
+            }
+            drop(guard);
             Ok((Outcome::Done, w.summary))
         }
         Ok(w) => {
@@ -674,6 +740,43 @@ mod tests {
             record("2", "a", "prod_backend_config_bbb"),
         ];
         assert_eq!(default_target(&r).unwrap().id, "1");
+    }
+
+    #[test]
+    fn after_a_rollback_the_default_target_goes_further_back() {
+        let mut back = record("4", "a", "prod_backend_config_aaa");
+        back.note = Some(rollback_note("2"));
+        let r = vec![
+            record("1", "z", "prod_backend_config_zzz"),
+            record("2", "a", "prod_backend_config_aaa"),
+            record("3", "b", "prod_backend_config_bbb"),
+            back,
+        ];
+        assert_eq!(rolled_back_to(&r[3]), Some("2"));
+        assert_eq!(rolled_back_to(&r[2]), None);
+        // Not 3 (the release the rollback left): below 2, the newest that differs.
+        assert_eq!(default_target(&r).unwrap().id, "1");
+        // A rollback to a record no longer there searches everything before it.
+        let mut r2 = r.clone();
+        r2.remove(1);
+        assert_eq!(default_target(&r2).unwrap().id, "3");
+    }
+
+    #[test]
+    fn pins_are_replaced_in_place_and_added_when_missing() {
+        let sets: BTreeMap<String, String> = [
+            ("BACKEND_TAG".to_owned(), format!("a{D}")),
+            ("POSTGRES_IMAGE".to_owned(), format!("pg:15{D}")),
+        ]
+        .into();
+        let text = "# pins\nBACKEND_TAG=b\nFRONTEND_TAG=f\n# BACKEND_TAG=old\nBACKEND_TAG=dup\n";
+        assert_eq!(
+            pinned(text, &sets),
+            format!(
+                "# pins\nBACKEND_TAG=a{D}\nFRONTEND_TAG=f\n# BACKEND_TAG=old\nPOSTGRES_IMAGE=pg:15{D}\n"
+            )
+        );
+        assert_eq!(pinned("", &BTreeMap::new()), "");
     }
 
     #[test]
