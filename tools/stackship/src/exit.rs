@@ -15,6 +15,8 @@ pub enum Outcome {
     /// 3: the state is unknown: the deploy began and its end could not be seen (a timeout with
     /// the rollout still moving, Docker unreachable meanwhile).
     Unknown,
+    /// `stackship exec`: the status of the command it ran, passed through.
+    Exited(u8),
 }
 
 impl Outcome {
@@ -24,6 +26,7 @@ impl Outcome {
             Outcome::RolledBack => 1,
             Outcome::NothingChanged => 2,
             Outcome::Unknown => 3,
+            Outcome::Exited(status) => status,
         }
     }
 
@@ -34,6 +37,7 @@ impl Outcome {
             Outcome::RolledBack => "the release failed and was rolled back: the old version serves",
             Outcome::NothingChanged => "nothing was changed",
             Outcome::Unknown => "the state is unknown: the rollout may still be moving",
+            Outcome::Exited(_) => "the command run in the container ended with this status",
         }
     }
 }
@@ -62,5 +66,8 @@ mod tests {
         assert!(Outcome::NothingChanged.meaning().contains("nothing"));
         assert!(Outcome::Unknown.meaning().contains("unknown"));
         assert_eq!(Outcome::Done.meaning(), "done");
+        assert_eq!(Outcome::Exited(0).code(), 0);
+        assert_eq!(Outcome::Exited(137).code(), 137);
+        assert!(Outcome::Exited(5).meaning().contains("command"));
     }
 }

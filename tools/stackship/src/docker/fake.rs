@@ -3,13 +3,24 @@
 //! matches fails loudly, so a test never passes on an answer it did not mean to give.
 
 use std::cell::RefCell;
+use std::ops::ControlFlow;
 
-use super::{Call, DockerError, Effect, Engine};
+use super::{Call, DockerError, Effect, Engine, Stream, Streamed};
+
+/// What a call that ran prints, and its exit status.
+#[derive(Debug, Clone, Default)]
+struct Output {
+    stdout: String,
+    /// Only streamed and attached calls see it (a run's standard error is its error text).
+    stderr: String,
+    /// Only attached calls see it.
+    status: u8,
+}
 
 #[derive(Debug, Clone)]
 struct Rule {
     prefix: Vec<String>,
-    answer: Result<String, String>,
+    answer: Result<Output, String>,
     /// Used once, then dropped; otherwise answers every matching call.
     once: bool,
 }
@@ -26,7 +37,7 @@ impl FakeEngine {
         Self::default()
     }
 
-    fn add(&self, prefix: &[&str], answer: Result<String, String>, once: bool) {
+    fn add(&self, prefix: &[&str], answer: Result<Output, String>, once: bool) {
         self.rules.borrow_mut().push(Rule {
             prefix: prefix.iter().map(|s| (*s).to_owned()).collect(),
             answer,
@@ -36,12 +47,30 @@ impl FakeEngine {
 
     /// Every call starting with `prefix` prints `stdout`.
     pub fn answer(&self, prefix: &[&str], stdout: &str) {
-        self.add(prefix, Ok(stdout.to_owned()), false);
+        self.add(prefix, Ok(printed(stdout)), false);
     }
 
     /// The next call starting with `prefix` prints `stdout` (rules are tried in order).
     pub fn answer_once(&self, prefix: &[&str], stdout: &str) {
-        self.add(prefix, Ok(stdout.to_owned()), true);
+        self.add(prefix, Ok(printed(stdout)), true);
+    }
+
+    /// Every streamed call starting with `prefix` prints `stdout`'s lines, then `stderr`'s.
+    pub fn answer_streams(&self, prefix: &[&str], stdout: &str, stderr: &str) {
+        let output = Output {
+            stderr: stderr.to_owned(),
+            ..printed(stdout)
+        };
+        self.add(prefix, Ok(output), false);
+    }
+
+    /// Every attached call starting with `prefix` ends with exit status `status`.
+    pub fn answer_status(&self, prefix: &[&str], status: u8) {
+        let output = Output {
+            status,
+            ..Output::default()
+        };
+        self.add(prefix, Ok(output), false);
     }
 
     /// Every call starting with `prefix` fails with Docker's message `stderr`.
@@ -75,8 +104,16 @@ impl FakeEngine {
     }
 }
 
-impl Engine for FakeEngine {
-    fn run(&self, call: &Call) -> Result<String, DockerError> {
+fn printed(stdout: &str) -> Output {
+    Output {
+        stdout: stdout.to_owned(),
+        ..Output::default()
+    }
+}
+
+impl FakeEngine {
+    /// Records `call` and answers it by the first matching rule.
+    fn answer_of(&self, call: &Call) -> Result<Output, DockerError> {
         self.calls.borrow_mut().push(call.clone());
         let mut rules = self.rules.borrow_mut();
         let found = rules.iter().position(|r| {
@@ -97,6 +134,51 @@ impl Engine for FakeEngine {
             command: call.command_line(),
             stderr,
         })
+    }
+}
+
+impl Engine for FakeEngine {
+    fn run(&self, call: &Call) -> Result<String, DockerError> {
+        self.answer_of(call).map(|o| o.stdout)
+    }
+
+    /// Every call is recorded first (the real engine starts them all at once), then each
+    /// one's lines are handed over in turn: its standard output's, then its standard error's,
+    /// then its end. No rule is borrowed meanwhile, so `each` may make calls of its own.
+    fn stream(
+        &self,
+        calls: &[Call],
+        each: &mut dyn FnMut(usize, Streamed<'_>) -> ControlFlow<()>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), DockerError> {
+        let answers: Vec<_> = calls.iter().map(|c| self.answer_of(c)).collect();
+        for (index, answer) in answers.into_iter().enumerate() {
+            let (output, end) = match answer {
+                Ok(output) => (output, Ok(())),
+                Err(e) => (Output::default(), Err(e)),
+            };
+            let lines = output
+                .stdout
+                .lines()
+                .map(|l| Streamed::Line(Stream::Stdout, l))
+                .chain(
+                    output
+                        .stderr
+                        .lines()
+                        .map(|l| Streamed::Line(Stream::Stderr, l)),
+                )
+                .chain([Streamed::Ended(end)]);
+            for event in lines {
+                if stop() || each(index, event).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_attached(&self, call: &Call) -> Result<u8, DockerError> {
+        self.answer_of(call).map(|o| o.status)
     }
 }
 
@@ -134,6 +216,87 @@ mod tests {
         assert!(err.to_string().contains("no answer"), "{err}");
         // A rule longer than the call does not match it.
         assert!(fake.run(&Call::read(["service"])).is_err());
+    }
+
+    /// What a stream of `calls` hands over, as `index event` lines.
+    fn streamed(fake: &FakeEngine, calls: &[Call], stop_after: usize) -> Vec<String> {
+        let mut seen = Vec::new();
+        fake.stream(
+            calls,
+            &mut |i, event| {
+                seen.push(match event {
+                    Streamed::Line(stream, line) => format!("{i} {stream:?} {line}"),
+                    Streamed::Ended(end) => format!("{i} ended {end:?}"),
+                });
+                if seen.len() == stop_after {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+            &|| false,
+        )
+        .unwrap();
+        seen
+    }
+
+    #[test]
+    fn streamed_calls_are_all_recorded_then_answered_line_by_line() {
+        let fake = FakeEngine::new();
+        fake.answer_streams(&["service", "logs", "a"], "a1\na2\n", "a-err\n");
+        fake.answer(&["service", "logs", "b"], "b1\n");
+        let calls = [
+            Call::read(["service", "logs", "a"]),
+            Call::read(["service", "logs", "b"]),
+        ];
+        assert_eq!(
+            streamed(&fake, &calls, 0),
+            vec![
+                "0 Stdout a1",
+                "0 Stdout a2",
+                "0 Stderr a-err",
+                "0 ended Ok(())",
+                "1 Stdout b1",
+                "1 ended Ok(())"
+            ]
+        );
+        assert_eq!(fake.calls().len(), 2);
+        // A break stops at once; so does a stop asked for.
+        assert_eq!(streamed(&fake, &calls, 1), vec!["0 Stdout a1"]);
+        assert_eq!(fake.calls().len(), 4);
+        fake.stream(&calls, &mut |_, _| panic!("nothing after a stop"), &|| true)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_failing_streamed_call_ends_with_its_error_and_attached_calls_give_their_status() {
+        let fake = FakeEngine::new();
+        fake.fail(&["service", "logs", "x"], "no such task or service: x");
+        fake.answer(&["service", "logs", "y"], "y1\n");
+        let seen = streamed(
+            &fake,
+            &[
+                Call::read(["service", "logs", "x"]),
+                Call::read(["service", "logs", "y"]),
+            ],
+            0,
+        );
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[0].starts_with("0 ended Err(Failed")
+                && seen[0].contains("no such task or service: x"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[1..], ["1 Stdout y1", "1 ended Ok(())"]);
+        fake.answer_status(&["exec"], 7);
+        assert_eq!(
+            fake.run_attached(&Call::write(["exec", "c", "sh"]))
+                .unwrap(),
+            7
+        );
+        fake.answer(&["version"], "28\n");
+        assert_eq!(fake.run_attached(&Call::read(["version"])).unwrap(), 0);
+        assert!(fake.run_attached(&Call::read(["info"])).is_err());
     }
 
     #[test]

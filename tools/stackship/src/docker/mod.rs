@@ -11,6 +11,7 @@ pub mod cli;
 pub mod fake;
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// Whether a call only looks (and may be repeated) or changes the swarm.
@@ -162,10 +163,46 @@ const TRANSIENT: &[&str] = &[
     "i/o timeout",
 ];
 
+/// Which of a command's outputs a streamed line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// What a streamed call hands over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Streamed<'a> {
+    /// A line of its output, without the newline (bytes that are not UTF-8 replaced).
+    Line(Stream, &'a str),
+    /// Its end: Ok, or why it failed (the last lines of its standard error, else its exit
+    /// status; or its deadline passed and it was stopped).
+    Ended(Result<(), DockerError>),
+}
+
 /// Runs docker calls.
 pub trait Engine {
     /// Runs `call` and returns its standard output.
     fn run(&self, call: &Call) -> Result<String, DockerError>;
+
+    /// Runs `calls` side by side and hands over what each prints, line by line as it comes,
+    /// and its end, with the index of its call. A call that fails (or passes its deadline; a
+    /// timeout too large to reach is none) leaves the others running: `each` decides, and
+    /// breaking stops them all, as `stop` turning true does (it is asked between lines).
+    /// Returns when every call has ended or they were stopped; an error only when a call
+    /// cannot start.
+    fn stream(
+        &self,
+        calls: &[Call],
+        each: &mut dyn FnMut(usize, Streamed<'_>) -> ControlFlow<()>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), DockerError>;
+
+    /// Runs `call` on this process's own standard input, output and error (a terminal, a
+    /// pipe), without a deadline, and returns its exit status (128 + the signal when a signal
+    /// ended it). A status other than 0 is no error: it is the command's answer. The call's
+    /// `stdin` is not used.
+    fn run_attached(&self, call: &Call) -> Result<u8, DockerError>;
 }
 
 /// How reads are retried.
@@ -233,6 +270,21 @@ impl<'a> Client<'a> {
                 other => return other,
             }
         }
+    }
+
+    /// Streams `calls` (see [`Engine::stream`]); never retried, its lines are already out.
+    pub fn stream(
+        &self,
+        calls: &[Call],
+        each: &mut dyn FnMut(usize, Streamed<'_>) -> ControlFlow<()>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), DockerError> {
+        self.engine.stream(calls, each, stop)
+    }
+
+    /// Runs `call` on our terminal (see [`Engine::run_attached`]); never retried.
+    pub fn run_attached(&self, call: &Call) -> Result<u8, DockerError> {
+        self.engine.run_attached(call)
     }
 
     /// Runs `call` and splits its output into non-empty trimmed lines.
