@@ -108,6 +108,12 @@ pub enum Command {
     /// list (never values).
     #[command(subcommand)]
     Secret(crate::commands::secret::SecretCommand),
+    /// The logs of the environment's services (or one service's), each line tagged with its
+    /// task (service.slot, task id, node) and the version it runs.
+    Logs(crate::commands::logs::LogsArgs),
+    /// Run a command in a running task of a service on this node (`docker exec`), with its
+    /// exit status passed through.
+    Exec(crate::commands::exec::ExecArgs),
     /// The deploy records of an environment, newest first.
     History {
         env: String,
@@ -445,6 +451,15 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
             )?;
             write_out(out, &text)?;
             Ok(outcome)
+        }
+        Command::Logs(args) => {
+            let dir = env_dir(&cli.root, &args.env)?;
+            crate::interrupt::install().map_err(Error::io("cannot catch Ctrl-C"))?;
+            crate::commands::logs::run(client, &dir, &args, out, &crate::interrupt::requested)
+        }
+        Command::Exec(args) => {
+            let dir = env_dir(&cli.root, &args.env)?;
+            crate::commands::exec::run(client, &dir, &args, &mut std::io::stderr())
         }
         Command::History { env, json } => {
             let dir = env_dir(&cli.root, &env)?;
