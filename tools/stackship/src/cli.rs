@@ -114,6 +114,10 @@ pub enum Command {
     /// Run a command in a running task of a service on this node (`docker exec`), with its
     /// exit status passed through.
     Exec(crate::commands::exec::ExecArgs),
+    /// The environment's database: backup, restore (writes refused meanwhile), a tunnel to it
+    /// on this manager's loopback, a psql console.
+    #[command(subcommand)]
+    Db(crate::commands::db::DbCommand),
     /// The deploy records of an environment, newest first.
     History {
         env: String,
@@ -460,6 +464,16 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
         Command::Exec(args) => {
             let dir = env_dir(&cli.root, &args.env)?;
             crate::commands::exec::run(client, &dir, &args, &mut std::io::stderr())
+        }
+        Command::Db(command) => {
+            crate::interrupt::install().map_err(Error::io("cannot install the signal handlers"))?;
+            crate::commands::db::run(
+                &cli.root,
+                command,
+                client,
+                out,
+                &crate::interrupt::requested,
+            )
         }
         Command::History { env, json } => {
             let dir = env_dir(&cli.root, &env)?;

@@ -1,5 +1,6 @@
 //! One module per verb: `stackship status` is [`status`], `stackship history` is [`history`].
 
+pub mod db;
 pub mod deploy;
 pub mod exec;
 pub mod history;

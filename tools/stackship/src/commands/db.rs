@@ -1,0 +1,2532 @@
+//! `stackship db backup|restore|tunnel|console ENV`: the environment's database, from the
+//! manager, without ever publishing its port or showing its password.
+//!
+//! - **backup**: `pg_dump --format=custom` in a one-off helper ([`crate::helper`]) pinned to this
+//!   node with the backup directory bind-mounted; the file is written as `.<name>.partial`, read
+//!   back with `pg_restore --list`, and only then gets its dated name (mode 0600); the newest N
+//!   dated backups are kept; the path is printed on stdout.
+//! - **restore**: under the environment's deploy lock, ONE helper runs one `psql` session that
+//!   takes the backend's restore lock ([`RESTORE_LOCK_KEY`], exclusive, session level: the
+//!   backend answers writes 503 `read_only` while it is held, and taking it waits for every
+//!   write in flight), prints `read-only from <time>`, saves every sequence's value, replays
+//!   `pg_restore --clean --if-exists --no-owner`'s SQL in one transaction, moves each sequence
+//!   up to `greatest(before, restored)` (ids never go backwards) in that same transaction,
+//!   commits, unlocks and prints `writes accepted again from <time>`. Any failure rolls the
+//!   transaction back and the lock ends with the session.
+//! - **tunnel**: 127.0.0.1:PORT on this node → a forwarder container published on loopback
+//!   only → a private attachable overlay network → a helper on the stack's `data` network →
+//!   `postgres:5432`. The login is a libpq passfile (mode 0600, in a fresh 0700 directory)
+//!   written from the secret the backend mounts, by a helper pinned to this node: the password
+//!   is never printed, logged or put on a command line. Everything is removed when the tunnel
+//!   ends (Ctrl-C, SIGTERM, `--for`, a part of it dying).
+//! - **console**: `psql` in the running Postgres container on this node over its local socket
+//!   (no password), interactive on a terminal, or reading SQL from a pipe.
+//!
+//! The database client's settings are those of the running services: Postgres's image (its
+//! `pg_dump` matches the server), `POSTGRES_USER`/`POSTGRES_DB` from `<stack>_postgres`, and the
+//! password secret `<stack>_backend` mounts at `db_password`.
+
+use std::fs;
+use std::io::{IsTerminal, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+
+use crate::commands::deploy::progress_line;
+use crate::docker::{Call, Client, DockerError};
+use crate::error::Error;
+use crate::exit::Outcome;
+use crate::helper::{self, Helper, HelperError, SecretMount, Spec, TaskState, Wait};
+use crate::layout::{self, EnvDir, PROJECT};
+use crate::lock::DeployLock;
+
+/// The backend's restore lock (`RESTORE_LOCK_KEY` in services/backend/src/store.rs, the bytes
+/// `STKSREST`): a restore holds it exclusively; each write batch takes it shared and writes
+/// nothing when it is not granted.
+pub const RESTORE_LOCK_KEY: i64 = 0x5354_4b53_5245_5354;
+
+/// How long a dump or a restore may take.
+const DUMP_LIMIT: Duration = Duration::from_secs(3600);
+
+/// The mount target of the directory a backup is written to or restored from.
+const BACKUP_MOUNT: &str = "/backup";
+const RESTORE_MOUNT: &str = "/restore";
+const PASS_MOUNT: &str = "/out";
+
+/// `stackship db ...`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Dump ENV's database (pg_dump --format=custom) into DIR/<stack>-<YYYYMMDDTHHMMSSZ>.dump and
+    /// print the file's path. The file gets that name (mode 0600) only once pg_dump succeeded and
+    /// pg_restore can read it back; then all but the newest N dated backups are removed.
+    Backup {
+        env: String,
+        /// Dated backups of ENV kept in DIR, the newest first; older ones are removed.
+        #[arg(long, value_name = "N", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+        keep: u32,
+        /// Where backups go (default: <root>/<env>/backups, created with mode 0700).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Replace the data of ENV's database with a backup (from `db backup`, or any pg_dump
+    /// --format=custom of it), in one transaction, under the deploy lock. Writes are refused
+    /// (503 read_only) while it runs; reads go on. Everything written since the backup is lost;
+    /// ids handed out since are not handed out again.
+    Restore {
+        env: String,
+        /// The backup file.
+        file: PathBuf,
+        /// Really replace the data.
+        #[arg(long)]
+        yes: bool,
+        /// How long to wait for a deploy that holds the lock, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::settings::Defaults::LOCK_WAIT.as_secs())]
+        lock_wait: u64,
+    },
+    /// Make ENV's database reachable on 127.0.0.1:PORT of this manager until Ctrl-C (or --for),
+    /// with a passfile for the login: it prints `PGPASSFILE=<file> psql "host=127.0.0.1 ..."`.
+    /// From a workstation: ssh -N -L PORT:127.0.0.1:PORT root@MANAGER, and the same passfile.
+    Tunnel {
+        env: String,
+        /// The loopback port on this manager.
+        #[arg(long, default_value_t = 15432, value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// Close the tunnel after SECONDS (default: stay open until interrupted).
+        #[arg(long = "for", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        duration: Option<u64>,
+    },
+    /// psql on ENV's database as its owner, in the Postgres container on this node (its local
+    /// socket: no password). Interactive on a terminal; `echo 'SELECT 1' | stackship db console
+    /// ENV` runs piped SQL.
+    Console { env: String },
+}
+
+/// Pace and bounds of the waits (tests shorten them).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Between two looks at a helper's task.
+    pub poll: Duration,
+    /// Between two reads of a running restore's output.
+    pub step: Duration,
+    /// Between two checks that every part of a tunnel still runs.
+    pub check: Duration,
+    /// How long the tunnel's helper may take to run, and its forwarders to answer.
+    pub start: Duration,
+    /// The longest sleep between two looks at the stop flag.
+    pub slice: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_millis(500),
+            step: Duration::from_secs(2),
+            check: Duration::from_secs(2),
+            start: Duration::from_secs(120),
+            slice: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What the commands need from this machine besides Docker (tests replace each part).
+pub struct Local<'a> {
+    /// This process's id, in helper names.
+    pub pid: u32,
+    pub timing: Timing,
+    /// Where a tunnel's private directory is made.
+    pub private_base: PathBuf,
+    /// Whether something already listens on 127.0.0.1:PORT.
+    pub in_use: &'a dyn Fn(u16) -> bool,
+    /// Whether a Postgres server answers on 127.0.0.1:PORT.
+    pub answers: &'a dyn Fn(u16) -> bool,
+    /// Whether standard input and standard output are terminals.
+    pub terminals: (bool, bool),
+    /// Reads, then removes, the file a helper copied the password into ([`take_file`]).
+    pub take_password: &'a dyn Fn(&Path) -> std::io::Result<String>,
+    /// Who takes the deploy lock (a restore).
+    pub owner: String,
+}
+
+/// Runs a `db` command: results go to `out`, progress to stderr. `stop` is the interrupt flag
+/// (`crate::interrupt::requested`): after a stop the command puts things right (helpers,
+/// containers, networks, files removed) and, unless it still got to its end, the process exits
+/// as a shell reports a signal: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, 129 after SIGHUP.
+/// A tunnel's usual end is such a signal: 130 after Ctrl-C, as `db-tunnel.sh` did.
+pub fn run(
+    root: &Path,
+    command: DbCommand,
+    client: &Client<'_>,
+    out: &mut dyn Write,
+    stop: &dyn Fn() -> bool,
+) -> Result<Outcome, Error> {
+    let say = |m: &str| progress_line(&mut std::io::stderr(), m);
+    let local = Local {
+        pid: std::process::id(),
+        timing: Timing::default(),
+        private_base: private_base(std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)),
+        in_use: &port_in_use,
+        answers: &postgres_answers,
+        terminals: (
+            std::io::stdin().is_terminal(),
+            std::io::stdout().is_terminal(),
+        ),
+        take_password: &take_file,
+        owner: owner_line(),
+    };
+    // Which signal stopped it, for the exit status a shell gives (128 + the signal).
+    let signals = [
+        (
+            signal_hook::consts::SIGTERM,
+            Arc::new(AtomicBool::new(false)),
+        ),
+        (
+            signal_hook::consts::SIGHUP,
+            Arc::new(AtomicBool::new(false)),
+        ),
+    ];
+    for (signal, seen) in &signals {
+        signal_hook::flag::register(*signal, Arc::clone(seen))
+            .map_err(Error::io("cannot install the signal handlers"))?;
+    }
+    // A tunnel's usual end is Ctrl-C; any other command that got to its end is done, signal
+    // or not.
+    let ends_by_signal = matches!(command, DbCommand::Tunnel { .. });
+    let result = execute(root, command, client, &local, stop, &say, out);
+    if stop() && (result.is_err() || ends_by_signal) {
+        if let Err(e) = &result {
+            eprintln!("stackship: error: {e:#}");
+        }
+        let _ = out.flush();
+        let signal = signals
+            .iter()
+            .find(|(_, seen)| seen.load(Ordering::SeqCst))
+            .map_or(signal_hook::consts::SIGINT, |(signal, _)| *signal);
+        std::process::exit(128 + signal);
+    }
+    result
+}
+
+/// [`run`] with every part given, and no exit: what the tests drive.
+pub fn execute(
+    root: &Path,
+    command: DbCommand,
+    client: &Client<'_>,
+    local: &Local<'_>,
+    stop: &dyn Fn() -> bool,
+    say: &dyn Fn(&str),
+    out: &mut dyn Write,
+) -> Result<Outcome, Error> {
+    let ctx = Ctx {
+        root,
+        client,
+        local,
+        stop,
+        say,
+    };
+    match command {
+        DbCommand::Backup { env, keep, dir } => {
+            let path = ctx.backup(&env, keep as usize, dir)?;
+            write_line(out, &path.display().to_string())?;
+        }
+        DbCommand::Restore {
+            env,
+            file,
+            yes,
+            lock_wait,
+        } => ctx.restore(&env, &file, yes, Duration::from_secs(lock_wait))?,
+        DbCommand::Tunnel {
+            env,
+            port,
+            duration,
+        } => ctx.tunnel(&env, port, duration.map(Duration::from_secs), out)?,
+        DbCommand::Console { env } => return ctx.console(&env),
+    }
+    Ok(Outcome::Done)
+}
+
+fn write_line(out: &mut dyn Write, line: &str) -> Result<(), Error> {
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(Error::io("cannot write to stdout"))
+}
+
+fn refused<T>(message: impl Into<String>) -> Result<T, Error> {
+    Err(Error::Refused(message.into()))
+}
+
+/// The private directory's parent: `$XDG_RUNTIME_DIR` (a tmpfs of this user's) when it is a
+/// directory, else the temporary directory.
+pub fn private_base(runtime_dir: Option<PathBuf>) -> PathBuf {
+    runtime_dir
+        .filter(|d| d.is_absolute() && d.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// This process as the deploy lock's owner line.
+fn owner_line() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown host".to_owned());
+    crate::lock::owner_line(
+        std::process::id(),
+        &host,
+        &chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%SZ (stackship db restore)")
+            .to_string(),
+        std::env::var("CI_JOB_URL").ok().as_deref(),
+    )
+}
+
+/// The database client's settings, read from the running services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    /// Postgres's image, as its service runs it (with the digest).
+    pub image: String,
+    /// `POSTGRES_USER` (default `postgres`).
+    pub user: String,
+    /// `POSTGRES_DB` (default: the user).
+    pub name: String,
+    /// The swarm secret the backend mounts at `db_password`: the password it logs in with now.
+    pub password_secret: String,
+}
+
+/// A service's `ContainerSpec`, or a refusal naming the service when it does not exist.
+fn container_spec(
+    client: &Client<'_>,
+    service: &str,
+    stack: &str,
+) -> Result<serde_json::Value, Error> {
+    let text = match client.run(&Call::read(["service", "inspect", service])) {
+        Ok(text) => text,
+        Err(DockerError::Failed { stderr, .. }) if stderr.contains("No such service") => {
+            return refused(format!(
+                "service {service} does not exist (is {stack} deployed?)"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Refused(format!("docker service inspect {service}: {e}")))?;
+    Ok(v[0]["Spec"]["TaskTemplate"]["ContainerSpec"].clone())
+}
+
+/// Postgres's image, user and database.
+fn postgres_settings(client: &Client<'_>, stack: &str) -> Result<(String, String, String), Error> {
+    let service = format!("{stack}_postgres");
+    let spec = container_spec(client, &service, stack)?;
+    let image = spec["Image"].as_str().unwrap_or_default().to_owned();
+    if image.is_empty() {
+        return refused(format!("service {service} names no image"));
+    }
+    let env: Vec<&str> = spec["Env"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let var = |key: &str| {
+        env.iter()
+            .find_map(|e| e.strip_prefix(key)?.strip_prefix('='))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let user = var("POSTGRES_USER").unwrap_or_else(|| "postgres".to_owned());
+    let name = var("POSTGRES_DB").unwrap_or_else(|| user.clone());
+    Ok((image, user, name))
+}
+
+/// The database client's settings (as `ops_db_helper_args` of the day-2 scripts read them).
+pub fn database(client: &Client<'_>, stack: &str) -> Result<Database, Error> {
+    let (image, user, name) = postgres_settings(client, stack)?;
+    let backend = format!("{stack}_backend");
+    let spec = container_spec(client, &backend, stack)?;
+    let secret = spec["Secrets"].as_array().and_then(|secrets| {
+        secrets.iter().find_map(|s| {
+            (s["File"]["Name"].as_str() == Some("db_password"))
+                .then(|| s["SecretName"].as_str().map(str::to_owned))
+                .flatten()
+        })
+    });
+    let Some(password_secret) = secret else {
+        return refused(format!("service {backend} mounts no secret at db_password"));
+    };
+    Ok(Database {
+        image,
+        user,
+        name,
+        password_secret,
+    })
+}
+
+/// A database client helper: Postgres's image running `bash ARGS`, the password at
+/// `/run/secrets/db_password`, `PGHOST`/`PGUSER`/`PGDATABASE`, on the stack's data network.
+pub fn client_spec(stack: &str, db: &Database, name: &str, what: &str, args: &[&str]) -> Spec {
+    Spec {
+        name: name.to_owned(),
+        what: what.to_owned(),
+        image: db.image.clone(),
+        entrypoint: Some("bash".to_owned()),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        secrets: vec![SecretMount {
+            source: db.password_secret.clone(),
+            target: "db_password".to_owned(),
+        }],
+        env: vec![
+            ("PGHOST".to_owned(), "postgres".to_owned()),
+            ("PGUSER".to_owned(), db.user.clone()),
+            ("PGDATABASE".to_owned(), db.name.clone()),
+        ],
+        networks: vec![format!("{stack}_data")],
+        ..Spec::default()
+    }
+}
+
+/// A bind mount of a directory of this node (its path may not hold a comma: `--mount` splits
+/// on them).
+fn bind(source: &Path, target: &str, readonly: bool) -> Result<String, Error> {
+    let s = source.display().to_string();
+    if s.contains(',') {
+        return refused(format!(
+            "{s}: a directory whose path holds a comma cannot be mounted into a helper"
+        ));
+    }
+    Ok(format!(
+        "type=bind,source={s},target={target}{}",
+        if readonly { ",readonly" } else { "" }
+    ))
+}
+
+/// The helper that dumps: the file is readable by root only from its first byte, and must
+/// read back before the helper succeeds. `$1`: the file's name in the mounted directory.
+pub const BACKUP_SCRIPT: &str = r#"set -eu
+exec 2>&1
+umask 077
+PGPASSWORD="$(cat /run/secrets/db_password)"
+export PGPASSWORD
+pg_dump --format=custom --no-password --file="/backup/$1"
+pg_restore --list "/backup/$1" >/dev/null
+chmod 0600 "/backup/$1""#;
+
+/// The helper that restores: checks the archive, then ONE psql session runs `$2` (lock, time,
+/// sequences saved, BEGIN), pg_restore's SQL, and `$3` (sequences moved up, COMMIT, unlock,
+/// time). When pg_restore fails, `$3` is never sent: psql reaches the end of its input inside
+/// the transaction, which the server rolls back, and the lock ends with the session.
+/// `$1`: the file's name in the mounted directory.
+pub const RESTORE_SCRIPT: &str = r#"set -euo pipefail
+exec 2>&1
+PGPASSWORD="$(cat /run/secrets/db_password)"
+export PGPASSWORD
+file="/restore/$1"
+pg_restore --list "$file" >/dev/null
+{
+    printf '%s\n' "$2"
+    pg_restore --clean --if-exists --no-owner --file=- "$file" || exit 1
+    printf '%s\n' "$3"
+} | psql --no-psqlrc --quiet --no-align --tuples-only --no-password --set=ON_ERROR_STOP=1 --file=-"#;
+
+/// `psql`'s time format for the read-only window (UTC, milliseconds).
+const SQL_NOW: &str = r#"pg_catalog.to_char(pg_catalog.clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#;
+
+/// The restore's first part, before pg_restore's SQL: the lock (waits for the writes in
+/// flight; new ones are refused from the moment it is asked for), the time it was granted,
+/// every sequence's value, and the transaction's start. Query output is off from there on, so
+/// pg_restore's own statements print nothing.
+pub fn restore_sql_before() -> String {
+    format!(
+        "\\o /dev/null
+SELECT pg_catalog.pg_advisory_lock({RESTORE_LOCK_KEY});
+\\o
+SELECT 'read-only from ' || {SQL_NOW};
+\\o /dev/null
+CREATE TEMP TABLE stackship_sequences_before AS
+    SELECT schemaname, sequencename, last_value FROM pg_catalog.pg_sequences;
+BEGIN;"
+    )
+}
+
+/// The restore's last part, in the same transaction: each sequence to greatest(before,
+/// restored), so an id handed out since the backup is never handed out again; COMMIT; then
+/// the unlock and its time. (pg_restore's SQL empties `search_path`: every name is qualified.)
+pub fn restore_sql_after() -> String {
+    format!(
+        "\\o
+SELECT pg_catalog.count(pg_catalog.setval(
+        pg_catalog.format('%I.%I', s.schemaname, s.sequencename)::pg_catalog.regclass,
+        GREATEST(b.last_value, s.last_value), true))
+    || ' sequences moved up to their value before the restore (no id is handed out twice)'
+  FROM pg_catalog.pg_sequences s
+  JOIN pg_temp.stackship_sequences_before b
+    ON b.schemaname = s.schemaname AND b.sequencename = s.sequencename
+ WHERE b.last_value IS NOT NULL AND (s.last_value IS NULL OR s.last_value < b.last_value);
+COMMIT;
+\\echo restore committed
+\\o /dev/null
+SELECT pg_catalog.pg_advisory_unlock({RESTORE_LOCK_KEY});
+\\o
+SELECT 'writes accepted again from ' || {SQL_NOW};"
+    )
+}
+
+/// The helper that fetches the password for a tunnel's passfile into the private directory
+/// (bind-mounted, this node only): never to its output.
+pub const PASS_SCRIPT: &str = r#"set -eu
+umask 077
+cat /run/secrets/db_password > /out/password"#;
+
+/// The forwarders (Perl, in Postgres's own image, as user nobody): `LISTEN_PORT HOST PORT`;
+/// one process per connection copies bytes both ways until either side closes. Its messages go
+/// to standard output (`docker logs` of the local one shows them when it stops).
+pub const FORWARD: &str = r#"use strict; use IO::Socket::INET; use IO::Select;
+open(STDERR, ">&", \*STDOUT); $| = 1;
+my ($lport, $host, $port) = @ARGV;
+$SIG{CHLD} = "IGNORE"; $SIG{TERM} = sub { exit 0 };
+my $l = IO::Socket::INET->new(LocalAddr => "0.0.0.0", LocalPort => $lport, Listen => 32, ReuseAddr => 1)
+    or die "cannot listen on $lport: $!\n";
+print "forwarding :$lport to $host:$port\n";
+while (1) {
+    my $c = $l->accept or next;
+    my $pid = fork;
+    if (!defined $pid || $pid) { close $c; next; }
+    close $l;
+    my $u = IO::Socket::INET->new(PeerAddr => $host, PeerPort => $port, Timeout => 10)
+        or do { print "cannot connect to $host:$port: $!\n"; exit 1; };
+    my $s = IO::Select->new($c, $u);
+    my $buf;
+    LOOP: while (1) {
+        for my $r ($s->can_read) {
+            my $n = sysread($r, $buf, 65536);
+            last LOOP unless $n;
+            my $w = $r == $c ? $u : $c;
+            my $off = 0;
+            while ($off < $n) {
+                my $k = syswrite($w, $buf, $n - $off, $off);
+                last LOOP unless defined $k;
+                $off += $k;
+            }
+        }
+    }
+    exit 0;
+}"#;
+
+/// The dated backups of `stack` among `names` to remove so that the newest `keep` stay (the
+/// names sort by time). A file not named `<stack>-YYYYMMDDTHHMMSSZ.dump` is never touched.
+pub fn backups_to_remove(names: &[String], stack: &str, keep: usize) -> Vec<String> {
+    let mut dated: Vec<&String> = names.iter().filter(|n| is_backup(n, stack)).collect();
+    dated.sort_unstable_by(|a, b| b.cmp(a));
+    dated.into_iter().skip(keep).cloned().collect()
+}
+
+/// A dump the helper wrote as `partial` becomes the backup `path` (mode 0600); then all but the
+/// newest `keep` dated backups of `stack` beside it are removed.
+pub fn keep_backup(
+    partial: &Path,
+    path: &Path,
+    stack: &str,
+    keep: usize,
+    say: &dyn Fn(&str),
+) -> Result<(), Error> {
+    let size = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    if size == 0 {
+        return refused(format!(
+            "the helper reported success but {} is missing or empty",
+            partial.display()
+        ));
+    }
+    fs::set_permissions(partial, fs::Permissions::from_mode(0o600))
+        .and_then(|()| fs::rename(partial, path))
+        .map_err(Error::io(format!(
+            "cannot name the backup {}",
+            path.display()
+        )))?;
+    say(&format!(
+        "backup written: {} ({size} bytes)",
+        path.display()
+    ));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let names: Vec<String> = fs::read_dir(dir)
+        .map_err(Error::io(format!("cannot list {}", dir.display())))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    for old in backups_to_remove(&names, stack, keep) {
+        match fs::remove_file(dir.join(&old)) {
+            Ok(()) => say(&format!("removed old backup {old}")),
+            Err(e) => say(&format!("WARNING: could not remove {old}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// `<stack>-YYYYMMDDTHHMMSSZ.dump`.
+pub fn is_backup(name: &str, stack: &str) -> bool {
+    let Some(stamp) = name
+        .strip_prefix(stack)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(".dump"))
+    else {
+        return false;
+    };
+    let b = stamp.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+/// The read-only window a restore's output names: (`read-only from`, `writes accepted again
+/// from`).
+pub fn read_only_window(output: &str) -> (Option<String>, Option<String>) {
+    let find = |prefix: &str| {
+        output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|t| t.trim().to_owned()))
+    };
+    (find("read-only from "), find("writes accepted again from "))
+}
+
+/// The first error a failed restore printed (pg_restore's, psql's or the server's own words).
+pub fn first_error(output: &str) -> Option<&str> {
+    output
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("error:") || l.contains("ERROR:") || l.contains("FATAL:"))
+}
+
+/// A libpq passfile line for the tunnel (`:` and `\` escaped); a password with a line break
+/// cannot be written in one.
+pub fn passfile_line(port: u16, db: &str, user: &str, password: &str) -> Result<String, String> {
+    if password.contains(['\n', '\r']) {
+        return Err("the database password holds a line break: no passfile can carry it".into());
+    }
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    Ok(format!(
+        "127.0.0.1:{port}:{}:{}:{}\n",
+        esc(db),
+        esc(user),
+        esc(password)
+    ))
+}
+
+/// The `docker exec` arguments of a console: standard input always (piped SQL reaches psql),
+/// a terminal only when both ends are one (as `stackship exec`); no psql history file in the
+/// container.
+pub fn console_args(container: &str, user: &str, db: &str, terminals: (bool, bool)) -> Vec<String> {
+    let mut args = vec!["exec".to_owned(), "-i".to_owned()];
+    if terminals.0 && terminals.1 {
+        args.push("-t".to_owned());
+    }
+    args.extend(
+        [
+            "-e",
+            "PSQL_HISTORY=/dev/null",
+            container,
+            "psql",
+            "-U",
+            user,
+            "-d",
+            db,
+        ]
+        .map(str::to_owned),
+    );
+    args
+}
+
+/// Something listens on 127.0.0.1:PORT (it accepts, or the port cannot be bound).
+pub fn port_in_use(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        || TcpListener::bind(addr).is_err()
+}
+
+/// A Postgres server answers on 127.0.0.1:PORT: an SSLRequest gets `S` or `N` (a bare connect
+/// proves nothing: docker-proxy accepts before anything is behind it).
+pub fn postgres_answers(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(3)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut answer = [0u8; 1];
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).is_ok()
+        && s.read_exact(&mut answer).is_ok()
+        && matches!(&answer, b"S" | b"N")
+}
+
+/// Reads a file and removes it (also when it cannot be read).
+pub fn take_file(path: &Path) -> std::io::Result<String> {
+    let text = fs::read_to_string(path);
+    let _ = fs::remove_file(path);
+    text
+}
+
+/// A file removed when dropped (a backup's partial file).
+struct RemoveFile(PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// The tunnel's private directory (mode 0700, made fresh: never one that existed), with the
+/// passfile; removed with everything in it when dropped.
+pub struct PrivateDir<'s> {
+    pub path: PathBuf,
+    say: &'s dyn Fn(&str),
+}
+
+impl<'s> PrivateDir<'s> {
+    pub fn create(base: &Path, name: &str, say: &'s dyn Fn(&str)) -> Result<Self, Error> {
+        let path = base.join(name);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o700)))
+            .map_err(Error::io(format!(
+                "cannot create the private directory {}",
+                path.display()
+            )))?;
+        Ok(Self { path, say })
+    }
+
+    /// Where the password helper copies the password (then made into the passfile).
+    pub fn password_file(&self) -> PathBuf {
+        self.path.join("password")
+    }
+
+    /// Writes the passfile `pgpass` (mode 0600, never over an existing file) for `password`
+    /// (as the secret holds it: a trailing line break is not part of it).
+    pub fn write_passfile(
+        &self,
+        port: u16,
+        db: &Database,
+        password: &str,
+    ) -> Result<PathBuf, Error> {
+        let line = passfile_line(
+            port,
+            &db.name,
+            &db.user,
+            password.trim_end_matches(['\n', '\r']),
+        )
+        .map_err(Error::Refused)?;
+        let passfile = self.path.join("pgpass");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&passfile)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(Error::io(format!("cannot write {}", passfile.display())))?;
+        Ok(passfile)
+    }
+}
+
+impl Drop for PrivateDir<'_> {
+    fn drop(&mut self) {
+        match fs::remove_dir_all(&self.path) {
+            Ok(()) => (self.say)(&format!("removed the passfile {}", self.path.display())),
+            Err(e) => (self.say)(&format!(
+                "WARNING: could not remove {}: {e}; remove it by hand",
+                self.path.display()
+            )),
+        }
+    }
+}
+
+/// A started helper, removed (and said so) when dropped.
+struct HelperGuard<'h, 'a, 'b> {
+    helper: Option<Helper<'a, 'b>>,
+    say: &'h dyn Fn(&str),
+}
+
+impl Drop for HelperGuard<'_, '_, '_> {
+    fn drop(&mut self) {
+        if let Some(helper) = self.helper.take() {
+            let name = helper.name().to_owned();
+            match helper.remove() {
+                Ok(()) => (self.say)(&format!("removed helper {name}")),
+                Err(e) => (self.say)(&format!(
+                    "WARNING: could not remove helper service {name} ({e}): remove it with 'docker service rm {name}'"
+                )),
+            }
+        }
+    }
+}
+
+/// The tunnel's local forwarder container, removed when dropped.
+struct ContainerGuard<'h, 'a> {
+    client: &'h Client<'a>,
+    name: String,
+    say: &'h dyn Fn(&str),
+}
+
+impl Drop for ContainerGuard<'_, '_> {
+    fn drop(&mut self) {
+        if self
+            .client
+            .run(&Call::write(["rm", "-f", self.name.as_str()]))
+            .is_ok()
+        {
+            (self.say)(&format!("removed the local forwarder {}", self.name));
+        }
+    }
+}
+
+/// The tunnel's network, removed when dropped: once its helper's task has left it (a service's
+/// removal is asynchronous) and until this node's copy of it is gone too, at most 30 s.
+struct NetworkGuard<'h, 'a> {
+    client: &'h Client<'a>,
+    name: String,
+    poll: Duration,
+    say: &'h dyn Fn(&str),
+}
+
+impl Drop for NetworkGuard<'_, '_> {
+    fn drop(&mut self) {
+        let started = Instant::now();
+        let name = self.name.as_str();
+        while self
+            .client
+            .run(&Call::read(["network", "inspect", name]))
+            .is_ok()
+        {
+            let _ = self.client.run(&Call::write(["network", "rm", name]));
+            if started.elapsed() >= Duration::from_secs(30) {
+                (self.say)(&format!(
+                    "WARNING: could not remove the network {name}: remove it with 'docker network rm {name}'"
+                ));
+                return;
+            }
+            std::thread::sleep(self.poll);
+        }
+        (self.say)(&format!("removed the tunnel network {name}"));
+    }
+}
+
+struct Ctx<'c, 'a> {
+    root: &'c Path,
+    client: &'c Client<'a>,
+    local: &'c Local<'c>,
+    stop: &'c dyn Fn() -> bool,
+    say: &'c dyn Fn(&str),
+}
+
+impl Ctx<'_, '_> {
+    fn env(&self, env: &str) -> Result<EnvDir, Error> {
+        if !layout::is_valid_env(env) {
+            return refused(format!(
+                "'{env}' is not an environment name (lower-case letters, digits and -)"
+            ));
+        }
+        Ok(EnvDir::new(self.root, env))
+    }
+
+    /// This engine is a swarm manager; its node id.
+    fn manager(&self, stack: &str) -> Result<String, Error> {
+        let line = self
+            .client
+            .run(&Call::read([
+                "info",
+                "--format",
+                "{{.Swarm.ControlAvailable}}|{{.Swarm.NodeID}}",
+            ]))
+            .map_err(|e| Error::Refused(format!("cannot talk to the Docker engine: {e}")))?;
+        match line.trim().split_once('|') {
+            Some(("true", node)) if !node.is_empty() => Ok(node.to_owned()),
+            _ => refused(format!(
+                "this engine is not a swarm manager (run on the manager of {stack})"
+            )),
+        }
+    }
+
+    fn wait(&self, limit: Duration) -> Wait<'_> {
+        Wait {
+            limit,
+            poll: self.local.timing.poll,
+            stop: self.stop,
+        }
+    }
+
+    /// Sleeps `d` in slices, false as soon as a stop is asked for.
+    fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            if (self.stop)() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return true;
+            }
+            std::thread::sleep(self.local.timing.slice.min(end - now));
+        }
+    }
+
+    fn backup(&self, env: &str, keep: usize, dir: Option<PathBuf>) -> Result<PathBuf, Error> {
+        let envdir = self.env(env)?;
+        let stack = envdir.stack();
+        let node = self.manager(&stack)?;
+        let dir = dir.unwrap_or_else(|| envdir.dir.join("backups"));
+        fs::create_dir_all(&dir)
+            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .map_err(Error::io(format!(
+                "cannot create the backup directory {}",
+                dir.display()
+            )))?;
+        let dir = dir.canonicalize().map_err(Error::io(format!(
+            "cannot resolve the backup directory {}",
+            dir.display()
+        )))?;
+        let db = database(self.client, &stack)?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let name = format!("{stack}-{stamp}.dump");
+        let path = dir.join(&name);
+        if path.exists() {
+            return refused(format!(
+                "{} exists already (one backup per second)",
+                path.display()
+            ));
+        }
+        let partial = format!(".{name}.partial");
+        let partial_path = dir.join(&partial);
+        let _partial_removed = RemoveFile(partial_path.clone());
+        let mut spec = client_spec(
+            &stack,
+            &db,
+            &format!("{stack}-ops-backup-{}", self.local.pid),
+            "db-backup",
+            &["-c", BACKUP_SCRIPT, "backup", &partial],
+        );
+        spec.node = Some(node);
+        spec.mounts = vec![bind(&dir, BACKUP_MOUNT, false)?];
+        (self.say)(&format!(
+            "dumping the {env} database into {}",
+            path.display()
+        ));
+        (self.say)(&format!("helper {} ({})", spec.name, spec.image));
+        helper::run(
+            self.client,
+            &spec,
+            &self.wait(DUMP_LIMIT),
+            &mut |l: &str| (self.say)(l),
+        )
+        .map_err(|e| Error::Refused(format!("pg_dump of the {env} database failed: {e}")))?;
+        keep_backup(&partial_path, &path, &stack, keep, self.say)?;
+        Ok(path)
+    }
+
+    fn restore(&self, env: &str, file: &Path, yes: bool, lock_wait: Duration) -> Result<(), Error> {
+        let envdir = self.env(env)?;
+        let stack = envdir.stack();
+        let shown = file.display();
+        match fs::File::open(file).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() && m.len() > 0 => {}
+            Ok(m) if m.is_file() => return refused(format!("backup file '{shown}' is empty")),
+            _ => {
+                return refused(format!(
+                    "backup file '{shown}' does not exist or cannot be read"
+                ));
+            }
+        }
+        if !yes {
+            return refused(format!(
+                "this replaces ALL data of {stack}'s database with {shown}; run again with --yes to do it"
+            ));
+        }
+        if !envdir.dir.is_dir() {
+            return refused(format!(
+                "{} does not exist (no {env} deploy on this manager)",
+                envdir.dir.display()
+            ));
+        }
+        let file = file
+            .canonicalize()
+            .map_err(Error::io(format!("cannot resolve {shown}")))?;
+        let (Some(dir), Some(base)) = (file.parent(), file.file_name().and_then(|n| n.to_str()))
+        else {
+            return refused(format!("{shown} is not a file name"));
+        };
+        let node = self.manager(&stack)?;
+        let _lock = DeployLock::acquire(
+            &envdir.dir,
+            &format!("{env} deploy"),
+            &self.local.owner,
+            lock_wait,
+            &mut |m: &str| (self.say)(m),
+        )?;
+        // Read under the lock: a deploy that held it may have changed the services.
+        let db = database(self.client, &stack)?;
+        let before = restore_sql_before();
+        let after = restore_sql_after();
+        let mut spec = client_spec(
+            &stack,
+            &db,
+            &format!("{stack}-ops-restore-{}", self.local.pid),
+            "db-restore",
+            &["-c", RESTORE_SCRIPT, "restore", base, &before, &after],
+        );
+        spec.node = Some(node);
+        spec.mounts = vec![bind(dir, RESTORE_MOUNT, true)?];
+        (self.say)(&format!(
+            "restoring {} into the {env} database: writes are refused while it runs",
+            file.display()
+        ));
+        (self.say)(&format!("helper {} ({})", spec.name, spec.image));
+        let guard =
+            HelperGuard {
+                helper: Some(Helper::start(self.client, &spec).map_err(|e| {
+                    Error::Refused(format!("could not start the restore helper: {e}"))
+                })?),
+                say: self.say,
+            };
+        let Some(helper) = guard.helper.as_ref() else {
+            unreachable!("the guard was just given its helper")
+        };
+        let (result, mut output) = self.follow(helper, DUMP_LIMIT, &mut |l: &str| {
+            (self.say)(&format!("  restore: {l}"));
+        });
+        if matches!(
+            result,
+            Err(HelperError::Interrupted { .. } | HelperError::TimedOut { .. })
+        ) {
+            // Stopped while it ran: its last words before its session ends with it.
+            output = helper.logs();
+        }
+        drop(guard);
+        let committed = output.lines().any(|l| l.trim() == "restore committed");
+        let (from, until) = read_only_window(&output);
+        match result {
+            Ok(()) => match (from, until) {
+                (Some(from), Some(until)) => {
+                    (self.say)(&format!(
+                        "restored {} into the {env} database; writes were refused from {from} until {until}",
+                        file.display()
+                    ));
+                    Ok(())
+                }
+                _ => refused(format!(
+                    "the restore helper ended without naming its read-only window{}",
+                    if committed {
+                        " (the restore was committed)"
+                    } else {
+                        ""
+                    }
+                )),
+            },
+            Err(e) => {
+                let why = first_error(&output)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| e.to_string());
+                let state = if committed {
+                    "the restore was committed, then the helper failed"
+                } else if from.is_some() {
+                    "nothing was restored: its transaction rolled back and the database is unchanged"
+                } else {
+                    "nothing was restored: the database is unchanged"
+                };
+                refused(format!(
+                    "restore of {} into the {env} database failed; {state}: {why}",
+                    file.display()
+                ))
+            }
+        }
+    }
+
+    /// Waits until a helper ended, showing each new line of its output as it comes (`docker
+    /// service logs` every `step`). Returns how it ended and its whole output.
+    fn follow(
+        &self,
+        helper: &Helper<'_, '_>,
+        limit: Duration,
+        show: &mut dyn FnMut(&str),
+    ) -> (Result<(), HelperError>, String) {
+        let started = Instant::now();
+        let mut shown = 0;
+        let mut output = String::new();
+        let mut show_new = |output: &str, shown: &mut usize| {
+            let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+            for line in lines.iter().skip(*shown) {
+                show(line);
+            }
+            *shown = (*shown).max(lines.len());
+        };
+        loop {
+            let step = Wait {
+                limit: self.local.timing.step,
+                poll: self.local.timing.poll,
+                stop: self.stop,
+            };
+            let result = helper.finish(&step);
+            match result {
+                Err(HelperError::TimedOut { name, state, .. }) => {
+                    output = helper.logs();
+                    show_new(&output, &mut shown);
+                    if started.elapsed() >= limit {
+                        let e = HelperError::TimedOut {
+                            name,
+                            after: limit,
+                            state,
+                        };
+                        return (Err(e), output);
+                    }
+                }
+                Ok(()) | Err(HelperError::Failed { .. }) => {
+                    output = helper.logs();
+                    show_new(&output, &mut shown);
+                    return (result, output);
+                }
+                Err(e) => return (Err(e), output),
+            }
+        }
+    }
+
+    fn tunnel(
+        &self,
+        env: &str,
+        port: u16,
+        duration: Option<Duration>,
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
+        let envdir = self.env(env)?;
+        let stack = envdir.stack();
+        let node = self.manager(&stack)?;
+        if (self.local.in_use)(port) {
+            return refused(format!(
+                "127.0.0.1:{port} is already in use: choose another with --port"
+            ));
+        }
+        let db = database(self.client, &stack)?;
+        let pid = self.local.pid;
+        let timing = self.local.timing;
+        let net = format!("{stack}-ops-tunnel-{pid}");
+
+        // The login: the password the backend uses now, copied by a helper pinned here into a
+        // fresh private directory (never into a log), made into a passfile.
+        let private = PrivateDir::create(&self.local.private_base, &net, self.say)?;
+        let mut pass = client_spec(
+            &stack,
+            &db,
+            &format!("{stack}-ops-tunnel-pass-{pid}"),
+            "db-tunnel",
+            &["-c", PASS_SCRIPT],
+        );
+        pass.node = Some(node);
+        pass.mounts = vec![bind(&private.path, PASS_MOUNT, false)?];
+        helper::run(
+            self.client,
+            &pass,
+            &self.wait(timing.start),
+            &mut |l: &str| (self.say)(l),
+        )
+        .map_err(|e| Error::Refused(format!("could not read the {env} database password: {e}")))?;
+        let password =
+            (self.local.take_password)(&private.password_file()).map_err(Error::io(format!(
+                "the helper left no password in {}",
+                private.password_file().display()
+            )))?;
+        let passfile = private.write_passfile(port, &db, &password)?;
+
+        self.client
+            .run(&Call::write([
+                "network",
+                "create",
+                "--driver",
+                "overlay",
+                "--attachable",
+                "--label",
+                &format!("{PROJECT}.ops-helper=db-tunnel"),
+                &net,
+            ]))
+            .map_err(|e| Error::Refused(format!("cannot create the tunnel network {net}: {e}")))?;
+        let _network = NetworkGuard {
+            client: self.client,
+            name: net.clone(),
+            poll: timing.poll,
+            say: self.say,
+        };
+
+        let forwarder = Spec {
+            name: net.clone(),
+            what: "db-tunnel".to_owned(),
+            image: db.image.clone(),
+            entrypoint: Some("perl".to_owned()),
+            args: ["-e", FORWARD, "5432", "postgres", "5432"]
+                .map(str::to_owned)
+                .to_vec(),
+            networks: vec![format!("{stack}_data"), net.clone()],
+            user: Some("65534".to_owned()),
+            ..Spec::default()
+        };
+        let guard =
+            HelperGuard {
+                helper: Some(Helper::start(self.client, &forwarder).map_err(|e| {
+                    Error::Refused(format!("could not start the tunnel helper: {e}"))
+                })?),
+                say: self.say,
+            };
+        let Some(helper) = guard.helper.as_ref() else {
+            unreachable!("the guard was just given its helper")
+        };
+        helper
+            .running(&self.wait(timing.start))
+            .map_err(|e| Error::Refused(format!("the tunnel helper did not start: {e}")))?;
+        (self.say)(&format!("helper {net} runs ({})", db.image));
+
+        let local = format!("{net}-local");
+        let _local = ContainerGuard {
+            client: self.client,
+            name: local.clone(),
+            say: self.say,
+        };
+        self.client
+            .run(&Call::write([
+                "run",
+                "-d",
+                "--name",
+                &local,
+                "--label",
+                &format!("{PROJECT}.ops-helper=db-tunnel"),
+                "--network",
+                &net,
+                "-p",
+                &format!("127.0.0.1:{port}:5432"),
+                "--read-only",
+                "--cap-drop",
+                "ALL",
+                "--init",
+                "--user",
+                "65534",
+                "--entrypoint",
+                "perl",
+                &db.image,
+                "-e",
+                FORWARD,
+                "5432",
+                &net,
+                "5432",
+            ]))
+            .map_err(|e| {
+                Error::Refused(format!(
+                    "cannot start the local forwarder on 127.0.0.1:{port}: {e}"
+                ))
+            })?;
+
+        let started = Instant::now();
+        while !(self.local.answers)(port) {
+            if started.elapsed() >= timing.start {
+                return refused(format!(
+                    "the {env} database does not answer through 127.0.0.1:{port} after {}s: {}",
+                    timing.start.as_secs(),
+                    self.container_logs(&local)
+                ));
+            }
+            if !self.sleep(timing.poll) {
+                (self.say)("interrupted: closing the tunnel");
+                return Ok(());
+            }
+        }
+        (self.say)(&format!(
+            "tunnel open: 127.0.0.1:{port} on this manager -> {stack} postgres:5432"
+        ));
+        (self.say)(&format!(
+            "the login is in {} (mode 0600, removed when the tunnel closes); on this manager:",
+            passfile.display()
+        ));
+        let login = format!(
+            "PGPASSFILE={} psql \"host=127.0.0.1 port={port} user={} dbname={}\"",
+            passfile.display(),
+            db.user,
+            db.name
+        );
+        (self.say)(&format!("  {login}"));
+        (self.say)(&format!(
+            "from a workstation: ssh -N -L {port}:127.0.0.1:{port} <user>@<this manager>, and a copy of that passfile (scp, chmod 0600)"
+        ));
+        (self.say)(&format!(
+            "{}Ctrl-C closes the tunnel",
+            duration
+                .map(|d| format!("closing in {}s; ", d.as_secs()))
+                .unwrap_or_default()
+        ));
+        write_line(out, &format!("ready 127.0.0.1:{port}"))?;
+        write_line(out, &login)?;
+
+        let deadline = duration.map(|d| Instant::now() + d);
+        loop {
+            let pause = match deadline {
+                Some(end) => {
+                    let left = end.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        (self.say)(&format!(
+                            "closing the tunnel after {}s",
+                            duration.unwrap_or_default().as_secs()
+                        ));
+                        return Ok(());
+                    }
+                    timing.check.min(left)
+                }
+                None => timing.check,
+            };
+            if !self.sleep(pause) {
+                (self.say)("interrupted: closing the tunnel");
+                return Ok(());
+            }
+            let running = self
+                .client
+                .run(&Call::read([
+                    "inspect",
+                    local.as_str(),
+                    "--format",
+                    "{{.State.Running}}",
+                ]))
+                .map(|s| s.trim() == "true")
+                .unwrap_or(false);
+            if !running {
+                return refused(format!(
+                    "the local forwarder {local} stopped: {}",
+                    self.container_logs(&local)
+                ));
+            }
+            let state = self
+                .client
+                .lines(&Call::read([
+                    "service",
+                    "ps",
+                    net.as_str(),
+                    "--no-trunc",
+                    "--format",
+                    "{{.CurrentState}}|{{.Error}}",
+                ]))
+                .map(|l| l.into_iter().next().unwrap_or_default())
+                .unwrap_or_default();
+            if helper::task_state(&state) != TaskState::Running {
+                return refused(format!(
+                    "the helper {net} stopped: {}",
+                    if state.is_empty() { "no task" } else { &state }
+                ));
+            }
+        }
+    }
+
+    /// The last lines a container printed, on one line.
+    fn container_logs(&self, name: &str) -> String {
+        self.client
+            .run(&Call::read(["logs", "--tail", "5", name]))
+            .map(|s| s.lines().collect::<Vec<_>>().join(" | "))
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    /// psql's own exit status is the command's.
+    fn console(&self, env: &str) -> Result<Outcome, Error> {
+        let envdir = self.env(env)?;
+        let stack = envdir.stack();
+        self.manager(&stack)?;
+        let (_, user, name) = postgres_settings(self.client, &stack)?;
+        let service = format!("{stack}_postgres");
+        let containers = self.client.lines(&Call::read([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={service}"),
+            "--filter",
+            "status=running",
+        ]))?;
+        let Some(container) = containers.first() else {
+            let nodes = self.client.lines(&Call::read([
+                "service",
+                "ps",
+                service.as_str(),
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Node}}",
+            ]))?;
+            return match nodes.first() {
+                Some(node) => refused(format!(
+                    "the {env} database runs on node {node}, not on this one: the console needs its container on this node (on {node}: docker exec -it <its container> psql -U {user} -d {name}); from this manager, stackship db tunnel {env}"
+                )),
+                None => refused(format!(
+                    "the {env} database has no running task (docker service ps {service})"
+                )),
+            };
+        };
+        (self.say)(&format!(
+            "psql as {user} on {name}, in {service}'s container {container} on this node"
+        ));
+        let call = Call::write(console_args(container, &user, &name, self.local.terminals));
+        Ok(Outcome::Exited(self.client.run_attached(&call)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::Engine;
+    use crate::docker::fake::FakeEngine;
+
+    use std::cell::{Cell, RefCell};
+
+    const PG_INSPECT: &str = r#"[{"Spec":{"TaskTemplate":{"ContainerSpec":{
+        "Image":"127.0.0.1:5000/postgres:15@sha256:abc",
+        "Env":["PGDATA=/var/lib/postgresql/data","POSTGRES_DB=backend","POSTGRES_USER=backend"]}}}}]"#;
+    const BACKEND_INSPECT: &str = r#"[{"Spec":{"TaskTemplate":{"ContainerSpec":{
+        "Image":"r/backend:t",
+        "Secrets":[{"File":{"Name":"tls.key"},"SecretName":"k"},
+                   {"File":{"Name":"db_password"},"SecretName":"stackship-prod-db-password-v3"}]}}}}]"#;
+
+    /// A fake swarm with prod's services; helpers complete unless told otherwise.
+    fn swarm() -> FakeEngine {
+        let fake = FakeEngine::new();
+        fake.answer(&["info"], "true|node-1\n");
+        fake.answer(
+            &["service", "inspect", "stackship-prod_postgres"],
+            PG_INSPECT,
+        );
+        fake.answer(
+            &["service", "inspect", "stackship-prod_backend"],
+            BACKEND_INSPECT,
+        );
+        fake.answer(&["service", "rm"], "");
+        fake.answer(&["ps", "-aq"], "");
+        fake
+    }
+
+    fn never() -> bool {
+        false
+    }
+
+    fn no_port(_: u16) -> bool {
+        false
+    }
+
+    fn yes_port(_: u16) -> bool {
+        true
+    }
+
+    /// The password the fake password helper "copied".
+    fn password(path: &Path) -> std::io::Result<String> {
+        assert_eq!(path.file_name().unwrap(), "password");
+        Ok("s3:cr\\t\n".to_owned())
+    }
+
+    fn quick() -> Timing {
+        Timing {
+            poll: Duration::from_millis(1),
+            step: Duration::from_millis(5),
+            check: Duration::from_millis(2),
+            start: Duration::from_millis(200),
+            slice: Duration::from_millis(1),
+        }
+    }
+
+    fn local(base: &Path) -> Local<'static> {
+        Local {
+            pid: 42,
+            timing: quick(),
+            private_base: base.to_owned(),
+            in_use: &no_port,
+            answers: &yes_port,
+            terminals: (false, false),
+            take_password: &password,
+            owner: "pid 42 on test".to_owned(),
+        }
+    }
+
+    fn cli(args: &[&str]) -> DbCommand {
+        #[derive(clap::Parser)]
+        struct Top {
+            #[command(subcommand)]
+            db: DbCommand,
+        }
+        <Top as clap::Parser>::try_parse_from(std::iter::once("db").chain(args.iter().copied()))
+            .unwrap()
+            .db
+    }
+
+    /// Runs a command; its progress lines and stdout.
+    fn exec_with(
+        root: &Path,
+        engine: &dyn Engine,
+        local: &Local<'_>,
+        stop: &dyn Fn() -> bool,
+        args: &[&str],
+    ) -> (Result<Outcome, Error>, Vec<String>, String) {
+        let lines = RefCell::new(Vec::new());
+        let say = |m: &str| lines.borrow_mut().push(m.to_owned());
+        let mut out = Vec::new();
+        let client = Client::new(engine);
+        let r = execute(root, cli(args), &client, local, stop, &say, &mut out);
+        (r, lines.into_inner(), String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn the_restore_lock_is_the_backends() {
+        assert_eq!(RESTORE_LOCK_KEY, 6_004_507_024_426_357_588);
+        assert_eq!(&RESTORE_LOCK_KEY.to_be_bytes(), b"STKSREST");
+    }
+
+    #[test]
+    fn the_command_line() {
+        assert!(matches!(
+            cli(&["backup", "prod"]),
+            DbCommand::Backup {
+                keep: 7,
+                dir: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            cli(&["restore", "prod", "/b/x.dump", "--yes"]),
+            DbCommand::Restore {
+                yes: true,
+                lock_wait: 900,
+                ..
+            }
+        ));
+        assert!(matches!(
+            cli(&["tunnel", "prod", "--for", "5"]),
+            DbCommand::Tunnel {
+                port: 15432,
+                duration: Some(5),
+                ..
+            }
+        ));
+        #[derive(clap::Parser, Debug)]
+        struct Top {
+            #[command(subcommand)]
+            _db: DbCommand,
+        }
+        for bad in [
+            &["backup", "prod", "--keep", "0"][..],
+            &["tunnel", "prod", "--port", "0"],
+            &["tunnel", "prod", "--port", "65536"],
+            &["tunnel", "prod", "--for", "0"],
+            &["restore", "prod"],
+            &["console"],
+        ] {
+            assert!(
+                <Top as clap::Parser>::try_parse_from(
+                    std::iter::once("db").chain(bad.iter().copied())
+                )
+                .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_database_clients_settings_come_from_the_running_services() {
+        let fake = swarm();
+        let db = database(&Client::new(&fake), "stackship-prod").unwrap();
+        assert_eq!(
+            db,
+            Database {
+                image: "127.0.0.1:5000/postgres:15@sha256:abc".into(),
+                user: "backend".into(),
+                name: "backend".into(),
+                password_secret: "stackship-prod-db-password-v3".into(),
+            }
+        );
+        // Postgres's defaults when the service sets neither variable.
+        let fake = FakeEngine::new();
+        fake.answer(
+            &["service", "inspect", "s_postgres"],
+            r#"[{"Spec":{"TaskTemplate":{"ContainerSpec":{"Image":"pg:15","Env":["POSTGRES_DB="]}}}}]"#,
+        );
+        fake.answer(
+            &["service", "inspect", "s_backend"],
+            r#"[{"Spec":{"TaskTemplate":{"ContainerSpec":{"Image":"b"}}}}]"#,
+        );
+        let client = Client::new(&fake);
+        assert_eq!(
+            postgres_settings(&client, "s").unwrap(),
+            ("pg:15".into(), "postgres".into(), "postgres".into())
+        );
+        let e = database(&client, "s").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "service s_backend mounts no secret at db_password"
+        );
+        let fake = FakeEngine::new();
+        fake.fail(
+            &["service", "inspect"],
+            "Error: No such service: s_postgres",
+        );
+        let e = database(&Client::new(&fake), "s").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "service s_postgres does not exist (is s deployed?)"
+        );
+    }
+
+    #[test]
+    fn a_database_helper_runs_postgres_image_with_the_backends_password() {
+        let fake = swarm();
+        let db = database(&Client::new(&fake), "stackship-prod").unwrap();
+        let mut spec = client_spec("stackship-prod", &db, "n", "db-backup", &["-c", "x"]);
+        spec.node = Some("node-1".into());
+        spec.mounts = vec![bind(Path::new("/srv/b"), BACKUP_MOUNT, false).unwrap()];
+        let line = spec.create_call().command_line();
+        for part in [
+            "--label stackship.ops-helper=db-backup",
+            "--network stackship-prod_data",
+            "--secret source=stackship-prod-db-password-v3,target=db_password,uid=0,gid=0,mode=0400",
+            "--env PGHOST=postgres --env PGUSER=backend --env PGDATABASE=backend",
+            "--constraint node.id==node-1",
+            "--mount type=bind,source=/srv/b,target=/backup",
+            "--entrypoint bash 127.0.0.1:5000/postgres:15@sha256:abc -c x",
+        ] {
+            assert!(line.contains(part), "{part} missing: {line}");
+        }
+        assert_eq!(
+            bind(Path::new("/r"), RESTORE_MOUNT, true).unwrap(),
+            "type=bind,source=/r,target=/restore,readonly"
+        );
+        assert!(bind(Path::new("/a,b"), "/x", false).is_err());
+    }
+
+    #[test]
+    fn old_backups_beyond_keep_are_removed_newest_kept_others_untouched() {
+        let names: Vec<String> = [
+            "stackship-prod-20261201T000000Z.dump",
+            "stackship-prod-20261203T000000Z.dump",
+            "stackship-prod-20261202T000000Z.dump",
+            ".stackship-prod-20261204T000000Z.dump.partial",
+            "stackship-prod-manual.dump",
+            "stackship-dev-20261101T000000Z.dump",
+            "stackship-prod-20261205T00000Z.dump",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            backups_to_remove(&names, "stackship-prod", 1),
+            vec![
+                "stackship-prod-20261202T000000Z.dump",
+                "stackship-prod-20261201T000000Z.dump"
+            ]
+        );
+        assert_eq!(
+            backups_to_remove(&names, "stackship-prod", 2),
+            vec!["stackship-prod-20261201T000000Z.dump"]
+        );
+        assert!(backups_to_remove(&names, "stackship-prod", 3).is_empty());
+        assert!(is_backup(
+            "stackship-dev-20261101T000000Z.dump",
+            "stackship-dev"
+        ));
+        assert!(!is_backup(
+            "stackship-dev-2026110100000Z.dump",
+            "stackship-dev"
+        ));
+        assert!(!is_backup(
+            "stackship-dev-20261101X000000Z.dump",
+            "stackship-dev"
+        ));
+    }
+
+    #[test]
+    fn a_backup_is_named_only_once_it_reads_back_and_the_oldest_go() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        for old in [
+            "stackship-prod-20200101T000000Z.dump",
+            "stackship-prod-20200102T000000Z.dump",
+            "stackship-dev-20200101T000000Z.dump",
+            "notes.txt",
+        ] {
+            fs::write(dir.join(old), "old").unwrap();
+        }
+        let partial = dir.join(".stackship-prod-20261206T100000Z.dump.partial");
+        let path = dir.join("stackship-prod-20261206T100000Z.dump");
+        let said = RefCell::new(Vec::new());
+        let say = |m: &str| said.borrow_mut().push(m.to_owned());
+        // Nothing written: refused, nothing removed.
+        let e = keep_backup(&partial, &path, "stackship-prod", 2, &say).unwrap_err();
+        assert!(e.to_string().ends_with("is missing or empty"), "{e}");
+        fs::write(&partial, "").unwrap();
+        assert!(keep_backup(&partial, &path, "stackship-prod", 2, &say).is_err());
+        assert_eq!(fs::read_dir(dir).unwrap().count(), 5);
+
+        fs::write(&partial, "PGDMP").unwrap();
+        fs::set_permissions(&partial, fs::Permissions::from_mode(0o644)).unwrap();
+        keep_backup(&partial, &path, "stackship-prod", 2, &say).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "PGDMP");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let mut left: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "notes.txt",
+                "stackship-dev-20200101T000000Z.dump",
+                "stackship-prod-20200102T000000Z.dump",
+                "stackship-prod-20261206T100000Z.dump",
+            ]
+        );
+        assert_eq!(
+            *said.borrow(),
+            [
+                format!("backup written: {} (5 bytes)", path.display()),
+                "removed old backup stackship-prod-20200101T000000Z.dump".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backup_helper_is_pinned_here_with_the_directory_and_always_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        // The helper "succeeds" without writing anything: refused, after its removal.
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], "");
+        let (r, lines, out) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &[
+                "backup",
+                "prod",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--keep",
+                "2",
+            ],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with("the helper reported success but "), "{e}");
+        assert!(out.is_empty());
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(
+            lines[0].starts_with(&format!(
+                "dumping the prod database into {}/stackship-prod-",
+                dir.canonicalize().unwrap().display()
+            )),
+            "{lines:?}"
+        );
+        let writes = fake.writes();
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        for part in [
+            "--name stackship-prod-ops-backup-42",
+            "--label stackship.ops-helper=db-backup",
+            "--constraint node.id==node-1",
+            "--secret source=stackship-prod-db-password-v3,target=db_password",
+            &format!(
+                "--mount type=bind,source={},target=/backup ",
+                dir.canonicalize().unwrap().display()
+            ),
+            "--entrypoint bash 127.0.0.1:5000/postgres:15@sha256:abc -c ",
+        ] {
+            assert!(writes[0].contains(part), "{part}: {}", writes[0]);
+        }
+        let partial = writes[0].rsplit(' ').next().unwrap().to_owned();
+        assert!(partial.starts_with(".stackship-prod-") && partial.ends_with(".dump.partial"));
+        assert_eq!(writes[1], "docker service rm stackship-prod-ops-backup-42");
+    }
+
+    #[test]
+    fn a_failed_or_interrupted_backup_leaves_no_helper_and_no_partial_file() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        fs::create_dir(&dir).unwrap();
+        // What the helper would have left half-written, for any second this test may run in.
+        let now = chrono::Utc::now();
+        let candidates: Vec<PathBuf> = (0..10)
+            .map(|s| {
+                let t = now + chrono::Duration::seconds(s);
+                dir.join(format!(
+                    ".stackship-prod-{}.dump.partial",
+                    t.format("%Y%m%dT%H%M%SZ")
+                ))
+            })
+            .collect();
+        for c in &candidates {
+            fs::write(c, "half").unwrap();
+        }
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Failed 1s|task: non-zero exit (1)");
+        fake.answer(
+            &["service", "logs"],
+            "pg_dump: error: connection to server failed\n",
+        );
+        let (r, lines, out) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["backup", "prod", "--dir", dir.to_str().unwrap()],
+        );
+        let e = r.unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "pg_dump of the prod database failed: helper stackship-prod-ops-backup-42 failed (exit 1)"
+            ),
+            "{e}"
+        );
+        assert!(
+            lines.contains(&"  db-backup: pg_dump: error: connection to server failed".to_owned()),
+            "{lines:?}"
+        );
+        assert!(out.is_empty());
+        let partial = fake.writes()[0].rsplit(' ').next().unwrap().to_owned();
+        assert!(candidates.contains(&dir.join(&partial)), "{partial}");
+        assert!(!dir.join(&partial).exists(), "{partial} was left");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), candidates.len() - 1);
+        assert_eq!(
+            fake.writes().last().unwrap(),
+            "docker service rm stackship-prod-ops-backup-42"
+        );
+
+        // Interrupted while the task is pending: removed too.
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Pending 1s|");
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &|| true,
+            &["backup", "prod", "--dir", dir.to_str().unwrap()],
+        );
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("interrupted while helper")
+        );
+        assert_eq!(
+            fake.writes().last().unwrap(),
+            "docker service rm stackship-prod-ops-backup-42"
+        );
+    }
+
+    /// An environment directory with a backup file in it.
+    fn restore_setup() -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("prod")).unwrap();
+        let file = root.path().join("prod/x.dump");
+        fs::write(&file, "PGDMP").unwrap();
+        (root, file)
+    }
+
+    #[test]
+    fn restore_refusals_touch_nothing() {
+        let (root, file) = restore_setup();
+        let f = file.to_str().unwrap();
+        let fake = FakeEngine::new();
+        let l = local(root.path());
+        let empty = root.path().join("prod/empty.dump");
+        fs::write(&empty, "").unwrap();
+        for (args, message) in [
+            (
+                vec!["restore", "prod", f],
+                format!(
+                    "this replaces ALL data of stackship-prod's database with {f}; run again with --yes to do it"
+                ),
+            ),
+            (
+                vec!["restore", "prod", "/nonexistent/x.dump", "--yes"],
+                "backup file '/nonexistent/x.dump' does not exist or cannot be read".to_owned(),
+            ),
+            (
+                vec!["restore", "prod", root.path().to_str().unwrap(), "--yes"],
+                format!(
+                    "backup file '{}' does not exist or cannot be read",
+                    root.path().display()
+                ),
+            ),
+            (
+                vec!["restore", "prod", empty.to_str().unwrap(), "--yes"],
+                format!("backup file '{}' is empty", empty.display()),
+            ),
+            (
+                vec!["restore", "../prod", f, "--yes"],
+                "'../prod' is not an environment name (lower-case letters, digits and -)"
+                    .to_owned(),
+            ),
+            (
+                vec!["restore", "dev", f, "--yes"],
+                format!(
+                    "{} does not exist (no dev deploy on this manager)",
+                    root.path().join("dev").display()
+                ),
+            ),
+        ] {
+            let (r, _, _) = exec_with(root.path(), &fake, &l, &never, &args);
+            let e = r.unwrap_err();
+            assert_eq!(e.to_string(), message);
+            assert_eq!(e.outcome(), Outcome::NothingChanged);
+        }
+        assert!(fake.calls().is_empty(), "{:?}", fake.command_lines());
+        assert!(!root.path().join("prod/deploy.lock").exists());
+    }
+
+    #[test]
+    fn the_restore_waits_for_the_deploy_lock_before_any_helper() {
+        let (root, file) = restore_setup();
+        let _held = DeployLock::acquire(
+            &root.path().join("prod"),
+            "prod deploy",
+            "pid 7 deploying",
+            Duration::ZERO,
+            &mut |_| {},
+        )
+        .unwrap();
+        let fake = swarm();
+        let (r, lines, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &[
+                "restore",
+                "prod",
+                file.to_str().unwrap(),
+                "--yes",
+                "--lock-wait",
+                "0",
+            ],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("still held after 0s by: pid 7 deploying"), "{e}");
+        assert!(lines[0].contains("another prod deploy holds"), "{lines:?}");
+        assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    }
+
+    const RESTORED: &str = "read-only from 2026-12-06T10:00:00.100Z\n\
+        1 sequences moved up to their value before the restore (no id is handed out twice)\n\
+        restore committed\n\
+        writes accepted again from 2026-12-06T10:00:00.900Z\n";
+
+    #[test]
+    fn a_restore_runs_one_helper_under_the_lock_and_names_the_read_only_window() {
+        let (root, file) = restore_setup();
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        // Running long enough that its output is read while it runs.
+        for _ in 0..30 {
+            fake.answer_once(&["service", "ps"], "Running 1s|");
+        }
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer_once(
+            &["service", "logs"],
+            "read-only from 2026-12-06T10:00:00.100Z\n",
+        );
+        fake.answer(&["service", "logs"], RESTORED);
+        let env_dir = root.path().join("prod");
+        let (r, lines, out) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["restore", "prod", file.to_str().unwrap(), "--yes"],
+        );
+        r.unwrap();
+        assert!(out.is_empty());
+        // It took the deploy lock (its owner line is this restore's).
+        assert_eq!(
+            fs::read_to_string(env_dir.join("deploy.lock.owner")).unwrap(),
+            "pid 42 on test\n"
+        );
+        let writes = fake.writes();
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        let create = &writes[0];
+        for part in [
+            "--name stackship-prod-ops-restore-42",
+            "--label stackship.ops-helper=db-restore",
+            "--constraint node.id==node-1",
+            &format!(
+                "--mount type=bind,source={},target=/restore,readonly ",
+                env_dir.canonicalize().unwrap().display()
+            ),
+            "--secret source=stackship-prod-db-password-v3,target=db_password",
+            " -c set -euo pipefail",
+        ] {
+            assert!(create.contains(part), "{part}: {create}");
+        }
+        assert_eq!(writes[1], "docker service rm stackship-prod-ops-restore-42");
+        // Each line once, in order, as it came.
+        let shown: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("  restore: "))
+            .collect();
+        assert_eq!(shown.len(), 4, "{lines:?}");
+        assert_eq!(
+            shown[0],
+            "  restore: read-only from 2026-12-06T10:00:00.100Z"
+        );
+        assert!(
+            lines.iter().any(|l| l.ends_with(
+                "writes were refused from 2026-12-06T10:00:00.100Z until 2026-12-06T10:00:00.900Z"
+            )),
+            "{lines:?}"
+        );
+        // The lock is free again.
+        DeployLock::acquire(&env_dir, "t", "t", Duration::ZERO, &mut |_| {}).unwrap();
+    }
+
+    #[test]
+    fn a_failed_restore_names_pg_restores_error_removes_its_helper_and_frees_the_lock() {
+        let (root, file) = restore_setup();
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Failed 1s|task: non-zero exit (1)");
+        fake.answer(
+            &["service", "logs"],
+            "read-only from 2026-12-06T10:00:00.100Z\n\
+             pg_restore: error: could not read from input file: end of file\n",
+        );
+        let (r, lines, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["restore", "prod", file.to_str().unwrap(), "--yes"],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.ends_with("nothing was restored: its transaction rolled back and the database is unchanged: pg_restore: error: could not read from input file: end of file"), "{e}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "removed helper stackship-prod-ops-restore-42"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            fake.writes().last().unwrap(),
+            "docker service rm stackship-prod-ops-restore-42"
+        );
+        DeployLock::acquire(
+            &root.path().join("prod"),
+            "t",
+            "t",
+            Duration::ZERO,
+            &mut |_| {},
+        )
+        .unwrap();
+
+        // A backup that does not read back fails before the lock is asked for.
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Failed 1s|task: non-zero exit (1)");
+        fake.answer(
+            &["service", "logs"],
+            "pg_restore: error: input file does not appear to be a valid archive\n",
+        );
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["restore", "prod", file.to_str().unwrap(), "--yes"],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.ends_with("failed; nothing was restored: the database is unchanged: pg_restore: error: input file does not appear to be a valid archive"),
+            "{e}"
+        );
+
+        // Interrupted: the helper (and with it psql's session) is removed too.
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Running 1s|");
+        fake.answer(
+            &["service", "logs"],
+            "read-only from 2026-12-06T10:00:00.100Z\n",
+        );
+        let calls = Cell::new(0);
+        let stop = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 3
+        };
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &stop,
+            &["restore", "prod", file.to_str().unwrap(), "--yes"],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("nothing was restored"), "{e}");
+        assert!(
+            e.contains("interrupted while helper stackship-prod-ops-restore-42 ran"),
+            "{e}"
+        );
+        assert_eq!(
+            fake.writes().last().unwrap(),
+            "docker service rm stackship-prod-ops-restore-42"
+        );
+    }
+
+    #[test]
+    fn the_restore_session_locks_before_the_data_changes_and_unlocks_after_commit() {
+        let before = restore_sql_before();
+        let after = restore_sql_after();
+        let key = RESTORE_LOCK_KEY.to_string();
+        let lock = before.find(&format!("pg_advisory_lock({key})")).unwrap();
+        let shown = before.find("'read-only from '").unwrap();
+        let saved = before.find("FROM pg_catalog.pg_sequences").unwrap();
+        let begin = before.find("BEGIN;").unwrap();
+        assert!(lock < shown && shown < saved && saved < begin, "{before}");
+        assert!(before.trim_end().ends_with("BEGIN;"));
+        let moved = after.find("pg_catalog.setval(").unwrap();
+        let commit = after.find("COMMIT;").unwrap();
+        let unlock = after.find(&format!("pg_advisory_unlock({key})")).unwrap();
+        let again = after.find("'writes accepted again from '").unwrap();
+        assert!(
+            moved < commit && commit < unlock && unlock < again,
+            "{after}"
+        );
+        assert!(after.contains("GREATEST(b.last_value, s.last_value)"));
+        // pg_restore's SQL runs between the two parts, in the same psql session, and the
+        // second part is only sent when pg_restore succeeded.
+        let restore = RESTORE_SCRIPT
+            .find("pg_restore --clean --if-exists --no-owner")
+            .unwrap();
+        assert!(RESTORE_SCRIPT.find("printf '%s\\n' \"$2\"").unwrap() < restore);
+        assert!(RESTORE_SCRIPT[restore..].starts_with("pg_restore --clean --if-exists --no-owner --file=- \"$file\" || exit 1\n    printf '%s\\n' \"$3\""));
+        assert!(RESTORE_SCRIPT.contains("--set=ON_ERROR_STOP=1"));
+        assert!(RESTORE_SCRIPT.find("pg_restore --list").unwrap() < restore);
+    }
+
+    #[test]
+    fn restore_output_is_read_for_its_window_and_its_first_error() {
+        assert_eq!(
+            read_only_window(RESTORED),
+            (
+                Some("2026-12-06T10:00:00.100Z".into()),
+                Some("2026-12-06T10:00:00.900Z".into())
+            )
+        );
+        assert_eq!(read_only_window("x\n"), (None, None));
+        assert_eq!(
+            first_error(
+                "read-only from x\npsql:<stdin>:9: ERROR:  relation \"x\" does not exist\nlater error: y"
+            ),
+            Some("psql:<stdin>:9: ERROR:  relation \"x\" does not exist")
+        );
+        assert_eq!(first_error("all fine\n"), None);
+    }
+
+    #[test]
+    fn passfile_lines_escape_colons_and_backslashes() {
+        assert_eq!(
+            passfile_line(15432, "backend", "backend", "a:b\\c").unwrap(),
+            "127.0.0.1:15432:backend:backend:a\\:b\\\\c\n"
+        );
+        assert!(passfile_line(1, "d", "u", "two\nlines").is_err());
+    }
+
+    /// A tunnel fake: the helpers run, the forwarder container runs.
+    fn tunnel_swarm() -> FakeEngine {
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer_once(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], "");
+        fake.answer(&["network", "create"], "");
+        fake.answer_once(&["network", "inspect"], "[]");
+        fake.fail(&["network", "inspect"], "Error: No such network");
+        fake.answer(&["network", "rm"], "");
+        fake.answer(&["run", "-d"], "c1\n");
+        fake.answer(&["rm", "-f"], "");
+        fake
+    }
+
+    #[test]
+    fn a_tunnel_gives_a_passfile_login_and_removes_everything_when_interrupted() {
+        let base = tempfile::tempdir().unwrap();
+        let fake = tunnel_swarm();
+        fake.answer_once(&["service", "ps"], "Running 1s|");
+        fake.answer(&["inspect"], "true\n");
+        fake.answer(&["service", "ps"], "Running 1s|");
+        let engine = &fake;
+        let dir = base.path().join("stackship-prod-ops-tunnel-42");
+        let checked = Cell::new(false);
+        let answers = |port: u16| {
+            assert_eq!(port, 15439);
+            // While the tunnel is open: the passfile, private, and the password nowhere else.
+            assert_eq!(
+                fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+            let pass = dir.join("pgpass");
+            assert_eq!(
+                fs::metadata(&pass).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                fs::read_to_string(&pass).unwrap(),
+                "127.0.0.1:15439:backend:backend:s3\\:cr\\\\t\n"
+            );
+            assert!(!dir.join("password").exists());
+            checked.set(true);
+            true
+        };
+        let mut l = local(base.path());
+        l.answers = &answers;
+        let polls = Cell::new(0);
+        let stop = || {
+            polls.set(polls.get() + 1);
+            polls.get() > 20
+        };
+        let (r, lines, out) = exec_with(
+            base.path(),
+            engine,
+            &l,
+            &stop,
+            &["tunnel", "prod", "--port", "15439"],
+        );
+        assert_eq!(r.unwrap(), Outcome::Done);
+        assert!(checked.get());
+        assert_eq!(
+            out,
+            format!(
+                "ready 127.0.0.1:15439\nPGPASSFILE={}/pgpass psql \"host=127.0.0.1 port=15439 user=backend dbname=backend\"\n",
+                dir.display()
+            )
+        );
+        assert!(!dir.exists(), "the passfile directory was left");
+        let all = format!("{lines:?}{out}");
+        assert!(!all.contains("s3"), "the password was shown: {all}");
+        let writes = fake.writes();
+        // The password helper (pinned here, the private directory mounted), the network, the
+        // forwarding helper, the local forwarder; then all of it removed, the last made first.
+        assert!(
+            writes[0].contains("--name stackship-prod-ops-tunnel-pass-42"),
+            "{}",
+            writes[0]
+        );
+        assert!(
+            writes[0].contains("--constraint node.id==node-1"),
+            "{}",
+            writes[0]
+        );
+        assert!(writes[0].contains(&format!(
+            "--mount type=bind,source={},target=/out",
+            dir.display()
+        )));
+        assert_eq!(
+            writes[1],
+            "docker service rm stackship-prod-ops-tunnel-pass-42"
+        );
+        assert_eq!(
+            writes[2],
+            "docker network create --driver overlay --attachable --label stackship.ops-helper=db-tunnel stackship-prod-ops-tunnel-42"
+        );
+        assert!(
+            writes[3].contains("--name stackship-prod-ops-tunnel-42"),
+            "{}",
+            writes[3]
+        );
+        assert!(
+            writes[3]
+                .contains("--network stackship-prod_data --network stackship-prod-ops-tunnel-42")
+        );
+        assert!(writes[3].contains("--user 65534 --entrypoint perl"));
+        assert!(!writes[3].contains("--secret"), "{}", writes[3]);
+        assert!(writes[4].starts_with("docker run -d --name stackship-prod-ops-tunnel-42-local"));
+        assert!(
+            writes[4].contains("-p 127.0.0.1:15439:5432"),
+            "{}",
+            writes[4]
+        );
+        assert_eq!(
+            &writes[5..],
+            &[
+                "docker rm -f stackship-prod-ops-tunnel-42-local",
+                "docker service rm stackship-prod-ops-tunnel-42",
+                "docker network rm stackship-prod-ops-tunnel-42",
+            ]
+        );
+        assert!(
+            lines.iter().any(|l| l == "interrupted: closing the tunnel"),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("removed the passfile ")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_tunnel_closes_after_its_time_or_when_a_part_dies() {
+        let base = tempfile::tempdir().unwrap();
+        let fake = tunnel_swarm();
+        fake.answer_once(&["service", "ps"], "Running 1s|");
+        fake.answer_once(&["inspect"], "true\n");
+        fake.answer(&["inspect"], "false\n");
+        fake.answer(&["service", "ps"], "Running 1s|");
+        fake.answer(&["logs"], "cannot connect to x:5432: refused\n");
+        let engine = &fake;
+        let (r, _, _) = exec_with(
+            base.path(),
+            engine,
+            &local(base.path()),
+            &never,
+            &["tunnel", "prod"],
+        );
+        let e = r.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the local forwarder stackship-prod-ops-tunnel-42-local stopped: cannot connect to x:5432: refused"
+        );
+        assert_eq!(
+            fake.writes().last().unwrap(),
+            "docker network rm stackship-prod-ops-tunnel-42"
+        );
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 0);
+
+        // The helper's task ended.
+        let fake = tunnel_swarm();
+        fake.answer_once(&["service", "ps"], "Running 1s|");
+        fake.answer(&["inspect"], "true\n");
+        fake.answer(&["service", "ps"], "Failed 1s|task: non-zero exit (137)");
+        let engine = &fake;
+        let (r, _, _) = exec_with(
+            base.path(),
+            engine,
+            &local(base.path()),
+            &never,
+            &["tunnel", "prod"],
+        );
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .starts_with("the helper stackship-prod-ops-tunnel-42 stopped: Failed")
+        );
+        assert!(
+            fake.writes()
+                .iter()
+                .any(|w| w == "docker service rm stackship-prod-ops-tunnel-42")
+        );
+
+        // --for elapsed.
+        let fake = tunnel_swarm();
+        fake.answer(&["service", "ps"], "Running 1s|");
+        fake.answer(&["inspect"], "true\n");
+        let engine = &fake;
+        let (r, lines, _) = exec_with(
+            base.path(),
+            engine,
+            &local(base.path()),
+            &never,
+            &["tunnel", "prod", "--for", "1"],
+        );
+        r.unwrap();
+        assert!(
+            lines.iter().any(|l| l == "closing the tunnel after 1s"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            fake.writes().last().unwrap(),
+            "docker network rm stackship-prod-ops-tunnel-42"
+        );
+    }
+
+    #[test]
+    fn a_tunnel_refuses_a_busy_port_and_a_failed_start_leaves_nothing() {
+        let base = tempfile::tempdir().unwrap();
+        let fake = swarm();
+        let mut l = local(base.path());
+        l.in_use = &yes_port;
+        let (r, _, _) = exec_with(
+            base.path(),
+            &fake,
+            &l,
+            &never,
+            &["tunnel", "prod", "--port", "5000"],
+        );
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "127.0.0.1:5000 is already in use: choose another with --port"
+        );
+        assert!(fake.writes().is_empty());
+
+        // The forwarding helper is rejected: the network and the passfile go too.
+        let fake = tunnel_swarm();
+        fake.answer(&["service", "ps"], "Rejected 1s|no suitable node");
+        let engine = &fake;
+        let (r, _, _) = exec_with(
+            base.path(),
+            engine,
+            &local(base.path()),
+            &never,
+            &["tunnel", "prod"],
+        );
+        assert!(r.unwrap_err().to_string().contains("no suitable node"));
+        let writes = fake.writes();
+        assert_eq!(
+            writes.last().unwrap(),
+            "docker network rm stackship-prod-ops-tunnel-42"
+        );
+        assert!(
+            writes
+                .iter()
+                .any(|w| w == "docker service rm stackship-prod-ops-tunnel-42")
+        );
+        assert!(!writes.iter().any(|w| w.starts_with("docker run")));
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 0);
+
+        // The password helper fails: nothing else is made.
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Failed 1s|task: non-zero exit (1)");
+        fake.answer(
+            &["service", "logs"],
+            "cat: /run/secrets/db_password: Permission denied\n",
+        );
+        let (r, lines, _) = exec_with(
+            base.path(),
+            &fake,
+            &local(base.path()),
+            &never,
+            &["tunnel", "prod"],
+        );
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .starts_with("could not read the prod database password")
+        );
+        assert!(lines.iter().any(|l| l.contains("Permission denied")));
+        assert_eq!(fake.writes().len(), 2, "{:?}", fake.writes());
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_console_is_psql_in_the_local_container_with_a_terminal_only_on_one() {
+        assert_eq!(
+            console_args("c1", "backend", "backend", (false, false)).join(" "),
+            "exec -i -e PSQL_HISTORY=/dev/null c1 psql -U backend -d backend"
+        );
+        assert_eq!(
+            console_args("c1", "u", "d", (true, false)).join(" "),
+            "exec -i -e PSQL_HISTORY=/dev/null c1 psql -U u -d d"
+        );
+        assert_eq!(
+            console_args("c1", "u", "d", (true, true)).join(" "),
+            "exec -i -t -e PSQL_HISTORY=/dev/null c1 psql -U u -d d"
+        );
+        let base = tempfile::tempdir().unwrap();
+        let fake = swarm();
+        fake.answer(&["ps", "-q"], "c1\n");
+        fake.answer_status(&["exec"], 3);
+        let (r, _, _) = exec_with(
+            base.path(),
+            &fake,
+            &local(base.path()),
+            &never,
+            &["console", "prod"],
+        );
+        // psql's exit status is the command's.
+        assert_eq!(r.unwrap(), Outcome::Exited(3));
+        assert_eq!(
+            fake.command_lines().last().unwrap(),
+            "docker exec -i -e PSQL_HISTORY=/dev/null c1 psql -U backend -d backend"
+        );
+
+        // Elsewhere: the node is named, nothing runs.
+        let fake = swarm();
+        fake.answer(&["ps", "-q"], "");
+        fake.answer(&["service", "ps"], "worker-2\n");
+        let (r, _, _) = exec_with(
+            base.path(),
+            &fake,
+            &local(base.path()),
+            &never,
+            &["console", "prod"],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("the prod database runs on node worker-2, not on this one"),
+            "{e}"
+        );
+        assert!(e.contains("stackship db tunnel prod"), "{e}");
+    }
+
+    #[test]
+    fn commands_need_a_swarm_manager() {
+        let base = tempfile::tempdir().unwrap();
+        let fake = FakeEngine::new();
+        fake.answer(&["info"], "false|\n");
+        let (r, _, _) = exec_with(
+            base.path(),
+            &fake,
+            &local(base.path()),
+            &never,
+            &["console", "prod"],
+        );
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "this engine is not a swarm manager (run on the manager of stackship-prod)"
+        );
+        let fake = FakeEngine::new();
+        fake.fail(&["info"], "Cannot connect to the Docker daemon");
+        let (r, _, _) = exec_with(
+            base.path(),
+            &fake,
+            &local(base.path()),
+            &never,
+            &["backup", "prod"],
+        );
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .starts_with("cannot talk to the Docker engine")
+        );
+    }
+
+    #[test]
+    fn the_private_directory_is_fresh_and_goes_with_its_passfile() {
+        let base = tempfile::tempdir().unwrap();
+        let said = RefCell::new(Vec::new());
+        let say = |m: &str| said.borrow_mut().push(m.to_owned());
+        let db = Database {
+            image: "i".into(),
+            user: "u".into(),
+            name: "d".into(),
+            password_secret: "s".into(),
+        };
+        let path;
+        {
+            let dir = PrivateDir::create(base.path(), "t", &say).unwrap();
+            path = dir.path.clone();
+            // What the helper left is read once and is gone after.
+            fs::write(dir.password_file(), "pw\n").unwrap();
+            assert_eq!(take_file(&dir.password_file()).unwrap(), "pw\n");
+            assert!(!dir.password_file().exists());
+            assert!(take_file(&dir.password_file()).is_err());
+            let pass = dir.write_passfile(1, &db, "pw\n").unwrap();
+            assert_eq!(fs::read_to_string(&pass).unwrap(), "127.0.0.1:1:d:u:pw\n");
+            assert_eq!(
+                fs::metadata(&pass).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            // Never over an existing file.
+            assert!(dir.write_passfile(1, &db, "pw").is_err());
+            // A directory that exists is not taken over.
+            assert!(PrivateDir::create(base.path(), "t", &say).is_err());
+        }
+        assert!(!path.exists());
+        assert_eq!(
+            said.borrow().last().unwrap(),
+            &format!("removed the passfile {}", path.display())
+        );
+        assert_eq!(private_base(Some(base.path().to_owned())), base.path());
+        assert_eq!(private_base(Some("relative".into())), std::env::temp_dir());
+        assert_eq!(private_base(None), std::env::temp_dir());
+    }
+}
