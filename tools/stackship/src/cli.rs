@@ -89,6 +89,9 @@ pub enum Command {
     /// Releases on the manager.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Review stacks (one per merge request, stackship-review-<iid>).
+    #[command(subcommand)]
+    Review(crate::commands::review::ReviewCommand),
     /// Return the environment to an earlier deploy: its images (by digest) and configs, deployed
     /// and watched like any release (secrets, the database and services added since stay).
     Rollback {
@@ -444,6 +447,9 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
             lock_wait,
             env_dir,
         }) => install_command(&cli.root, &env, &from, lock_wait, env_dir),
+        Command::Review(command) => {
+            crate::commands::review::run(&cli.root, command, client, &owner(&process_env()))
+        }
         Command::Secret(command) => {
             let (outcome, text) = crate::commands::secret::run(
                 client,

@@ -26,6 +26,9 @@ pub enum Error {
     /// A deploy that stopped at one of its stages.
     #[error(transparent)]
     Deploy(Box<crate::commands::deploy::DeployError>),
+    /// A removal that began and did not end (`review stop`): the message names what is left.
+    #[error("{0}")]
+    Incomplete(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -39,6 +42,8 @@ impl Error {
     pub fn outcome(&self) -> Outcome {
         match self {
             Error::Deploy(d) => d.outcome(),
+            // Part of it is gone: not "nothing changed", and what is left is named.
+            Error::Incomplete(_) => Outcome::Unknown,
             _ => Outcome::NothingChanged,
         }
     }
@@ -76,5 +81,9 @@ mod tests {
         };
         assert_eq!(at(Stage::Watch).outcome(), Outcome::Unknown);
         assert_eq!(at(Stage::Validate).outcome(), Outcome::NothingChanged);
+        assert_eq!(
+            Error::Incomplete("still there: volume v".into()).outcome(),
+            Outcome::Unknown
+        );
     }
 }

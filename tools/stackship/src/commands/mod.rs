@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod exec;
 pub mod history;
 pub mod logs;
+pub mod review;
 pub mod rollback;
 pub mod secret;
 pub mod status;
