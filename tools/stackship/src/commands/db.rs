@@ -453,10 +453,10 @@ BEGIN;"
 pub fn restore_sql_after() -> String {
     format!(
         "\\o
-SELECT pg_catalog.count(pg_catalog.setval(
+SELECT 'sequences moved up to their value before the restore (no id is handed out twice): '
+    || pg_catalog.count(pg_catalog.setval(
         pg_catalog.format('%I.%I', s.schemaname, s.sequencename)::pg_catalog.regclass,
         GREATEST(b.last_value, s.last_value), true))
-    || ' sequences moved up to their value before the restore (no id is handed out twice)'
   FROM pg_catalog.pg_sequences s
   JOIN pg_temp.stackship_sequences_before b
     ON b.schemaname = s.schemaname AND b.sequencename = s.sequencename
@@ -1909,7 +1909,7 @@ mod tests {
     }
 
     const RESTORED: &str = "read-only from 2026-12-06T10:00:00.100Z\n\
-        1 sequences moved up to their value before the restore (no id is handed out twice)\n\
+        sequences moved up to their value before the restore (no id is handed out twice): 1\n\
         restore committed\n\
         writes accepted again from 2026-12-06T10:00:00.900Z\n";
 
