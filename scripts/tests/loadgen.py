@@ -8,7 +8,8 @@ Runs until the stop file is removed *and* at least --min-requests were sent, or 
 
 Writes a JSON report: requests, failed (non-2xx and network errors, by kind), the versions
 seen over time, and the acknowledged log rows (id and message) so a caller can check that
-none was lost.
+none was lost. --kinds narrows the mix (a write load: --kinds post); --trace writes one JSON
+line per POST (when it was sent and answered, its status, the id or the error code returned).
 """
 
 import argparse
@@ -37,6 +38,7 @@ class Worker(threading.Thread):
         self.versions = []
         self.acked = []
         self.failure_times = []
+        self.trace = []
 
     def connection(self):
         u = self.shared["url"]
@@ -62,6 +64,7 @@ class Worker(threading.Thread):
             body = json.dumps({"message": message})
             headers["Content-Type"] = "application/json"
         conn = self.connection()
+        sent = time.time()
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -73,7 +76,23 @@ class Worker(threading.Thread):
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             self.conn = None
+            if kind == "post" and self.args.trace:
+                self.trace.append({"sent": sent, "answered": time.time(), "status": None,
+                                   "message": message, "id": None, "code": None,
+                                   "error": type(e).__name__})
             return "error:%s" % type(e).__name__, None
+        if kind == "post" and self.args.trace:
+            entry = {"sent": sent, "answered": time.time(), "status": status,
+                     "message": message, "id": None, "code": None, "error": None}
+            try:
+                body_json = json.loads(data)
+                if 200 <= status < 300:
+                    entry["id"] = body_json.get("id")
+                else:
+                    entry["code"] = (body_json.get("error") or {}).get("code")
+            except (ValueError, AttributeError):
+                entry["error"] = "bad_body"
+            self.trace.append(entry)
         if 200 <= status < 300:
             if kind == "version":
                 try:
@@ -92,7 +111,7 @@ class Worker(threading.Thread):
     def run(self):
         rate = self.shared["rate"] / self.args.workers
         interval = 1.0 / rate
-        weights = [k for k, w in MIX for _ in range(w)]
+        weights = [k for k, w in MIX if k in self.args.kinds for _ in range(w)]
         next_at = time.monotonic() + (self.n * interval / self.args.workers)
         while True:
             now = time.monotonic()
@@ -123,7 +142,13 @@ def main():
     p.add_argument("--stop-file", help="keep going while this file exists")
     p.add_argument("--run", default=str(os.getpid()), help="tag of this run's log messages")
     p.add_argument("--out", required=True, help="JSON report file")
+    p.add_argument("--kinds", default="version,logs,post",
+                   help="comma-separated request kinds of the mix (version, logs, post)")
+    p.add_argument("--trace", help="JSON lines file: one line per POST, as it was answered")
     args = p.parse_args()
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    if not args.kinds or any(k not in dict(MIX) for k in args.kinds):
+        p.error("--kinds takes version, logs and post")
 
     url = urllib.parse.urlparse(args.url)
     if url.hostname not in ("localhost", "127.0.0.1", "::1"):
@@ -175,6 +200,10 @@ def main():
     }
     with open(args.out, "w") as f:
         json.dump(report, f)
+    if args.trace:
+        with open(args.trace, "w") as f:
+            for entry in sorted((e for w in workers for e in w.trace), key=lambda e: e["sent"]):
+                f.write(json.dumps(entry) + "\n")
     print("%d requests in %.1fs (%.0f/s), %d failed %s; versions %s" % (
         report["requests"], elapsed, report["rate"], report["failed"], failed,
         ", ".join("%s %.1f-%.1fs" % (x["version"], x["at"], x["until"]) for x in timeline)))
