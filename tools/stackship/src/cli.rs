@@ -309,6 +309,7 @@ fn deploy_command(
         allow_older,
         lock_held_here: false,
         note: None,
+        stop: crate::interrupt::requested,
     };
     if print_images {
         // What this deploy would run: the upload's images with --from.
@@ -321,6 +322,8 @@ fn deploy_command(
         write_out(out, &deploy::images_text(&settings))?;
         return Ok(Outcome::Done);
     }
+    // Ctrl-C ends the waits for helper tasks (removing them) instead of killing the process.
+    crate::interrupt::install().map_err(Error::io("cannot catch Ctrl-C"))?;
     let mut stderr = std::io::stderr();
     let watched = deploy::deploy(client, &deploy::WatcherRollout, &request, &mut stderr)
         .map_err(|e| Error::Deploy(Box::new(e)))?;
@@ -424,7 +427,9 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
                 return Ok(Outcome::Done);
             }
             let process_env = process_env();
+            crate::interrupt::install().map_err(Error::io("cannot catch Ctrl-C"))?;
             let request = crate::commands::rollback::Request {
+                stop: crate::interrupt::requested,
                 env_dir: dir.dir.clone(),
                 env,
                 want: to,

@@ -41,6 +41,8 @@ pub struct Spec {
     /// `type=bind,...` mounts (with `node` set).
     pub mounts: Vec<String>,
     pub user: Option<String>,
+    /// Capabilities given back after `--cap-drop ALL` (a chown needs CAP_CHOWN).
+    pub caps_add: Vec<String>,
 }
 
 impl Spec {
@@ -72,6 +74,9 @@ impl Spec {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        for cap in &self.caps_add {
+            args.extend(["--cap-add".to_owned(), cap.clone()]);
+        }
         for network in &self.networks {
             args.extend(["--network".to_owned(), network.clone()]);
         }
@@ -389,6 +394,7 @@ mod tests {
         pinned.node = Some("n1".into());
         pinned.mounts = vec!["type=bind,source=/b,target=/backup".into()];
         pinned.user = Some("0:0".into());
+        pinned.caps_add = vec!["CAP_CHOWN".into()];
         let line = pinned.create_call().command_line();
         assert!(line.contains("--constraint node.id==n1"), "{line}");
         assert!(
@@ -396,6 +402,7 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("--user 0:0"), "{line}");
+        assert!(line.contains("--cap-drop ALL --init --stop-grace-period 5s --with-registry-auth --cap-add CAP_CHOWN"), "{line}");
     }
 
     #[test]

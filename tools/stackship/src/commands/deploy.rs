@@ -125,6 +125,8 @@ pub struct Request {
     pub lock_held_here: bool,
     /// Kept in the record when this deploy is not a release's own (`rolled back to deploy X`).
     pub note: Option<String>,
+    /// Asked to stop (Ctrl-C): waits for helper tasks give up, and the helpers are removed.
+    pub stop: fn() -> bool,
 }
 
 /// An uploaded release to swap in before the deploy.
@@ -1017,125 +1019,51 @@ pub fn prepare_data_dir(
 if [ ! -d "$d" ] || [ -z "$(ls -A "$d")" ]; then [ "$2" = 1 ] || exit 3; fi
 [ -d "$d" ] || install -d -m 0700 -o 999 -g 999 "$d" || exit 1
 if [ "$(stat -c %u "$d")" != 999 ]; then chown -R 999:999 "$d" && chmod 0700 "$d" || exit 1; fi"#;
-    client
-        .run(&Call::write([
-            "service",
-            "create",
-            "--detach",
-            "--quiet",
-            "--name",
-            helper.as_str(),
-            "--restart-condition",
-            "none",
-            "--constraint",
-            &format!("node.id=={db_node}"),
-            "--mount",
-            "type=bind,source=/,target=/host",
-            "--user",
-            "0:0",
-            "--cap-drop",
-            "ALL",
-            "--cap-add",
-            "CAP_CHOWN",
-            "--cap-add",
-            "CAP_DAC_OVERRIDE",
-            "--cap-add",
-            "CAP_FOWNER",
-            "--read-only",
-            "--with-registry-auth",
-            "--entrypoint",
-            "sh",
-            "--label",
-            &format!("{PROJECT}.ops-helper=deploy"),
-            image.as_str(),
-            "-c",
-            script,
-            "sh",
-            dir.as_str(),
-            if allow_new { "1" } else { "0" },
-        ]))
-        .at(Stage::Prepare)?;
-    let outcome = {
-        // Removed however the wait ends (an error, a panic); a signal that kills the process
-        // outright leaves it, labelled stackship.ops-helper=deploy.
-        let _guard = RemoveOnDrop {
-            client,
-            service: helper.clone(),
-        };
-        wait_for_helper(client, &helper, Duration::from_secs(300))
+    let spec = crate::helper::Spec {
+        name: helper.clone(),
+        what: "deploy".to_owned(),
+        image,
+        entrypoint: Some("sh".to_owned()),
+        args: vec![
+            "-c".to_owned(),
+            script.to_owned(),
+            "sh".to_owned(),
+            dir.clone(),
+            if allow_new { "1" } else { "0" }.to_owned(),
+        ],
+        node: Some(db_node.to_owned()),
+        mounts: vec!["type=bind,source=/,target=/host".to_owned()],
+        user: Some("0:0".to_owned()),
+        // Only what a chown of Postgres's directory needs, on top of none.
+        caps_add: vec![
+            "CAP_CHOWN".to_owned(),
+            "CAP_DAC_OVERRIDE".to_owned(),
+            "CAP_FOWNER".to_owned(),
+        ],
+        ..crate::helper::Spec::default()
     };
-    match outcome {
-        Ok(()) => {
+    let wait = crate::helper::Wait {
+        limit: Duration::from_secs(300),
+        poll: Duration::from_secs(1),
+        stop: &request.stop,
+    };
+    // Removed however the wait ends (an error, Ctrl-C); only a process killed outright leaves
+    // it, labelled stackship.ops-helper=deploy.
+    match crate::helper::run(client, &spec, &wait, progress) {
+        Ok(_) => {
             progress(&format!(
                 "{dir} on node {host} belongs to uid {POSTGRES_UID}"
             ));
             Ok(())
         }
-        Err(HelperEnd::Refused) => refused(Stage::Prepare, refusal),
-        Err(HelperEnd::Failed(m)) => refused(
+        Err(crate::helper::HelperError::Failed { exit: Some(3), .. }) => {
+            refused(Stage::Prepare, refusal)
+        }
+        Err(e) => refused(
             Stage::Prepare,
-            format!("preparing {dir} on node {host} failed: {m}"),
+            format!("preparing {dir} on node {host} failed: {e}"),
         ),
     }
-}
-
-/// Removes a one-off service when dropped.
-struct RemoveOnDrop<'a, 'b> {
-    client: &'a Client<'b>,
-    service: String,
-}
-
-impl Drop for RemoveOnDrop<'_, '_> {
-    fn drop(&mut self) {
-        let _ = self
-            .client
-            .run(&Call::write(["service", "rm", self.service.as_str()]));
-    }
-}
-
-enum HelperEnd {
-    /// Exit 3: missing or empty, and not to be created.
-    Refused,
-    Failed(String),
-}
-
-fn wait_for_helper(client: &Client<'_>, helper: &str, limit: Duration) -> Result<(), HelperEnd> {
-    let started = std::time::Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < limit {
-        let state = client
-            .lines(&Call::read([
-                "service",
-                "ps",
-                helper,
-                "--no-trunc",
-                "--format",
-                "{{.CurrentState}}|{{.Error}}",
-            ]))
-            .map_err(|e| HelperEnd::Failed(e.to_string()))?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        if state.starts_with("Complete") {
-            return Ok(());
-        }
-        if state.starts_with("Failed") && state.contains("exit (3)") {
-            return Err(HelperEnd::Refused);
-        }
-        if ["Failed", "Rejected", "Shutdown", "Orphaned"]
-            .iter()
-            .any(|s| state.starts_with(s))
-        {
-            return Err(HelperEnd::Failed(state));
-        }
-        last = state;
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    Err(HelperEnd::Failed(format!(
-        "did not finish in {}s (task state: {})",
-        limit.as_secs(),
-        if last.is_empty() { "none" } else { &last }
-    )))
 }
 
 /// How the rollout ended.
@@ -1490,6 +1418,7 @@ mod tests {
             allow_older: false,
             lock_held_here: false,
             note: None,
+            stop: || false,
         };
         Fixture {
             _root: root,
@@ -1779,6 +1708,7 @@ mod tests {
             allow_older: false,
             lock_held_here: false,
             note: None,
+            stop: || false,
         };
         assert_eq!(r.stack(), "stackship-review-42");
         assert_eq!(
@@ -2192,6 +2122,71 @@ mod tests {
     }
 
     #[test]
+    fn a_database_directory_on_another_node_is_checked_by_a_helper_that_is_always_removed() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        let release = read(&f.request).unwrap();
+        let helper = format!("stackship-prod-datadir-{}", std::process::id());
+        for (end, stop) in [
+            ("Failed 1s|task: non-zero exit (3)", false),
+            ("Failed 1s|task: non-zero exit (1)", false),
+            ("Complete 1s|", false),
+            ("Running 1s|", true),
+        ] {
+            let fake = FakeEngine::new();
+            fake.answer(&["service", "inspect", "stackship-prod_postgres"], "[{}]");
+            fake.answer(&["info", "--format", "{{.Swarm.NodeID}}"], "n1\n");
+            fake.answer(&["node", "inspect", "n2", "--format"], "db-2\n");
+            fake.answer(&["service", "ps", "stackship-prod_postgres"], "");
+            fake.answer(&["service", "create"], "");
+            fake.answer(&["service", "ps", helper.as_str()], end);
+            fake.answer(&["service", "logs"], "");
+            fake.answer(&["service", "rm"], "");
+            fake.answer(&["ps", "-aq"], "");
+            let mut request = f.request.clone();
+            if stop {
+                request.stop = || true;
+            }
+            let result =
+                prepare_data_dir(&Client::new(&fake), &request, &release, "n2", &mut quiet());
+            let writes = fake.writes();
+            assert_eq!(writes.len(), 2, "{end}: {writes:?}");
+            let create = &writes[0];
+            for part in [
+                "--constraint node.id==n2",
+                "--mount type=bind,source=/,target=/host",
+                "--user 0:0",
+                "--cap-drop ALL",
+                "--cap-add CAP_CHOWN --cap-add CAP_DAC_OVERRIDE --cap-add CAP_FOWNER",
+                "--label stackship.ops-helper=deploy",
+            ] {
+                assert!(create.contains(part), "{part}: {create}");
+            }
+            assert!(
+                create.ends_with(" 0"),
+                "an existing database: nothing new allowed: {create}"
+            );
+            assert_eq!(writes[1], format!("docker service rm {helper}"));
+            match (end, stop) {
+                (_, true) => {
+                    let e = result.unwrap_err().to_string();
+                    assert!(e.contains("interrupted while helper"), "{e}");
+                }
+                ("Complete 1s|", _) => result.unwrap(),
+                (e3, _) if e3.ends_with("(3)") => {
+                    let e = result.unwrap_err().to_string();
+                    assert!(e.contains("Postgres would start an EMPTY database"), "{e}");
+                    assert!(e.contains("on node db-2"), "{e}");
+                }
+                _ => {
+                    let e = result.unwrap_err().to_string();
+                    assert!(e.contains("on node db-2 failed: helper"), "{e}");
+                    assert!(e.contains("exit 1"), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_first_deploy_creates_the_database_directory() {
         let f = fixture("REGISTRY=127.0.0.1:5000\n");
         let fake = first_deploy_engine();
@@ -2329,6 +2324,7 @@ mod tests {
             allow_older: false,
             lock_held_here: false,
             note: None,
+            stop: || false,
         };
         let fake = FakeEngine::new();
         fake.answer(
@@ -2638,6 +2634,7 @@ mod tests {
             steps: Default::default(),
         };
         let request = crate::commands::rollback::Request {
+            stop: || false,
             env_dir: f.request.env_dir(),
             env: "prod".into(),
             want: None,

@@ -417,6 +417,8 @@ pub struct Request {
     pub process_env: BTreeMap<String, String>,
     /// Who takes the lock.
     pub owner: String,
+    /// Asked to stop (Ctrl-C): see [`deploy::Request::stop`].
+    pub stop: fn() -> bool,
 }
 
 fn refused<T>(message: impl Into<String>) -> Result<T, Error> {
@@ -487,6 +489,7 @@ pub fn rollback(
         allow_older: true,
         lock_held_here: true,
         note: None,
+        stop: request.stop,
     };
     let compose = base.compose();
     if !compose.is_file() {

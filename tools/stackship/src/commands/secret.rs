@@ -571,8 +571,10 @@ pub fn settle(observed: &[Observed], old: &str, new: &str) -> Settled {
 /// The shell script of the password helper (sh in Postgres's image): logs in with the first
 /// secret of `$AUTH` (names under /run/secrets) the database accepts, turns statement logging
 /// off for its session (the password is in one statement; psql reads it from the secret file,
-/// so it is in no argument or environment), sets the connected role's password to the content
-/// of /run/secrets/new, and proves it by logging in with it.
+/// so it is in no argument or environment), ends the sessions of earlier password helpers (a
+/// helper killed while its `ALTER ROLE` waited for a lock leaves its session waiting in the
+/// server, which would otherwise still set its password later), sets the connected role's
+/// password to the content of /run/secrets/new, and proves it by logging in with it.
 const ALTER_SCRIPT: &str = r#"set -eu
 for f in $AUTH; do
   if PGPASSWORD="$(cat "/run/secrets/$f")" psql -Atqc "SELECT 1" >/dev/null 2>&1; then
@@ -580,6 +582,8 @@ for f in $AUTH; do
 SET log_statement = none;
 SET log_min_error_statement = panic;
 SET log_min_duration_statement = -1;
+SELECT count(pg_terminate_backend(pid)) AS stale FROM pg_stat_activity
+  WHERE application_name = 'stackship-password-helper' AND pid <> pg_backend_pid() \gset
 \set newpw `cat /run/secrets/new`
 ALTER ROLE :"USER" PASSWORD :'newpw';
 SQL
@@ -653,11 +657,15 @@ pub fn alter_spec(db: &Database, name: &str, new: &str, auth: &[String]) -> Spec
             ("PGDATABASE".into(), "postgres".into()),
             ("AUTH".into(), auth.join(" ")),
             ("NEW".into(), new.to_owned()),
+            ("PGAPPNAME".into(), "stackship-password-helper".into()),
         ],
         networks: vec![db.network.clone()],
         ..Spec::default()
     }
 }
+
+/// How often putting the old password back is tried.
+pub const REPAIR_ATTEMPTS: u32 = 3;
 
 /// How long a password helper may take.
 pub const HELPER_LIMIT: Duration = Duration::from_secs(120);
@@ -994,15 +1002,33 @@ fn put_back(
         stop: &|| false,
         poll: r.poll,
     };
-    let back = alter(
-        client,
-        db,
-        &format!("{stack}-ops-secret-restore-{}", std::process::id()),
-        current,
-        &[new.to_owned(), current.to_owned()],
-        &repair,
-        say,
-    );
+    // Tried again after a failure: a concurrent change of the role (a killed helper's session
+    // that still ran) makes PostgreSQL refuse the first try ("tuple concurrently updated").
+    let mut back = Err(String::new());
+    for attempt in 1..=REPAIR_ATTEMPTS {
+        back = alter(
+            client,
+            db,
+            &format!(
+                "{stack}-ops-secret-restore-{}-{attempt}",
+                std::process::id()
+            ),
+            current,
+            &[new.to_owned(), current.to_owned()],
+            &repair,
+            say,
+        );
+        match &back {
+            Ok(()) => break,
+            Err(e) if attempt < REPAIR_ATTEMPTS => {
+                say(&format!(
+                    "attempt {attempt} to put the password back failed ({e}); trying again"
+                ));
+                std::thread::sleep(r.poll * 4);
+            }
+            Err(_) => {}
+        }
+    }
     match back {
         Ok(()) => {
             let left = remove_secrets(client, &[new.to_owned()], r.poll);
@@ -1578,7 +1604,9 @@ mod tests {
         let pid = std::process::id();
         let names = [
             format!("stackship-prod-ops-secret-{pid}"),
-            format!("stackship-prod-ops-secret-restore-{pid}"),
+            format!("stackship-prod-ops-secret-restore-{pid}-1"),
+            format!("stackship-prod-ops-secret-restore-{pid}-2"),
+            format!("stackship-prod-ops-secret-restore-{pid}-3"),
         ];
         for (h, name) in helpers.iter().zip(&names) {
             fake.answer(&["service", "ps", name.as_str()], h);
@@ -1648,6 +1676,7 @@ mod tests {
         assert!(w[1].contains(&format!("--secret source={V3},target={V3}")));
         assert!(w[1].contains(&format!("--secret source={BOOT},target={BOOT}")));
         assert!(w[1].contains("--env PGDATABASE=postgres"));
+        assert!(w[1].contains("--env PGAPPNAME=stackship-password-helper"));
         assert!(w[1].contains("--network stackship-prod_data"));
         assert!(w[1].contains("--entrypoint sh r/postgres:t@sha256:1 -c"));
         assert_eq!(
@@ -1756,7 +1785,8 @@ mod tests {
     #[test]
     fn a_repair_that_fails_keeps_the_new_version_and_says_how_to_recover() {
         let (_root, dir) = env_dir();
-        let fake = swarm(V3, &["Complete 1s|", "Failed 1s|task: non-zero exit (1)"]);
+        let failed = "Failed 1s|task: non-zero exit (3)";
+        let fake = swarm(V3, &["Complete 1s|", failed, failed, failed]);
         let (outcome, summary) = rotate(
             &Client::new(&fake),
             &FakeRollout::default(),
@@ -1771,6 +1801,41 @@ mod tests {
             "{summary}"
         );
         assert!(writes_with(&fake, "docker secret rm").is_empty());
+        // Three tries to put it back, each helper removed.
+        assert_eq!(writes_with(&fake, "docker service create").len(), 4);
+        assert_eq!(writes_with(&fake, "docker service rm").len(), 4);
+    }
+
+    #[test]
+    fn a_repair_that_fails_once_is_tried_again() {
+        let (_root, dir) = env_dir();
+        let fake = swarm(
+            V3,
+            &[
+                "Failed 1s|task: non-zero exit (137)",
+                "Failed 1s|task: non-zero exit (3)",
+                "Complete 1s|",
+            ],
+        );
+        let mut progress = Vec::new();
+        let (outcome, summary) = rotate(
+            &Client::new(&fake),
+            &FakeRollout::default(),
+            &rotation(&dir, &|| false),
+            &mut progress,
+        )
+        .unwrap();
+        assert_eq!(outcome, Outcome::RolledBack, "{summary}");
+        let text = String::from_utf8(progress).unwrap();
+        assert!(
+            text.contains("attempt 1 to put the password back failed"),
+            "{text}"
+        );
+        assert_eq!(
+            writes_with(&fake, "docker secret rm"),
+            vec![format!("docker secret rm {V4}")]
+        );
+        assert_eq!(writes_with(&fake, "docker service create").len(), 3);
     }
 
     #[test]
