@@ -2,9 +2,7 @@
 # The copy step: puts exactly one environment's release into its deploy directory, as the
 # pipeline does on the manager, replacing whatever a previous copy left there:
 #   <dest>/current/{stackship, config-hasher, rollout-watcher,
-#                   docker-compose.<env>.yaml, deploy-manifests/<env>/,
-#                   the day-2 scripts db-backup.sh, db-restore.sh, db-tunnel.sh
-#                   and ops-lib.sh, which they source}
+#                   docker-compose.<env>.yaml, deploy-manifests/<env>/}
 # <dest> defaults to /data/stackship/deploy/<env>; its deploy.env, lock and history are not
 # touched (nor secrets/, the source files of file-backed secrets), nor is any other
 # environment's directory. The swap is `stackship release install`, under the environment's
@@ -55,10 +53,6 @@ main() {
     STAGING="$staging"
     trap 'rm -rf "$STAGING"' EXIT
     mkdir -p "$staging/deploy-manifests"
-    install -m 0644 "$root/scripts/server/ops-lib.sh" "$staging/ops-lib.sh"
-    for tool in db-backup.sh db-restore.sh db-tunnel.sh; do
-        install -m 0755 "$root/scripts/server/${tool}" "$staging/${tool}"
-    done
     install -m 0755 "$bin_dir/config-hasher" "$staging/config-hasher"
     install -m 0755 "$bin_dir/rollout-watcher" "$staging/rollout-watcher"
     install -m 0755 "$bin_dir/stackship" "$staging/stackship"

@@ -1,6 +1,7 @@
-# Day-2 operations on the local prod stack: backup and restore, rollback to an earlier deploy,
-# the database tunnel and Prometheus. Sourced by scripts/tests/test-stack.sh (after scripts/lib.sh and
-# scripts/tests/lib.sh); defines test_ functions and adds their names to STACK_TESTS.
+# Day-2 operations on the local prod stack: backup and restore (also under a write load), rollback
+# to an earlier deploy, the database tunnel and console, and Prometheus. Sourced by
+# scripts/tests/test-stack.sh (after scripts/lib.sh and scripts/tests/lib.sh); defines test_
+# functions and adds their names to STACK_TESTS.
 # shellcheck shell=bash
 
 # post_entry MESSAGE: writes a log entry through the prod proxy; prints its id.
@@ -14,13 +15,21 @@ post_entry() {
 # log_rows: every row of prod's request log as id|message, in id order (a fingerprint).
 log_rows() { prod_psql "SELECT id || '|' || message FROM log_entries ORDER BY id"; }
 
+# stackship_bin: the checkout's build of stackship, the binary the copy step ships into each
+# release (scripts/tests/test-stack.sh builds it through scripts/up.sh).
+stackship_bin() { printf '%s\n' "${CARGO_TARGET_DIR:-$(repo_root)/target}/release/stackship"; }
+
+# stackship_db ARGS...: `stackship db ARGS` on the local environments, as an operator runs it on the
+# manager.
+stackship_db() { "$(stackship_bin)" --root "$(dirname "$PROD_DIR")" db "$@"; }
+
 test_backup_restore_roundtrip() {
     local dir file rows_before rows_after kept id extra=() i out rc=0
     dir="$(mktemp -d)"
     id="$(post_entry "backup marker $(date -u +%s%N)")"
     [[ -n "$id" ]] || fail "no id for the marker entry"
-    file="$("$(repo_root)/scripts/server/db-backup.sh" prod --dir "$dir" --keep 2)" || fail "db-backup.sh prod failed"
-    [[ -s "$file" && "$file" == "$dir"/stackship-prod-*.dump ]] || fail "db-backup.sh printed '${file}', not a dated dump in ${dir}"
+    file="$(stackship_db backup prod --dir "$dir" --keep 2)" || fail "stackship db backup prod failed"
+    [[ -s "$file" && "$file" == "$dir"/stackship-prod-*.dump ]] || fail "stackship db backup printed '${file}', not a dated dump in ${dir}"
     [[ "$(stat -c %a "$file")" == 600 ]] || fail "the backup is readable by others (mode $(stat -c %a "$file"))"
     [[ -z "$(find "$dir" -name '.*.partial')" ]] || fail "a partial file was left in ${dir}"
     # Taken while the marker row existed: the dump holds it.
@@ -31,25 +40,33 @@ test_backup_restore_roundtrip() {
         extra+=("$(post_entry "after the backup ${i} $(date -u +%s%N)")")
     done
     [[ "$(log_rows)" != "$rows_before" ]] || fail "writing 3 rows did not change the table"
-    # Refusals: no --yes, no such file; neither may change anything.
-    "$(repo_root)/scripts/server/db-restore.sh" prod "$file" > /dev/null 2>&1 && fail "db-restore.sh ran without --yes"
-    "$(repo_root)/scripts/server/db-restore.sh" prod "${dir}/no-such.dump" --yes > /dev/null 2>&1 && fail "db-restore.sh accepted a missing file"
+    # Refusals: no --yes, no such file; neither may change anything (exit 2: nothing changed).
+    stackship_db restore prod "$file" > /dev/null 2>&1 || rc=$?
+    ((rc == 2)) || fail "stackship db restore without --yes exited ${rc}, expected 2"
+    rc=0
+    stackship_db restore prod "${dir}/no-such.dump" --yes > /dev/null 2>&1 || rc=$?
+    ((rc == 2)) || fail "stackship db restore of a missing file exited ${rc}, expected 2"
+    rc=0
     rows_after="$(log_rows)"
     grep -q "after the backup 3" <<<"$rows_after" || fail "a refused restore changed the data"
     out="$(mktemp)"
-    "$(repo_root)/scripts/server/db-restore.sh" prod "$file" --yes > "$out" 2>&1 || rc=$?
-    ((rc == 0)) || fail "db-restore.sh --yes failed: $(tail -n 20 "$out")"
+    stackship_db restore prod "$file" --yes > "$out" 2>&1 || rc=$?
+    ((rc == 0)) || fail "stackship db restore --yes failed: $(tail -n 20 "$out")"
+    grep -q "writes were refused from .* until " "$out" || fail "the restore does not name its read-only window: $(tail -n 5 "$out")"
     rows_after="$(log_rows)"
     [[ "$rows_after" == "$rows_before" ]] \
         || fail "after the restore the rows differ from the backup: $(diff <(printf '%s\n' "$rows_before") <(printf '%s\n' "$rows_after") | head -n 10)"
     for i in "${extra[@]}"; do
         grep -q "^${i}|" <<<"$rows_after" && fail "row ${i}, written after the backup, survived the restore"
     done
-    # The service keeps working on the restored data.
-    [[ -n "$(post_entry "after the restore $(date -u +%s%N)")" ]] || fail "POST /api/log failed after the restore"
+    # The service keeps working on the restored data, and its ids go on after those handed out
+    # since the backup (the restore kept the sequence where it was).
+    id="$(post_entry "after the restore $(date -u +%s%N)")"
+    [[ -n "$id" ]] || fail "POST /api/log failed after the restore"
+    ((id > extra[2])) || fail "id ${id} after the restore is not above ${extra[2]}, the last one handed out before it"
     # Retention: with --keep 1 only the newest backup stays.
     sleep 1
-    kept="$("$(repo_root)/scripts/server/db-backup.sh" prod --dir "$dir" --keep 1)" || fail "second db-backup.sh failed"
+    kept="$(stackship_db backup prod --dir "$dir" --keep 1)" || fail "the second stackship db backup failed"
     [[ "$(find "$dir" -name 'stackship-prod-*.dump' | wc -l)" == 1 && -f "$kept" && ! -e "$file" ]] \
         || fail "--keep 1 left: $(ls "$dir")"
     [[ -z "$(docker service ls -q --filter label=stackship.ops-helper)" ]] || fail "a helper service was left behind"
@@ -57,6 +74,97 @@ test_backup_restore_roundtrip() {
 }
 
 STACK_TESTS+=(backup_restore_roundtrip)
+
+# restore_checks TRACE FROM UNTIL ROWS: checks a write load (loadgen.py's --trace: one JSON line
+# per POST) against a restore's read-only window (FROM, UNTIL: the restore's own times) and the
+# rows of that load in the database afterwards (ROWS: id|message lines). Prints the counts.
+restore_checks() {
+    python3 - "$@" <<'PY'
+import datetime
+import json
+import sys
+
+
+def at(text):
+    t = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+trace = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+start, end = at(sys.argv[2]), at(sys.argv[3])
+stored = {}
+for line in open(sys.argv[4]):
+    if line.strip():
+        i, message = line.rstrip("\n").split("|", 1)
+        stored[int(i)] = message
+acked = [e for e in trace if e["status"] is not None and 200 <= e["status"] < 300]
+before = [e for e in acked if e["answered"] < start]
+sent_in_or_after = [e for e in acked if e["sent"] >= start]
+after = [e for e in acked if e["sent"] > end]
+refused = [e for e in trace if e["status"] == 503]
+other = [e for e in trace if e not in acked and e not in refused]
+problems = []
+lost = [e for e in sent_in_or_after if stored.get(e["id"]) != e["message"]]
+if lost:
+    problems.append("%d writes sent after the read-only window began and acknowledged are not in the "
+                    "database, e.g. %s" % (len(lost), lost[:3]))
+not_read_only = [e for e in refused if e["code"] != "read_only"]
+if not_read_only:
+    problems.append("%d answers 503 without the read_only code, e.g. %s" % (len(not_read_only), not_read_only[:3]))
+ids = [e["id"] for e in acked]
+twice = sorted({i for i in ids if ids.count(i) > 1})
+if twice:
+    problems.append("ids handed out twice: %s" % twice[:10])
+if before and after and min(e["id"] for e in after) <= max(e["id"] for e in before):
+    problems.append("an id answered after the restore (%d) is not above every id answered before it (%d)"
+                    % (min(e["id"] for e in after), max(e["id"] for e in before)))
+if not before or not after:
+    problems.append("the load did not write both before (%d) and after (%d) the restore" % (len(before), len(after)))
+print("%d writes: %d acknowledged before the read-only window, %d answered 503 read_only, %d acknowledged "
+      "after it began (%d sent after it ended), %d other answers %s; window %.0f ms"
+      % (len(trace), len(before), len(refused), len(sent_in_or_after), len(after), len(other),
+         sorted({e["status"] or e["error"] for e in other}), (end - start) * 1000))
+for p in problems:
+    print("problem: " + p)
+sys.exit(1 if problems else 0)
+PY
+}
+
+test_restore_under_write_load_loses_no_acknowledged_write() {
+    local dir file out trace report stop load_pid rc=0 from until rows run verdict
+    dir="$(mktemp -d)"
+    out="$(mktemp)"
+    trace="$(mktemp)"
+    report="$(mktemp)"
+    rows="$(mktemp)"
+    stop="$(mktemp)"
+    run="restore-$$-$(date -u +%s)"
+    file="$(stackship_db backup prod --dir "$dir" 2>/dev/null)" || fail "stackship db backup prod failed"
+    # Writes only, 40 a second, each one traced; at most 60 s.
+    python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost --cacert "$STACKSHIP_PROD_CERT" \
+        --kinds post --rate 40 --workers 4 --min-requests 1 --max-seconds 60 --stop-file "$stop" \
+        --run "$run" --out "$report" --trace "$trace" > "${report}.log" 2>&1 &
+    load_pid=$!
+    sleep 3
+    stackship_db restore prod "$file" --yes > "$out" 2>&1 || rc=$?
+    sleep 3
+    rm -f "$stop"
+    wait "$load_pid" || fail "the load generator failed: $(tail -n 5 "${report}.log")"
+    ((rc == 0)) || fail "stackship db restore prod failed (exit ${rc}): $(tail -n 20 "$out")"
+    from="$(sed -n 's/.* read-only from \([0-9T:.Z-]*\)$/\1/p' "$out" | head -n 1)"
+    until="$(sed -n 's/.* writes accepted again from \([0-9T:.Z-]*\)$/\1/p' "$out" | head -n 1)"
+    [[ -n "$from" && -n "$until" ]] || fail "the restore's output names no read-only window: $(tail -n 10 "$out")"
+    grep -q "writes were refused from ${from} until ${until}$" "$out" \
+        || fail "the restore's last line does not name the read-only window: $(tail -n 2 "$out")"
+    prod_psql "SELECT id || '|' || message FROM log_entries WHERE message LIKE 'load ${run} %'" > "$rows" \
+        || fail "cannot read the load's rows"
+    verdict="$(restore_checks "$trace" "$from" "$until" "$rows")" || fail "$verdict"
+    log "restore under load: ${verdict}"
+    [[ -z "$(docker service ls -q --filter label=stackship.ops-helper)" ]] || fail "a helper service was left behind"
+    rm -rf "$dir" "$out" "$trace" "$report" "${report}.log" "$rows"
+}
+
+STACK_TESTS+=(restore_under_write_load_loses_no_acknowledged_write)
 
 # db_password: the password prod's backend uses now, read inside its container as the owner of
 # the secret file (never written to disk).
@@ -68,7 +176,7 @@ db_password() {
     docker exec -u "$uid" "$c" cat /run/secrets/db_password
 }
 
-# tunnel_leftovers: what db-tunnel.sh may leave behind (services, containers, networks).
+# tunnel_leftovers: what stackship db tunnel may leave behind (services, containers, networks).
 tunnel_leftovers() {
     docker service ls -q --filter label=stackship.ops-helper
     docker ps -aq --filter label=stackship.ops-helper=db-tunnel
@@ -78,45 +186,66 @@ tunnel_leftovers() {
 }
 
 test_db_tunnel_reaches_database() {
-    local port=15439 out pid rc=0 deadline listeners via_tunnel direct password
+    local port=15439 out pid rc=0 deadline listeners via_tunnel direct password login passfile conninfo
     out="$(mktemp)"
     [[ -z "$(tunnel_leftovers)" ]] || fail "tunnel leftovers before the test: $(tunnel_leftovers | tr '\n' ' ')"
     # The tunnel runs in the background as an interactive one would: SIGINT (Ctrl-C) ends it.
     # Background jobs of a script ignore SIGINT unless the disposition is reset.
-    env --default-signal=INT "$(repo_root)/scripts/server/db-tunnel.sh" prod --port "$port" > "$out" 2>&1 &
+    env --default-signal=INT "$(stackship_bin)" --root "$(dirname "$PROD_DIR")" db tunnel prod --port "$port" > "$out" 2>&1 &
     pid=$!
     deadline=$((SECONDS + 90))
     until grep -q "^ready 127.0.0.1:${port}$" "$out"; do
-        kill -0 "$pid" 2>/dev/null || fail "db-tunnel.sh exited before it was ready: $(tail -n 20 "$out")"
-        ((SECONDS < deadline)) || { kill -INT "$pid"; fail "db-tunnel.sh not ready after 90s: $(tail -n 20 "$out")"; }
+        kill -0 "$pid" 2>/dev/null || fail "stackship db tunnel exited before it was ready: $(tail -n 20 "$out")"
+        ((SECONDS < deadline)) || { kill -INT "$pid"; fail "stackship db tunnel not ready after 90s: $(tail -n 20 "$out")"; }
         sleep 0.5
     done
     # Loopback only: nothing listens on the port on another address.
     listeners="$(ss -Hltn "sport = :${port}" | awk '{print $4}' | sort -u | tr '\n' ' ')"
     [[ "$listeners" == "127.0.0.1:${port} " ]] || { kill -INT "$pid"; fail "port ${port} listens on '${listeners}', expected 127.0.0.1 only"; }
+    # The login it prints works as it is: a passfile, no password anywhere in its output.
+    login="$(grep -m1 '^PGPASSFILE=' "$out")" || { kill -INT "$pid"; fail "the tunnel printed no login: $(tail -n 10 "$out")"; }
+    passfile="$(sed -n 's/^PGPASSFILE=\([^ ]*\) psql ".*"$/\1/p' <<<"$login")"
+    conninfo="$(sed -n 's/^PGPASSFILE=[^ ]* psql "\(.*\)"$/\1/p' <<<"$login")"
+    [[ "$conninfo" == "host=127.0.0.1 port=${port} user=backend dbname=backend" ]] || { kill -INT "$pid"; fail "the login names '${conninfo}'"; }
+    [[ "$(stat -c %a "$passfile")" == 600 && "$(stat -c %a "$(dirname "$passfile")")" == 700 ]] \
+        || { kill -INT "$pid"; fail "the passfile or its directory is open to others: $(stat -c '%a %n' "$passfile" "$(dirname "$passfile")" | tr '\n' ' ')"; }
     password="$(db_password)" || { kill -INT "$pid"; fail "cannot read the database password"; }
-    via_tunnel="$(PGPASSWORD="$password" PGCONNECT_TIMEOUT=10 psql "host=127.0.0.1 port=${port} user=backend dbname=backend" \
+    grep -qF -- "$password" "$out" && { kill -INT "$pid"; fail "the database password is in the tunnel's output"; }
+    via_tunnel="$(PGPASSFILE="$passfile" PGCONNECT_TIMEOUT=10 psql "$conninfo" \
         -v ON_ERROR_STOP=1 -Atc "SELECT current_user || ' ' || (SELECT count(*) FROM log_entries WHERE id <= 1000000000)")" \
-        || { kill -INT "$pid"; fail "psql through 127.0.0.1:${port} failed"; }
+        || { kill -INT "$pid"; fail "psql with the tunnel's login failed"; }
     direct="$(prod_psql "SELECT current_user || ' ' || (SELECT count(*) FROM log_entries WHERE id <= 1000000000)")"
     [[ "$via_tunnel" == "$direct" ]] || { kill -INT "$pid"; fail "through the tunnel '${via_tunnel}', directly '${direct}'"; }
     # A wrong password is refused by the database itself (it is Postgres at the other end).
-    PGPASSWORD=wrong PGCONNECT_TIMEOUT=10 psql "host=127.0.0.1 port=${port} user=backend dbname=backend" -Atc 'SELECT 1' > /dev/null 2>&1 \
+    PGPASSWORD=wrong PGPASSFILE=/dev/null PGCONNECT_TIMEOUT=10 psql "$conninfo" -Atc 'SELECT 1' > /dev/null 2>&1 \
         && { kill -INT "$pid"; fail "a wrong password was accepted"; }
     kill -INT "$pid"
     deadline=$((SECONDS + 60))
     while kill -0 "$pid" 2>/dev/null; do
-        ((SECONDS < deadline)) || { kill -TERM "$pid"; fail "db-tunnel.sh still running 60s after SIGINT"; }
+        ((SECONDS < deadline)) || { kill -TERM "$pid"; fail "stackship db tunnel still running 60s after SIGINT"; }
         sleep 0.5
     done
     wait "$pid" || rc=$?
-    ((rc == 130)) || fail "db-tunnel.sh exited ${rc} after SIGINT, expected 130: $(tail -n 5 "$out")"
+    ((rc == 130)) || fail "stackship db tunnel exited ${rc} after SIGINT, expected 130: $(tail -n 5 "$out")"
     [[ -z "$(tunnel_leftovers)" ]] || fail "left behind after the tunnel closed: $(tunnel_leftovers | tr '\n' ' ')"
+    [[ ! -e "$(dirname "$passfile")" ]] || fail "the passfile's directory was left: $(dirname "$passfile")"
     if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then fail "127.0.0.1:${port} still accepts connections"; fi
     rm -f "$out"
 }
 
 STACK_TESTS+=(db_tunnel_reaches_database)
+
+test_db_console_runs_piped_sql() {
+    local out rc=0 sql="SELECT 'console ' || current_user || ' on ' || current_database();"
+    # Piped SQL: no terminal on either end, no password anywhere.
+    out="$(stackship_db console prod <<<"$sql" 2>/dev/null)" || fail "stackship db console prod failed: ${out}"
+    grep -q "console backend on backend" <<<"$out" || fail "the console answered '${out}'"
+    # psql's exit status is the command's: 3 when a script with ON_ERROR_STOP fails.
+    printf '\\set ON_ERROR_STOP on\nSELECT no_such_column;\n' | stackship_db console prod > /dev/null 2>&1 || rc=$?
+    ((rc == 3)) || fail "a failed psql script exited ${rc}, expected psql's 3"
+}
+
+STACK_TESTS+=(db_console_runs_piped_sql)
 
 prod_title() { curl_env prod -f https://localhost/api/service/info | json title; }
 

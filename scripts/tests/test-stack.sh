@@ -357,12 +357,11 @@ test_copy_step_touches_one_environment() {
     [[ -x "${PROD_DIR}/current/rollout-watcher" && -x "${PROD_DIR}/current/config-hasher" ]] || fail "tools missing from the prod release"
     local tool
     "${PROD_DIR}/current/stackship" rollback --help > /dev/null || fail "stackship rollback --help failed"
-    for tool in db-backup.sh db-restore.sh db-tunnel.sh; do
-        [[ -x "${PROD_DIR}/current/${tool}" ]] || fail "${tool} missing from the prod release"
-        # Each runs from the release alone: ops-lib.sh beside it, nothing from the repository.
-        "${PROD_DIR}/current/${tool}" --help > /dev/null || fail "${PROD_DIR}/current/${tool} --help failed"
+    "${PROD_DIR}/current/stackship" db --help > /dev/null || fail "stackship db --help failed"
+    # The day-2 scripts it replaced are not shipped any more.
+    for tool in db-backup.sh db-restore.sh db-tunnel.sh ops-lib.sh secret.sh; do
+        [[ ! -e "${PROD_DIR}/current/${tool}" ]] || fail "${tool} is still in the prod release"
     done
-    [[ -f "${PROD_DIR}/current/ops-lib.sh" ]] || fail "ops-lib.sh missing from the prod release"
     [[ -f "${PROD_DIR}/deploy.env" ]] || fail "the copy step removed prod's deploy.env"
     [[ -z "$(find "$PROD_DIR" -maxdepth 1 -name '.incoming.*')" ]] || fail "a staging directory was left behind"
 }
