@@ -18,8 +18,9 @@
 # `review` (review-deploy) does the same for the MR's review stack stackship-review-<iid>: the
 # dev release plus docker-compose.review.yaml into <root>/review/<iid>/, stackship deploy --review, and
 # the stack's URL in the dotenv report review.env (REVIEW_URL, the GitLab environment's URL).
-# `review-stop` (review-stop) uploads review-stop.sh alone and runs it: the stack and everything
-# it made are removed; nothing left to remove is a success.
+# `review-stop` (review-stop) uploads the build job's stackship binary alone and runs
+# `stackship review stop IID` with it: the stack and everything it made are removed; nothing left
+# to remove is a success.
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -143,10 +144,13 @@ ssh_setup() {
 # shellcheck disable=SC2029 # expanded here on purpose
 remote() { ssh "${SSH_OPTS[@]}" "$TARGET" "$@"; }
 
+# tools_dir: where the build job's binaries are.
+tools_dir() { printf '%s\n' "${STACKSHIP_TOOLS_DIR:-$(repo_root)/.build/tools}"; }
+
 stage_release() {
     local root bin_dir
     root="$(repo_root)"
-    bin_dir="${STACKSHIP_TOOLS_DIR:-$root/.build/tools}"
+    bin_dir="$(tools_dir)"
     log "staging the ${ENV} release (binaries from ${bin_dir})"
     # A review stack is dev's release with its own stack file.
     "$root/scripts/ci/copy-manifests.sh" "--${ENV/review/dev}" --dest "$TMP/stage" --bin-dir "$bin_dir" \
@@ -155,7 +159,6 @@ stage_release() {
     mv "$TMP/stage/current" "$TMP/upload/current"
     if [[ "$ENV" == review ]]; then
         install -m 0644 "$root/docker-compose.review.yaml" "$TMP/upload/current/"
-        install -m 0755 "$root/scripts/server/review-stop.sh" "$TMP/upload/current/"
     fi
     install -m 0755 "$root/scripts/ci/remote-deploy.sh" "$TMP/upload/remote-deploy.sh"
     if [[ -n "${TLS_CERT_FILE:-}" ]]; then
@@ -203,8 +206,15 @@ settings() {
     [[ "$ENV" != review ]] || printf 'REVIEW_PORT_BASE=%s\n' "$REVIEW_PORT_BASE"
 }
 
-# review_stop: review-stop.sh, uploaded alone (the stack's own release may be gone), removes the
-# stack and everything it made on the manager.
+# review_stop: the build job's stackship, uploaded alone (the stack's own release may be gone),
+# runs `stackship review stop IID` on the manager: the stack and everything it made are removed.
+# The binary is checked before anything else (check_stop_binary).
+STOP_BIN=""
+check_stop_binary() {
+    STOP_BIN="$(tools_dir)/stackship"
+    [[ -x "$STOP_BIN" ]] || die "the stackship binary '${STOP_BIN}' is missing (did build-lint-test run in this pipeline?)"
+}
+
 review_stop() {
     local parent="${REMOTE_ROOT%/}/review" upload rc=0
     remote "test -d '${parent}' && test -w '${parent}'" \
@@ -212,13 +222,20 @@ review_stop() {
     upload="${parent}/.stop-${CI_MERGE_REQUEST_IID}-${CI_JOB_ID:-local}-$$"
     upload="${upload//[^0-9A-Za-z\/._-]/}"
     mkdir -p "$TMP/upload"
-    install -m 0755 "$(repo_root)/scripts/server/review-stop.sh" "$TMP/upload/review-stop.sh"
+    install -m 0755 "$STOP_BIN" "$TMP/upload/stackship"
     rsync -a -e "$(printf '%q ' ssh "${SSH_OPTS[@]}")" "$TMP/upload/" "${TARGET}:${upload}/" \
-        || { remote "rm -rf '${upload}'" || true; die "copying review-stop.sh to ${TARGET} failed"; }
+        || { remote "rm -rf '${upload}'" || true; die "copying stackship to ${TARGET} failed"; }
     log "removing the review stack of MR !${CI_MERGE_REQUEST_IID} on ${TARGET}"
-    remote "'${upload}/review-stop.sh' '${CI_MERGE_REQUEST_IID}' --root '${REMOTE_ROOT}'" </dev/null || rc=$?
+    remote "'${upload}/stackship' --root '${REMOTE_ROOT}' review stop '${CI_MERGE_REQUEST_IID}'" </dev/null || rc=$?
     remote "rm -rf '${upload}'" || warn "could not remove ${upload} on ${TARGET}"
-    [[ "$rc" -eq 0 ]] || die "removing the review stack FAILED (exit ${rc}); see above"
+    local meaning=""
+    case "$rc" in
+        0) ;;
+        2) meaning="nothing was removed" ;;
+        3) meaning="part of the stack is left: stackship names it above" ;;
+        *) meaning="the connection to the manager failed or stackship could not run there" ;;
+    esac
+    [[ "$rc" -eq 0 ]] || die "removing the review stack FAILED (exit ${rc}: ${meaning}); see above"
     log "review stack of MR !${CI_MERGE_REQUEST_IID} removed"
 }
 
@@ -231,6 +248,7 @@ main() {
     [[ $# -eq 1 ]] || { usage >&2; die "expected exactly one environment"; }
     check_settings
     check_tls
+    [[ "$ENV" != review-stop ]] || check_stop_binary
     TMP="$(mktemp -d)"
     trap cleanup EXIT
     ssh_setup

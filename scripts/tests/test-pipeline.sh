@@ -96,7 +96,7 @@ push() {
 
 # section_review_jobs: the environment settings GitLab needs for review stacks (--list-csv does
 # not show them): review-deploy names review/<iid> with its URL, on_stop and auto_stop_in;
-# review-stop stops that environment, by hand only, and needs no artifacts.
+# review-stop stops that environment, by hand only, with the build job's binaries (its stackship).
 section_review_jobs() {
     local got
     got="$("$VENV/bin/python" - "$ROOT/.gitlab-ci.yml" <<'PY'
@@ -115,8 +115,8 @@ PY
     expect_eq "matrix: review-deploy is the environment review/<iid>, URL from its dotenv, on_stop review-stop, auto-stopped" \
         'deploy review/${CI_MERGE_REQUEST_IID} $REVIEW_URL review-stop 3 days review.env' "$(sed -n 1p <<<"$got")"
     # shellcheck disable=SC2016 # likewise
-    expect_eq "matrix: review-stop is manual only, environment action stop, no artifacts, same resource group" \
-        'stop review/${CI_MERGE_REQUEST_IID} stop manual [] True' "$(sed -n 2p <<<"$got")"
+    expect_eq "matrix: review-stop is manual only, environment action stop, build-lint-test's artifacts only, same resource group" \
+        "stop review/\${CI_MERGE_REQUEST_IID} stop manual ['build-lint-test'] True" "$(sed -n 2p <<<"$got")"
 }
 
 # broken_dependency_caught: a prod-deploy that needs dev-deploy, which does not run on the
@@ -665,9 +665,20 @@ JSON
     "${CARGO_TARGET_DIR:-$ROOT/target}/debug/stackship" deploy --review 0 > "$WORK/deploy.log" 2>&1 || rc=$?
     check "review: stackship deploy --review needs a positive IID" grep -q "invalid value '0' for '--review <IID>'" "$WORK/deploy.log"
     rc=0
-    "$ROOT/scripts/server/review-stop.sh" 12 --root /nonexistent-review-root > "$WORK/deploy.log" 2>&1 || rc=$?
-    check "review: review-stop.sh without the review directory fails and says why" \
-        grep -q 'nonexistent-review-root/review is missing' "$WORK/deploy.log"
+    "${CARGO_TARGET_DIR:-$ROOT/target}/debug/stackship" --root /nonexistent-review-root review stop 12 > "$WORK/deploy.log" 2>&1 || rc=$?
+    expect_eq "review: stackship review stop without the review directory changes nothing (exit 2)" 2 "$rc"
+    check "review: ... and says why" grep -q 'nonexistent-review-root/review is missing' "$WORK/deploy.log"
+    rc=0
+    "${CARGO_TARGET_DIR:-$ROOT/target}/debug/stackship" review stop 0 > "$WORK/deploy.log" 2>&1 || rc=$?
+    check "review: stackship review stop needs a positive IID" grep -q "invalid value '0' for '<IID>'" "$WORK/deploy.log"
+    # The review-stop job uploads the build job's stackship alone; without it, it stops before
+    # connecting.
+    rc=0
+    (cd "$WORK" && env SERVER_HOST=127.0.0.1 SERVER_USER=deploy SSH_PRIVATE_KEY="$WORK/key" \
+        SSH_KNOWN_HOSTS="$WORK/key" CI_REGISTRY_IMAGE=registry.invalid/group/stackship \
+        CI_MERGE_REQUEST_IID=7 STACKSHIP_TOOLS_DIR="$WORK/no-tools" "$ROOT/scripts/ci/ssh-deploy.sh" review-stop) > "$WORK/deploy.log" 2>&1 || rc=$?
+    check "review-stop job: without the build job's stackship it stops, naming the binary" \
+        stopped_saying "$rc" "$WORK/deploy.log" "the stackship binary '${WORK}/no-tools/stackship' is missing"
     remote_deploy_tests
 
     check "deploy job: never uses ssh-keyscan or StrictHostKeyChecking=no" \
