@@ -2,8 +2,8 @@
 # two merge requests' stacks side by side with dev and prod, deployed the way the review-deploy
 # job does it on the manager (remote-deploy.sh --review from an upload directory, settings on
 # stdin), each answering its own version on its own port and reaching only its own database;
-# then review-stop.sh removes everything one of them made, leaves the other serving, succeeds
-# again on nothing, and the last one goes too.
+# then `stackship review stop` removes everything one of them made, leaves the other serving,
+# succeeds again on nothing, and the last one goes too.
 # shellcheck shell=bash
 
 STACK_TESTS+=(review_stacks_side_by_side review_stop_removes_everything)
@@ -38,7 +38,6 @@ review_deploy() {
     mv "$stage/current" "$incoming/current"
     rm -rf "$stage"
     install -m 0644 "$root/docker-compose.review.yaml" "$incoming/current/"
-    install -m 0755 "$root/scripts/server/review-stop.sh" "$incoming/current/"
     install -m 0755 "$root/scripts/ci/remote-deploy.sh" "$incoming/remote-deploy.sh"
     printf 'REGISTRY=%s\nREGISTRY_USER=%s\nREGISTRY_PASSWORD=%s\nBACKEND_TAG=%s\n' \
         "$STACKSHIP_REGISTRY_ADDR" "$STACKSHIP_REGISTRY_USER" "$(registry_password)" "$tag" \
@@ -47,9 +46,11 @@ review_deploy() {
     [[ "$rc" -eq 0 ]] || fail "review deploy ${iid} failed (exit ${rc}): $(tail -n 15 "${REVIEW_STATE}/deploy-${iid}.log")"
 }
 
-# review_stop IID: review-stop.sh as the review-stop job runs it; its output in stop-IID.log.
+# review_stop IID: `stackship review stop IID` as the review-stop job runs it (the build's
+# stackship, not the stack's release); its output in stop-IID.log.
 review_stop() {
-    "$(repo_root)/scripts/server/review-stop.sh" "$1" --root "$STACKSHIP_DEPLOY_ROOT" 2> "${REVIEW_STATE}/stop-$1.log"
+    "${CARGO_TARGET_DIR:-$(repo_root)/target}/release/stackship" --root "$STACKSHIP_DEPLOY_ROOT" \
+        review stop "$1" 2> "${REVIEW_STATE}/stop-$1.log"
 }
 
 review_version() { curl -sS -m 10 -f "$(review_url "$1")/api/service/version" | json version; }

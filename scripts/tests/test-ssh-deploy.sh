@@ -60,9 +60,9 @@ cleanup() {
     if id "$TEST_USER" >/dev/null 2>&1; then
         userdel -r "$TEST_USER" >/dev/null 2>&1 || warn "could not remove the user ${TEST_USER}"
     fi
-    if [[ -n "$WORK" && -d "$WORK/srv/deploy/review" ]]; then
+    if [[ -n "$WORK" && -d "$WORK/srv/deploy/review" && -x "$WORK/tools/stackship" ]]; then
         # A review stack a failed test left behind.
-        "$ROOT/scripts/server/review-stop.sh" "$REVIEW_IID" --root "$WORK/srv/deploy" 2>/dev/null \
+        "$WORK/tools/stackship" --root "$WORK/srv/deploy" review stop "$REVIEW_IID" 2>/dev/null \
             || warn "could not remove the review stack ${REVIEW_IID}"
     fi
     [[ -z "$WORK" ]] || rm -rf "$WORK"
