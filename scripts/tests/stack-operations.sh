@@ -255,7 +255,7 @@ backend_image() { docker service inspect "${PROD_STACK}_backend" --format '{{.Sp
 rollback_prod() { "${PROD_DIR}/current/stackship" --root "$(dirname "$PROD_DIR")" rollback prod "$@"; }
 
 test_rollback_returns_to_earlier_deploy() {
-    local stamp next a_config a_image b_config out traffic rc=0 listing
+    local stamp next a_config a_image b_config out traffic rc=0 listing tasks
     stamp="$(date -u +%H%M%S)"
     next="$(next_backend_tag)" || fail "no second backend version"
     out="$(mktemp)" traffic="$(mktemp)"
@@ -291,12 +291,14 @@ test_rollback_returns_to_earlier_deploy() {
         || fail "the last record does not say it was a rollback: $("${PROD_DIR}/current/stackship" history prod | head -n 2)"
     listing="$(rollback_prod --list 2>/dev/null | grep -A1 '(default rollback target)' || true)"
     if grep -q "backend=backend:${next}" <<<"$listing"; then fail "after the rollback the default target is B again: ${listing}"; fi
-    # current/ is what runs: A's config, A's image pinned by digest; a plain deploy changes nothing.
+    # current/ is what runs: A's config, A's image pinned by digest; a plain deploy restarts nothing.
     grep -qx "title = \"rollback A ${stamp}\"" "$(prod_config)" || fail "current/ does not hold A's config after the rollback"
     grep -q "^BACKEND_TAG=${TAG}@sha256:" "${PROD_DIR}/current/deploy-manifests/prod/images.env" \
         || fail "current/'s pins do not name A's image by digest: $(grep BACKEND_TAG "${PROD_DIR}/current/deploy-manifests/prod/images.env")"
+    tasks="$(all_running_tasks "$PROD_STACK")"
     deploy_prod > "$out" 2>&1 || fail "a plain deploy after the rollback failed: $(tail -n 10 "$out")"
-    grep -q "nothing changed since deploy" "$out" || fail "a plain deploy after the rollback changed something: $(tail -n 10 "$out")"
+    grep -q "WARNING: the last deploy (.*) rolled prod back to deploy" "$out" || fail "a plain deploy over the rollback does not say so: $(head -n 10 "$out")"
+    [[ "$(all_running_tasks "$PROD_STACK")" == "$tasks" ]] || fail "a plain deploy after the rollback restarted tasks: it re-applied something"
     rm -f "$out" "$traffic"
     restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
     [[ "$(prod_version)" == "$TAG" && "$(prod_title)" == stackship ]] || fail "prod not restored"
