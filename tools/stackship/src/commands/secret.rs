@@ -927,6 +927,7 @@ pub fn rotate(
             say!(progress, &format!("every task mounts {new}"));
             let mut old: Vec<String> = vec![current.to_owned()];
             old.extend(plan.unused.iter().cloned());
+            say!(progress, &format!("removing {}", old.join(", ")));
             for line in remove_secrets(client, &old, r.poll) {
                 say!(progress, &format!("WARNING: {line}"));
             }
