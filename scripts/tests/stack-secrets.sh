@@ -10,9 +10,9 @@ STACK_TESTS+=(db_password_rotates_under_load failed_rotation_restores_password
 # rotate_prod: stackship secret rotate prod db-password, from prod's release.
 rotate_prod() { "${PROD_DIR}/current/stackship" secret rotate prod db-password; }
 
-# prod_psql SQL: SQL as the backend role over the postgres container's socket, in the
-# maintenance database (so it works while the application's database refuses connections).
-prod_psql() {
+# maintenance_psql SQL: SQL as the backend role over the prod postgres container's socket, in
+# the maintenance database (so it works while the application's database refuses connections).
+maintenance_psql() {
     local pg
     pg="$(container_of "${PROD_STACK}_postgres")"
     [[ -n "$pg" ]] || fail "no running prod postgres container"
@@ -101,9 +101,9 @@ test_failed_rotation_restores_password() {
     # The rollout onto the new secret fails: the application's database refuses new connections
     # (the running tasks keep theirs), so the new backend task never turns ready and Swarm rolls
     # it back. The password helper works in the maintenance database.
-    prod_psql "ALTER DATABASE backend ALLOW_CONNECTIONS false" >/dev/null
+    maintenance_psql "ALTER DATABASE backend ALLOW_CONNECTIONS false" >/dev/null
     rotate_prod > "$out" 2>&1 || rc=$?
-    prod_psql "ALTER DATABASE backend ALLOW_CONNECTIONS true" >/dev/null
+    maintenance_psql "ALTER DATABASE backend ALLOW_CONNECTIONS true" >/dev/null
     ((rc == 1)) || fail "stackship secret rotate exited ${rc}, expected 1 (the rollout failed, rolled back): $(tail -n 8 "$out")"
     grep -q "rotation failed: the rollout onto" "$out" || fail "the output does not say the rollout failed: $(tail -n 8 "$out")"
     assert_rotation_undone "$before" "$old_pw" "$out"
@@ -117,7 +117,7 @@ test_killed_rotation_helper_leaves_no_stray() {
     old_pw="$(mounted_password)"
     # A transaction holds the role's row: the helper's ALTER ROLE waits behind it until the
     # test kills the helper's container.
-    prod_psql "BEGIN; ALTER ROLE backend VALID UNTIL 'infinity'; SELECT pg_sleep(20); ROLLBACK;" >/dev/null 2>&1 &
+    maintenance_psql "BEGIN; ALTER ROLE backend VALID UNTIL 'infinity'; SELECT pg_sleep(20); ROLLBACK;" >/dev/null 2>&1 &
     holder=$!
     # Started directly (not through a function), so $! is stackship's own pid, which names its helper.
     "${PROD_DIR}/current/stackship" secret rotate prod db-password > "$out" 2>&1 &
