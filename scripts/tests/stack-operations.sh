@@ -214,7 +214,8 @@ test_db_tunnel_reaches_database() {
     via_tunnel="$(PGPASSFILE="$passfile" PGCONNECT_TIMEOUT=10 psql "$conninfo" \
         -v ON_ERROR_STOP=1 -Atc "SELECT current_user || ' ' || (SELECT count(*) FROM log_entries WHERE id <= 1000000000)")" \
         || { kill -INT "$pid"; fail "psql with the tunnel's login failed"; }
-    direct="$(prod_psql "SELECT current_user || ' ' || (SELECT count(*) FROM log_entries WHERE id <= 1000000000)")"
+    direct="$(prod_psql "SELECT current_user || ' ' || (SELECT count(*) FROM log_entries WHERE id <= 1000000000)")" \
+        || { kill -INT "$pid"; fail "psql in the prod postgres container failed"; }
     [[ "$via_tunnel" == "$direct" ]] || { kill -INT "$pid"; fail "through the tunnel '${via_tunnel}', directly '${direct}'"; }
     # A wrong password is refused by the database itself (it is Postgres at the other end).
     PGPASSWORD=wrong PGPASSFILE=/dev/null PGCONNECT_TIMEOUT=10 psql "$conninfo" -Atc 'SELECT 1' > /dev/null 2>&1 \
