@@ -47,45 +47,7 @@ pub enum Command {
     /// Deploy the environment's installed release (<root>/<env>/current): read and check
     /// everything, take the lock, pull every image, `docker stack deploy`, follow the rollout
     /// to a verdict, record it, prune.
-    Deploy {
-        /// dev, prod, ...; with --review, the environment whose release it copies (dev).
-        env: Option<String>,
-        /// The review stack of merge request IID (docker-compose.review.yaml), instead.
-        #[arg(long, value_name = "IID", value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
-        review: Option<u32>,
-        /// Image tag of every project service (default: IMAGE_TAG, else the pins).
-        #[arg(long)]
-        tag: Option<String>,
-        /// How long the rollout may take, in seconds (default: ROLLOUT_TIMEOUT, else derived
-        /// from each service's update and healthcheck settings).
-        #[arg(long)]
-        timeout: Option<String>,
-        /// Print each image the deploy would run, with where its tag or digest comes from, and
-        /// exit (no Docker needed).
-        #[arg(long)]
-        print_images: bool,
-        /// The release directory (default: <root>/<env>/current; <root>/review/<IID>/current).
-        #[arg(long, conflicts_with = "from")]
-        release: Option<PathBuf>,
-        /// Install this release first (a directory inside the environment directory, as the
-        /// deploy job uploads it): it replaces current/ under the deploy's own lock.
-        #[arg(long, value_name = "DIR")]
-        from: Option<PathBuf>,
-        /// With --from: the uploaded secret source files (tls.crt and tls.key) to install in
-        /// <env dir>/secrets/.
-        #[arg(long, value_name = "DIR", requires = "from")]
-        secrets: Option<PathBuf>,
-        /// Read the deploy job's settings as KEY=VALUE lines on stdin (registry login, tags,
-        /// CI_COMMIT_SHA, COMMIT_ANCESTORS, ...): no secret on a command line.
-        #[arg(long)]
-        settings_stdin: bool,
-        /// Deploy even if the commit is older than the one running (an ancestor of it).
-        #[arg(long)]
-        allow_older: bool,
-        /// Print the rollout report (JSON) on stdout instead of the summary.
-        #[arg(long)]
-        json: bool,
-    },
+    Deploy(DeployArgs),
     /// Releases on the manager.
     #[command(subcommand)]
     Release(ReleaseCommand),
@@ -242,19 +204,44 @@ fn owner(env: &BTreeMap<String, String>) -> String {
 }
 
 /// What `stackship deploy` was asked.
-#[derive(Debug, Default)]
-struct DeployArgs {
+#[derive(Debug, Default, clap::Args)]
+pub struct DeployArgs {
+    /// dev, prod, ...; with --review, the environment whose release it copies (dev).
     env: Option<String>,
+    /// The review stack of merge request IID (docker-compose.review.yaml), instead.
+    #[arg(long, value_name = "IID", value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
     review: Option<u32>,
+    /// Image tag of every project service (default: IMAGE_TAG, else the pins).
+    #[arg(long)]
     tag: Option<String>,
+    /// How long the rollout may take, in seconds (default: ROLLOUT_TIMEOUT, else derived
+    /// from each service's update and healthcheck settings).
+    #[arg(long)]
     timeout: Option<String>,
+    /// Print each image the deploy would run, with where its tag or digest comes from, and
+    /// exit (no Docker needed).
+    #[arg(long)]
     print_images: bool,
+    /// The release directory (default: <root>/<env>/current; <root>/review/<IID>/current).
+    #[arg(long, conflicts_with = "from")]
     release: Option<PathBuf>,
+    /// Install this release first (a directory inside the environment directory, as the
+    /// deploy job uploads it): it replaces current/ under the deploy's own lock.
+    #[arg(long, value_name = "DIR")]
     from: Option<PathBuf>,
+    /// With --from: the uploaded secret source files (tls.crt and tls.key) to install in
+    /// <env dir>/secrets/.
+    #[arg(long, value_name = "DIR", requires = "from")]
     secrets: Option<PathBuf>,
-    /// The deploy job's settings (`--settings-stdin`), already read.
-    job_settings: Option<String>,
+    /// Read the deploy job's settings as KEY=VALUE lines on stdin (registry login, tags,
+    /// CI_COMMIT_SHA, COMMIT_ANCESTORS, ...): no secret on a command line.
+    #[arg(long)]
+    settings_stdin: bool,
+    /// Deploy even if the commit is older than the one running (an ancestor of it).
+    #[arg(long)]
     allow_older: bool,
+    /// Print the rollout report (JSON) on stdout instead of the summary.
+    #[arg(long)]
     json: bool,
 }
 
@@ -273,10 +260,18 @@ fn deploy_command(
         release,
         from,
         secrets,
-        job_settings,
+        settings_stdin,
         allow_older,
         json,
     } = args;
+    let job_settings = if settings_stdin {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(Error::io("cannot read the deploy job's settings on stdin"))?;
+        Some(text)
+    } else {
+        None
+    };
     let env = match (env, review) {
         (Some(e), _) => e,
         (None, Some(_)) => "dev".to_owned(),
@@ -374,46 +369,7 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
             write_out(out, &text)?;
             Ok(Outcome::Done)
         }
-        Command::Deploy {
-            env,
-            review,
-            tag,
-            timeout,
-            print_images,
-            release,
-            from,
-            secrets,
-            settings_stdin,
-            allow_older,
-            json,
-        } => {
-            let job_settings = if settings_stdin {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                    .map_err(Error::io("cannot read the deploy job's settings on stdin"))?;
-                Some(text)
-            } else {
-                None
-            };
-            deploy_command(
-                &cli.root,
-                DeployArgs {
-                    env,
-                    review,
-                    tag,
-                    timeout,
-                    print_images,
-                    release,
-                    from,
-                    secrets,
-                    job_settings,
-                    allow_older,
-                    json,
-                },
-                client,
-                out,
-            )
-        }
+        Command::Deploy(args) => deploy_command(&cli.root, args, client, out),
         Command::Rollback {
             env,
             to,
