@@ -386,6 +386,7 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
             crate::interrupt::install().map_err(Error::io("cannot catch Ctrl-C"))?;
             let request = crate::commands::rollback::Request {
                 stop: crate::interrupt::requested,
+                data_root: PathBuf::from(deploy::DATA_ROOT),
                 env_dir: dir.dir.clone(),
                 env,
                 want: to,

@@ -167,6 +167,15 @@ fn write_private(path: &Path, content: &[u8]) -> Result<(), Error> {
 /// first) under the held lock: the old release is moved aside, the new one renamed in, the
 /// old one removed. A failure before the rename leaves the old release in place.
 pub fn swap(env_dir: &Path, from: &Path, _lock: &DeployLock) -> Result<PathBuf, Error> {
+    move_in(env_dir, from)?;
+    // The new release is in; a leftover old tree is removed by the next install.
+    let _ = remove_tree(&env_dir.join("current.old"));
+    Ok(env_dir.join("current"))
+}
+
+/// Moves `current/` aside to `current.old/` (when there is one: the result says) and renames
+/// `from` to `current/`; a failed rename puts the old release back.
+fn move_in(env_dir: &Path, from: &Path) -> Result<bool, Error> {
     let current = env_dir.join("current");
     let old = env_dir.join("current.old");
     remove_tree(&old)?;
@@ -196,9 +205,7 @@ pub fn swap(env_dir: &Path, from: &Path, _lock: &DeployLock) -> Result<PathBuf, 
             current.display()
         ))(e));
     }
-    // The new release is in; a leftover old tree is removed by the next install.
-    let _ = remove_tree(&old);
-    Ok(current)
+    Ok(had_current)
 }
 
 /// An install not yet deployed: the previous release waits in `current.old/` and the previous
@@ -292,21 +299,7 @@ pub fn install(
         }
         names = install_secrets(upload, env_dir, lock)?;
     }
-    let current = env_dir.join("current");
-    let old = env_dir.join("current.old");
-    remove_tree(&old)?;
-    if fs::symlink_metadata(&current).is_ok() {
-        fs::rename(&current, &old).map_err(Error::io(format!(
-            "cannot move {} aside",
-            current.display()
-        )))?;
-        pending.had_release = true;
-    }
-    fs::rename(from, &current).map_err(Error::io(format!(
-        "cannot rename {} to {}",
-        from.display(),
-        current.display()
-    )))?;
+    pending.had_release = move_in(env_dir, from)?;
     pending.swapped = true;
     Ok((pending, names))
 }

@@ -2635,6 +2635,7 @@ mod tests {
         };
         let request = crate::commands::rollback::Request {
             stop: || false,
+            data_root: f.request.data_root.clone(),
             env_dir: f.request.env_dir(),
             env: "prod".into(),
             want: None,

@@ -419,6 +419,8 @@ pub struct Request {
     pub owner: String,
     /// Asked to stop (Ctrl-C): see [`deploy::Request::stop`].
     pub stop: fn() -> bool,
+    /// Where environments keep Postgres's data ([`deploy::DATA_ROOT`]).
+    pub data_root: PathBuf,
 }
 
 fn refused<T>(message: impl Into<String>) -> Result<T, Error> {
@@ -484,7 +486,7 @@ pub fn rollback(
         timeout: None,
         process_env: request.process_env.clone(),
         owner: request.owner.clone(),
-        data_root: PathBuf::from(deploy::DATA_ROOT),
+        data_root: request.data_root.clone(),
         install: None,
         allow_older: true,
         lock_held_here: true,
