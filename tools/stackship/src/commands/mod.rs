@@ -1,4 +1,5 @@
-//! One module per verb: `stackship status` is [`status`], `stackship history` is [`history`].
+//! One module per verb: `stackship status` is [`status`], `stackship secret` is [`secret`], and
+//! so on; [`tasks`] is what `logs` and `exec` share (a stack's services and tasks).
 
 pub mod db;
 pub mod deploy;
