@@ -539,6 +539,29 @@ mod tests {
     }
 
     #[test]
+    fn a_helper_that_cannot_be_removed_is_an_error() {
+        let fake = FakeEngine::new();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], "");
+        fake.fail(
+            &["service", "rm"],
+            "Error response from daemon: rpc error: node is down",
+        );
+        let client = Client::new(&fake);
+        let e = run(&client, &spec(), &quick(&never), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("node is down"), "{e}");
+        // Removed once, not again on drop.
+        assert_eq!(
+            fake.writes()
+                .iter()
+                .filter(|w| w.starts_with("docker service rm"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn a_dropped_helper_is_removed_and_a_running_one_is_seen_running() {
         let fake = engine(&["Starting 1s|", "Running 1s|"]);
         let client = Client::new(&fake);
