@@ -1519,6 +1519,37 @@ mod tests {
     }
 
     #[test]
+    fn list_asks_the_swarm_for_the_stacks_secrets_and_their_users() {
+        let (_root, dir) = env_dir();
+        let fake = FakeEngine::new();
+        fake.answer(
+            &["secret", "ls", "--filter", "name=stackship-prod-"],
+            &format!(
+                "{V3}\t2026-12-06 10:00:00 +0000 UTC\n{BOOT}\t2026-12-01 10:00:00 +0000 UTC\n"
+            ),
+        );
+        fake.answer(&["service", "ls"], "id-backend\n");
+        fake.answer(
+            &["service", "inspect", "id-backend"],
+            &format!("[{}]", service_json("backend", Some(V3), "completed")),
+        );
+        let text = list(&Client::new(&fake), &dir).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.lines().nth(2).unwrap().starts_with(V3), "{text}");
+        assert!(
+            text.lines().nth(2).unwrap().ends_with("  backend"),
+            "{text}"
+        );
+        assert!(fake.writes().is_empty());
+        // A stack without services: every secret unused.
+        let fake = FakeEngine::new();
+        fake.answer(&["secret", "ls"], &format!("{V3}\tnow\n"));
+        fake.answer(&["service", "ls"], "");
+        let text = list(&Client::new(&fake), &dir).unwrap();
+        assert!(text.lines().nth(1).unwrap().ends_with("  -"), "{text}");
+    }
+
+    #[test]
     fn the_list_shows_who_mounts_each_secret() {
         let mut users = BTreeMap::new();
         users.insert(V3.to_owned(), vec!["backend".to_owned()]);
