@@ -664,6 +664,9 @@ pub fn alter_spec(db: &Database, name: &str, new: &str, auth: &[String]) -> Spec
     }
 }
 
+/// How long removing a secret is retried while old tasks that mount it still stop.
+const SECRET_RM_LIMIT: Duration = Duration::from_secs(60);
+
 /// How often putting the old password back is tried.
 pub const REPAIR_ATTEMPTS: u32 = 3;
 
@@ -763,7 +766,12 @@ fn observe(client: &Client<'_>, users: &[User]) -> Result<Vec<Observed>, Error> 
 
 /// Removes `names`, retrying for up to a minute while old tasks still stop; returns a line for
 /// each one left.
-fn remove_secrets(client: &Client<'_>, names: &[String], poll: Duration) -> Vec<String> {
+fn remove_secrets(
+    client: &Client<'_>,
+    names: &[String],
+    poll: Duration,
+    limit: Duration,
+) -> Vec<String> {
     let mut left = Vec::new();
     for name in names {
         let started = std::time::Instant::now();
@@ -773,7 +781,7 @@ fn remove_secrets(client: &Client<'_>, names: &[String], poll: Duration) -> Vec<
                 Err(DockerError::Failed { stderr, .. }) if stderr.contains("No such secret") => {
                     break;
                 }
-                Err(e) if started.elapsed() >= Duration::from_secs(60) => {
+                Err(e) if started.elapsed() >= limit => {
                     left.push(format!("{name} was left in place: {e}"));
                     break;
                 }
@@ -928,7 +936,7 @@ pub fn rotate(
             let mut old: Vec<String> = vec![current.to_owned()];
             old.extend(plan.unused.iter().cloned());
             say!(progress, &format!("removing {}", old.join(", ")));
-            for line in remove_secrets(client, &old, r.poll) {
+            for line in remove_secrets(client, &old, r.poll, SECRET_RM_LIMIT) {
                 say!(progress, &format!("WARNING: {line}"));
             }
             let last = rollout_watcher::history::read_all(&r.env.history())
@@ -1032,7 +1040,7 @@ fn put_back(
     }
     match back {
         Ok(()) => {
-            let left = remove_secrets(client, &[new.to_owned()], r.poll);
+            let left = remove_secrets(client, &[new.to_owned()], r.poll, SECRET_RM_LIMIT);
             let mut summary = format!(
                 "rotation failed: {why}; the database and the services are back on {current}\n"
             );
@@ -1283,12 +1291,13 @@ mod tests {
             Settled::Stayed
         );
         // Spec moved, a task still on the old one; a task not running; no task at all.
-        let Settled::Mixed(m) = settle(&[obs(Some(V4), &[Some(V4), Some(V3)])], V3, V4) else {
+        let Settled::Mixed(m) = settle(&[obs(Some(V4), &[Some(V4), Some(V4), Some(V3)])], V3, V4)
+        else {
             panic!("mixed expected");
         };
         assert_eq!(
             m,
-            format!("stackship-prod_backend (spec {V4}; running tasks: 1 on {V4}, 1 on {V3})")
+            format!("stackship-prod_backend (spec {V4}; running tasks: 2 on {V4}, 1 on {V3})")
         );
         let Settled::Mixed(m) = settle(&[obs(Some(V3), &[Some(V3), None])], V3, V4) else {
             panic!("mixed expected");
@@ -1550,6 +1559,32 @@ mod tests {
     }
 
     #[test]
+    fn secrets_in_use_are_retried_then_named_and_gone_ones_are_fine() {
+        let fake = FakeEngine::new();
+        fake.fail(
+            &["secret", "rm", V3],
+            "Error response from daemon: secret is in use by service x",
+        );
+        fake.fail(&["secret", "rm", V4], "Error: No such secret: x");
+        let client = Client::new(&fake);
+        let left = remove_secrets(
+            &client,
+            &[V3.to_owned(), V4.to_owned()],
+            Duration::from_millis(1),
+            Duration::from_millis(20),
+        );
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(
+            left[0].starts_with(&format!("{V3} was left in place: ")),
+            "{left:?}"
+        );
+        assert!(left[0].contains("in use"), "{left:?}");
+        let tries = |name: &str| fake.writes().iter().filter(|w| w.ends_with(name)).count();
+        assert!(tries(V3) > 1, "an in-use secret is tried again");
+        assert_eq!(tries(V4), 1, "a gone secret is not");
+    }
+
+    #[test]
     fn the_list_shows_who_mounts_each_secret() {
         let mut users = BTreeMap::new();
         users.insert(V3.to_owned(), vec!["backend".to_owned()]);
@@ -1709,6 +1744,7 @@ mod tests {
         assert!(w[1].contains(&format!("--secret source={BOOT},target={BOOT}")));
         assert!(w[1].contains("--env PGDATABASE=postgres"));
         assert!(w[1].contains("--env PGAPPNAME=stackship-password-helper"));
+        assert!(w[1].contains("--label stackship.ops-helper=secret"));
         assert!(w[1].contains("--network stackship-prod_data"));
         assert!(w[1].contains("--entrypoint sh r/postgres:t@sha256:1 -c"));
         assert_eq!(
@@ -1730,6 +1766,10 @@ mod tests {
             text.contains(&format!(
                 "rotating prod's database password: {V3} -> {V4} (stackship-prod_backend)"
             )),
+            "{text}"
+        );
+        assert!(
+            text.contains("[stackship] the database accepted it\n"),
             "{text}"
         );
         // The new value went through stdin only.
@@ -1819,15 +1859,24 @@ mod tests {
         let (_root, dir) = env_dir();
         let failed = "Failed 1s|task: non-zero exit (3)";
         let fake = swarm(V3, &["Complete 1s|", failed, failed, failed]);
+        let mut progress = Vec::new();
         let (outcome, summary) = rotate(
             &Client::new(&fake),
             &FakeRollout::default(),
             &rotation(&dir, &|| false),
-            &mut Vec::new(),
+            &mut progress,
         )
         .unwrap();
         assert_eq!(outcome, Outcome::Unknown);
         assert!(summary.contains(&format!("{V4} is kept")), "{summary}");
+        assert!(
+            !String::from_utf8_lossy(&progress).contains("attempt 3 to put"),
+            "the last failure is not tried again"
+        );
+        assert!(
+            String::from_utf8_lossy(&progress)
+                .contains("attempt 2 to put the password back failed"),
+        );
         assert!(
             summary.contains("run `stackship secret rotate prod db-password` again"),
             "{summary}"
