@@ -315,8 +315,11 @@ fn container_spec(
     Ok(v[0]["Spec"]["TaskTemplate"]["ContainerSpec"].clone())
 }
 
-/// Postgres's image, user and database.
-fn postgres_settings(client: &Client<'_>, stack: &str) -> Result<(String, String, String), Error> {
+/// Postgres's image, user and database, from its running service.
+pub fn postgres_settings(
+    client: &Client<'_>,
+    stack: &str,
+) -> Result<(String, String, String), Error> {
     let service = format!("{stack}_postgres");
     let spec = container_spec(client, &service, stack)?;
     let image = spec["Image"].as_str().unwrap_or_default().to_owned();

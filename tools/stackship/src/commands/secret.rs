@@ -149,6 +149,21 @@ fn managed_by_rotation(name: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The content of `--file PATH`: readable and not empty (Swarm refuses empty secrets).
+fn file_value(path: &Path) -> Result<Vec<u8>, Error> {
+    let v = std::fs::read(path).map_err(Error::io(format!(
+        "--file {} cannot be read",
+        path.display()
+    )))?;
+    if v.is_empty() {
+        return Err(Error::Refused(format!(
+            "--file {} is empty (Swarm refuses empty secrets)",
+            path.display()
+        )));
+    }
+    Ok(v)
+}
+
 /// Where a created secret's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -179,19 +194,7 @@ pub fn create(
     let full = format!("{}-{name}", env.stack());
     check_name(&full)?;
     let value = match source {
-        Source::File(path) => {
-            let v = std::fs::read(path).map_err(Error::io(format!(
-                "--file {} cannot be read",
-                path.display()
-            )))?;
-            if v.is_empty() {
-                return Err(Error::Refused(format!(
-                    "--file {} is empty (Swarm refuses empty secrets)",
-                    path.display()
-                )));
-            }
-            v
-        }
+        Source::File(path) => file_value(path)?,
         Source::Generated { length, .. } => {
             if !(16..=256).contains(length) {
                 return Err(Error::Refused(format!(
@@ -262,19 +265,7 @@ pub fn init(
         (None, false) => {}
     }
     let value = match file {
-        Some(path) => {
-            let v = std::fs::read(path).map_err(Error::io(format!(
-                "--file {} cannot be read",
-                path.display()
-            )))?;
-            if v.is_empty() {
-                return Err(Error::Refused(format!(
-                    "--file {} is empty",
-                    path.display()
-                )));
-            }
-            v
-        }
+        Some(path) => file_value(path)?,
         None => random_password(DEFAULT_LENGTH)?.into_bytes(),
     };
     let first = names.version(1);
@@ -604,34 +595,6 @@ pub struct Database {
     pub network: String,
 }
 
-/// Postgres's image and user, from its running service.
-pub fn database(services: &[Service], stack: &str) -> Result<Database, String> {
-    let name = format!("{stack}_postgres");
-    let svc = services
-        .iter()
-        .find(|s| service_name(s) == name)
-        .ok_or_else(|| format!("service {name} does not exist (is {stack} deployed?)"))?;
-    let container = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.task_template.as_ref())
-        .and_then(|t| t.container_spec.as_ref());
-    let image = container
-        .and_then(|c| c.image.clone())
-        .ok_or_else(|| format!("{name} has no image"))?;
-    let user = container
-        .and_then(|c| c.env.as_ref())
-        .into_iter()
-        .flatten()
-        .find_map(|e| e.strip_prefix("POSTGRES_USER=").map(str::to_owned))
-        .unwrap_or_else(|| "postgres".to_owned());
-    Ok(Database {
-        image,
-        user,
-        network: format!("{stack}_data"),
-    })
-}
-
 /// The helper that sets the role's password to `new`, logging in with the first of `auth`.
 pub fn alter_spec(db: &Database, name: &str, new: &str, auth: &[String]) -> Spec {
     let mut secrets = vec![SecretMount {
@@ -819,7 +782,12 @@ pub fn rotate(
     let services = stack_services(client, &stack)?;
     let versions = versions(client, &names)?;
     let plan = plan(&names, env, &services, &versions).map_err(Error::Refused)?;
-    let db = database(&services, &stack).map_err(Error::Refused)?;
+    let (image, user, _) = crate::commands::db::postgres_settings(client, &stack)?;
+    let db = Database {
+        image,
+        user,
+        network: format!("{stack}_data"),
+    };
     if !exists(client, "secret", &names.bootstrap)? {
         return Err(Error::Refused(format!(
             "{} is missing (stackship secret init {env} db-password)",
@@ -1662,6 +1630,10 @@ mod tests {
                 service_json("backend", Some(V3), "completed"),
                 service_json("postgres", None, "completed")
             ),
+        );
+        fake.answer(
+            &["service", "inspect", "stackship-prod_postgres"],
+            &format!("[{}]", service_json("postgres", None, "completed")),
         );
         fake.answer(&["secret", "ls"], &format!("{V3}\n"));
         fake.answer(&["secret", "inspect", BOOT], "[{}]");
