@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Makes sure the third-party images the stack names exist locally: the runtime base
-# (debian:bookworm-slim), postgres:15-bookworm, nginx:1.27-bookworm and prom/prometheus:v2.53.3.
+# (debian:bookworm-slim), postgres:15-bookworm, nginx:1.27-bookworm, haproxy:2.8-bookworm and
+# prom/prometheus:v2.53.3.
 #
 # For each one it uses the real image when present or pullable. Only when the pull fails (a
 # machine with no image registry) does it build a stand-in from Debian packages, under a name
 # that cannot collide with the real image (stackship-standin/...), and it says so on stderr.
 # Prints the image to use for each as KEY=VALUE lines on stdout:
-#   BASE_IMAGE=...  POSTGRES_IMAGE=...  NGINX_IMAGE=...  PROMETHEUS_IMAGE=...
+#   BASE_IMAGE=...  POSTGRES_IMAGE=...  NGINX_IMAGE=...  HAPROXY_IMAGE=...  PROMETHEUS_IMAGE=...
 set -Eeuo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -15,10 +16,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REAL_BASE_IMAGE="debian:bookworm-slim"
 REAL_POSTGRES_IMAGE="postgres:15-bookworm"
 REAL_NGINX_IMAGE="nginx:1.27-bookworm"
+REAL_HAPROXY_IMAGE="haproxy:2.8-bookworm"
 REAL_PROMETHEUS_IMAGE="prom/prometheus:v2.53.3"
 STANDIN_BASE_IMAGE="stackship-standin/debian:bookworm"
 STANDIN_POSTGRES_IMAGE="stackship-standin/postgres:15"
 STANDIN_NGINX_IMAGE="stackship-standin/nginx:1.22"
+STANDIN_HAPROXY_IMAGE="stackship-standin/haproxy:2.6"
 STANDIN_PROMETHEUS_IMAGE="stackship-standin/prometheus:2.42"
 BASE_ROOT_LABEL="org.stackship.standin.root-mode"
 
@@ -26,11 +29,13 @@ usage() {
     cat <<USAGE
 Usage: scripts/base-images.sh [--rebuild-standins] [--help]
 
-Ensures ${REAL_BASE_IMAGE}, ${REAL_POSTGRES_IMAGE}, ${REAL_NGINX_IMAGE} and
-${REAL_PROMETHEUS_IMAGE} are available, pulling them; when a pull fails, builds local stand-ins
-(${STANDIN_BASE_IMAGE}, ${STANDIN_POSTGRES_IMAGE}, ${STANDIN_NGINX_IMAGE},
-${STANDIN_PROMETHEUS_IMAGE}) from Debian packages.
-Prints BASE_IMAGE=, POSTGRES_IMAGE=, NGINX_IMAGE=, PROMETHEUS_IMAGE= lines naming the images to use.
+Ensures ${REAL_BASE_IMAGE}, ${REAL_POSTGRES_IMAGE}, ${REAL_NGINX_IMAGE},
+${REAL_HAPROXY_IMAGE} and ${REAL_PROMETHEUS_IMAGE} are available, pulling them; when a pull
+fails, builds local stand-ins (${STANDIN_BASE_IMAGE}, ${STANDIN_POSTGRES_IMAGE},
+${STANDIN_NGINX_IMAGE}, ${STANDIN_HAPROXY_IMAGE}, ${STANDIN_PROMETHEUS_IMAGE}) from Debian
+packages.
+Prints BASE_IMAGE=, POSTGRES_IMAGE=, NGINX_IMAGE=, HAPROXY_IMAGE=, PROMETHEUS_IMAGE= lines naming
+the images to use.
 
   --rebuild-standins   rebuild the stand-ins from scratch (no layer cache; the Debian base
                        again with debootstrap)
@@ -130,7 +135,7 @@ main() {
     done
     ensure_docker
 
-    local base postgres nginx prometheus
+    local base postgres nginx haproxy prometheus
     if try_real "$REAL_BASE_IMAGE"; then
         base="$REAL_BASE_IMAGE"
     else
@@ -152,6 +157,13 @@ main() {
         build_standin "$STANDIN_NGINX_IMAGE" nginx "$base"
         nginx="$STANDIN_NGINX_IMAGE"
     fi
+    if try_real "$REAL_HAPROXY_IMAGE"; then
+        haproxy="$REAL_HAPROXY_IMAGE"
+    else
+        standin_banner "$REAL_HAPROXY_IMAGE" "$STANDIN_HAPROXY_IMAGE"
+        build_standin "$STANDIN_HAPROXY_IMAGE" haproxy "$base"
+        haproxy="$STANDIN_HAPROXY_IMAGE"
+    fi
     if try_real "$REAL_PROMETHEUS_IMAGE"; then
         prometheus="$REAL_PROMETHEUS_IMAGE"
     else
@@ -159,7 +171,8 @@ main() {
         build_standin "$STANDIN_PROMETHEUS_IMAGE" prometheus "$base"
         prometheus="$STANDIN_PROMETHEUS_IMAGE"
     fi
-    printf 'BASE_IMAGE=%s\nPOSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\nPROMETHEUS_IMAGE=%s\n' "$base" "$postgres" "$nginx" "$prometheus"
+    printf 'BASE_IMAGE=%s\nPOSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\nHAPROXY_IMAGE=%s\nPROMETHEUS_IMAGE=%s\n' \
+        "$base" "$postgres" "$nginx" "$haproxy" "$prometheus"
 }
 
 main "$@"

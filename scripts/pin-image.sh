@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pins one image for one environment: edits one line of deploy-manifests/<env>/images.env (the
 # file deploy.sh deploys) and leaves the rest alone. For the project's services the pin is a
-# tag (BACKEND_TAG=...); for the third-party images (postgres, nginx, prometheus) it is the whole image
+# tag (BACKEND_TAG=...); for the third-party images (postgres, nginx, haproxy, prometheus) it is the
+# whole image
 # reference by digest (POSTGRES_IMAGE=postgres:15-bookworm@sha256:...), resolved here with the
 # local Docker engine, so a republished tag never changes what runs.
 # Commit the change: the pin is reviewed like code, and a rollback is a revert.
@@ -17,7 +18,7 @@ DIGEST_REF_RE='^[A-Za-z0-9][A-Za-z0-9._/:-]*@sha256:[0-9a-f]{64}$'
 usage() {
     cat <<'USAGE'
 Usage: scripts/pin-image.sh ENV SERVICE TAG
-       scripts/pin-image.sh ENV postgres|nginx|prometheus IMAGE
+       scripts/pin-image.sh ENV postgres|nginx|haproxy|prometheus IMAGE
 
   ENV      dev or prod
   SERVICE  a service with a <SERVICE>_TAG line in deploy-manifests/ENV/images.env (backend,
@@ -25,7 +26,8 @@ Usage: scripts/pin-image.sh ENV SERVICE TAG
   TAG      the image tag, as the image job's MR note gives it (YYYYMMDD_<sha8>)
   IMAGE    a third-party image, repo:tag (its digest is resolved with the local Docker engine:
            the image is pulled when it is not present) or already repo:tag@sha256:<digest>;
-           written as POSTGRES_IMAGE= / NGINX_IMAGE= / PROMETHEUS_IMAGE= (prod only) with its digest
+           written as POSTGRES_IMAGE= / NGINX_IMAGE= / HAPROXY_IMAGE= (the edge) /
+           PROMETHEUS_IMAGE= (prod only) with its digest
 
 Examples:
   scripts/pin-image.sh prod backend 20261123_0123abcd && git commit -m "prod: backend 20261123_0123abcd" deploy-manifests/prod/images.env
@@ -74,15 +76,16 @@ main() {
     case "${1:-}" in
         -h | --help) usage; return 0 ;;
     esac
-    [[ $# -eq 3 ]] || { usage >&2; die "expected ENV SERVICE TAG or ENV postgres|nginx|prometheus IMAGE"; }
+    [[ $# -eq 3 ]] || { usage >&2; die "expected ENV SERVICE TAG or ENV postgres|nginx|haproxy|prometheus IMAGE"; }
     local env="$1" svc="$2" value="$3" file key old tmp
     check_env "$env"
     [[ "$svc" =~ ^[a-z][a-z0-9-]*$ ]] || die "'${svc}' is not a service name"
     file="$(repo_root)/deploy-manifests/${env}/images.env"
     [[ -f "$file" ]] || die "${file} is missing"
     case "$svc" in
-        postgres | nginx | nginx-proxy | prometheus)
+        postgres | nginx | nginx-proxy | haproxy | edge | prometheus)
             key="${svc%-proxy}"
+            [[ "$key" != edge ]] || key=haproxy
             key="${key^^}_IMAGE"
             [[ "$value" =~ $IMAGE_REF_RE ]] || die "'${value}' is not an image reference"
             value="$(resolve_digest "$value")"

@@ -77,11 +77,11 @@ CONFIG
 }
 
 # resolve_third_party_images: real images when pullable, else stand-ins pushed to the registry;
-# POSTGRES_IMAGE, NGINX_IMAGE and PROMETHEUS_IMAGE by digest (repo:tag@sha256:...), as stackship
+# POSTGRES_IMAGE, NGINX_IMAGE, HAPROXY_IMAGE and PROMETHEUS_IMAGE by digest (repo:tag@sha256:...), as stackship
 # requires.
 resolve_third_party_images() {
     local line key value
-    BASE_IMAGE="" POSTGRES_IMAGE="" NGINX_IMAGE="" PROMETHEUS_IMAGE=""
+    BASE_IMAGE="" POSTGRES_IMAGE="" NGINX_IMAGE="" HAPROXY_IMAGE="" PROMETHEUS_IMAGE=""
     while IFS= read -r line; do
         key="${line%%=*}"
         value="${line#*=}"
@@ -89,12 +89,13 @@ resolve_third_party_images() {
             BASE_IMAGE) BASE_IMAGE="$value" ;;
             POSTGRES_IMAGE) POSTGRES_IMAGE="$(digest_ref "$(publish_standin "$value")")" ;;
             NGINX_IMAGE) NGINX_IMAGE="$(digest_ref "$(publish_standin "$value")")" ;;
+            HAPROXY_IMAGE) HAPROXY_IMAGE="$(digest_ref "$(publish_standin "$value")")" ;;
             PROMETHEUS_IMAGE) PROMETHEUS_IMAGE="$(digest_ref "$(publish_standin "$value")")" ;;
         esac
     done < <("$(repo_root)/scripts/base-images.sh")
-    [[ -n "$BASE_IMAGE" && -n "$POSTGRES_IMAGE" && -n "$NGINX_IMAGE" && -n "$PROMETHEUS_IMAGE" ]] \
+    [[ -n "$BASE_IMAGE" && -n "$POSTGRES_IMAGE" && -n "$NGINX_IMAGE" && -n "$HAPROXY_IMAGE" && -n "$PROMETHEUS_IMAGE" ]] \
         || die "base-images.sh gave no image names"
-    log "third-party images: ${POSTGRES_IMAGE} ${NGINX_IMAGE} ${PROMETHEUS_IMAGE}"
+    log "third-party images: ${POSTGRES_IMAGE} ${NGINX_IMAGE} ${HAPROXY_IMAGE} ${PROMETHEUS_IMAGE}"
 }
 
 # digest_ref IMAGE: IMAGE (repo:tag) as repo:tag@sha256:<digest>, the digest its registry
@@ -193,6 +194,7 @@ REGISTRY=${STACKSHIP_REGISTRY_ADDR}
 IMAGE_TAG=${TAG}
 POSTGRES_IMAGE=${POSTGRES_IMAGE}
 NGINX_IMAGE=${NGINX_IMAGE}
+HAPROXY_IMAGE=${HAPROXY_IMAGE}
 ENVFILE
     # Only where the stack file runs Prometheus: stackship refuses settings a stack has no use for.
     if grep -q 'PROMETHEUS_IMAGE' "$root/docker-compose.${env}.yaml"; then

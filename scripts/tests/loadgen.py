@@ -3,6 +3,8 @@
 
 A mix of GET /api/service/version, GET /api/logs and POST /api/log at a fixed total rate,
 half the workers on keep-alive connections and half opening a new connection per request.
+Like a browser or urllib3, a keep-alive worker does not reuse a connection the server closed
+while it was idle.
 Runs until the stop file is removed *and* at least --min-requests were sent, or until
 --max-seconds, whichever comes first. Targets only the URL it is given (loopback here).
 
@@ -16,12 +18,23 @@ import argparse
 import http.client
 import json
 import os
+import select
 import ssl
 import threading
 import time
 import urllib.parse
 
 MIX = (("version", 4), ("logs", 3), ("post", 3))
+
+
+def dropped(sock):
+    """True when an idle connection's socket is readable: the server closed it (EOF) or sent
+    something unasked; either way it cannot carry the next request."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class Worker(threading.Thread):
@@ -42,6 +55,11 @@ class Worker(threading.Thread):
 
     def connection(self):
         u = self.shared["url"]
+        if self.conn is not None and self.conn.sock is not None and dropped(self.conn.sock):
+            # As browsers and urllib3 do: a keep-alive connection the server has closed while it
+            # sat idle (a keep-alive timeout, a proxy stopping gracefully) is not used again.
+            self.conn.close()
+            self.conn = None
         if self.conn is None:
             if u.scheme == "https":
                 self.conn = http.client.HTTPSConnection(
