@@ -168,14 +168,14 @@ ensure_secrets() {
     rmdir "$legacy" "$STACKSHIP_LEGACY_SECRETS_DIR" 2>/dev/null || true
 }
 
-# check_ports ENV: the proxy's host ports are free or already Docker's (a previous bring-up).
+# check_ports ENV: the edge's host ports are free or already Docker's (a previous bring-up).
 check_ports() {
     local port holders
     local -a ports=("$STACKSHIP_DEV_HTTP_PORT")
     [[ "$1" == prod ]] && ports=(80 443)
     for port in "${ports[@]}"; do
         holders="$(ss -Hltnp "sport = :${port}" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)".*/\1/p' | sort -u | grep -vx docker-proxy || true)"
-        [[ -z "$holders" ]] || die "host port ${port} (${1} proxy) is taken by: ${holders//$'\n'/ }; stop it first"
+        [[ -z "$holders" ]] || die "host port ${port} (${1} edge) is taken by: ${holders//$'\n'/ }; stop it first"
     done
 }
 

@@ -16,8 +16,8 @@ env_images() {
 # env_publish ENV: the one service that may publish host ports, and its ports.
 env_publish() {
     case "$1" in
-        prod) printf 'nginx-proxy=80,443\n' ;;
-        dev) printf 'nginx-proxy=%s\n' "$STACKSHIP_DEV_HTTP_PORT" ;;
+        prod) printf 'edge=80,443\n' ;;
+        dev) printf 'edge=%s\n' "$STACKSHIP_DEV_HTTP_PORT" ;;
     esac
 }
 
@@ -33,7 +33,7 @@ service_versions() {
 
 # Every service of both stacks: non-root (spec, container, every process's uids and gids),
 # read-only root filesystem, cap_drop ALL with nothing added and no capability left in any
-# process, memory/CPU/pids limits, a healthcheck (and healthy), ports only on the proxy (host
+# process, memory/CPU/pids limits, a healthcheck (and healthy), ports only on the edge (host
 # mode, unprivileged target), no Docker socket, and the image stackship deploy names: the third-party
 # ones exactly the digest pinned.
 test_stack_is_hardened() {
@@ -42,7 +42,7 @@ test_stack_is_hardened() {
     out="$(mktemp)"
     for env in prod dev; do
         env_images "$env" "$images"
-        for svc in postgres nginx-proxy; do
+        for svc in postgres nginx-proxy edge; do
             grep -qE "^${svc} [^ ]+@sha256:[0-9a-f]{64} " "$images" \
                 || fail "${env}: stackship deploy does not name ${svc}'s image by digest: $(grep "^${svc} " "$images")"
         done

@@ -123,6 +123,8 @@ test_first_deploy_places_services() {
     [[ "$pg_nodes" == "$DB_WORKER" ]] || fail "dev postgres runs on '${pg_nodes}', expected ${DB_WORKER}"
     [[ "$(running_on "${DEV_STACK}_nginx-proxy")" == "$MANAGER" ]] || fail "dev proxy is not on the edge node ${MANAGER}"
     [[ "$(running_on "${PROD_STACK}_nginx-proxy")" == "$MANAGER" ]] || fail "prod proxy is not on the edge node ${MANAGER}"
+    [[ "$(running_on "${DEV_STACK}_edge")" == "$MANAGER" ]] || fail "dev edge is not on the edge node ${MANAGER}"
+    [[ "$(running_on "${PROD_STACK}_edge")" == "$MANAGER" ]] || fail "prod edge is not on the edge node ${MANAGER}"
     [[ "$(curl -sS -m 10 -f "$(env_url dev)/api/service/version" | json version)" == "$TAG" ]] \
         || fail "dev does not answer version ${TAG}"
     # A write through the proxy on the manager, the backend, to the database on the worker.

@@ -396,7 +396,7 @@ print_images() {
     local env="$1"
     shift
     PRINT_RC=0
-    env -u IMAGE_TAG -u BACKEND_TAG -u FRONTEND_TAG -u POSTGRES_IMAGE -u NGINX_IMAGE -u PROMETHEUS_IMAGE REGISTRY=registry.invalid:5050/group "$@" \
+    env -u IMAGE_TAG -u BACKEND_TAG -u FRONTEND_TAG -u POSTGRES_IMAGE -u NGINX_IMAGE -u HAPROXY_IMAGE -u PROMETHEUS_IMAGE REGISTRY=registry.invalid:5050/group "$@" \
         "$WORK/deploy/${env}/current/stackship" deploy "$env" --release "$WORK/deploy/${env}/current" --print-images > "$WORK/print.log" 2>&1 || PRINT_RC=$?
 }
 
@@ -435,11 +435,12 @@ section_pins() {
     done
 
     # Third-party images are pinned by digest; a reference that already has one needs no Docker.
-    local pg_pin ngx_pin prom_pin
+    local pg_pin ngx_pin hap_pin prom_pin
     pg_pin="postgres:15-bookworm@sha256:$(printf 'a%.0s' {1..64})"
     ngx_pin="nginx:1.27-bookworm@sha256:$(printf 'b%.0s' {1..64})"
+    hap_pin="haproxy:2.8-bookworm@sha256:$(printf 'c%.0s' {1..64})"
     prom_pin="prom/prometheus:v2.53.3@sha256:$(printf 'e%.0s' {1..64})"
-    for key in POSTGRES_IMAGE NGINX_IMAGE PROMETHEUS_IMAGE; do
+    for key in POSTGRES_IMAGE NGINX_IMAGE HAPROXY_IMAGE PROMETHEUS_IMAGE; do
         check "pins: deploy-manifests/prod/images.env has a ${key} line, empty (no digest invented)" \
             grep -qx "${key}=" "$ROOT/deploy-manifests/prod/images.env"
     done
@@ -447,6 +448,8 @@ section_pins() {
     check "pins: ... sets POSTGRES_IMAGE to it" grep -qx "POSTGRES_IMAGE=${pg_pin}" "$file"
     "$repo/scripts/pin-image.sh" prod nginx "$ngx_pin" 2>/dev/null
     check "pins: pin-image.sh prod nginx sets NGINX_IMAGE" grep -qx "NGINX_IMAGE=${ngx_pin}" "$file"
+    "$repo/scripts/pin-image.sh" prod haproxy "$hap_pin" 2>/dev/null
+    check "pins: pin-image.sh prod haproxy sets HAPROXY_IMAGE (the edge)" grep -qx "HAPROXY_IMAGE=${hap_pin}" "$file"
     "$repo/scripts/pin-image.sh" prod prometheus "$prom_pin" 2>/dev/null
     check "pins: pin-image.sh prod prometheus sets PROMETHEUS_IMAGE" grep -qx "PROMETHEUS_IMAGE=${prom_pin}" "$file"
     cp "$file" "$WORK/pins.before"
@@ -471,10 +474,10 @@ section_pins() {
     print_images prod
     expect_eq "pins: stackship deploy --print-images succeeds" 0 "$PRINT_RC"
     expect_eq "pins: stackship deploy deploys the pins, each with the line it came from" \
-        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (${pins_file}:$(grep -n '^BACKEND_TAG=' "$pins_file" | cut -d: -f1))|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (${pins_file}:$(grep -n '^FRONTEND_TAG=' "$pins_file" | cut -d: -f1))|nginx-proxy ${ngx_pin} (${pins_file}:$(grep -n '^NGINX_IMAGE=' "$pins_file" | cut -d: -f1))|postgres ${pg_pin} (${pins_file}:$(grep -n '^POSTGRES_IMAGE=' "$pins_file" | cut -d: -f1))|prometheus ${prom_pin} (${pins_file}:$(grep -n '^PROMETHEUS_IMAGE=' "$pins_file" | cut -d: -f1))" \
+        "backend registry.invalid:5050/group/stackship/backend:20261124_fedcba98 (${pins_file}:$(grep -n '^BACKEND_TAG=' "$pins_file" | cut -d: -f1))|edge ${hap_pin} (${pins_file}:$(grep -n '^HAPROXY_IMAGE=' "$pins_file" | cut -d: -f1))|frontend registry.invalid:5050/group/stackship/frontend:20261120_aaaabbbb (${pins_file}:$(grep -n '^FRONTEND_TAG=' "$pins_file" | cut -d: -f1))|nginx-proxy ${ngx_pin} (${pins_file}:$(grep -n '^NGINX_IMAGE=' "$pins_file" | cut -d: -f1))|postgres ${pg_pin} (${pins_file}:$(grep -n '^POSTGRES_IMAGE=' "$pins_file" | cut -d: -f1))|prometheus ${prom_pin} (${pins_file}:$(grep -n '^PROMETHEUS_IMAGE=' "$pins_file" | cut -d: -f1))" \
         "$(paste -sd'|' "$WORK/print.log")"
     # A third-party image counts only where the stack file has its service: Prometheus is prod's.
-    printf 'BACKEND_TAG=20261123_0123abcd\nFRONTEND_TAG=20261123_0123abcd\nPOSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\n' "$pg_pin" "$ngx_pin" \
+    printf 'BACKEND_TAG=20261123_0123abcd\nFRONTEND_TAG=20261123_0123abcd\nPOSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\nHAPROXY_IMAGE=%s\n' "$pg_pin" "$ngx_pin" "$hap_pin" \
         > "$WORK/deploy/dev/current/deploy-manifests/dev/images.env"
     print_images dev
     expect_eq "pins: dev's release needs no PROMETHEUS_IMAGE (no prometheus in its stack file)" 0 "$PRINT_RC"

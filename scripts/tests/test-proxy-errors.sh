@@ -22,7 +22,9 @@ Two parts, each printing PASS/FAIL lines; the last line is "N passed, M failed".
          504 (backend too slow; proxy_read_timeout shortened to 2 s), the backend's own JSON
          errors passed through unchanged, one X-Request-Id, the one the backend was given.
   live   the running local prod stack at https://localhost (scripts/up.sh brings it up):
-         413 for a 1 MB POST, the backend's 404 and 400, and one X-Request-Id on each.
+         413 for a 1 MB POST, the backend's 404 and 400, and one X-Request-Id on each; the
+         client's own address reaches the row the backend stores (through the edge's PROXY
+         protocol header and nginx's X-Forwarded-For).
 
 Options:
   --local-only   skip the live part (no stack needed)
@@ -178,15 +180,16 @@ start_nginx() {
     chmod 777 "$dir/tmp"
     sed -e "s#http://backend:8080#http://127.0.0.1:${stub_port}#" \
         -e "s#http://frontend:8080#http://127.0.0.1:${stub_port}#" \
-        -e "s#listen 8080 default_server#listen 127.0.0.1:${http_port} default_server#" \
-        -e "s#listen 8443 ssl http2 default_server#listen 127.0.0.1:${tls_port} ssl http2 default_server#" \
+        -e "s#listen 8080 proxy_protocol default_server#listen 127.0.0.1:${http_port} proxy_protocol default_server#" \
+        -e "s#listen 8443 ssl http2 proxy_protocol default_server#listen 127.0.0.1:${tls_port} ssl http2 proxy_protocol default_server#" \
         -e "s#/run/secrets/tls_cert#${WORK}/tls.crt#" \
         -e "s#/run/secrets/tls_key#${WORK}/tls.key#" \
         -e "s#/var/log/nginx/access.log#${dir}/access.log#" \
         -e "s#proxy_read_timeout    30s;#proxy_read_timeout    2s;#" \
         "$MANIFESTS/$env/nginx-proxy/default.conf" >"$dir/default.conf"
     grep -q "proxy_read_timeout    2s;" "$dir/default.conf" || die "$env: proxy_read_timeout not found in the config"
-    grep -q "listen 127.0.0.1:${http_port} default_server" "$dir/default.conf" || die "$env: the config's listen 8080 not found"
+    grep -q "listen 127.0.0.1:${http_port} proxy_protocol default_server" "$dir/default.conf" \
+        || die "$env: the config's listen 8080 proxy_protocol not found"
     cat >"$dir/nginx.conf" <<CONF
 worker_processes 1;
 pid ${dir}/nginx.pid;
@@ -221,7 +224,8 @@ local_checks() {
     local env
     for env in dev prod; do
         start_nginx "$env"
-        local c=(-k --resolve "localhost:${PROXY_URL##*:}:127.0.0.1")
+        # As the edge does: a PROXY protocol header first on every connection.
+        local c=(-k --haproxy-protocol --resolve "localhost:${PROXY_URL##*:}:127.0.0.1")
         fetch "$env-big" "${c[@]}" -X POST -H 'content-type: application/json' \
             --data-binary @"$WORK/big.json" "$PROXY_URL/api/log"
         expect_json_error "local $env: 1 MB POST /api/log" "$env-big" 413 payload_too_large
@@ -239,7 +243,7 @@ local_checks() {
     kill "$STUB_PID"
     wait "$STUB_PID" 2>/dev/null || true
     STUB_PID=""
-    fetch down -k "$PROXY_URL/api/service/ping"
+    fetch down -k --haproxy-protocol "$PROXY_URL/api/service/ping"
     expect_json_error "local prod: backend down" down 502 bad_gateway
 }
 
@@ -260,6 +264,17 @@ live_checks() {
     expect_json_error "live: malformed JSON" live-400 400 malformed_json
     fetch live-ok "${c[@]}" https://localhost/api/service/version
     expect_one_request_id "live: GET /api/service/version" live-ok 200
+    # The client's own address crosses the edge (PROXY protocol) and nginx (X-Forwarded-For) into
+    # the row the backend stores. Here a local client reaches the host-mode port through Docker's
+    # gateway on docker_gwbridge: that is the address the edge sees; any other one (the edge's or
+    # nginx's overlay address) means it was lost on the way.
+    local gateway
+    gateway="$(docker network inspect docker_gwbridge -f '{{(index .IPAM.Config 0).Gateway}}' 2>/dev/null || true)"
+    fetch live-addr "${c[@]}" -X POST -H 'content-type: application/json' \
+        --data '{"message":"test-proxy-errors: client address"}' https://localhost/api/log
+    expect_eq "live: the client's address reaches the backend's row (${gateway:-the gateway of docker_gwbridge})" \
+        "201 ${gateway:-(no docker_gwbridge)}" \
+        "$(cat "$WORK/live-addr.status") $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("client_addr"))' "$WORK/live-addr.body" 2>/dev/null)"
 }
 
 main() {

@@ -83,7 +83,9 @@ ensure_stack() {
     GOOD_TAG="$(sed -n 's/^IMAGE_TAG=//p' "$env_file")"
     POSTGRES_IMAGE="$(sed -n 's/^POSTGRES_IMAGE=//p' "$env_file")"
     NGINX_IMAGE="$(sed -n 's/^NGINX_IMAGE=//p' "$env_file")"
-    [[ -n "$GOOD_TAG" && -n "$POSTGRES_IMAGE" && -n "$NGINX_IMAGE" ]] || die "${env_file} lacks IMAGE_TAG, POSTGRES_IMAGE or NGINX_IMAGE"
+    HAPROXY_IMAGE="$(sed -n 's/^HAPROXY_IMAGE=//p' "$env_file")"
+    [[ -n "$GOOD_TAG" && -n "$POSTGRES_IMAGE" && -n "$NGINX_IMAGE" && -n "$HAPROXY_IMAGE" ]] \
+        || die "${env_file} lacks IMAGE_TAG, POSTGRES_IMAGE, NGINX_IMAGE or HAPROXY_IMAGE"
     registry_password | docker login --username "$STACKSHIP_REGISTRY_USER" --password-stdin \
         "$STACKSHIP_REGISTRY_ADDR" >/dev/null 2>&1 || die "docker login to the local registry failed"
 }
@@ -430,7 +432,8 @@ main() {
     "$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" > "$WORK/known_hosts" || die "setup-server.sh failed"
     printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$WORK/impostor_host_key.pub")" > "$WORK/wrong_known_hosts"
     # The manager's own settings (the third-party images this machine uses).
-    printf 'POSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\n' "$POSTGRES_IMAGE" "$NGINX_IMAGE" > "$WORK/srv/deploy/dev/deploy.env"
+    printf 'POSTGRES_IMAGE=%s\nNGINX_IMAGE=%s\nHAPROXY_IMAGE=%s\n' "$POSTGRES_IMAGE" "$NGINX_IMAGE" "$HAPROXY_IMAGE" \
+        > "$WORK/srv/deploy/dev/deploy.env"
     start_sshd
 
     run_tests
