@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The rollout load test: a bounded load through the prod proxy (scripts/tests/loadgen.py: version,
-# log list and log writes, keep-alive on and off) while each of seven rollouts happens, counting
-# every failed request; then the acknowledged rows are checked in the database, and a Postgres
-# restart is timed. Writes bench/results/rollout.txt, ending with key=value lines.
+# The rollout load test: a bounded load through the prod edge and proxy (scripts/tests/loadgen.py:
+# version, log list and log writes, keep-alive on and off) while each of ten rollouts happens,
+# counting every failed request; then the acknowledged rows are checked in the database, and a
+# Postgres restart is timed. Writes bench/results/rollout.txt, ending with key=value lines.
 #
 # Needs the local prod stack (scripts/up.sh). Leaves prod as this checkout deploys it.
 set -Eeuo pipefail
@@ -24,18 +24,20 @@ usage() {
     cat <<USAGE
 Usage: scripts/rollout-test.sh [--help]
 
-Runs seven rollout cases against the local prod stack under load and writes
+Runs ten rollout cases against the local prod stack under load and writes
 bench/results/rollout.txt. Each case sends at least \$MIN_REQUESTS (${MIN_REQUESTS}) requests
 at \$RATE (${RATE}) req/s through https://localhost:
   1 backend image update      2 backend config change     3 backend never healthy (rollback)
   4 backend exits 1 at start  5 backend with a wrong DB password (rollback)
-  6 frontend image update     7 nginx-proxy config change (stop-first: the gap is measured)
+  6 frontend image update     7 nginx-proxy config change 8 certificate renewed (new key pair)
+  9 nginx-proxy image update  10 edge image update (stop-first: the gap is measured)
 Then: every acknowledged POST is in the database, and a Postgres restart is timed.
-Takes about 15 minutes. Run scripts/up.sh first.
+Takes about 20 minutes. Run scripts/up.sh first.
 USAGE
 }
 
 cleanup() {
+    [[ -z "$WORK" ]] || restore_certificate
     [[ -z "$WORK" ]] || rm -rf "$WORK"
 }
 
@@ -63,7 +65,53 @@ build_next_backend() {
     [[ "$line" == *"${TAG}-next"* ]] || die "the next backend reports '${line}'"
 }
 
-# run_case N NAME EXPECT(ok|fail) SERVICE CMD...: CMD under load; records the figures.
+# third_party_variant KEY NAME: the third-party image prod runs under KEY (NGINX_IMAGE,
+# HAPROXY_IMAGE in its deploy.env) rebuilt with one more label (a new image, same software), pushed
+# to the local registry as <project>-rollout-test/NAME:next; prints it as repo:tag@sha256:...
+third_party_variant() {
+    local key="$1" name="$2" from dir target digest
+    from="$(sed -n "s/^${key}=//p" "$PROD_DIR/deploy.env" | tail -n 1)"
+    [[ -n "$from" ]] || die "${PROD_DIR}/deploy.env has no ${key}"
+    target="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}-rollout-test/${name}:next"
+    dir="$(mktemp -d "$WORK/variant.XXXXXX")"
+    printf 'FROM %s\nLABEL stackship.rollout-test=%s\n' "$from" "$$" > "$dir/Dockerfile"
+    docker build -q -t "$target" "$dir" >/dev/null || die "building ${target} failed"
+    docker push -q "$target" >/dev/null || die "pushing ${target} failed"
+    digest="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$target" \
+        | sed -n "s#^${target%:*}@##p" | head -n 1)"
+    [[ "$digest" == sha256:* ]] || die "no registry digest for ${target}"
+    printf '%s@%s\n' "$target" "$digest"
+}
+
+# renew_certificate: a renewed certificate in the prod deploy directory's secrets/: a new key pair
+# for the same names, self-signed like scripts/up.sh's. The load trusts the old and the new one
+# (as a client trusting the CA that issues both). The originals are kept in $WORK.
+renew_certificate() {
+    local dir="$PROD_DIR/secrets"
+    cp -p "$dir/tls.crt" "$WORK/tls.crt.orig"
+    cp -p "$dir/tls.key" "$WORK/tls.key.orig"
+    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$WORK/tls.key.new" -out "$WORK/tls.crt.new" 2>/dev/null) || die "openssl req failed"
+    cat "$WORK/tls.crt.orig" "$WORK/tls.crt.new" > "$WORK/trust.pem"
+}
+
+# deploy_renewed ARGS...: the renewed pair installed, then deploy_prod ARGS.
+deploy_renewed() {
+    install -m 0644 "$WORK/tls.crt.new" "$PROD_DIR/secrets/tls.crt"
+    install -m 0600 "$WORK/tls.key.new" "$PROD_DIR/secrets/tls.key"
+    deploy_prod "$@"
+}
+
+# restore_certificate: the original pair back in place (the next deploy serves it again).
+restore_certificate() {
+    [[ -f "$WORK/tls.crt.orig" && -f "$WORK/tls.key.orig" ]] || return 0
+    cp -p "$WORK/tls.crt.orig" "$PROD_DIR/secrets/tls.crt"
+    cp -p "$WORK/tls.key.orig" "$PROD_DIR/secrets/tls.key"
+}
+
+# run_case N NAME EXPECT(ok|fail) SERVICE CMD...: CMD under load; records the figures, keyed
+# case<N>_ (or $CASE_KEY_). The load trusts $CASE_CACERT (default: prod's certificate).
 run_case() {
     local n="$1" name="$2" expect="$3" service="$4" rc=0 started took report out stop
     shift 4
@@ -73,7 +121,7 @@ run_case() {
     : > "$stop"
     log "case ${n}: ${name}"
     python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost \
-        --cacert "$STACKSHIP_PROD_CERT" --rate "$RATE" \
+        --cacert "${CASE_CACERT:-$STACKSHIP_PROD_CERT}" --rate "$RATE" \
         --min-requests "$MIN_REQUESTS" --max-seconds 900 --stop-file "$stop" \
         --run "case${n}-$$" --out "$report" > "$WORK/case${n}.load" 2>&1 &
     local load_pid=$!
@@ -98,7 +146,7 @@ run_case() {
         ratio="$(python3 -c "print(round(${duration} / ${floor}, 2))")"
     fi
     RESULTS+=("case ${n} ${name}: ${requests} requests, ${failed} failed $(json_get "$report" 'd["failed_by_kind"]'); ${result}; ${service} settled in ${duration}s${ratio:+, floor ${floor}s, ratio ${ratio}}; versions ${versions}")
-    KV+=("case${n}_requests=${requests}" "case${n}_failed=${failed}")
+    KV+=("${CASE_KEY:-case${n}}_requests=${requests}" "${CASE_KEY:-case${n}}_failed=${failed}")
     CASE_TOOK=$took CASE_REPORT="$report"
     [[ -z "$ratio" ]] || RATIOS+=("$ratio")
     log "case ${n}: ${RESULTS[-1]}"
@@ -201,10 +249,27 @@ main() {
     cp "$WORK/config.toml.good" "$(prod_file backend/config.toml)"
     run_case 6 "frontend image update" ok frontend deploy_prod BACKEND_TAG="${TAG}-next" FRONTEND_TAG="${TAG}-next"
     printf '\n# rollout test %s\n' "$$" >> "$(prod_file nginx-proxy/default.conf)"
-    run_case 7 "nginx-proxy config change (stop-first)" ok nginx-proxy deploy_prod BACKEND_TAG="${TAG}-next" FRONTEND_TAG="${TAG}-next"
+    run_case 7 "nginx-proxy config change" ok nginx-proxy deploy_prod BACKEND_TAG="${TAG}-next" FRONTEND_TAG="${TAG}-next"
+    renew_certificate
+    CASE_KEY=cert_renewal CASE_CACERT="$WORK/trust.pem" \
+        run_case 8 "certificate renewed" ok nginx-proxy deploy_renewed BACKEND_TAG="${TAG}-next" FRONTEND_TAG="${TAG}-next"
+    local served
+    served="$(openssl s_client -connect 127.0.0.1:443 -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256)"
+    [[ "$served" == "$(openssl x509 -in "$WORK/tls.crt.new" -noout -fingerprint -sha256)" ]] \
+        || die "case 8: the proxy does not serve the renewed certificate"
+    local nginx_next haproxy_next
+    nginx_next="$(third_party_variant NGINX_IMAGE nginx)"
+    CASE_KEY=proxy_image CASE_CACERT="$WORK/trust.pem" \
+        run_case 9 "nginx-proxy image update" ok nginx-proxy deploy_renewed BACKEND_TAG="${TAG}-next" FRONTEND_TAG="${TAG}-next" \
+        NGINX_IMAGE="$nginx_next"
+    haproxy_next="$(third_party_variant HAPROXY_IMAGE haproxy)"
+    CASE_KEY=edge_upgrade CASE_CACERT="$WORK/trust.pem" \
+        run_case 10 "edge image update (stop-first)" ok edge deploy_renewed BACKEND_TAG="${TAG}-next" FRONTEND_TAG="${TAG}-next" \
+        NGINX_IMAGE="$nginx_next" HAPROXY_IMAGE="$haproxy_next"
     local gap_ms
     gap_ms="$(json_get "$CASE_REPORT" 'int(((d["last_failure_at"] or 0) - (d["first_failure_at"] or 0)) * 1000) if d["failed"] else 0')"
-    KV+=("case7_gap_ms=${gap_ms}")
+    KV+=("edge_upgrade_gap_ms=${gap_ms}")
+    restore_certificate
 
     check_rows
     postgres_restart
@@ -223,7 +288,7 @@ main() {
         printf '%s\n' "${RESULTS[@]}"
         printf 'bad releases reported failed after: never healthy %ss, exit 1 at start %ss, wrong DB password %ss (target: healthcheck window 22 s + 30 s = 52 s)\n' \
             "$bad_image_fail_s" "$crash_fail_s" "$wrong_pw_fail_s"
-        printf 'case 7 gap: %s ms with failures (host-mode ports force stop-first: the old proxy stops before the new one binds)\n' "$gap_ms"
+        printf 'case 10 gap: %s ms with failures (the edge binds the host ports: its old task stops before the new one binds; two edge nodes behind DNS or a floating IP remove the gap, README "The edge")\n' "$gap_ms"
         printf 'acknowledged rows: %s, lost: %s\n' "$ROWS_ACKED" "$ROWS_LOST"
         printf 'postgres restart (forced service update): /ready 503 while down: %s; ready again %ss after the new postgres answered (target <= 10 s)\n' "$PG_SAW_503" "$PG_READY_AFTER"
         printf '%s\n' "${KV[@]}"

@@ -165,9 +165,10 @@ served_cert_sha() {
 }
 
 test_renewed_certificate_rolls_proxy_only() {
-    local dir keep before after line svc old_sha new_sha
+    local dir keep before after line svc old_sha new_sha report rc=0
     dir="${PROD_DIR}/secrets"
     keep="$(mktemp -d)"
+    report="${keep}/load.json"
     cp -p "$dir/tls.crt" "$dir/tls.key" "$keep/"
     old_sha="$(served_cert_sha)"
     [[ "$old_sha" == "$(openssl x509 -in "$dir/tls.crt" -noout -fingerprint -sha256)" ]] \
@@ -178,11 +179,14 @@ test_renewed_certificate_rolls_proxy_only() {
         -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
         -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null) || fail "openssl req failed"
     chmod 0644 "$dir/tls.crt"
-    deploy_prod >/dev/null 2>&1 || { cp -p "$keep/tls.crt" "$keep/tls.key" "$dir/"; fail "the deploy with the renewed certificate failed"; }
+    # Under load that trusts both (as clients trust the CA that issues both): the proxy rolls
+    # start-first behind the edge, so no request may fail.
+    cat "$keep/tls.crt" "$dir/tls.crt" > "${keep}/trust.pem"
+    LOAD_CACERT="${keep}/trust.pem" load_during "$report" deploy_prod >/dev/null 2>&1 || rc=$?
+    ((rc == 0)) || { cp -p "$keep/tls.crt" "$keep/tls.key" "$dir/"; fail "the deploy with the renewed certificate failed"; }
     new_sha="$(served_cert_sha)"
     after="$(all_running_tasks "$PROD_STACK")"
     cp -p "$keep/tls.crt" "$keep/tls.key" "$dir/"
-    rm -rf "$keep"
     [[ "$new_sha" != "$old_sha" && "$new_sha" == *Fingerprint* ]] || fail "the proxy still serves the old certificate"
     while IFS= read -r line; do
         svc="${line%%:*}"
@@ -192,6 +196,9 @@ test_renewed_certificate_rolls_proxy_only() {
             [[ "$(grep "^${svc}:" <<<"$after")" == "$line" ]] || fail "${svc} restarted for a certificate change"
         fi
     done <<<"$before"
+    (($(load_failed "$report") == 0)) || fail "requests failed while the proxy rolled onto the renewed certificate: $(load_summary "$report")"
+    log "renewal under load: $(load_summary "$report")"
+    rm -rf "$keep"
     deploy_prod >/dev/null 2>&1 || fail "putting the original certificate back failed"
     [[ "$(served_cert_sha)" == "$old_sha" ]] || fail "the original certificate is not served again"
 }
