@@ -2,6 +2,8 @@
 # Benchmarks the backend against references measured in the same run on the same machine:
 #   POST /api/log (group commit)  vs  pgbench single-row INSERTs into the same table
 #   GET /api/service/version      vs  nginx serving a static file of the same size
+#   GET /api/service/version through the edge (HAProxy, PROXY protocol) and nginx-proxy
+#                                 vs  through nginx-proxy alone (the hop the edge adds)
 # and writes the figures to bench/results/backend.txt (ratios at the end, as key=value lines).
 set -Eeuo pipefail
 
@@ -18,6 +20,8 @@ OUT="$ROOT/bench/results/backend.txt"
 WORK=""
 BACKEND_PID=""
 NGINX_PID=""
+PROXY_PIDS=()
+EDGE_PID=""
 
 usage() {
     cat <<USAGE
@@ -27,13 +31,20 @@ Runs each load for --duration seconds (default $DURATION) at $CONNECTIONS connec
 alternating with its reference for --rounds rounds (default $ROUNDS), and keeps the median run:
   1. POST /api/log            (wrk)      vs  pgbench INSERT into log_entries  -> post_vs_pgbench
   2. GET /api/service/version (wrk)      vs  nginx static file, same size     -> get_vs_nginx
-Writes $OUT (or --out FILE). Installs wrk, nginx and PostgreSQL (Debian) when missing.
+  3. the same GET through the edge and the proxy (dev's haproxy.cfg and nginx-proxy config, on
+     loopback)                           vs  through the proxy alone   -> edge_hop_rps_ratio,
+                                                                          edge_hop_p50_ms
+Writes $OUT (or --out FILE). Installs wrk, nginx, haproxy and PostgreSQL (Debian) when missing.
 USAGE
 }
 
 cleanup() {
     [[ -n "$BACKEND_PID" ]] && kill "$BACKEND_PID" 2>/dev/null && wait "$BACKEND_PID" 2>/dev/null
     [[ -n "$NGINX_PID" ]] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
+    local pid
+    for pid in "${PROXY_PIDS[@]}" $EDGE_PID; do
+        kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    done
     pg_stop_throwaway
     [[ -n "$WORK" ]] && rm -rf "$WORK"
     return 0
@@ -113,6 +124,55 @@ TOML
     die "backend did not become ready"
 }
 
+# start_proxy PORT PROXY_PROTOCOL(0|1): nginx with dev's nginx-proxy config on 127.0.0.1:PORT (its
+# listen with or without proxy_protocol), routing /api/ to the local backend.
+start_proxy() {
+    local port=$1 pp=$2 dir="$WORK/proxy-$1" listen
+    listen="listen 127.0.0.1:${port} default_server"
+    ((pp == 0)) || listen="listen 127.0.0.1:${port} proxy_protocol default_server"
+    mkdir -p "$dir"
+    sed -e "s#http://backend:8080#http://127.0.0.1:${BACKEND_PORT}#" \
+        -e "s#http://frontend:8080#http://127.0.0.1:${BACKEND_PORT}#" \
+        -e "s#listen 8080 proxy_protocol default_server#${listen}#" \
+        -e "s#/var/log/nginx/access.log#${dir}/access.log#" \
+        "$ROOT/deploy-manifests/dev/nginx-proxy/default.conf" >"$dir/default.conf"
+    grep -q "$listen;" "$dir/default.conf" || die "dev's nginx-proxy config has no 'listen 8080 proxy_protocol default_server'"
+    cat >"$dir/nginx.conf" <<NGINX
+worker_processes auto;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 1024; }
+http {
+    client_body_temp_path $dir;
+    proxy_temp_path $dir;
+    fastcgi_temp_path $dir;
+    uwsgi_temp_path $dir;
+    scgi_temp_path $dir;
+    include $dir/default.conf;
+}
+NGINX
+    nginx -c "$dir/nginx.conf" 2>"$dir/stderr" &
+    PROXY_PIDS+=($!)
+}
+
+# start_edge PORT PROXY_PORT: HAProxy with dev's edge config on 127.0.0.1:PORT, its one server the
+# proxy on PROXY_PORT (instead of the tasks Docker's DNS names).
+start_edge() {
+    local port=$1 proxy_port=$2 health_port
+    health_port=$(free_port)
+    sed -e "s#^    bind :8080\$#    bind 127.0.0.1:${port}#" \
+        -e "s#^    bind 127.0.0.1:8404\$#    bind 127.0.0.1:${health_port}#" \
+        -e "s#^    default-server init-addr none resolvers docker resolve-prefer ipv4 #    default-server #" \
+        -e "s#^    server-template proxy 8 nginx-proxy:8080\$#    server proxy1 127.0.0.1:${proxy_port}#" \
+        "$ROOT/deploy-manifests/dev/edge/haproxy.cfg" >"$WORK/haproxy.cfg"
+    if ! grep -q "server proxy1 127.0.0.1:${proxy_port}" "$WORK/haproxy.cfg" || ! grep -q "bind 127.0.0.1:${port}" "$WORK/haproxy.cfg"; then
+        die "dev's haproxy.cfg no longer has the lines this benchmark replaces"
+    fi
+    haproxy -W -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+    EDGE_PID=$!
+}
+
 start_nginx() {
     mkdir -p "$WORK/www" "$WORK/nginx"
     curl -fsS "http://127.0.0.1:$BACKEND_PORT/api/service/version" >"$WORK/www/version.json"
@@ -164,6 +224,7 @@ main() {
     [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive number, got '$ROUNDS'"
     need_cmd wrk wrk
     need_cmd nginx nginx-light
+    need_cmd haproxy haproxy
     need_cmd curl curl
     need_cmd python3 python3
     pg_ensure_installed
@@ -181,6 +242,14 @@ main() {
     NGINX_PORT=$(free_port)
     start_backend
     start_nginx
+    PROXY_PORT=$(free_port)
+    PROXY_PP_PORT=$(free_port)
+    EDGE_PORT=$(free_port)
+    start_proxy "$PROXY_PORT" 0
+    start_proxy "$PROXY_PP_PORT" 1
+    start_edge "$EDGE_PORT" "$PROXY_PP_PORT"
+    wait_until 10 "the proxy" curl -fsS -o /dev/null "http://127.0.0.1:$PROXY_PORT/api/service/version"
+    wait_until 10 "the edge" curl -fsS -o /dev/null "http://127.0.0.1:$EDGE_PORT/api/service/version"
 
     cat >"$WORK/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -193,19 +262,24 @@ SQL
 
     # Alternate the runs and its reference, ROUNDS times, and keep each one's median run:
     # a burst of noise on this shared machine then hits both sides alike.
-    local round posts="" gets="" nginxs="" pgbenchs=""
+    local round posts="" gets="" nginxs="" pgbenchs="" directs="" edges=""
     for round in $(seq 1 "$ROUNDS"); do
         log "round $round of $ROUNDS"
         posts+=$(run_wrk "post-$round" -s "$WORK/post.lua" "http://127.0.0.1:$BACKEND_PORT/api/log")$'\n'
         pgbenchs+="$(run_pgbench "$round") - -"$'\n'
         gets+=$(run_wrk "version-$round" "http://127.0.0.1:$BACKEND_PORT/api/service/version")$'\n'
         nginxs+=$(run_wrk "nginx-$round" "http://127.0.0.1:$NGINX_PORT/version.json")$'\n'
+        directs+=$(run_wrk "proxy-$round" "http://127.0.0.1:$PROXY_PORT/api/service/version")$'\n'
+        edges+=$(run_wrk "edge-$round" "http://127.0.0.1:$EDGE_PORT/api/service/version")$'\n'
     done
     local post get nginx_static pgbench_tps _
     post=$(median_run "$posts")
     get=$(median_run "$gets")
     nginx_static=$(median_run "$nginxs")
     read -r pgbench_tps _ <<<"$(median_run "$pgbenchs")"
+    local direct_rps direct_p50 direct_p99 edge_rps edge_p50 edge_p99
+    read -r direct_rps direct_p50 direct_p99 <<<"$(median_run "$directs")"
+    read -r edge_rps edge_p50 edge_p99 <<<"$(median_run "$edges")"
 
     local post_rps post_p50 post_p99 get_rps get_p50 get_p99 ngx_rps ngx_p50 ngx_p99
     read -r post_rps post_p50 post_p99 <<<"$post"
@@ -231,6 +305,8 @@ SQL
         printf '%-38s %10s %10s %10s\n' "pgbench single-row INSERT (tps)" "$pgbench_tps" "-" "-"
         printf '%-38s %10s %10s %10s\n' "GET /api/service/version" "$get_rps" "$get_p50" "$get_p99"
         printf '%-38s %10s %10s %10s\n' "nginx static file, same size" "$ngx_rps" "$ngx_p50" "$ngx_p99"
+        printf '%-38s %10s %10s %10s\n' "GET version via nginx-proxy" "$direct_rps" "$direct_p50" "$direct_p99"
+        printf '%-38s %10s %10s %10s\n' "GET version via edge + nginx-proxy" "$edge_rps" "$edge_p50" "$edge_p99"
         echo
         echo "rows in log_entries after the runs: $rows; mean rows per group commit: ${batches:-n/a}"
         echo
@@ -242,6 +318,11 @@ SQL
         echo "get_version_rps=$get_rps"
         echo "nginx_static_rps=$ngx_rps"
         echo "get_vs_nginx=$(awk -v a="$get_rps" -v b="$ngx_rps" 'BEGIN { printf "%.2f", a / b }')"
+        echo "proxy_get_rps=$direct_rps"
+        echo "edge_get_rps=$edge_rps"
+        # Through the edge ÷ without (target >= 0.90), and the p50 it adds (target <= 0.5 ms).
+        echo "edge_hop_rps_ratio=$(awk -v a="$edge_rps" -v b="$direct_rps" 'BEGIN { printf "%.2f", a / b }')"
+        echo "edge_hop_p50_ms=$(awk -v a="$edge_p50" -v b="$direct_p50" 'BEGIN { printf "%.3f", a - b }')"
     } >"$OUT"
     log "wrote $OUT"
     cat "$OUT" >&2
