@@ -100,7 +100,10 @@ fn validation_message(failures: &[AuthzFailure], order_problem: Option<&Problem>
         let list: Vec<String> = failures.iter().map(ToString::to_string).collect();
         message.push_str(&list.join("; "));
     }
-    if let Some(problem) = order_problem {
+    // The order's problem often repeats an authorization's (Pebble's does): said once.
+    if let Some(problem) = order_problem
+        && !failures.iter().any(|f| f.problem.as_ref() == Some(problem))
+    {
         message.push_str(&format!(" (order: {problem})"));
     }
     message
@@ -280,6 +283,33 @@ mod tests {
             err.to_string(),
             "the ACME server did not validate a.example: urn:ietf:params:acme:error:unauthorized: \
              key authorization mismatch; b.example: authorization pending (the server gave no reason)"
+        );
+    }
+
+    #[test]
+    fn an_order_problem_that_repeats_an_authorizations_is_said_once() {
+        let reason =
+            problem(r#"{"type":"urn:ietf:params:acme:error:unauthorized","detail":"404"}"#);
+        let failure = AuthzFailure {
+            domain: "a.example".into(),
+            status: "invalid".into(),
+            problem: Some(reason.clone()),
+        };
+        let err = AcmeError::Validation {
+            failures: vec![failure.clone()],
+            order_problem: Some(reason),
+        };
+        assert_eq!(
+            err.to_string(),
+            "the ACME server did not validate a.example: urn:ietf:params:acme:error:unauthorized: 404"
+        );
+        let err = AcmeError::Validation {
+            failures: vec![failure],
+            order_problem: Some(problem(r#"{"detail":"order is invalid"}"#)),
+        };
+        assert!(
+            err.to_string().ends_with(" (order: order is invalid)"),
+            "{err}"
         );
     }
 
