@@ -9,8 +9,10 @@
 //! (one-off helper tasks, removed however a command ends), [`interrupt`] (Ctrl-C and SIGTERM
 //! as a flag the waits check), [`drift`] (running spec vs recorded spec), [`layout`] (paths on
 //! the manager), [`release`] (installing a release under the lock), [`ancestry`] (deploys do not
-//! go backwards), [`exit`] (exit codes a pipeline can act on).
+//! go backwards), [`exit`] (exit codes a pipeline can act on), [`acme`] (certificates over ACME
+//! with HTTP-01, and when to renew them).
 
+pub mod acme;
 pub mod ancestry;
 pub mod cli;
 pub mod commands;
