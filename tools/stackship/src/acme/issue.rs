@@ -1,7 +1,8 @@
 //! One certificate order, from the new order to the downloaded chain, with HTTP-01 challenges.
 //!
-//! The stages: order → answer each pending authorization's http-01 challenge through the
-//! [`Responder`] → wait (bounded) for the CA to validate → withdraw the answers → a fresh key and
+//! The stages: order → publish the answer to each pending authorization's http-01 challenge
+//! through the [`Responder`] → the responder serves them all ([`Responder::ready`]) → tell the CA
+//! each challenge is ready → wait (bounded) for the CA to validate → withdraw the answers → a fresh key and
 //! its CSR → finalize → wait (bounded) for the chain → check that it is the certificate ordered.
 
 use std::fmt;
@@ -24,11 +25,22 @@ use super::renewal::leaf;
 /// Serves the answers to HTTP-01 challenges: `key_authorization` as the body of
 /// `http://<domain>/.well-known/acme-challenge/<token>` (port 80 for a real CA).
 ///
+/// An order's answers are handed over in two steps: [`publish`](Responder::publish) once per
+/// pending authorization, then [`ready`](Responder::ready) once, before the CA is told that any
+/// of them can be fetched. A responder that serves all of an order's answers at once (one
+/// short-lived server for the whole order) collects them in `publish` and starts in `ready`; one
+/// that serves each as it comes needs no `ready`.
+///
 /// Every token handed to [`publish`](Responder::publish) is handed to
 /// [`withdraw`](Responder::withdraw) afterwards, whether the order succeeded or not, and also when
-/// `publish` itself failed (so withdrawing what is not there must be harmless).
-pub trait Responder: Send + Sync {
+/// `publish` or `ready` failed (so withdrawing what is not there must be harmless).
+pub trait Responder {
     fn publish(&self, domain: &str, token: &str, key_authorization: &str) -> io::Result<()>;
+    /// Every answer of the order was published: serve them all from now on (return when they
+    /// can be fetched). Called only when something was published.
+    fn ready(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Best effort: a failure here is the responder's to report, the order goes on.
     fn withdraw(&self, domain: &str, token: &str);
 }
@@ -266,6 +278,9 @@ async fn run(
     let order_url = order.url().to_string();
 
     progress.set(format!("answering the challenges for {listed}"), &order_url);
+    // First every answer is published, and the responder serves them all; only then is the CA
+    // told to fetch any (it may do so at once).
+    let mut answered: Vec<String> = Vec::new();
     let mut authorizations = order.authorizations();
     while let Some(next) = authorizations.next().await {
         let mut authz = next.map_err(|e| {
@@ -287,7 +302,7 @@ async fn run(
             .iter()
             .map(|c| challenge_name(&c.r#type))
             .collect();
-        let Some(mut challenge) = authz.challenge(ChallengeType::Http01) else {
+        let Some(challenge) = authz.challenge(ChallengeType::Http01) else {
             return Err(AcmeError::NoHttp01 {
                 domain,
                 offered: offered.join(", "),
@@ -300,6 +315,29 @@ async fn run(
                 domain: domain.clone(),
                 source,
             })?;
+        answered.push(domain);
+    }
+    if !answered.is_empty() {
+        published
+            .responder
+            .ready()
+            .map_err(|source| AcmeError::Responder {
+                domain: answered.join(", "),
+                source,
+            })?;
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let mut authz = next.map_err(|e| {
+            AcmeError::from_acme(format!("reading the authorizations of {order_url}"), e)
+        })?;
+        let domain = authz.identifier().to_string();
+        if authz.status != AuthorizationStatus::Pending || !answered.contains(&domain) {
+            continue;
+        }
+        let Some(mut challenge) = authz.challenge(ChallengeType::Http01) else {
+            continue;
+        };
         challenge.set_ready().await.map_err(|e| {
             AcmeError::from_acme(
                 format!("telling the ACME server the http-01 answer for {domain} is ready"),
@@ -409,11 +447,14 @@ mod tests {
 
     use crate::acme::fake::{FakeCa, fake_account};
 
-    /// Records what it was asked, and fails to publish when told to.
+    /// Records what it was asked, and fails to publish or to start serving when told to. With
+    /// `ca`, `ready` also records how many challenges the CA had been told about by then.
     #[derive(Default)]
     struct Recorder {
         calls: Mutex<Vec<String>>,
         fail: bool,
+        fail_ready: bool,
+        ca: Option<FakeCa>,
     }
 
     impl Responder for Recorder {
@@ -427,6 +468,26 @@ mod tests {
                     io::ErrorKind::PermissionDenied,
                     "read-only webroot",
                 ));
+            }
+            Ok(())
+        }
+
+        fn ready(&self) -> io::Result<()> {
+            let call = match &self.ca {
+                Some(ca) => format!(
+                    "ready after {} challenge posts",
+                    ca.requests
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|r| r.starts_with("POST https://ca.test/chall/"))
+                        .count()
+                ),
+                None => "ready".to_string(),
+            };
+            self.calls.lock().unwrap().push(call);
+            if self.fail_ready {
+                return Err(io::Error::other("helper task did not start"));
             }
             Ok(())
         }
@@ -497,7 +558,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             responder.calls(),
-            ["publish a.example tok1 true", "withdraw a.example tok1"]
+            ["publish a.example tok1 true", "ready", "withdraw a.example tok1"]
         );
         assert_eq!(
             err.to_string(),
@@ -563,7 +624,7 @@ mod tests {
         );
         assert_eq!(
             responder.calls(),
-            ["publish a.example tok1 true", "withdraw a.example tok1"]
+            ["publish a.example tok1 true", "ready", "withdraw a.example tok1"]
         );
     }
 
@@ -592,7 +653,7 @@ mod tests {
         }
         assert_eq!(
             responder.calls(),
-            ["publish a.example tok1 true", "withdraw a.example tok1"]
+            ["publish a.example tok1 true", "ready", "withdraw a.example tok1"]
         );
     }
 
@@ -643,7 +704,101 @@ mod tests {
         assert!(cancelled.is_err());
         assert_eq!(
             responder.calls(),
-            ["publish a.example tok1 true", "withdraw a.example tok1"]
+            ["publish a.example tok1 true", "ready", "withdraw a.example tok1"]
+        );
+    }
+
+    /// A CA with one order for a.example and b.example, each authorization pending with an
+    /// http-01 challenge (`tok1`, `tok2`) that stays pending once marked ready.
+    fn ca_with_two_names() -> FakeCa {
+        let ca = FakeCa::default();
+        let order = r#"{"status":"pending","identifiers":[{"type":"dns","value":"a.example"},{"type":"dns","value":"b.example"}],
+               "authorizations":["https://ca.test/authz/1","https://ca.test/authz/2"],"finalize":"https://ca.test/order/1/finalize"}"#;
+        ca.route("https://ca.test/order", 201, order, Some(ORDER));
+        ca.route(ORDER, 200, order, None);
+        for (n, name) in [(1, "a.example"), (2, "b.example")] {
+            let challenge = format!(
+                r#"{{"type":"http-01","url":"https://ca.test/chall/{n}","token":"tok{n}","status":"pending"}}"#
+            );
+            ca.route(
+                &format!("https://ca.test/authz/{n}"),
+                200,
+                &format!(
+                    r#"{{"identifier":{{"type":"dns","value":"{name}"}},"status":"pending","challenges":[{challenge}]}}"#
+                ),
+                None,
+            );
+            ca.route(
+                &format!("https://ca.test/chall/{n}"),
+                200,
+                &challenge,
+                None,
+            );
+        }
+        ca
+    }
+
+    #[tokio::test]
+    async fn every_answer_is_served_before_the_ca_is_told_to_fetch_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_with_two_names();
+        let account = fake_account(&ca, dir.path()).await;
+        let responder = Recorder {
+            ca: Some(ca.clone()),
+            ..Recorder::default()
+        };
+        // The validation never ends here: what matters is the order of the steps.
+        let err = issue(&account, &["a.example", "b.example"], &responder, &quick())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AcmeError::Timeout { .. }), "{err}");
+        assert_eq!(
+            responder.calls(),
+            [
+                "publish a.example tok1 true",
+                "publish b.example tok2 true",
+                "ready after 0 challenge posts",
+                "withdraw a.example tok1",
+                "withdraw b.example tok2"
+            ]
+        );
+        let requests = ca.requests.lock().unwrap();
+        for n in [1, 2] {
+            let url = format!("POST https://ca.test/chall/{n}");
+            assert!(requests.contains(&url), "{url} missing: {requests:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_responder_that_cannot_serve_withdraws_everything_and_the_ca_is_told_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_with_two_names();
+        let account = fake_account(&ca, dir.path()).await;
+        let responder = Recorder {
+            fail_ready: true,
+            ..Recorder::default()
+        };
+        let err = issue(&account, &["a.example", "b.example"], &responder, &quick())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "publishing the HTTP-01 answer for a.example, b.example: helper task did not start"
+        );
+        assert_eq!(
+            responder.calls(),
+            [
+                "publish a.example tok1 true",
+                "publish b.example tok2 true",
+                "ready",
+                "withdraw a.example tok1",
+                "withdraw b.example tok2"
+            ]
+        );
+        let requests = ca.requests.lock().unwrap();
+        assert!(
+            !requests.iter().any(|r| r.contains("/chall/")),
+            "{requests:?}"
         );
     }
 
