@@ -1,7 +1,7 @@
 //! Every setting of a deploy, read once, typed, with where each value came from.
 //!
 //! Sources, first match wins:
-//! 1. command-line flags (`--tag`, `--timeout`);
+//! 1. command-line flags (`--tag`, `--timeout`; `stackship cert`'s `--domains`, `--directory`);
 //! 2. the process environment (only the keys below; an empty value counts as unset; the CI
 //!    job's `CI_REGISTRY*` stand in for `REGISTRY*`);
 //! 3. the environment's `deploy.env` on the manager (`KEY=VALUE` lines);
@@ -91,6 +91,10 @@ impl Defaults {
     pub const REVIEW_MAX_STACKS: u32 = 4;
     /// A review stack's host port is this plus its merge request IID.
     pub const REVIEW_PORT_BASE: u16 = 20000;
+    /// The ACME directory certificates come from: Let's Encrypt's production one.
+    pub const ACME_DIRECTORY: &'static str = crate::acme::LETS_ENCRYPT_PRODUCTION;
+    /// `stackship cert renew` renews a certificate with fewer days than this left.
+    pub const ACME_RENEW_DAYS: u32 = 30;
 }
 
 /// The keys `deploy.env` and the environment may set besides the stack's image variables.
@@ -105,7 +109,50 @@ pub const KEYS: &[&str] = &[
     "MAX_TASK_FAILURES",
     "REVIEW_MAX_STACKS",
     "REVIEW_PORT_BASE",
+    "ACME_DOMAINS",
+    "ACME_EMAIL",
+    "ACME_DIRECTORY",
+    "ACME_CA_ROOT",
+    "ACME_RENEW_DAYS",
 ];
+
+/// `stackship cert`'s flags, which win over the environment and `deploy.env`.
+#[derive(Debug, Clone, Default)]
+pub struct AcmeFlags {
+    /// `--domains a.example,b.example`.
+    pub domains: Option<String>,
+    /// `--directory URL`.
+    pub directory: Option<String>,
+}
+
+/// How the environment's certificate is obtained over ACME (`stackship cert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// `ACME_DOMAINS`: the names of the certificate, lower case, each once; `None` when unset
+    /// (`cert issue` and `cert renew` refuse, the renewal timer leaves the environment alone).
+    pub domains: Option<Sourced<Vec<String>>>,
+    /// `ACME_EMAIL`: the account's contact, as a `mailto:` URL.
+    pub contact: Option<Sourced<String>>,
+    /// `ACME_DIRECTORY`: the CA's directory URL (https).
+    pub directory: Sourced<String>,
+    /// `ACME_CA_ROOT`: a PEM file of roots trusted for the ACME server's own TLS, besides the
+    /// system's (a private CA such as Pebble's).
+    pub ca_root: Option<Sourced<PathBuf>>,
+    /// `ACME_RENEW_DAYS`: renew when fewer days than this are left.
+    pub renew_days: Sourced<u32>,
+}
+
+impl Acme {
+    /// The names to order, or why there are none.
+    pub fn required_domains(&self) -> Result<&Sourced<Vec<String>>, SettingsError> {
+        self.domains.as_ref().ok_or_else(|| {
+            err(
+                Origin::Environment("ACME_DOMAINS".into()),
+                "ACME_DOMAINS is not set: set the certificate's names (comma-separated) in the environment's deploy.env, or give --domains",
+            )
+        })
+    }
+}
 
 /// What the settings are read from.
 #[derive(Debug, Clone, Default)]
@@ -122,6 +169,8 @@ pub struct Inputs {
     pub timeout: Option<String>,
     /// The environment's name, for the commands the messages suggest.
     pub env_name: String,
+    /// `stackship cert`'s flags.
+    pub acme: AcmeFlags,
 }
 
 /// The settings of one deploy.
@@ -141,6 +190,7 @@ pub struct Settings {
     pub max_task_failures: Sourced<u64>,
     pub review_max_stacks: Sourced<u32>,
     pub review_port_base: Sourced<u16>,
+    pub acme: Acme,
     /// Worth saying, but no reason to stop (settings this stack has no use for).
     pub warnings: Vec<String>,
 }
@@ -694,9 +744,115 @@ impl Settings {
                 1,
                 "a port number",
             )?,
+            acme: acme(&look, &inputs.acme)?,
             warnings,
         })
     }
+}
+
+/// The ACME settings: flags, then the environment, then `deploy.env`, then the defaults.
+fn acme(look: &Lookup<'_>, flags: &AcmeFlags) -> Result<Acme, SettingsError> {
+    let flag = |value: &Option<String>, name: &'static str| {
+        value.as_ref().filter(|v| !v.is_empty()).map(|v| Sourced {
+            value: v.clone(),
+            origin: Origin::Flag(name),
+        })
+    };
+    let domains = match flag(&flags.domains, "--domains").or_else(|| look.get("ACME_DOMAINS")) {
+        None => None,
+        Some(s) => {
+            let names: Vec<&str> = s.value.split(',').map(str::trim).collect();
+            if names.iter().any(|n| n.is_empty()) {
+                return Err(err(
+                    s.origin,
+                    format!(
+                        "ACME_DOMAINS '{}' has an empty name (write a.example,www.a.example)",
+                        s.value
+                    ),
+                ));
+            }
+            let checked = crate::acme::checked_names(&names)
+                .map_err(|e| err(s.origin.clone(), format!("ACME_DOMAINS: {e}")))?;
+            Some(Sourced {
+                value: checked,
+                origin: s.origin,
+            })
+        }
+    };
+    let contact = match look.get("ACME_EMAIL") {
+        None => None,
+        Some(s) => {
+            let address = s.value.strip_prefix("mailto:").unwrap_or(&s.value);
+            let valid = address.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty()
+                    && host.contains('.')
+                    && !host.starts_with('.')
+                    && !host.ends_with('.')
+            }) && !address
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '?' | '<' | '>'));
+            if !valid {
+                return Err(err(
+                    s.origin,
+                    format!("ACME_EMAIL '{}' is not an e-mail address", s.value),
+                ));
+            }
+            Some(Sourced {
+                value: format!("mailto:{address}"),
+                origin: s.origin,
+            })
+        }
+    };
+    let directory = match flag(&flags.directory, "--directory").or_else(|| look.get("ACME_DIRECTORY"))
+    {
+        None => Sourced {
+            value: Defaults::ACME_DIRECTORY.to_owned(),
+            origin: Origin::Default,
+        },
+        Some(s) => {
+            let rest = s.value.strip_prefix("https://").unwrap_or("");
+            if rest.is_empty() || rest.starts_with('/') || s.value.chars().any(char::is_whitespace)
+            {
+                return Err(err(
+                    s.origin,
+                    format!(
+                        "ACME_DIRECTORY '{}' is not an https:// URL (Let's Encrypt: {}; its staging: {})",
+                        s.value,
+                        crate::acme::LETS_ENCRYPT_PRODUCTION,
+                        crate::acme::LETS_ENCRYPT_STAGING
+                    ),
+                ));
+            }
+            s
+        }
+    };
+    let ca_root = match look.get("ACME_CA_ROOT") {
+        None => None,
+        Some(s) if !Path::new(&s.value).is_absolute() => {
+            return Err(err(
+                s.origin,
+                format!("ACME_CA_ROOT '{}' is not an absolute path", s.value),
+            ));
+        }
+        Some(s) => Some(Sourced {
+            value: PathBuf::from(s.value),
+            origin: s.origin,
+        }),
+    };
+    let renew_days = number(
+        look.get("ACME_RENEW_DAYS"),
+        "ACME_RENEW_DAYS",
+        Defaults::ACME_RENEW_DAYS,
+        1,
+        "a positive number of days",
+    )?;
+    Ok(Acme {
+        domains,
+        contact,
+        directory,
+        ca_root,
+        renew_days,
+    })
 }
 
 #[cfg(test)]
@@ -1168,6 +1324,138 @@ mod tests {
         assert_eq!(
             flag("ALLOW_OLDER", Some("Y")),
             Err("ALLOW_OLDER='Y' is not 1/true/yes or 0/false/no".to_owned())
+        );
+    }
+
+    #[test]
+    fn acme_defaults_when_nothing_is_set() {
+        let f = fixture("REGISTRY=r\n", &pins());
+        let acme = load(&f).unwrap().acme;
+        assert_eq!(acme.domains, None);
+        assert_eq!(acme.contact, None);
+        assert_eq!(acme.ca_root, None);
+        assert_eq!(acme.directory.value, crate::acme::LETS_ENCRYPT_PRODUCTION);
+        assert_eq!(acme.directory.origin, Origin::Default);
+        assert_eq!(acme.renew_days.value, 30);
+        let e = acme.required_domains().unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "ACME_DOMAINS from the environment: ACME_DOMAINS is not set: set the certificate's names"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn acme_settings_from_the_file_the_environment_and_the_flags() {
+        let staging = crate::acme::LETS_ENCRYPT_STAGING;
+        let mut f = fixture(
+            &format!(
+                "REGISTRY=r\nACME_DOMAINS=WWW.Example.org, example.org,www.example.org\nACME_EMAIL=ops@example.org\nACME_DIRECTORY={staging}\nACME_CA_ROOT=/etc/pebble/root.pem\nACME_RENEW_DAYS=20\n"
+            ),
+            &pins(),
+        );
+        let acme = load(&f).unwrap().acme;
+        let file = |line| Origin::File {
+            path: f.dir.path().join("deploy.env"),
+            line,
+        };
+        assert_eq!(
+            acme.domains,
+            Some(Sourced {
+                value: vec!["www.example.org".to_owned(), "example.org".to_owned()],
+                origin: file(2),
+            })
+        );
+        assert_eq!(acme.contact.unwrap().value, "mailto:ops@example.org");
+        assert_eq!(acme.directory.value, staging);
+        assert_eq!(acme.directory.origin, file(4));
+        assert_eq!(
+            acme.ca_root.unwrap().value,
+            PathBuf::from("/etc/pebble/root.pem")
+        );
+        assert_eq!(acme.renew_days.value, 20);
+        // The environment wins over the file, a flag over both.
+        f.inputs
+            .env
+            .insert("ACME_DOMAINS".into(), "env.example".into());
+        f.inputs
+            .env
+            .insert("ACME_DIRECTORY".into(), "https://ca.internal/dir".into());
+        let acme = load(&f).unwrap().acme;
+        assert_eq!(acme.domains.as_ref().unwrap().value, ["env.example"]);
+        assert_eq!(
+            acme.domains.unwrap().origin,
+            Origin::Environment("ACME_DOMAINS".into())
+        );
+        assert_eq!(acme.directory.value, "https://ca.internal/dir");
+        f.inputs.acme = AcmeFlags {
+            domains: Some("flag.example".into()),
+            directory: Some("https://127.0.0.1:14000/dir".into()),
+        };
+        let acme = load(&f).unwrap().acme;
+        assert_eq!(acme.domains.as_ref().unwrap().value, ["flag.example"]);
+        assert_eq!(acme.domains.unwrap().origin, Origin::Flag("--domains"));
+        assert_eq!(acme.directory.origin, Origin::Flag("--directory"));
+    }
+
+    #[test]
+    fn bad_acme_settings_name_the_key_and_where_it_was_set() {
+        let path = |f: &Fixture| f.dir.path().join("deploy.env").display().to_string();
+        for (line, message) in [
+            (
+                "ACME_DOMAINS=*.example.org",
+                "ACME_DOMAINS: \"*.example.org\" cannot be ordered: http-01 cannot validate a wildcard",
+            ),
+            (
+                "ACME_DOMAINS=a.example,,b.example",
+                "ACME_DOMAINS 'a.example,,b.example' has an empty name",
+            ),
+            (
+                "ACME_DOMAINS=192.0.2.1",
+                "ACME_DOMAINS: \"192.0.2.1\" cannot be ordered: an address, not a DNS name",
+            ),
+            ("ACME_EMAIL=ops", "ACME_EMAIL 'ops' is not an e-mail address"),
+            (
+                "ACME_EMAIL=a@b.example,c@d.example",
+                "ACME_EMAIL 'a@b.example,c@d.example' is not an e-mail address",
+            ),
+            (
+                "ACME_DIRECTORY=http://ca.example/dir",
+                "ACME_DIRECTORY 'http://ca.example/dir' is not an https:// URL",
+            ),
+            (
+                "ACME_CA_ROOT=root.pem",
+                "ACME_CA_ROOT 'root.pem' is not an absolute path",
+            ),
+            (
+                "ACME_RENEW_DAYS=0",
+                "ACME_RENEW_DAYS '0' is not a positive number of days",
+            ),
+            (
+                "ACME_RENEW_DAYS=thirty",
+                "ACME_RENEW_DAYS 'thirty' is not a positive number of days",
+            ),
+        ] {
+            let f = fixture(&format!("REGISTRY=r\n{line}\n"), &pins());
+            let e = error(&f);
+            let want = format!("{}:2: {message}", path(&f));
+            assert!(e.starts_with(&want), "{line}: {e}\nwanted: {want}");
+        }
+        // From the environment, the variable is named as the origin.
+        let mut f = fixture("REGISTRY=r\n", &pins());
+        f.inputs.env.insert("ACME_RENEW_DAYS".into(), "-1".into());
+        assert_eq!(
+            error(&f),
+            "ACME_RENEW_DAYS from the environment: ACME_RENEW_DAYS '-1' is not a positive number of days"
+        );
+        // And a flag as the flag.
+        let mut f = fixture("REGISTRY=r\n", &pins());
+        f.inputs.acme.domains = Some("a_b.example".into());
+        assert!(
+            error(&f).starts_with("--domains: ACME_DOMAINS: \"a_b.example\" cannot be ordered"),
+            "{}",
+            error(&f)
         );
     }
 }

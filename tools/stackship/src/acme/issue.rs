@@ -158,8 +158,9 @@ impl Drop for Published<'_> {
     }
 }
 
-/// The names as the CA will see them: lower case, each once, in the order given.
-fn checked_names(names: &[&str]) -> Result<Vec<String>, AcmeError> {
+/// The names as the CA will see them: lower case, each once, in the order given; a name
+/// HTTP-01 cannot validate (a wildcard, an address, not a DNS name) is an error naming it.
+pub fn checked_names(names: &[&str]) -> Result<Vec<String>, AcmeError> {
     if names.is_empty() {
         return Err(AcmeError::InvalidName {
             name: String::new(),

@@ -20,5 +20,5 @@ mod renewal;
 
 pub use account::{Account, AcmeServer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, Opened};
 pub use error::{AcmeError, AuthzFailure, Problem, Subproblem};
-pub use issue::{IssueOptions, Issued, Responder, issue};
+pub use issue::{IssueOptions, Issued, Responder, checked_names, issue};
 pub use renewal::{CertError, CertInfo, DueReason, RENEW_BEFORE, Renewal, describe, renewal};

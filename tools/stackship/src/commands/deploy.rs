@@ -250,6 +250,7 @@ pub fn read_settings_in(
         tag: request.tag.clone(),
         timeout: request.timeout.clone(),
         env_name: request.env.clone(),
+        acme: crate::settings::AcmeFlags::default(),
     };
     let settings = Settings::load(&stack, &inputs).at(Stage::Read)?;
     Ok((stack, settings))
