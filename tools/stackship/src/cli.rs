@@ -83,6 +83,11 @@ pub enum Command {
     /// on this manager's loopback, a psql console.
     #[command(subcommand)]
     Db(crate::commands::db::DbCommand),
+    /// The environment's TLS certificate from an ACME CA (Let's Encrypt by default): issue,
+    /// renew when due (the daily timer), show. A new certificate is deployed like any release:
+    /// under the deploy lock, only the proxy rolls, recorded.
+    #[command(subcommand)]
+    Cert(crate::commands::cert::CertCommand),
     /// The deploy records of an environment, newest first.
     History {
         env: String,
@@ -333,6 +338,68 @@ fn deploy_command(
     Ok(watched.outcome)
 }
 
+/// `stackship cert`.
+fn cert_command(
+    root: &Path,
+    command: crate::commands::cert::CertCommand,
+    client: &Client<'_>,
+    out: &mut dyn Write,
+) -> Result<Outcome, Error> {
+    use crate::commands::cert::{self, CertCommand};
+    let now = chrono::Utc::now();
+    let (args, force) = match command {
+        CertCommand::Show { env, json } => {
+            let dir = env_dir(root, &env)?;
+            let installed = cert::installed(&dir.dir, now).map_err(Error::Refused)?;
+            let Some(installed) = installed else {
+                return Err(Error::Refused(format!(
+                    "no certificate in {} (stackship cert issue {env})",
+                    cert::Files::of(&dir.dir).cert().display()
+                )));
+            };
+            let text = if json {
+                serde_json::to_string_pretty(&installed)
+                    .map_err(|e| Error::Refused(format!("cannot render JSON: {e}")))?
+                    + "\n"
+            } else {
+                cert::render(&installed)
+            };
+            write_out(out, &text)?;
+            return Ok(Outcome::Done);
+        }
+        CertCommand::Issue(args) => (args, true),
+        CertCommand::Renew { args, force } => (args, force),
+    };
+    let dir = env_dir(root, &args.env)?;
+    crate::interrupt::install().map_err(Error::io("cannot catch Ctrl-C"))?;
+    let process_env = process_env();
+    let request = cert::Request {
+        env_dir: dir.dir.clone(),
+        env: args.env.clone(),
+        flags: crate::settings::AcmeFlags {
+            domains: args.domains,
+            directory: args.directory,
+        },
+        force,
+        owner: owner(&process_env),
+        process_env,
+        data_root: PathBuf::from(deploy::DATA_ROOT),
+        stop: crate::interrupt::requested,
+        now,
+        timing: cert::ResponderTiming::default(),
+    };
+    let ca = cert::AcmeCa {
+        options: crate::acme::IssueOptions::default(),
+        stop: crate::interrupt::requested,
+    };
+    let deployer = |r: &deploy::Request, p: &mut dyn Write| {
+        deploy::deploy(client, &deploy::WatcherRollout, r, p)
+    };
+    let (outcome, text) = cert::obtain(client, &ca, &deployer, &request, &mut std::io::stderr())?;
+    write_out(out, &text)?;
+    Ok(outcome)
+}
+
 /// As [`run`], with the Docker client given (tests pass a fake).
 pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Outcome, Error> {
     match cli.command {
@@ -353,7 +420,9 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
                 let dir = env_dir(&cli.root, env)?;
                 let observed = status::gather(client, &dir.stack())?;
                 let recs = records(&dir)?;
-                all.push(status::report(env, &dir.stack(), &observed, recs.last()));
+                let mut status = status::report(env, &dir.stack(), &observed, recs.last());
+                status.certificate = status::certificate(&dir.dir, chrono::Utc::now());
+                all.push(status);
             }
             let text = if json {
                 let mut t = serde_json::to_string_pretty(&all)
@@ -443,6 +512,7 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
                 &crate::interrupt::requested,
             )
         }
+        Command::Cert(command) => cert_command(&cli.root, command, client, out),
         Command::History { env, json } => {
             let dir = env_dir(&cli.root, &env)?;
             let recs = records(&dir)?;
@@ -497,6 +567,71 @@ mod tests {
         assert!(text.contains("\nprod (stackship-prod)\n"), "{text}");
         assert!(!text.contains("review"), "{text}");
         assert_eq!(fake.calls().len(), 2);
+        assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn status_and_cert_show_name_each_environments_certificate() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("prod/secrets")).unwrap();
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["a.example".to_owned(), "b.example".to_owned()])
+                .unwrap();
+        params.not_after = rcgen::date_time_ymd(2999, 1, 2);
+        let pem = params.self_signed(&key).unwrap().pem();
+        std::fs::write(root.path().join("prod/secrets/tls.crt"), pem).unwrap();
+        let fake = FakeEngine::new();
+        fake.answer(&["service", "ls"], "");
+        let root_arg = root.path().to_str().unwrap();
+        let mut out = Vec::new();
+        run_with(
+            cli(&["status", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let prod = text.split("prod (stackship-prod)").nth(1).unwrap();
+        assert!(
+            prod.contains("  certificate: a.example, b.example — issuer CN=rcgen self signed cert — expires 2999-01-02 00:00 UTC ("),
+            "{text}"
+        );
+        // dev has none: no line.
+        assert_eq!(text.matches("certificate:").count(), 1, "{text}");
+        let mut out = Vec::new();
+        run_with(
+            cli(&["status", "prod", "--json", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut out,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v[0]["certificate"]["installed"]["names"],
+            serde_json::json!(["a.example", "b.example"])
+        );
+        let mut out = Vec::new();
+        run_with(
+            cli(&["cert", "show", "prod", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("names:      a.example, b.example\n"),
+            "{text}"
+        );
+        let e = run_with(
+            cli(&["cert", "show", "dev", "--root", root_arg]),
+            &Client::new(&fake),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("no certificate in "), "{e}");
+        assert!(e.to_string().ends_with("(stackship cert issue dev)"), "{e}");
         assert!(fake.writes().is_empty());
     }
 

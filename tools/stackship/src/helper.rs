@@ -22,6 +22,13 @@ pub struct SecretMount {
     pub target: String,
 }
 
+/// A swarm config mounted into the helper at `target` (an absolute path; mode 0444).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigMount {
+    pub source: String,
+    pub target: String,
+}
+
 /// What to run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Spec {
@@ -33,12 +40,15 @@ pub struct Spec {
     pub entrypoint: Option<String>,
     pub args: Vec<String>,
     pub secrets: Vec<SecretMount>,
+    /// Files that are no secret (a server's configuration).
+    pub configs: Vec<ConfigMount>,
     /// Plain settings (never a secret: they are in the service spec).
     pub env: Vec<(String, String)>,
     pub networks: Vec<String>,
     /// `node.id==` of the node it must run on (a bind mount of that node's files).
     pub node: Option<String>,
-    /// `type=bind,...` mounts (with `node` set).
+    /// `--mount` values: `type=bind,...` (with `node` set), `type=tmpfs,...` (scratch space
+    /// under the read-only root).
     pub mounts: Vec<String>,
     pub user: Option<String>,
     /// Capabilities given back after `--cap-drop ALL` (a chown needs CAP_CHOWN).
@@ -87,6 +97,12 @@ impl Spec {
                     "source={},target={},uid=0,gid=0,mode=0400",
                     s.source, s.target
                 ),
+            ]);
+        }
+        for c in &self.configs {
+            args.extend([
+                "--config".to_owned(),
+                format!("source={},target={},mode=0444", c.source, c.target),
             ]);
         }
         for (k, v) in &self.env {
@@ -390,6 +406,22 @@ mod tests {
             assert!(line.contains(part), "{part} missing: {line}");
         }
         assert!(!line.contains("--constraint"), "{line}");
+        assert!(!line.contains("--config"), "{line}");
+        let mut served = spec();
+        served.configs = vec![ConfigMount {
+            source: "stackship-prod-ops-acme-42".into(),
+            target: "/etc/stackship/acme-responder.conf".into(),
+        }];
+        served.mounts = vec!["type=tmpfs,destination=/tmp".into()];
+        let line = served.create_call().command_line();
+        assert!(
+            line.contains("--config source=stackship-prod-ops-acme-42,target=/etc/stackship/acme-responder.conf,mode=0444"),
+            "{line}"
+        );
+        assert!(
+            line.contains("--mount type=tmpfs,destination=/tmp"),
+            "{line}"
+        );
         let mut pinned = spec();
         pinned.node = Some("n1".into());
         pinned.mounts = vec!["type=bind,source=/b,target=/backup".into()];

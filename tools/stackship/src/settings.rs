@@ -803,7 +803,8 @@ fn acme(look: &Lookup<'_>, flags: &AcmeFlags) -> Result<Acme, SettingsError> {
             })
         }
     };
-    let directory = match flag(&flags.directory, "--directory").or_else(|| look.get("ACME_DIRECTORY"))
+    let directory = match flag(&flags.directory, "--directory")
+        .or_else(|| look.get("ACME_DIRECTORY"))
     {
         None => Sourced {
             value: Defaults::ACME_DIRECTORY.to_owned(),
@@ -1415,7 +1416,10 @@ mod tests {
                 "ACME_DOMAINS=192.0.2.1",
                 "ACME_DOMAINS: \"192.0.2.1\" cannot be ordered: an address, not a DNS name",
             ),
-            ("ACME_EMAIL=ops", "ACME_EMAIL 'ops' is not an e-mail address"),
+            (
+                "ACME_EMAIL=ops",
+                "ACME_EMAIL 'ops' is not an e-mail address",
+            ),
             (
                 "ACME_EMAIL=a@b.example,c@d.example",
                 "ACME_EMAIL 'a@b.example,c@d.example' is not an e-mail address",

@@ -559,7 +559,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             responder.calls(),
-            ["publish a.example tok1 true", "ready", "withdraw a.example tok1"]
+            [
+                "publish a.example tok1 true",
+                "ready",
+                "withdraw a.example tok1"
+            ]
         );
         assert_eq!(
             err.to_string(),
@@ -625,7 +629,11 @@ mod tests {
         );
         assert_eq!(
             responder.calls(),
-            ["publish a.example tok1 true", "ready", "withdraw a.example tok1"]
+            [
+                "publish a.example tok1 true",
+                "ready",
+                "withdraw a.example tok1"
+            ]
         );
     }
 
@@ -654,7 +662,11 @@ mod tests {
         }
         assert_eq!(
             responder.calls(),
-            ["publish a.example tok1 true", "ready", "withdraw a.example tok1"]
+            [
+                "publish a.example tok1 true",
+                "ready",
+                "withdraw a.example tok1"
+            ]
         );
     }
 
@@ -705,7 +717,11 @@ mod tests {
         assert!(cancelled.is_err());
         assert_eq!(
             responder.calls(),
-            ["publish a.example tok1 true", "ready", "withdraw a.example tok1"]
+            [
+                "publish a.example tok1 true",
+                "ready",
+                "withdraw a.example tok1"
+            ]
         );
     }
 
@@ -729,12 +745,7 @@ mod tests {
                 ),
                 None,
             );
-            ca.route(
-                &format!("https://ca.test/chall/{n}"),
-                200,
-                &challenge,
-                None,
-            );
+            ca.route(&format!("https://ca.test/chall/{n}"), 200, &challenge, None);
         }
         ca
     }

@@ -1,6 +1,7 @@
 //! One module per verb: `stackship status` is [`status`], `stackship secret` is [`secret`], and
 //! so on; [`tasks`] is what `logs` and `exec` share (a stack's services and tasks).
 
+pub mod cert;
 pub mod db;
 pub mod deploy;
 pub mod exec;

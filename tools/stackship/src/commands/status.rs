@@ -53,6 +53,28 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Services the last record has and the swarm does not.
     pub missing: Vec<String>,
+    /// The TLS certificate in `<env dir>/secrets/tls.crt`, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Certificate>,
+}
+
+/// An environment's installed certificate, or why it cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Certificate {
+    Installed(crate::commands::cert::CertStatus),
+    Unreadable(String),
+}
+
+/// The certificate of the environment in `env_dir` at `now` (`None`: it has none).
+pub fn certificate(
+    env_dir: &std::path::Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Certificate> {
+    match crate::commands::cert::installed(env_dir, now) {
+        Ok(found) => found.map(Certificate::Installed),
+        Err(e) => Some(Certificate::Unreadable(e)),
+    }
 }
 
 impl Status {
@@ -219,6 +241,7 @@ pub fn report(env: &str, stack: &str, observed: &Observed, last: Option<&DeployR
         }),
         services,
         missing,
+        certificate: None,
     }
 }
 
@@ -255,6 +278,19 @@ pub fn render(status: &Status) -> String {
         None => {
             let _ = writeln!(out, "  last deploy: none recorded (drift cannot be shown)");
         }
+    }
+    match &status.certificate {
+        Some(Certificate::Installed(cert)) => {
+            let _ = writeln!(
+                out,
+                "  certificate: {}",
+                crate::commands::cert::render_line(cert)
+            );
+        }
+        Some(Certificate::Unreadable(why)) => {
+            let _ = writeln!(out, "  certificate: cannot be read: {why}");
+        }
+        None => {}
     }
     if status.services.is_empty() {
         let _ = writeln!(out, "  no services running");
