@@ -9,6 +9,8 @@
 #   - per environment: the deploy directory (owned by the deploy user), the data directory,
 #     and the database password secret when it is missing; the review stacks' parent
 #     directory <root>/review/ (owned by the deploy user);
+#   - per environment whose deploy.env sets ACME_DOMAINS: a daily `stackship cert renew ENV` as the
+#     deploy user (a systemd timer, else an /etc/cron.d entry); removed when it sets none;
 # and prints the host key line to paste into the CI variable SSH_KNOWN_HOSTS (stdout).
 set -Eeuo pipefail
 
@@ -29,6 +31,13 @@ Usage: scripts/server/setup-server.sh --ci-key FILE [options]
   --host-key FILE        sshd's public host key (default /etc/ssh/ssh_host_ed25519_key.pub)
   --sshd-config-dir DIR  where the deploy user's sshd drop-in goes (default /etc/ssh/sshd_config.d)
   --advertise-addr ADDR  swarm advertise address when the swarm is initialised here
+
+Certificates from an ACME CA (stackship cert): for each environment whose
+<deploy root>/<env>/deploy.env sets ACME_DOMAINS, a daily renewal runs
+<deploy root>/<env>/current/stackship cert renew <env> as the deploy user (a no-op
+until the certificate is within ACME_RENEW_DAYS of expiry): the systemd timer
+${STACKSHIP_PROJECT}-cert-renew-<env>.timer, or /etc/cron.d/${STACKSHIP_PROJECT}-cert-renew-<env>
+without systemd. Set ACME_DOMAINS, then run this script again to install it.
 
 stdout: the line for SSH_KNOWN_HOSTS. Progress on stderr.
 USAGE
@@ -151,9 +160,77 @@ ensure_env() {
     # The database password (stackship-<env>-db-password-v1 and the bootstrap copy) is made by the
     # environment's first deploy, or beforehand with `stackship secret init <env> db-password`.
     if [[ "$env" == prod && ! -s "$dir/secrets/tls.crt" ]]; then
-        warn "no TLS certificate in ${dir}/secrets/: set the CI File variables TLS_CERT_FILE and TLS_KEY_FILE (the prod deploy installs them), or put tls.crt and tls.key there (owner ${DEPLOY_USER}, mode 0600)"
+        warn "no TLS certificate in ${dir}/secrets/: set ACME_DOMAINS in ${dir}/deploy.env and run stackship cert issue ${env} once the release is copied (then re-run this script for the daily renewal), or set the CI File variables TLS_CERT_FILE and TLS_KEY_FILE (the prod deploy installs them), or put tls.crt and tls.key there (owner ${DEPLOY_USER}, mode 0600)"
     fi
     log "${env}: ${dir} (owner ${DEPLOY_USER}), data ${data}"
+}
+
+# ensure_renewal ENV: the daily certificate renewal of ENV when its deploy.env sets ACME_DOMAINS
+# (systemd timer, else cron); removed when it sets none. Rewritten on every run.
+ensure_renewal() {
+    local env="$1" dir="$DEPLOY_ROOT/$1"
+    local unit="${STACKSHIP_PROJECT}-cert-renew-${env}"
+    local systemd_dir=/etc/systemd/system cron_file="/etc/cron.d/${unit}"
+    local with_systemd=0
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+        with_systemd=1
+    fi
+    if ! grep -Eq '^ACME_DOMAINS=[^[:space:]]' "$dir/deploy.env" 2>/dev/null; then
+        if [[ -e "$systemd_dir/${unit}.timer" ]]; then
+            if ((with_systemd)); then systemctl disable --now "${unit}.timer" >/dev/null 2>&1 || true; fi
+            rm -f "$systemd_dir/${unit}.timer" "$systemd_dir/${unit}.service"
+            if ((with_systemd)); then systemctl daemon-reload; fi
+            log "${env}: no ACME_DOMAINS in ${dir}/deploy.env: certificate renewal timer removed"
+        fi
+        if [[ -e "$cron_file" ]]; then
+            rm -f "$cron_file"
+            log "${env}: no ACME_DOMAINS in ${dir}/deploy.env: certificate renewal cron entry removed"
+        fi
+        return 0
+    fi
+    local command="${dir}/current/stackship cert renew ${env}"
+    if ((with_systemd)); then
+        cat > "$systemd_dir/${unit}.service" <<UNIT
+# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh.
+[Unit]
+Description=Renew the ${env} TLS certificate over ACME when it is due (stackship cert renew)
+After=docker.service network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+User=${DEPLOY_USER}
+Environment=STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
+ExecStart=${command}
+UNIT
+        cat > "$systemd_dir/${unit}.timer" <<UNIT
+# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh.
+[Unit]
+Description=Daily ${env} certificate renewal (a no-op until it is due)
+
+[Timer]
+OnCalendar=daily
+RandomizedDelaySec=1h
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+UNIT
+        chmod 0644 "$systemd_dir/${unit}.service" "$systemd_dir/${unit}.timer"
+        rm -f "$cron_file"
+        systemctl daemon-reload
+        systemctl enable --now "${unit}.timer" >/dev/null 2>&1 || die "systemctl enable --now ${unit}.timer failed"
+        log "${env}: daily certificate renewal: ${unit}.timer (systemctl list-timers ${unit}.timer; journalctl -u ${unit})"
+    else
+        cat > "$cron_file" <<CRON
+# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh: the daily ${env} certificate renewal.
+SHELL=/bin/sh
+STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
+17 4 * * * ${DEPLOY_USER} ${command} 2>&1 | logger -t ${unit}
+CRON
+        chmod 0644 "$cron_file"
+        log "${env}: daily certificate renewal: ${cron_file} (no systemd here; its output goes to syslog as ${unit})"
+    fi
 }
 
 print_known_hosts() {
@@ -175,7 +252,10 @@ main() {
     ensure_user
     ensure_sshd
     local env
-    for env in "${ENVS[@]}"; do ensure_env "$env"; done
+    for env in "${ENVS[@]}"; do
+        ensure_env "$env"
+        ensure_renewal "$env"
+    done
     # Review stacks: review-deploy makes <root>/review/<iid>/, review-stop removes it.
     install -d -m 0750 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$DEPLOY_ROOT/review"
     print_known_hosts
