@@ -5,8 +5,8 @@
 //! `rollback`, `status`, `history`, `secret`, `db`, `review`, `logs`, `exec`,
 //! `cert`), [`settings`] (every setting, typed, with its origin), [`stack`] (the stack file's
 //! services and images, through config-hasher's YAML model), [`lock`] (the environment's
-//! deploy lock), [`docker`] (the docker CLI behind a trait, with deadlines and retries; a fake for tests), [`helper`]
-//! (one-off helper tasks, removed however a command ends), [`interrupt`] (Ctrl-C and SIGTERM
+//! deploy lock), [`docker`] (the docker CLI behind a trait, with deadlines and retries; a fake
+//! for tests), [`helper`] (one-off helper tasks, removed however a command ends), [`interrupt`] (Ctrl-C and SIGTERM
 //! as a flag the waits check), [`drift`] (running spec vs recorded spec), [`layout`] (paths on
 //! the manager), [`release`] (installing a release under the lock), [`ancestry`] (deploys do not
 //! go backwards), [`exit`] (exit codes a pipeline can act on), [`acme`] (certificates over ACME
