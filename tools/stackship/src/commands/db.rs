@@ -176,7 +176,7 @@ pub fn run(
             std::io::stdout().is_terminal(),
         ),
         take_password: &take_file,
-        owner: owner_line(),
+        owner: owner_line(std::env::var("CI_JOB_URL").ok().as_deref()),
     };
     // Which signal stopped it, for the exit status a shell gives (128 + the signal).
     let signals = [
@@ -268,17 +268,12 @@ pub fn private_base(runtime_dir: Option<PathBuf>) -> PathBuf {
 }
 
 /// This process as the deploy lock's owner line.
-fn owner_line() -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown host".to_owned());
-    crate::lock::owner_line(
-        std::process::id(),
-        &host,
+fn owner_line(job_url: Option<&str>) -> String {
+    crate::lock::this_process(
         &chrono::Utc::now()
             .format("%Y-%m-%dT%H:%M:%SZ (stackship db restore)")
             .to_string(),
-        std::env::var("CI_JOB_URL").ok().as_deref(),
+        job_url,
     )
 }
 
@@ -2531,5 +2526,26 @@ mod tests {
         assert_eq!(private_base(Some(base.path().to_owned())), base.path());
         assert_eq!(private_base(Some("relative".into())), std::env::temp_dir());
         assert_eq!(private_base(None), std::env::temp_dir());
+    }
+
+    #[test]
+    fn a_restore_names_this_process_as_the_locks_owner() {
+        let pid = std::process::id();
+        for (job, tail) in [
+            (
+                Some("https://ci/jobs/9"),
+                " (stackship db restore), job https://ci/jobs/9",
+            ),
+            (None, " (stackship db restore)"),
+        ] {
+            let line = owner_line(job);
+            assert!(line.starts_with(&format!("pid {pid} on ")), "{line}");
+            let (_, started) = line.split_once(", started ").unwrap();
+            let time = started
+                .strip_suffix(tail)
+                .unwrap_or_else(|| panic!("{line}"));
+            chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%dT%H:%M:%SZ")
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
     }
 }
