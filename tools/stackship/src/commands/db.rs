@@ -197,18 +197,33 @@ pub fn run(
     // or not.
     let ends_by_signal = matches!(command, DbCommand::Tunnel { .. });
     let result = execute(root, command, client, &local, stop, &say, out);
-    if stop() && (result.is_err() || ends_by_signal) {
+    let stopped = stop();
+    let seen = signals
+        .iter()
+        .find(|(_, flag)| flag.load(Ordering::SeqCst))
+        .map(|(signal, _)| *signal);
+    if let Some(status) = exit_after_stop(stopped, result.is_err(), ends_by_signal, seen) {
         if let Err(e) = &result {
             eprintln!("stackship: error: {e:#}");
         }
         let _ = out.flush();
-        let signal = signals
-            .iter()
-            .find(|(_, seen)| seen.load(Ordering::SeqCst))
-            .map_or(signal_hook::consts::SIGINT, |(signal, _)| *signal);
-        std::process::exit(128 + signal);
+        std::process::exit(status);
     }
     result
+}
+
+/// The exit status of a command after a stop was asked for (`stopped`): a shell's for the
+/// signal `seen` (128 + the signal; Ctrl-C's when no other was seen) when the command failed
+/// or ends by a signal (a tunnel). `None` when its result stands: no stop, or a stopped
+/// command that still got to its end.
+fn exit_after_stop(
+    stopped: bool,
+    failed: bool,
+    ends_by_signal: bool,
+    seen: Option<i32>,
+) -> Option<i32> {
+    (stopped && (failed || ends_by_signal))
+        .then(|| 128 + seen.unwrap_or(signal_hook::consts::SIGINT))
 }
 
 /// [`run`] with every part given, and no exit: what the tests drive.
@@ -2526,6 +2541,26 @@ mod tests {
         assert_eq!(private_base(Some(base.path().to_owned())), base.path());
         assert_eq!(private_base(Some("relative".into())), std::env::temp_dir());
         assert_eq!(private_base(None), std::env::temp_dir());
+    }
+
+    #[test]
+    fn a_stop_ends_the_process_as_a_shell_reports_its_signal() {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        // A command that failed after a stop: 128 + the signal that stopped it.
+        assert_eq!(exit_after_stop(true, true, false, Some(SIGTERM)), Some(143));
+        assert_eq!(exit_after_stop(true, true, false, Some(SIGHUP)), Some(129));
+        // Ctrl-C when no other signal was seen.
+        assert_eq!(exit_after_stop(true, true, false, None), Some(130));
+        assert_eq!(exit_after_stop(true, true, false, Some(SIGINT)), Some(130));
+        // A tunnel ends by a signal even when it ended without an error.
+        assert_eq!(exit_after_stop(true, false, true, None), Some(130));
+        assert_eq!(exit_after_stop(true, false, true, Some(SIGTERM)), Some(143));
+        // A stopped command that still got to its end is done.
+        assert_eq!(exit_after_stop(true, false, false, Some(SIGTERM)), None);
+        // Without a stop, the result stands: an error is reported as any error.
+        assert_eq!(exit_after_stop(false, true, true, None), None);
+        assert_eq!(exit_after_stop(false, true, false, None), None);
+        assert_eq!(exit_after_stop(false, false, true, None), None);
     }
 
     #[test]
