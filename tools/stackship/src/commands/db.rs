@@ -1574,6 +1574,22 @@ mod tests {
             e.to_string(),
             "service s_postgres does not exist (is s deployed?)"
         );
+        // Any other failure of Docker is that failure, not a missing service.
+        let fake = FakeEngine::new();
+        fake.fail(
+            &["service", "inspect"],
+            "permission denied while trying to connect to the Docker daemon socket",
+        );
+        let e = database(&Client::new(&fake), "s").unwrap_err();
+        assert!(
+            matches!(e, Error::Docker(DockerError::Failed { .. })),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("permission denied while trying to connect to the Docker daemon socket"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2541,6 +2557,23 @@ mod tests {
         assert_eq!(private_base(Some(base.path().to_owned())), base.path());
         assert_eq!(private_base(Some("relative".into())), std::env::temp_dir());
         assert_eq!(private_base(None), std::env::temp_dir());
+    }
+
+    #[test]
+    fn the_private_base_is_a_runtime_directory_given_by_its_absolute_path() {
+        let base = tempfile::tempdir().unwrap();
+        // A relative path names a directory only from wherever the process happens to be.
+        let relative = Path::new(".");
+        assert!(relative.is_dir());
+        assert_eq!(private_base(Some(relative.into())), std::env::temp_dir());
+        // An absolute path that is not a directory is not one to make directories in.
+        let file = base.path().join("file");
+        fs::write(&file, "").unwrap();
+        assert_eq!(private_base(Some(file)), std::env::temp_dir());
+        assert_eq!(
+            private_base(Some(base.path().join("missing"))),
+            std::env::temp_dir()
+        );
     }
 
     #[test]
