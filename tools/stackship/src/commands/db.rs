@@ -2489,19 +2489,23 @@ mod tests {
     #[test]
     fn commands_need_a_swarm_manager() {
         let base = tempfile::tempdir().unwrap();
-        let fake = FakeEngine::new();
-        fake.answer(&["info"], "false|\n");
-        let (r, _, _) = exec_with(
-            base.path(),
-            &fake,
-            &local(base.path()),
-            &never,
-            &["console", "prod"],
-        );
-        assert_eq!(
-            r.unwrap_err().to_string(),
-            "this engine is not a swarm manager (run on the manager of stackship-prod)"
-        );
+        // Not a manager; and a manager that names no node id cannot pin a helper to itself.
+        for info in ["false|\n", "true|\n"] {
+            let fake = FakeEngine::new();
+            fake.answer(&["info"], info);
+            let (r, _, _) = exec_with(
+                base.path(),
+                &fake,
+                &local(base.path()),
+                &never,
+                &["console", "prod"],
+            );
+            assert_eq!(
+                r.unwrap_err().to_string(),
+                "this engine is not a swarm manager (run on the manager of stackship-prod)",
+                "{info}"
+            );
+        }
         let fake = FakeEngine::new();
         fake.fail(&["info"], "Cannot connect to the Docker daemon");
         let (r, _, _) = exec_with(
@@ -2615,5 +2619,102 @@ mod tests {
             chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%dT%H:%M:%SZ")
                 .unwrap_or_else(|e| panic!("{line}: {e}"));
         }
+    }
+
+    #[test]
+    fn the_tunnel_network_is_removed_once_this_node_lets_go_of_it() {
+        let fake = FakeEngine::new();
+        // Still here after the first removal (its helper's task was leaving): removed again.
+        fake.answer_once(&["network", "inspect"], "[]");
+        fake.answer_once(&["network", "inspect"], "[]");
+        fake.fail(&["network", "inspect"], "Error: No such network: n");
+        fake.fail_once(
+            &["network", "rm"],
+            "Error response from daemon: error while removing network: network n has active endpoints",
+        );
+        fake.answer(&["network", "rm"], "");
+        let said = RefCell::new(Vec::new());
+        let say = |m: &str| said.borrow_mut().push(m.to_owned());
+        let client = Client::new(&fake);
+        drop(NetworkGuard {
+            client: &client,
+            name: "n".to_owned(),
+            poll: Duration::from_millis(1),
+            say: &say,
+        });
+        assert_eq!(
+            fake.writes(),
+            ["docker network rm n", "docker network rm n"]
+        );
+        assert_eq!(said.into_inner(), ["removed the tunnel network n"]);
+    }
+
+    #[test]
+    fn a_port_is_in_use_when_something_listens_on_it_or_holds_it() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let listening = listener.local_addr().unwrap();
+        assert!(port_in_use(listening.port()));
+        // A connection's own end accepts nothing, and cannot be bound either.
+        let client = TcpStream::connect(listening).unwrap();
+        assert!(port_in_use(client.local_addr().unwrap().port()));
+        let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!port_in_use(free));
+    }
+
+    /// A server on a loopback port that answers the 8 bytes it reads first with `reply` and
+    /// closes; it gives what it read (nothing when no one came within 10 s).
+    fn one_answer(reply: &'static [u8]) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let server = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut s = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return Vec::new(),
+                }
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut request = [0u8; 8];
+            if s.read_exact(&mut request).is_err() {
+                return Vec::new();
+            }
+            let _ = s.write_all(reply);
+            request.to_vec()
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn postgres_answers_an_ssl_request_with_s_or_n() {
+        // Postgres's SSLRequest: length 8, code 80877103.
+        let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        for (reply, answers) in [
+            (&b"S"[..], true),
+            (b"N", true),
+            // Something else listens (docker-proxy with nothing behind it closes; an HTTP
+            // server answers otherwise).
+            (b"", false),
+            (b"HTTP/1.1 400 Bad Request\r\n\r\n", false),
+        ] {
+            let (port, server) = one_answer(reply);
+            assert_eq!(postgres_answers(port), answers, "{reply:?}");
+            assert_eq!(server.join().unwrap(), ssl_request);
+        }
+        let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!postgres_answers(free));
     }
 }
