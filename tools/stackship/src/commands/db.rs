@@ -2267,6 +2267,35 @@ mod tests {
         );
         assert!(writes[3].contains("--user 65534 --entrypoint perl"));
         assert!(!writes[3].contains("--secret"), "{}", writes[3]);
+        // Labelled as the tunnel's, running Postgres's image (its perl) as the forwarder.
+        assert!(
+            writes[3].contains("--label stackship.ops-helper=db-tunnel"),
+            "{}",
+            writes[3]
+        );
+        let forwarder = fake
+            .calls()
+            .into_iter()
+            .find(|c| {
+                c.args.starts_with(&["service".into(), "create".into()])
+                    && c.args.contains(&"stackship-prod-ops-tunnel-42".to_owned())
+            })
+            .unwrap();
+        assert!(
+            forwarder.args.ends_with(
+                &[
+                    "127.0.0.1:5000/postgres:15@sha256:abc",
+                    "-e",
+                    FORWARD,
+                    "5432",
+                    "postgres",
+                    "5432"
+                ]
+                .map(str::to_owned)
+            ),
+            "{:?}",
+            forwarder.args
+        );
         assert!(writes[4].starts_with("docker run -d --name stackship-prod-ops-tunnel-42-local"));
         assert!(
             writes[4].contains("-p 127.0.0.1:15439:5432"),
@@ -2348,6 +2377,7 @@ mod tests {
         fake.answer(&["service", "ps"], "Running 1s|");
         fake.answer(&["inspect"], "true\n");
         let engine = &fake;
+        let opened = Instant::now();
         let (r, lines, _) = exec_with(
             base.path(),
             engine,
@@ -2356,6 +2386,7 @@ mod tests {
             &["tunnel", "prod", "--for", "1"],
         );
         r.unwrap();
+        assert!(opened.elapsed() >= Duration::from_secs(1), "closed early");
         assert!(
             lines.iter().any(|l| l == "closing the tunnel after 1s"),
             "{lines:?}"
@@ -2716,5 +2747,62 @@ mod tests {
             .unwrap()
             .port();
         assert!(!postgres_answers(free));
+    }
+
+    #[test]
+    fn a_tunnel_waits_for_its_forwarder_to_answer() {
+        let base = tempfile::tempdir().unwrap();
+        let fake = tunnel_swarm();
+        fake.answer_once(&["service", "ps"], "Running 1s|");
+        fake.answer(&["inspect"], "true\n");
+        fake.answer(&["service", "ps"], "Running 1s|");
+        // docker-proxy is up before the forwarder behind it: not yet, then an answer.
+        let asked = Cell::new(0);
+        let answers = |_: u16| {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        let mut l = local(base.path());
+        l.answers = &answers;
+        let polls = Cell::new(0);
+        let stop = || {
+            polls.set(polls.get() + 1);
+            polls.get() > 20
+        };
+        let (r, lines, out) = exec_with(base.path(), &fake, &l, &stop, &["tunnel", "prod"]);
+        assert_eq!(r.unwrap(), Outcome::Done);
+        assert_eq!(asked.get(), 3);
+        assert!(out.starts_with("ready 127.0.0.1:15432\n"), "{out}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("tunnel open: 127.0.0.1:15432")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_pause_lasts_its_time_unless_a_stop_comes() {
+        let base = tempfile::tempdir().unwrap();
+        let fake = FakeEngine::new();
+        let client = Client::new(&fake);
+        let l = local(base.path());
+        let say = |_: &str| {};
+        let ctx = Ctx {
+            root: base.path(),
+            client: &client,
+            local: &l,
+            stop: &never,
+            say: &say,
+        };
+        let began = Instant::now();
+        assert!(ctx.sleep(Duration::from_millis(30)));
+        assert!(began.elapsed() >= Duration::from_millis(30));
+        let stopped = || true;
+        let ctx = Ctx {
+            stop: &stopped,
+            ..ctx
+        };
+        assert!(!ctx.sleep(Duration::from_secs(30)));
     }
 }
