@@ -91,9 +91,7 @@ renew_certificate() {
     local dir="$PROD_DIR/secrets"
     cp -p "$dir/tls.crt" "$WORK/tls.crt.orig"
     cp -p "$dir/tls.key" "$WORK/tls.key.orig"
-    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$WORK/tls.key.new" -out "$WORK/tls.crt.new" 2>/dev/null) || die "openssl req failed"
+    renewed_pair "$WORK/tls.key.new" "$WORK/tls.crt.new" || die "openssl req failed"
     cat "$WORK/tls.crt.orig" "$WORK/tls.crt.new" > "$WORK/trust.pem"
 }
 

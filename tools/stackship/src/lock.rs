@@ -224,6 +224,19 @@ fn host_name(read: io::Result<String>) -> String {
         .unwrap_or_else(|_| "unknown host".to_owned())
 }
 
+/// Asserts `line` is [`this_process`]'s: this pid, a UTC start time, then exactly `tail`.
+#[cfg(test)]
+pub(crate) fn assert_this_process_line(line: &str, tail: &str) {
+    let pid = std::process::id();
+    assert!(line.starts_with(&format!("pid {pid} on ")), "{line}");
+    let (_, started) = line.split_once(", started ").unwrap();
+    let time = started
+        .strip_suffix(tail)
+        .unwrap_or_else(|| panic!("{line}"));
+    chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%dT%H:%M:%SZ")
+        .unwrap_or_else(|e| panic!("{line}: {e}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2633,7 +2633,6 @@ mod tests {
 
     #[test]
     fn a_restore_names_this_process_as_the_locks_owner() {
-        let pid = std::process::id();
         for (job, tail) in [
             (
                 Some("https://ci/jobs/9"),
@@ -2641,14 +2640,7 @@ mod tests {
             ),
             (None, " (stackship db restore)"),
         ] {
-            let line = owner_line(job);
-            assert!(line.starts_with(&format!("pid {pid} on ")), "{line}");
-            let (_, started) = line.split_once(", started ").unwrap();
-            let time = started
-                .strip_suffix(tail)
-                .unwrap_or_else(|| panic!("{line}"));
-            chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%dT%H:%M:%SZ")
-                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            crate::lock::assert_this_process_line(&owner_line(job), tail);
         }
     }
 
