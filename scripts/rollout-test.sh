@@ -67,12 +67,13 @@ build_next_backend() {
 
 # third_party_variant KEY NAME: the third-party image prod runs under KEY (NGINX_IMAGE,
 # HAPROXY_IMAGE in its deploy.env) rebuilt with one more label (a new image, same software), pushed
-# to the local registry as <project>-rollout-test/NAME:next; prints it as repo:tag@sha256:...
+# to the local registry as <project>-test/rollout-NAME:next (scripts/down.sh --purge removes it);
+# prints it as repo:tag@sha256:...
 third_party_variant() {
     local key="$1" name="$2" from dir target digest
     from="$(sed -n "s/^${key}=//p" "$PROD_DIR/deploy.env" | tail -n 1)"
     [[ -n "$from" ]] || die "${PROD_DIR}/deploy.env has no ${key}"
-    target="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}-rollout-test/${name}:next"
+    target="${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}-test/rollout-${name}:next"
     dir="$(mktemp -d "$WORK/variant.XXXXXX")"
     printf 'FROM %s\nLABEL stackship.rollout-test=%s\n' "$from" "$$" > "$dir/Dockerfile"
     docker build -q -t "$target" "$dir" >/dev/null || die "building ${target} failed"
@@ -90,9 +91,7 @@ renew_certificate() {
     local dir="$PROD_DIR/secrets"
     cp -p "$dir/tls.crt" "$WORK/tls.crt.orig"
     cp -p "$dir/tls.key" "$WORK/tls.key.orig"
-    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$WORK/tls.key.new" -out "$WORK/tls.crt.new" 2>/dev/null) || die "openssl req failed"
+    renewed_pair "$WORK/tls.key.new" "$WORK/tls.crt.new" || die "openssl req failed"
     cat "$WORK/tls.crt.orig" "$WORK/tls.crt.new" > "$WORK/trust.pem"
 }
 
@@ -269,11 +268,11 @@ main() {
     local gap_ms
     gap_ms="$(json_get "$CASE_REPORT" 'int(((d["last_failure_at"] or 0) - (d["first_failure_at"] or 0)) * 1000) if d["failed"] else 0')"
     KV+=("edge_upgrade_gap_ms=${gap_ms}")
-    restore_certificate
 
     check_rows
     postgres_restart
-    log "restoring prod to ${TAG} and this checkout's configs"
+    log "restoring prod to ${TAG}, its certificate and this checkout's configs"
+    restore_certificate
     copy_prod >/dev/null 2>&1
     deploy_prod LOCK_WAIT=900 >/dev/null 2>&1 || die "restoring prod failed"
 

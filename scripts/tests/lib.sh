@@ -155,6 +155,14 @@ prod_psql() {
     docker exec "$pg" psql -U backend -d backend -v ON_ERROR_STOP=1 -Atc "$1"
 }
 
+# renewed_pair KEY CRT: a renewed certificate for the local prod stack's names: a new EC key pair
+# for localhost and 127.0.0.1, self-signed like scripts/up.sh's (key 0600). Returns openssl's status.
+renewed_pair() {
+    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$1" -out "$2" 2>/dev/null)
+}
+
 # load_during REPORT CMD...: runs CMD while scripts/tests/loadgen.py sends a bounded load through the
 # prod proxy (version reads, log lists and writes, keep-alive on and off; 100 req/s, at most
 # 600 s); the load's JSON report (requests, failed, failed_by_kind, ...) goes to REPORT. The load

@@ -175,9 +175,7 @@ test_renewed_certificate_rolls_proxy_only() {
         || fail "the proxy does not serve ${dir}/tls.crt"
     before="$(all_running_tasks "$PROD_STACK")"
     # A renewed certificate: a new key pair for the same name.
-    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null) || fail "openssl req failed"
+    renewed_pair "$dir/tls.key" "$dir/tls.crt" || fail "openssl req failed"
     chmod 0644 "$dir/tls.crt"
     # Under load that trusts both (as clients trust the CA that issues both): the proxy rolls
     # start-first behind the edge, so no request may fail.

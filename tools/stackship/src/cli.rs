@@ -197,12 +197,7 @@ fn process_env() -> BTreeMap<String, String> {
 
 /// This process as the lock's owner line.
 fn owner(env: &BTreeMap<String, String>) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown host".to_owned());
-    crate::lock::owner_line(
-        std::process::id(),
-        &host,
+    crate::lock::this_process(
         &chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         env.get("CI_JOB_URL").map(String::as_str),
     )
@@ -762,5 +757,13 @@ mod tests {
                 .to_string()
                 .contains("disk full")
         );
+    }
+
+    #[test]
+    fn the_lock_owner_is_this_process_with_its_ci_job() {
+        let job = BTreeMap::from([("CI_JOB_URL".to_owned(), "https://ci/jobs/9".to_owned())]);
+        for (env, tail) in [(job, ", job https://ci/jobs/9"), (BTreeMap::new(), "")] {
+            crate::lock::assert_this_process_line(&owner(&env), tail);
+        }
     }
 }

@@ -206,6 +206,37 @@ pub fn owner_line(pid: u32, host: &str, now: &str, job_url: Option<&str>) -> Str
     }
 }
 
+/// This process's [`owner_line`]: its pid and this machine's host name, with `now` and the CI
+/// job given.
+pub fn this_process(now: &str, job_url: Option<&str>) -> String {
+    owner_line(
+        std::process::id(),
+        &host_name(fs::read_to_string("/proc/sys/kernel/hostname")),
+        now,
+        job_url,
+    )
+}
+
+/// The host name as the kernel gives it (with its newline), or `unknown host` when it cannot
+/// be read.
+fn host_name(read: io::Result<String>) -> String {
+    read.map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown host".to_owned())
+}
+
+/// Asserts `line` is [`this_process`]'s: this pid, a UTC start time, then exactly `tail`.
+#[cfg(test)]
+pub(crate) fn assert_this_process_line(line: &str, tail: &str) {
+    let pid = std::process::id();
+    assert!(line.starts_with(&format!("pid {pid} on ")), "{line}");
+    let (_, started) = line.split_once(", started ").unwrap();
+    let time = started
+        .strip_suffix(tail)
+        .unwrap_or_else(|| panic!("{line}"));
+    chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%dT%H:%M:%SZ")
+        .unwrap_or_else(|e| panic!("{line}: {e}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +424,32 @@ mod tests {
         assert_eq!(
             owner_line(12, "m1", "2026-12-06T05:00:00Z", Some("")),
             "pid 12 on m1, started 2026-12-06T05:00:00Z"
+        );
+    }
+
+    #[test]
+    fn this_process_is_named_by_its_pid_and_host() {
+        let line = this_process("2026-12-06T05:00:00Z", Some("https://ci/jobs/9"));
+        let pid = std::process::id();
+        assert!(line.starts_with(&format!("pid {pid} on ")), "{line}");
+        assert!(
+            line.ends_with(", started 2026-12-06T05:00:00Z, job https://ci/jobs/9"),
+            "{line}"
+        );
+        let host = &line[format!("pid {pid} on ").len()..line.find(", started").unwrap()];
+        assert!(!host.is_empty() && host.trim() == host, "{line}");
+        assert_eq!(
+            this_process("2026-12-06T05:00:00Z", None),
+            format!("pid {pid} on {host}, started 2026-12-06T05:00:00Z")
+        );
+    }
+
+    #[test]
+    fn the_host_name_is_the_kernels_without_its_newline() {
+        assert_eq!(host_name(Ok("m1\n".to_owned())), "m1");
+        assert_eq!(
+            host_name(Err(io::Error::from(io::ErrorKind::NotFound))),
+            "unknown host"
         );
     }
 }

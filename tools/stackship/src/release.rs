@@ -492,4 +492,70 @@ mod tests {
         assert!(!upload.join("tls.key").exists());
         assert!(!secrets.join(".tls.key.new").exists());
     }
+
+    #[test]
+    fn an_install_without_an_uploaded_pair_leaves_the_live_one_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let env_dir = root.path().join("prod");
+        let secrets = env_dir.join("secrets");
+        fs::create_dir_all(&secrets).unwrap();
+        fs::write(secrets.join("tls.crt"), "OLD").unwrap();
+        fs::write(secrets.join("tls.key"), "OLDKEY").unwrap();
+        let held = lock(&env_dir);
+        let upload = env_dir.join(".upload");
+        // No upload directory, then an empty one: the live pair stays as it is, through the
+        // install and its commit.
+        for (n, make) in [(1, false), (2, true)] {
+            if make {
+                fs::create_dir(&upload).unwrap();
+            }
+            let from = release(&env_dir, &format!(".incoming.{n}"), "prod", "x");
+            let (pending, names) = install(&env_dir, &from, Some(&upload), &held).unwrap();
+            assert!(names.is_empty());
+            assert_eq!(fs::read_to_string(secrets.join("tls.crt")).unwrap(), "OLD");
+            assert_eq!(
+                fs::read_to_string(secrets.join("tls.key")).unwrap(),
+                "OLDKEY"
+            );
+            assert!(!secrets.join(".tls.crt.prev").exists());
+            pending.commit();
+            assert_eq!(fs::read_to_string(secrets.join("tls.crt")).unwrap(), "OLD");
+            assert_eq!(
+                fs::read_to_string(secrets.join("tls.key")).unwrap(),
+                "OLDKEY"
+            );
+        }
+        // An uploaded pair is installed, and an install not deployed puts the live one back.
+        fs::write(upload.join("tls.crt"), "CERT").unwrap();
+        fs::write(upload.join("tls.key"), "KEY").unwrap();
+        let from = release(&env_dir, ".incoming.3", "prod", "x");
+        let (pending, names) = install(&env_dir, &from, Some(&upload), &held).unwrap();
+        assert_eq!(names, ["tls.crt", "tls.key"]);
+        assert_eq!(fs::read_to_string(secrets.join("tls.crt")).unwrap(), "CERT");
+        drop(pending);
+        assert_eq!(fs::read_to_string(secrets.join("tls.crt")).unwrap(), "OLD");
+        assert_eq!(
+            fs::read_to_string(secrets.join("tls.key")).unwrap(),
+            "OLDKEY"
+        );
+    }
+
+    #[test]
+    fn a_tree_already_gone_is_removed_and_one_that_cannot_be_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        remove_tree(&root.path().join("missing")).unwrap();
+        let tree = root.path().join("tree");
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/b/f"), "").unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        // A path through a file cannot be looked at, let alone removed.
+        let file = root.path().join("file");
+        fs::write(&file, "").unwrap();
+        let e = remove_tree(&file.join("x")).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot remove {}", file.join("x").display())),
+            "{e}"
+        );
+    }
 }

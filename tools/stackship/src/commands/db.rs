@@ -176,7 +176,7 @@ pub fn run(
             std::io::stdout().is_terminal(),
         ),
         take_password: &take_file,
-        owner: owner_line(),
+        owner: owner_line(std::env::var("CI_JOB_URL").ok().as_deref()),
     };
     // Which signal stopped it, for the exit status a shell gives (128 + the signal).
     let signals = [
@@ -197,18 +197,33 @@ pub fn run(
     // or not.
     let ends_by_signal = matches!(command, DbCommand::Tunnel { .. });
     let result = execute(root, command, client, &local, stop, &say, out);
-    if stop() && (result.is_err() || ends_by_signal) {
+    let stopped = stop();
+    let seen = signals
+        .iter()
+        .find(|(_, flag)| flag.load(Ordering::SeqCst))
+        .map(|(signal, _)| *signal);
+    if let Some(status) = exit_after_stop(stopped, result.is_err(), ends_by_signal, seen) {
         if let Err(e) = &result {
             eprintln!("stackship: error: {e:#}");
         }
         let _ = out.flush();
-        let signal = signals
-            .iter()
-            .find(|(_, seen)| seen.load(Ordering::SeqCst))
-            .map_or(signal_hook::consts::SIGINT, |(signal, _)| *signal);
-        std::process::exit(128 + signal);
+        std::process::exit(status);
     }
     result
+}
+
+/// The exit status of a command after a stop was asked for (`stopped`): a shell's for the
+/// signal `seen` (128 + the signal; Ctrl-C's when no other was seen) when the command failed
+/// or ends by a signal (a tunnel). `None` when its result stands: no stop, or a stopped
+/// command that still got to its end.
+fn exit_after_stop(
+    stopped: bool,
+    failed: bool,
+    ends_by_signal: bool,
+    seen: Option<i32>,
+) -> Option<i32> {
+    (stopped && (failed || ends_by_signal))
+        .then(|| 128 + seen.unwrap_or(signal_hook::consts::SIGINT))
 }
 
 /// [`run`] with every part given, and no exit: what the tests drive.
@@ -268,17 +283,12 @@ pub fn private_base(runtime_dir: Option<PathBuf>) -> PathBuf {
 }
 
 /// This process as the deploy lock's owner line.
-fn owner_line() -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown host".to_owned());
-    crate::lock::owner_line(
-        std::process::id(),
-        &host,
+fn owner_line(job_url: Option<&str>) -> String {
+    crate::lock::this_process(
         &chrono::Utc::now()
             .format("%Y-%m-%dT%H:%M:%SZ (stackship db restore)")
             .to_string(),
-        std::env::var("CI_JOB_URL").ok().as_deref(),
+        job_url,
     )
 }
 
@@ -1564,6 +1574,22 @@ mod tests {
             e.to_string(),
             "service s_postgres does not exist (is s deployed?)"
         );
+        // Any other failure of Docker is that failure, not a missing service.
+        let fake = FakeEngine::new();
+        fake.fail(
+            &["service", "inspect"],
+            "permission denied while trying to connect to the Docker daemon socket",
+        );
+        let e = database(&Client::new(&fake), "s").unwrap_err();
+        assert!(
+            matches!(e, Error::Docker(DockerError::Failed { .. })),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("permission denied while trying to connect to the Docker daemon socket"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2241,6 +2267,35 @@ mod tests {
         );
         assert!(writes[3].contains("--user 65534 --entrypoint perl"));
         assert!(!writes[3].contains("--secret"), "{}", writes[3]);
+        // Labelled as the tunnel's, running Postgres's image (its perl) as the forwarder.
+        assert!(
+            writes[3].contains("--label stackship.ops-helper=db-tunnel"),
+            "{}",
+            writes[3]
+        );
+        let forwarder = fake
+            .calls()
+            .into_iter()
+            .find(|c| {
+                c.args.starts_with(&["service".into(), "create".into()])
+                    && c.args.contains(&"stackship-prod-ops-tunnel-42".to_owned())
+            })
+            .unwrap();
+        assert!(
+            forwarder.args.ends_with(
+                &[
+                    "127.0.0.1:5000/postgres:15@sha256:abc",
+                    "-e",
+                    FORWARD,
+                    "5432",
+                    "postgres",
+                    "5432"
+                ]
+                .map(str::to_owned)
+            ),
+            "{:?}",
+            forwarder.args
+        );
         assert!(writes[4].starts_with("docker run -d --name stackship-prod-ops-tunnel-42-local"));
         assert!(
             writes[4].contains("-p 127.0.0.1:15439:5432"),
@@ -2322,6 +2377,7 @@ mod tests {
         fake.answer(&["service", "ps"], "Running 1s|");
         fake.answer(&["inspect"], "true\n");
         let engine = &fake;
+        let opened = Instant::now();
         let (r, lines, _) = exec_with(
             base.path(),
             engine,
@@ -2330,6 +2386,7 @@ mod tests {
             &["tunnel", "prod", "--for", "1"],
         );
         r.unwrap();
+        assert!(opened.elapsed() >= Duration::from_secs(1), "closed early");
         assert!(
             lines.iter().any(|l| l == "closing the tunnel after 1s"),
             "{lines:?}"
@@ -2463,19 +2520,23 @@ mod tests {
     #[test]
     fn commands_need_a_swarm_manager() {
         let base = tempfile::tempdir().unwrap();
-        let fake = FakeEngine::new();
-        fake.answer(&["info"], "false|\n");
-        let (r, _, _) = exec_with(
-            base.path(),
-            &fake,
-            &local(base.path()),
-            &never,
-            &["console", "prod"],
-        );
-        assert_eq!(
-            r.unwrap_err().to_string(),
-            "this engine is not a swarm manager (run on the manager of stackship-prod)"
-        );
+        // Not a manager; and a manager that names no node id cannot pin a helper to itself.
+        for info in ["false|\n", "true|\n"] {
+            let fake = FakeEngine::new();
+            fake.answer(&["info"], info);
+            let (r, _, _) = exec_with(
+                base.path(),
+                &fake,
+                &local(base.path()),
+                &never,
+                &["console", "prod"],
+            );
+            assert_eq!(
+                r.unwrap_err().to_string(),
+                "this engine is not a swarm manager (run on the manager of stackship-prod)",
+                "{info}"
+            );
+        }
         let fake = FakeEngine::new();
         fake.fail(&["info"], "Cannot connect to the Docker daemon");
         let (r, _, _) = exec_with(
@@ -2531,5 +2592,209 @@ mod tests {
         assert_eq!(private_base(Some(base.path().to_owned())), base.path());
         assert_eq!(private_base(Some("relative".into())), std::env::temp_dir());
         assert_eq!(private_base(None), std::env::temp_dir());
+    }
+
+    #[test]
+    fn the_private_base_is_a_runtime_directory_given_by_its_absolute_path() {
+        let base = tempfile::tempdir().unwrap();
+        // A relative path names a directory only from wherever the process happens to be.
+        let relative = Path::new(".");
+        assert!(relative.is_dir());
+        assert_eq!(private_base(Some(relative.into())), std::env::temp_dir());
+        // An absolute path that is not a directory is not one to make directories in.
+        let file = base.path().join("file");
+        fs::write(&file, "").unwrap();
+        assert_eq!(private_base(Some(file)), std::env::temp_dir());
+        assert_eq!(
+            private_base(Some(base.path().join("missing"))),
+            std::env::temp_dir()
+        );
+    }
+
+    #[test]
+    fn a_stop_ends_the_process_as_a_shell_reports_its_signal() {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        // A command that failed after a stop: 128 + the signal that stopped it.
+        assert_eq!(exit_after_stop(true, true, false, Some(SIGTERM)), Some(143));
+        assert_eq!(exit_after_stop(true, true, false, Some(SIGHUP)), Some(129));
+        // Ctrl-C when no other signal was seen.
+        assert_eq!(exit_after_stop(true, true, false, None), Some(130));
+        assert_eq!(exit_after_stop(true, true, false, Some(SIGINT)), Some(130));
+        // A tunnel ends by a signal even when it ended without an error.
+        assert_eq!(exit_after_stop(true, false, true, None), Some(130));
+        assert_eq!(exit_after_stop(true, false, true, Some(SIGTERM)), Some(143));
+        // A stopped command that still got to its end is done.
+        assert_eq!(exit_after_stop(true, false, false, Some(SIGTERM)), None);
+        // Without a stop, the result stands: an error is reported as any error.
+        assert_eq!(exit_after_stop(false, true, true, None), None);
+        assert_eq!(exit_after_stop(false, true, false, None), None);
+        assert_eq!(exit_after_stop(false, false, true, None), None);
+    }
+
+    #[test]
+    fn a_restore_names_this_process_as_the_locks_owner() {
+        for (job, tail) in [
+            (
+                Some("https://ci/jobs/9"),
+                " (stackship db restore), job https://ci/jobs/9",
+            ),
+            (None, " (stackship db restore)"),
+        ] {
+            crate::lock::assert_this_process_line(&owner_line(job), tail);
+        }
+    }
+
+    #[test]
+    fn the_tunnel_network_is_removed_once_this_node_lets_go_of_it() {
+        let fake = FakeEngine::new();
+        // Still here after the first removal (its helper's task was leaving): removed again.
+        fake.answer_once(&["network", "inspect"], "[]");
+        fake.answer_once(&["network", "inspect"], "[]");
+        fake.fail(&["network", "inspect"], "Error: No such network: n");
+        fake.fail_once(
+            &["network", "rm"],
+            "Error response from daemon: error while removing network: network n has active endpoints",
+        );
+        fake.answer(&["network", "rm"], "");
+        let said = RefCell::new(Vec::new());
+        let say = |m: &str| said.borrow_mut().push(m.to_owned());
+        let client = Client::new(&fake);
+        drop(NetworkGuard {
+            client: &client,
+            name: "n".to_owned(),
+            poll: Duration::from_millis(1),
+            say: &say,
+        });
+        assert_eq!(
+            fake.writes(),
+            ["docker network rm n", "docker network rm n"]
+        );
+        assert_eq!(said.into_inner(), ["removed the tunnel network n"]);
+    }
+
+    #[test]
+    fn a_port_is_in_use_when_something_listens_on_it_or_holds_it() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let listening = listener.local_addr().unwrap();
+        assert!(port_in_use(listening.port()));
+        // A connection's own end accepts nothing, and cannot be bound either.
+        let client = TcpStream::connect(listening).unwrap();
+        assert!(port_in_use(client.local_addr().unwrap().port()));
+        let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!port_in_use(free));
+    }
+
+    /// A server on a loopback port that answers the 8 bytes it reads first with `reply` and
+    /// closes; it gives what it read (nothing when no one came within 10 s).
+    fn one_answer(reply: &'static [u8]) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let server = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut s = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return Vec::new(),
+                }
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut request = [0u8; 8];
+            if s.read_exact(&mut request).is_err() {
+                return Vec::new();
+            }
+            let _ = s.write_all(reply);
+            request.to_vec()
+        });
+        (port, server)
+    }
+
+    #[test]
+    fn postgres_answers_an_ssl_request_with_s_or_n() {
+        // Postgres's SSLRequest: length 8, code 80877103.
+        let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        for (reply, answers) in [
+            (&b"S"[..], true),
+            (b"N", true),
+            // Something else listens (docker-proxy with nothing behind it closes; an HTTP
+            // server answers otherwise).
+            (b"", false),
+            (b"HTTP/1.1 400 Bad Request\r\n\r\n", false),
+        ] {
+            let (port, server) = one_answer(reply);
+            assert_eq!(postgres_answers(port), answers, "{reply:?}");
+            assert_eq!(server.join().unwrap(), ssl_request);
+        }
+        let free = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!postgres_answers(free));
+    }
+
+    #[test]
+    fn a_tunnel_waits_for_its_forwarder_to_answer() {
+        let base = tempfile::tempdir().unwrap();
+        let fake = tunnel_swarm();
+        fake.answer_once(&["service", "ps"], "Running 1s|");
+        fake.answer(&["inspect"], "true\n");
+        fake.answer(&["service", "ps"], "Running 1s|");
+        // docker-proxy is up before the forwarder behind it: not yet, then an answer.
+        let asked = Cell::new(0);
+        let answers = |_: u16| {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        let mut l = local(base.path());
+        l.answers = &answers;
+        let polls = Cell::new(0);
+        let stop = || {
+            polls.set(polls.get() + 1);
+            polls.get() > 20
+        };
+        let (r, lines, out) = exec_with(base.path(), &fake, &l, &stop, &["tunnel", "prod"]);
+        assert_eq!(r.unwrap(), Outcome::Done);
+        assert_eq!(asked.get(), 3);
+        assert!(out.starts_with("ready 127.0.0.1:15432\n"), "{out}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("tunnel open: 127.0.0.1:15432")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_pause_lasts_its_time_unless_a_stop_comes() {
+        let base = tempfile::tempdir().unwrap();
+        let fake = FakeEngine::new();
+        let client = Client::new(&fake);
+        let l = local(base.path());
+        let say = |_: &str| {};
+        let ctx = Ctx {
+            root: base.path(),
+            client: &client,
+            local: &l,
+            stop: &never,
+            say: &say,
+        };
+        let began = Instant::now();
+        assert!(ctx.sleep(Duration::from_millis(30)));
+        assert!(began.elapsed() >= Duration::from_millis(30));
+        let stopped = || true;
+        let ctx = Ctx {
+            stop: &stopped,
+            ..ctx
+        };
+        assert!(!ctx.sleep(Duration::from_secs(30)));
     }
 }
