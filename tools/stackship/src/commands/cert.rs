@@ -8,7 +8,7 @@
 //! 1. **due?** `renew` reads the installed certificate and stops (exit 0) unless it is within
 //!    `ACME_RENEW_DAYS` of its expiry or cannot be read; asked before the lock (a daily timer
 //!    does not wait behind a deploy for nothing) and again once it is held;
-//! 2. **order**: the ACME account (`secrets/acme-account.json`, made on first use), the order,
+//! 2. **order**: the ACME account (`secrets/acme-account-<CA host>.json`, made on first use), the order,
 //!    the HTTP-01 answers served by a one-off helper task ([`HelperResponder`]) that nginx-proxy
 //!    routes `/.well-known/acme-challenge/` to, the chain. Any failure here changes no file and
 //!    no service and exits 2 with the CA's own words and the name;
@@ -76,6 +76,29 @@ pub struct CertArgs {
     pub directory: Option<String>,
 }
 
+/// The host (and port) of an ACME directory URL, as a file name part: `127.0.0.1:14000` gives
+/// `127.0.0.1_14000`; anything but letters, digits, `.` and `-` becomes `_`.
+fn account_host(directory: &str) -> String {
+    let rest = directory.split_once("://").map_or(directory, |(_, r)| r);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let name: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.trim_matches(['.', '_']).is_empty() {
+        "ca".to_owned()
+    } else {
+        name
+    }
+}
+
 /// The files of an environment's certificate, in `<env dir>/secrets/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Files {
@@ -94,8 +117,11 @@ impl Files {
     pub fn key(&self) -> PathBuf {
         self.dir.join("tls.key")
     }
-    pub fn account(&self) -> PathBuf {
-        self.dir.join("acme-account.json")
+    /// The account on the CA at `directory` (one per CA host: trying Let's Encrypt's staging
+    /// first leaves the production account to be made when the directory changes).
+    pub fn account(&self, directory: &str) -> PathBuf {
+        self.dir
+            .join(format!("acme-account-{}.json", account_host(directory)))
     }
     fn previous(path: &Path) -> PathBuf {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -627,6 +653,7 @@ fn due(files: &Files, settings: &Acme, now: DateTime<Utc>) -> Result<String, Str
     let threshold = chrono::TimeDelta::days(i64::from(settings.renew_days.value));
     match acme::renewal(&pem, now, threshold) {
         Renewal::Due { reason } => Ok(reason.to_string()),
+        Renewal::NotDue { .. } if let Some(missing) = uncovered(&pem, settings) => Ok(missing),
         Renewal::NotDue { not_after } => Err(format!(
             "the certificate in {} expires on {} ({} days left); renewal is due within {} days of expiry (ACME_RENEW_DAYS, {}): nothing to do",
             files.cert().display(),
@@ -636,6 +663,27 @@ fn due(files: &Files, settings: &Acme, now: DateTime<Utc>) -> Result<String, Str
             settings.renew_days.origin
         )),
     }
+}
+
+/// Why the certificate `pem` does not do for ACME_DOMAINS (a name it is not for: the domains
+/// changed, or it is still the self-signed certificate of a first install), or None when it
+/// covers them all or no names are set.
+fn uncovered(pem: &[u8], settings: &Acme) -> Option<String> {
+    let wanted = &settings.domains.as_ref()?.value;
+    let info = acme::describe(pem).ok()?;
+    let has = |name: &String| info.names.iter().any(|n| n.eq_ignore_ascii_case(name));
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|n| !has(n))
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the certificate is for {}, not for {} (ACME_DOMAINS)",
+            info.names.join(", "),
+            missing.join(", ")
+        )
+    })
 }
 
 /// Writes `data` to `path` through a temporary file beside it and a rename, with `mode`.
@@ -777,7 +825,13 @@ pub fn obtain(
     let issued = {
         let responder =
             HelperResponder::new(client, &stack, &image, request.timing, request.stop, &say);
-        let issued = ca.issue(&acme, &files.account(), &names, &responder, &say);
+        let issued = ca.issue(
+            &acme,
+            &files.account(&acme.directory.value),
+            &names,
+            &responder,
+            &say,
+        );
         drop(responder);
         issued
     };
@@ -928,7 +982,7 @@ mod tests {
         )
         .unwrap();
         fs::write(env_dir.join("deploy.env"), deploy_env).unwrap();
-        let (old_cert, old_key) = pair(&["a.example"], until);
+        let (old_cert, old_key) = pair(&["a.example", "www.a.example"], until);
         fs::create_dir_all(env_dir.join("secrets")).unwrap();
         fs::write(env_dir.join("secrets/tls.crt"), &old_cert).unwrap();
         fs::write(env_dir.join("secrets/tls.key"), &old_key).unwrap();
@@ -1133,6 +1187,62 @@ mod tests {
     }
 
     #[test]
+    fn each_ca_host_has_its_own_account_file() {
+        let files = Files::of(Path::new("/srv/prod"));
+        let account = |d: &str| files.account(d).display().to_string();
+        assert_eq!(
+            account(crate::acme::LETS_ENCRYPT_PRODUCTION),
+            "/srv/prod/secrets/acme-account-acme-v02.api.letsencrypt.org.json"
+        );
+        assert_eq!(
+            account(crate::acme::LETS_ENCRYPT_STAGING),
+            "/srv/prod/secrets/acme-account-acme-staging-v02.api.letsencrypt.org.json"
+        );
+        assert_eq!(
+            account("https://127.0.0.1:14000/dir"),
+            "/srv/prod/secrets/acme-account-127.0.0.1_14000.json"
+        );
+        assert_eq!(
+            account("https://user@ca.example/dir?x#y"),
+            "/srv/prod/secrets/acme-account-ca.example.json"
+        );
+        // Nothing usable as a name: never a path outside secrets/.
+        assert_eq!(
+            account("https://../x"),
+            "/srv/prod/secrets/acme-account-ca.json"
+        );
+        assert_eq!(
+            account("https:///dir"),
+            "/srv/prod/secrets/acme-account-ca.json"
+        );
+    }
+
+    #[test]
+    fn a_certificate_missing_a_name_is_due_however_far_its_expiry() {
+        // The names changed (or the self-signed certificate of a first install still serves).
+        let f = fixture(
+            "ACME_DOMAINS=a.example,shop.a.example\nLOCK_WAIT=0\n",
+            LATER,
+        );
+        let (_, early) = super::settings(&f.request).unwrap();
+        assert_eq!(
+            due(&files_of(&f), &early.acme, f.request.now),
+            Ok("the certificate is for a.example, www.a.example, not for shop.a.example (ACME_DOMAINS)".to_owned())
+        );
+        // Case does not matter in DNS names; with none set, only the expiry counts.
+        let f = fixture("ACME_DOMAINS=A.Example,WWW.a.example\nLOCK_WAIT=0\n", LATER);
+        let (_, early) = super::settings(&f.request).unwrap();
+        assert!(due(&files_of(&f), &early.acme, f.request.now).is_err());
+        let f = fixture("LOCK_WAIT=0\n", LATER);
+        let (_, early) = super::settings(&f.request).unwrap();
+        assert!(due(&files_of(&f), &early.acme, f.request.now).is_err());
+    }
+
+    fn files_of(f: &Fixture) -> Files {
+        Files::of(&f.request.env_dir)
+    }
+
+    #[test]
     fn a_due_renewal_waits_for_the_lock_and_a_timeout_changes_nothing() {
         let f = fixture(SETTINGS, SOON);
         let _held = hold_lock(&f);
@@ -1196,7 +1306,7 @@ mod tests {
         assert_eq!(
             *ca.asked.borrow(),
             [format!(
-                "a.example,www.a.example {} acme-account.json",
+                "a.example,www.a.example {} acme-account-acme-v02.api.letsencrypt.org.json",
                 crate::acme::LETS_ENCRYPT_PRODUCTION
             )]
         );
@@ -1556,11 +1666,14 @@ mod tests {
     fn show_and_status_read_the_installed_certificate() {
         let f = fixture(SETTINGS, SOON);
         let cert = installed(&f.request.env_dir, now()).unwrap().unwrap();
-        assert_eq!(cert.names, ["a.example"]);
+        assert_eq!(cert.names, ["a.example", "www.a.example"]);
         assert_eq!(cert.days_left, 19);
         assert!(cert.issuer.contains("rcgen"), "{}", cert.issuer);
         let text = render(&cert);
-        assert!(text.contains("names:      a.example\n"), "{text}");
+        assert!(
+            text.contains("names:      a.example, www.a.example\n"),
+            "{text}"
+        );
         assert!(
             text.contains("not after:  2030-01-20 00:00 UTC\n"),
             "{text}"
