@@ -166,13 +166,14 @@ renewed_pair() {
 # load_during REPORT CMD...: runs CMD while scripts/tests/loadgen.py sends a bounded load through the
 # prod proxy (version reads, log lists and writes, keep-alive on and off; 100 req/s, at most
 # 600 s); the load's JSON report (requests, failed, failed_by_kind, ...) goes to REPORT. The load
-# trusts $LOAD_CACERT (default: prod's certificate).
+# trusts $LOAD_CACERT (default: prod's certificate) for the name $LOAD_SERVER_NAME (default: localhost).
 # Returns CMD's status; fails if the load generator itself failed.
 load_during() {
     local report="$1" stop load_pid rc=0
     shift
     stop="$(mktemp)"
     python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost --cacert "${LOAD_CACERT:-$STACKSHIP_PROD_CERT}" \
+        ${LOAD_SERVER_NAME:+--server-name "$LOAD_SERVER_NAME"} \
         --rate 100 --min-requests 1 --max-seconds 600 --stop-file "$stop" --run "e2e-$$" \
         --out "$report" > "${report}.log" 2>&1 &
     load_pid=$!

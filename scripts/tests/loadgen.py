@@ -37,6 +37,19 @@ def dropped(sock):
     return bool(readable)
 
 
+class NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to the URL's host, asking for (SNI) and checking the certificate of another name:
+    a certificate for a test domain, served on this machine."""
+
+    def __init__(self, host, port, server_name, **kwargs):
+        super().__init__(host, port, **kwargs)
+        self.server_name = server_name
+
+    def connect(self):
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.server_name)
+
+
 class Worker(threading.Thread):
     def __init__(self, n, args, shared):
         super().__init__(daemon=True)
@@ -62,8 +75,13 @@ class Worker(threading.Thread):
             self.conn = None
         if self.conn is None:
             if u.scheme == "https":
-                self.conn = http.client.HTTPSConnection(
-                    u.hostname, u.port or 443, timeout=10, context=self.shared["ssl"])
+                name = self.args.server_name
+                if name:
+                    self.conn = NamedHTTPSConnection(
+                        u.hostname, u.port or 443, name, timeout=10, context=self.shared["ssl"])
+                else:
+                    self.conn = http.client.HTTPSConnection(
+                        u.hostname, u.port or 443, timeout=10, context=self.shared["ssl"])
             else:
                 self.conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
         return self.conn
@@ -153,6 +171,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True, help="base URL, e.g. https://localhost")
     p.add_argument("--cacert", help="CA file for https")
+    p.add_argument("--server-name",
+                   help="the name the https certificate must be for (default: the URL's host)")
     p.add_argument("--rate", type=float, default=200.0, help="total requests per second")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--min-requests", type=int, default=10000)

@@ -1,11 +1,11 @@
 # Stack tests of the secrets (sourced by scripts/tests/test-stack.sh, after scripts/tests/lib.sh):
-# rotation under load, a rotation whose rollout fails, a release with a wrong secret, a renewed
-# certificate, and a canary search for the secret values everywhere they must not be.
+# rotation under load, a rotation whose rollout fails, a release with a wrong secret, and a canary
+# search for the secret values everywhere they must not be.
 # shellcheck shell=bash
 
 STACK_TESTS+=(db_password_rotates_under_load failed_rotation_restores_password
     killed_rotation_helper_leaves_no_stray wrong_secret_release_rolls_back
-    renewed_certificate_rolls_proxy_only secrets_do_not_leak)
+    secrets_do_not_leak)
 
 # rotate_prod: stackship secret rotate prod db-password, from prod's release.
 rotate_prod() { "${PROD_DIR}/current/stackship" secret rotate prod db-password; }
@@ -155,50 +155,6 @@ test_wrong_secret_release_rolls_back() {
     a_write_is_stored || fail "the old release does not keep writing"
     rm -f "$out"
     restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
-}
-
-# served_cert_sha: the SHA-256 fingerprint of the certificate https://localhost serves.
-served_cert_sha() {
-    local served
-    served="$(openssl s_client -connect 127.0.0.1:443 -servername localhost </dev/null 2>/dev/null || true)"
-    openssl x509 -noout -fingerprint -sha256 <<<"$served"
-}
-
-test_renewed_certificate_rolls_proxy_only() {
-    local dir keep before after line svc old_sha new_sha report rc=0
-    dir="${PROD_DIR}/secrets"
-    keep="$(mktemp -d)"
-    report="${keep}/load.json"
-    cp -p "$dir/tls.crt" "$dir/tls.key" "$keep/"
-    old_sha="$(served_cert_sha)"
-    [[ "$old_sha" == "$(openssl x509 -in "$dir/tls.crt" -noout -fingerprint -sha256)" ]] \
-        || fail "the proxy does not serve ${dir}/tls.crt"
-    before="$(all_running_tasks "$PROD_STACK")"
-    # A renewed certificate: a new key pair for the same name.
-    renewed_pair "$dir/tls.key" "$dir/tls.crt" || fail "openssl req failed"
-    chmod 0644 "$dir/tls.crt"
-    # Under load that trusts both (as clients trust the CA that issues both): the proxy rolls
-    # start-first behind the edge, so no request may fail.
-    cat "$keep/tls.crt" "$dir/tls.crt" > "${keep}/trust.pem"
-    LOAD_CACERT="${keep}/trust.pem" load_during "$report" deploy_prod >/dev/null 2>&1 || rc=$?
-    ((rc == 0)) || { cp -p "$keep/tls.crt" "$keep/tls.key" "$dir/"; fail "the deploy with the renewed certificate failed"; }
-    new_sha="$(served_cert_sha)"
-    after="$(all_running_tasks "$PROD_STACK")"
-    cp -p "$keep/tls.crt" "$keep/tls.key" "$dir/"
-    [[ "$new_sha" != "$old_sha" && "$new_sha" == *Fingerprint* ]] || fail "the proxy still serves the old certificate"
-    while IFS= read -r line; do
-        svc="${line%%:*}"
-        if [[ "$svc" == "${PROD_STACK}_nginx-proxy" ]]; then
-            [[ "$(grep "^${svc}:" <<<"$after")" != "$line" ]] || fail "the proxy did not roll"
-        else
-            [[ "$(grep "^${svc}:" <<<"$after")" == "$line" ]] || fail "${svc} restarted for a certificate change"
-        fi
-    done <<<"$before"
-    (($(load_failed "$report") == 0)) || fail "requests failed while the proxy rolled onto the renewed certificate: $(load_summary "$report")"
-    log "renewal under load: $(load_summary "$report")"
-    rm -rf "$keep"
-    deploy_prod >/dev/null 2>&1 || fail "putting the original certificate back failed"
-    [[ "$(served_cert_sha)" == "$old_sha" ]] || fail "the original certificate is not served again"
 }
 
 # leak_hits DESCRIPTION: reads text on stdin and reports every canary found in it, counting
