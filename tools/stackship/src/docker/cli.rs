@@ -407,13 +407,16 @@ mod tests {
 
     #[test]
     fn streamed_lines_come_with_their_call_and_output_then_its_end() {
-        let seen = streamed(
-            &[
-                Call::read(["-c", "echo a1; echo a-err >&2; sleep 0.3; echo a2"]),
-                Call::read(["-c", "echo b1; printf 'b2 no newline'"]),
-            ],
-            false,
+        // a prints its last line 0.3 s after b has finished (a marker file, not a race of
+        // sleeps: on a loaded machine b may start late).
+        let dir = tempfile::tempdir().unwrap();
+        let done = dir.path().join("b-done");
+        let a = format!(
+            "echo a1; echo a-err >&2; until [ -e {0} ]; do sleep 0.02; done; sleep 0.3; echo a2",
+            done.display()
         );
+        let b = format!("echo b1; printf 'b2 no newline'; touch {}", done.display());
+        let seen = streamed(&[Call::read(["-c", &a]), Call::read(["-c", &b])], false);
         let of = |prefix: &str| -> Vec<&str> {
             seen.iter()
                 .filter(|l| l.starts_with(prefix))
@@ -433,27 +436,41 @@ mod tests {
 
     #[test]
     fn a_failed_streamed_call_names_its_stderr_and_the_reader_decides_about_the_others() {
-        let failing = Call::read(["-c", "sleep 0.2; echo 'no such service: x' >&2; exit 1"]);
-        // Going on: the other call runs to its end.
-        let seen = streamed(
-            &[Call::read(["-c", "sleep 0.5; echo late"]), failing.clone()],
-            false,
+        let dir = tempfile::tempdir().unwrap();
+        let failed = dir.path().join("failed");
+        let script = format!(
+            "echo 'no such service: x' >&2; touch {}; exit 1",
+            failed.display()
         );
+        let failing = Call::read(["-c", &script]);
+        // Going on: the other call runs to its end (its line 0.5 s after the failure).
+        let late = format!(
+            "until [ -e {} ]; do sleep 0.02; done; sleep 0.5; echo late",
+            failed.display()
+        );
+        let seen = streamed(&[Call::read(["-c", &late]), failing], false);
         assert_eq!(
             seen,
             vec![
-                "1 Stderr no such service: x",
-                "1 failed: `docker -c sleep 0.2; echo 'no such service: x' >&2; exit 1` failed: no such service: x",
-                "0 Stdout late",
-                "0 ended"
+                "1 Stderr no such service: x".to_owned(),
+                format!("1 failed: `docker -c {script}` failed: no such service: x"),
+                "0 Stdout late".to_owned(),
+                "0 ended".to_owned()
             ]
         );
         // Breaking: the other call is stopped at once.
         let started = Instant::now();
-        let seen = streamed(
-            &[Call::read(["-c", "echo $$; exec sleep 30"]), failing],
-            true,
-        );
+        // The failing call fails once the other has said its pid.
+        let pid_file = dir.path().join("pid");
+        let sleeper = format!("echo $$; echo $$ > {}; exec sleep 30", pid_file.display());
+        let failing = Call::read([
+            "-c",
+            &format!(
+                "until [ -s {} ]; do sleep 0.02; done; {script}",
+                pid_file.display()
+            ),
+        ]);
+        let seen = streamed(&[Call::read(["-c", &sleeper]), failing], true);
         assert!(started.elapsed() < Duration::from_secs(10));
         let pid = seen[0].strip_prefix("0 Stdout ").unwrap();
         assert!(gone(pid), "the sleeping call still runs");
