@@ -301,8 +301,13 @@ test_rollback_returns_to_earlier_deploy() {
     grep -q "WARNING: the last deploy (.*) rolled prod back to deploy" "$out" || fail "a plain deploy over the rollback does not say so: $(head -n 10 "$out")"
     [[ "$(all_running_tasks "$PROD_STACK")" == "$tasks" ]] || fail "a plain deploy after the rollback restarted tasks: it re-applied something"
     rm -f "$out" "$traffic"
-    restore_prod >/dev/null 2>&1 || fail "restoring prod failed"
+    # Pruning, keeping the last 2 deploys (the rollback's and this one): B's config is neither
+    # theirs nor the previous spec, so it goes; A's is both, so it stays (the rules themselves:
+    # rollout-watcher's prune tests).
+    restore_prod PRUNE_KEEP=2 >/dev/null 2>&1 || fail "restoring prod failed"
     [[ "$(prod_version)" == "$TAG" && "$(prod_title)" == stackship ]] || fail "prod not restored"
+    docker config inspect "$a_config" >/dev/null 2>&1 || fail "A's config ${a_config} was pruned although it is the previous spec"
+    if docker config inspect "$b_config" >/dev/null 2>&1; then fail "B's config ${b_config} was kept beyond the last 2 deploys"; fi
 }
 
 STACK_TESTS+=(rollback_returns_to_earlier_deploy)

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# restore_prod passes its arguments on (as env for the deploy); most callers give none.
+# shellcheck disable=SC2119
 # End-to-end tests of the stack on this machine's swarm, through the proxy.
 #
 # Brings both stacks up first (scripts/up.sh --all, idempotent), runs every check as a named
@@ -317,36 +319,6 @@ test_concurrent_deploys_take_turns() {
     rm -f "$a" "$b"
 }
 
-# config_of_title TITLE: the prod backend config whose content has that title, if it still exists.
-backend_config_with_title() {
-    local name
-    for name in $(docker config ls --filter "label=com.docker.stack.namespace=${PROD_STACK}" --format '{{.Name}}'); do
-        [[ "$name" == *backend* ]] || continue
-        if docker config inspect "$name" --format '{{printf "%s" .Spec.Data}}' | grep -qF "title = \"$1\""; then
-            printf '%s\n' "$name"
-        fi
-    done
-}
-
-test_prune_keeps_last_deploys() {
-    local stamp t configs=() i
-    stamp="$(date -u +%H%M%S)"
-    for i in 1 2 3; do
-        t="prune ${stamp} ${i}"
-        set_prod_title "$t"
-        deploy_prod PRUNE_KEEP=3 >/dev/null 2>&1 || fail "deploy ${i} failed"
-        configs+=("$(backend_config_with_title "$t")")
-        [[ -n "${configs[-1]}" ]] || fail "no backend config with title '${t}'"
-    done
-    # Deploy 1 is neither the current nor the previous spec: only the last-3 rule keeps it.
-    [[ -n "$(backend_config_with_title "prune ${stamp} 1")" ]] || fail "deploy 1's config was pruned although it is among the last 3 deploys"
-    restore_prod PRUNE_KEEP=2 >/dev/null 2>&1 || fail "restoring prod failed"
-    [[ -z "$(backend_config_with_title "prune ${stamp} 1")" ]] || fail "deploy 1's config was kept beyond the last 2 deploys"
-    [[ -z "$(backend_config_with_title "prune ${stamp} 2")" ]] || fail "deploy 2's config was kept beyond the last 2 deploys"
-    [[ -n "$(backend_config_with_title "prune ${stamp} 3")" ]] || fail "deploy 3's config (previous spec) was pruned"
-    [[ "$(curl_env prod -f https://localhost/api/service/info | json title)" == stackship ]] || fail "title not restored"
-}
-
 test_copy_step_touches_one_environment() {
     local dev_dir before after
     dev_dir="$(env_deploy_dir dev)"
@@ -370,7 +342,7 @@ ALL_TESTS=(https_serves_frontend version_is_built_tag log_entry_is_listed dev_pr
     browser_shows_version_and_entry config_change_rolls_backend_only
     noop_redeploy_restarts_nothing unhealthy_image_rolls_back crash_at_start_rolls_back
     wrong_db_password_rolls_back failing_migration_rolls_back concurrent_deploys_take_turns
-    prune_keeps_last_deploys copy_step_touches_one_environment poll_version_reports
+    copy_step_touches_one_environment poll_version_reports
     proxy_errors_are_json)
 
 # The test modules: more test_ functions, each module adding its names to STACK_TESTS.
