@@ -43,6 +43,10 @@ pub struct DeployRecord {
     /// stackship-prod-db-password-v3 -> v4`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// When the deploy stage began (`docker stack deploy`), RFC 3339 UTC: the first log line of
+    /// the rollout is after it (the id is the time the rollout ended). Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
     /// Service name (without the stack prefix) to what it ran.
     pub services: BTreeMap<String, ServiceRecord>,
 }
@@ -101,6 +105,7 @@ pub fn record_of(id: &str, stack: &str, services: &[Service]) -> DeployRecord {
         pipeline: None,
         ancestors: Vec::new(),
         note: None,
+        started: None,
         services,
     }
 }

@@ -367,6 +367,7 @@ fn prune_keeps_current_previous_and_recent_deploys() {
         pipeline: None,
         ancestors: Vec::new(),
         note: None,
+        started: None,
         services: [(
             "backend".to_owned(),
             history::ServiceRecord {

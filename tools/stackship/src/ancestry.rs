@@ -23,6 +23,8 @@ pub struct Provenance {
     pub ancestors: Vec<String>,
     /// Why a record was made when it was not a deploy of a release (a rotation).
     pub note: Option<String>,
+    /// When the deploy stage began (RFC 3339 UTC), set just before `docker stack deploy`.
+    pub started: Option<String>,
 }
 
 /// A commit id: 7 to 40 hexadecimal digits (lower-cased).
@@ -71,6 +73,7 @@ impl Provenance {
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned),
             ancestors: list,
+            started: None,
             note: None,
         })
     }
@@ -155,6 +158,7 @@ mod tests {
             pipeline: Some("https://ci/p/7".into()),
             ancestors: ancestors.iter().map(|a| (*a).to_owned()).collect(),
             note: None,
+            started: None,
             services: Default::default(),
         }
     }
@@ -165,6 +169,7 @@ mod tests {
             pipeline: None,
             ancestors: ancestors.iter().map(|a| (*a).to_owned()).collect(),
             note: None,
+            started: None,
         }
     }
 

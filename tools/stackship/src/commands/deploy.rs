@@ -1190,6 +1190,7 @@ impl Rollout for WatcherRollout {
         record.pipeline = provenance.pipeline.clone();
         record.ancestors = provenance.ancestors.clone();
         record.note = provenance.note.clone();
+        record.started = provenance.started.clone();
         let records = rollout_watcher::history::read_all(history).map_err(|e| format!("{e:#}"))?;
         if let Some(last) = records.last().filter(|last| same_release(last, &record)) {
             return Ok(Recorded::Unchanged(last.id.clone()));
@@ -1241,6 +1242,11 @@ pub fn progress_line(out: &mut dyn std::io::Write, message: &str) {
     );
 }
 
+/// `2026-12-06T19:40:46.123Z`: what `docker service logs --since` takes.
+pub fn rfc3339_millis(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
 /// The whole deploy: [`prepare`], then the stages that change the swarm. Returns
 /// what the rollout came to (outcome, summary, report); progress goes to `progress`.
 pub fn deploy(
@@ -1277,6 +1283,7 @@ pub fn deploy(
     if let Some(p) = pending {
         p.commit();
     }
+    prepared.provenance.started = Some(rfc3339_millis(chrono::Utc::now()));
     say(&format!(
         "docker stack deploy {stack} ({})",
         tags.join(", ")
@@ -1955,8 +1962,18 @@ mod tests {
             _history: &Path,
             provenance: &Provenance,
         ) -> Result<Recorded, String> {
+            // `started=now`: the deploy stage's start, a time of the last minute.
+            let started = match &provenance.started {
+                Some(t) => match chrono::DateTime::parse_from_rfc3339(t) {
+                    Ok(t) if (chrono::Utc::now() - t.to_utc()).num_seconds() < 60 => {
+                        "now".to_owned()
+                    }
+                    _ => t.clone(),
+                },
+                None => "none".to_owned(),
+            };
             self.steps.borrow_mut().push(format!(
-                "record {stack} commit={} ancestors={}",
+                "record {stack} commit={} ancestors={} started={started}",
                 provenance.commit.clone().unwrap_or_default(),
                 provenance.ancestors.join(",")
             ));
@@ -2036,7 +2053,7 @@ mod tests {
             vec![
                 "snapshot stackship-prod",
                 "watch stackship-prod max_task_failures=2",
-                "record stackship-prod commit=abc1234 ancestors=1234567,89abcde",
+                "record stackship-prod commit=abc1234 ancestors=1234567,89abcde started=now",
                 "prune stackship-prod keep=4"
             ]
         );
@@ -2374,6 +2391,7 @@ mod tests {
             pipeline: Some("https://ci/p/9".into()),
             ancestors: ancestors.iter().map(|a| (*a).to_owned()).collect(),
             note: None,
+            started: None,
             services: Default::default(),
         };
         rollout_watcher::history::write(&history, &record).unwrap();
@@ -2687,7 +2705,7 @@ mod tests {
                 .steps
                 .borrow()
                 .iter()
-                .any(|s| s == "record stackship-prod commit=aaaaaaaa ancestors="),
+                .any(|s| s == "record stackship-prod commit=aaaaaaaa ancestors= started=now"),
             "{:?}",
             rollout.steps.borrow()
         );

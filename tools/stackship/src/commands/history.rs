@@ -71,6 +71,7 @@ mod tests {
             pipeline: None,
             ancestors: Vec::new(),
             note: None,
+            started: None,
             services: [(
                 "backend".to_owned(),
                 ServiceRecord {

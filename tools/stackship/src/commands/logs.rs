@@ -117,6 +117,22 @@ pub fn find_deploy<'a>(
     }
 }
 
+/// Where a deploy's logs begin: when its deploy stage began (the record's `started`), or, for
+/// a record without one, its id (when the rollout ended: its first lines are missed).
+pub fn since_record(record: &DeployRecord) -> Result<String, Error> {
+    match &record.started {
+        Some(started) => chrono::DateTime::parse_from_rfc3339(started)
+            .map(|t| crate::commands::deploy::rfc3339_millis(t.to_utc()))
+            .map_err(|_| {
+                Error::Refused(format!(
+                    "deploy record {}: its start '{started}' is not an RFC 3339 time",
+                    record.id
+                ))
+            }),
+        None => since_of(&record.id),
+    }
+}
+
 /// A record id (`20261206T010203.456Z`, UTC) as `docker service logs --since` takes a time
 /// (`2026-12-06T01:02:03.456Z`).
 pub fn since_of(id: &str) -> Result<String, Error> {
@@ -339,7 +355,7 @@ pub fn run(
         (Some(want), _) => {
             let records = rollout_watcher::history::read_all(&dir.history())
                 .map_err(|e| Error::Records(format!("{e:#}")))?;
-            Some(since_of(&find_deploy(&records, want, &dir.env)?.id)?)
+            Some(since_record(find_deploy(&records, want, &dir.env)?)?)
         }
         (None, since) => since.clone(),
     };
@@ -695,6 +711,34 @@ mod tests {
         assert_eq!(
             e,
             "deploy '2026120' is ambiguous in prod's history: 2 records begin so: 20261206T010203.456Z 20261205T230000.000Z"
+        );
+        assert!(fake.calls().is_empty());
+        // A record that knows when its deploy stage began starts there: the rollout's first
+        // lines are after it, not after the id (the rollout's end).
+        let started = DeployRecord {
+            started: Some("2026-12-06T03:59:58.5+00:00".to_owned()),
+            ..record("20261206T040203.000Z")
+        };
+        rollout_watcher::history::write(&history, &started).unwrap();
+        let fake = stack();
+        fake.answer_streams(&["service", "logs"], "", "");
+        a.since_deploy = Some("20261206T04".to_owned());
+        logs(&fake, &a, root.path()).unwrap();
+        assert_eq!(
+            fake.command_lines()[2],
+            "docker service logs --timestamps --no-trunc --since 2026-12-06T03:59:58.500Z stackship-prod_backend"
+        );
+        let broken = DeployRecord {
+            started: Some("yesterday".to_owned()),
+            ..record("20261206T050000.000Z")
+        };
+        rollout_watcher::history::write(&history, &broken).unwrap();
+        let fake = stack();
+        a.since_deploy = Some("20261206T05".to_owned());
+        let e = logs(&fake, &a, root.path()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "deploy record 20261206T050000.000Z: its start 'yesterday' is not an RFC 3339 time"
         );
         assert!(fake.calls().is_empty());
     }

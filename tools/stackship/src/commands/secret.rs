@@ -915,6 +915,7 @@ pub fn rotate(
                 pipeline: last.as_ref().and_then(|l| l.pipeline.clone()),
                 ancestors: last.map(|l| l.ancestors).unwrap_or_default(),
                 note: Some(format!("rotated {DB_PASSWORD}: {current} -> {new}")),
+                started: None,
             };
             match rollout.record(&stack, &r.env.history(), &provenance) {
                 Ok(Recorded::Written(p)) => say!(progress, &format!("recorded in {}", p.display())),
