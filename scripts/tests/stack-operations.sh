@@ -265,8 +265,11 @@ test_rollback_returns_to_earlier_deploy() {
     deploy_prod > "$out" 2>&1 || fail "deploy A failed: $(tail -n 20 "$out")"
     a_config="$(backend_config_name)" a_image="$(backend_image)"
     [[ "$(prod_version)" == "$TAG" && "$(prod_title)" == "rollback A ${stamp}" ]] || fail "deploy A does not answer as A"
-    # Deploy B: another version and another config.
+    # Deploy B: another version, another config, and a stack-file change (the backend's stop
+    # grace period) that a rollback does not undo and must say so.
     set_prod_title "rollback B ${stamp}"
+    sed -i 's/^    stop_grace_period: 40s$/    stop_grace_period: 41s/' "${PROD_DIR}/current/docker-compose.prod.yaml"
+    grep -q "stop_grace_period: 41s" "${PROD_DIR}/current/docker-compose.prod.yaml" || fail "no backend stop_grace_period 40s to change"
     deploy_prod BACKEND_TAG="$next" > "$out" 2>&1 || fail "deploy B failed: $(tail -n 20 "$out")"
     b_config="$(backend_config_name)"
     [[ "$b_config" != "$a_config" ]] || fail "deploy B has A's config name"
@@ -280,6 +283,12 @@ test_rollback_returns_to_earlier_deploy() {
     traffic_during "$traffic" rollback_prod > "$out" 2>&1 || rc=$?
     ((rc == 0)) || fail "stackship rollback prod failed (exit ${rc}): $(tail -n 30 "$out")"
     grep -q "rollout of ${PROD_STACK} complete" "$out" || fail "the rollback did not go through stackship deploy's watched rollout"
+    # What it kept from today's stack file is named, and nothing else (no noise of Swarm's).
+    grep -q "WARNING: the stack file changed since deploy" "$out" || fail "the rollback does not say the stack file changed: $(tail -n 15 "$out")"
+    grep -q "^.*  backend: TaskTemplate.ContainerSpec.StopGracePeriod: 40000000000 → 41000000000$" "$out" \
+        || fail "the rollback does not name the backend's stop grace period: $(grep -A8 'stack file changed' "$out")"
+    (($(grep -A20 "stack file changed" "$out" | grep -c "^[0-9:]* \[stackship\]   ") == 1)) \
+        || fail "the rollback names more than the one change: $(grep -A8 'stack file changed' "$out")"
     [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)', expected A's ${TAG}"
     [[ "$(prod_title)" == "rollback A ${stamp}" ]] || fail "after the rollback the title is '$(prod_title)', expected A's"
     [[ "$(backend_config_name)" == "$a_config" ]] || fail "after the rollback the backend mounts $(backend_config_name), not A's ${a_config}"

@@ -108,6 +108,48 @@ pub fn pinned(text: &str, sets: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// What a rollback did not bring back: per service of `target`, how the spec that `now` (the
+/// rollback's own record) shows differs from the one `target` recorded — settings of today's
+/// stack file (environment, healthcheck, limits, replicas...) that the rollback kept, as it
+/// restores images, configs and secrets only. Services without a recorded spec (older
+/// records) are skipped; a service `now` lacks is named.
+pub fn unrestored(target: &DeployRecord, now: &DeployRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    for (service, then) in &target.services {
+        let Some(then_spec) = &then.spec else {
+            continue;
+        };
+        match now.services.get(service).and_then(|s| s.spec.as_ref()) {
+            None if !now.services.contains_key(service) => {
+                out.push(format!("{service}: not in the stack any more"));
+            }
+            None => {}
+            Some(now_spec) => {
+                // The image label is the compose file's text: the rollback pins by digest what
+                // the target deployed by tag (the image itself is compared).
+                let diffs: Vec<String> = crate::drift::differences(then_spec, now_spec)
+                    .into_iter()
+                    .filter(|d| !d.starts_with("Labels.com.docker.stack.image:"))
+                    .collect();
+                if !diffs.is_empty() {
+                    let shown: Vec<&str> = diffs.iter().take(3).map(String::as_str).collect();
+                    let more = diffs.len().saturating_sub(shown.len());
+                    out.push(format!(
+                        "{service}: {}{}",
+                        shown.join("; "),
+                        if more > 0 {
+                            format!(" (and {more} more)")
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The configs a record names that no longer exist in the swarm.
 pub fn pruned(record: &DeployRecord, existing: &BTreeSet<String>) -> Vec<String> {
     let names: BTreeSet<&String> = record.services.values().flat_map(|s| &s.configs).collect();
@@ -648,6 +690,25 @@ pub fn rollback(
                 )),
             }
             drop(guard);
+            // The rollback's own record (the newest, with its note) against the target's.
+            let records = rollout_watcher::history::read_all(&request.env_dir.join("history"));
+            let note = rollback_note(&plan.target);
+            if let Some(now) = records.as_ref().ok().and_then(|all| {
+                all.last()
+                    .filter(|r| r.note.as_deref() == Some(note.as_str()))
+            }) && let Some(then) = target
+            {
+                let differ = unrestored(then, now);
+                if !differ.is_empty() {
+                    say(&format!(
+                        "WARNING: the stack file changed since deploy {}: these settings are today's, not that deploy's (a rollback restores images, configs and secrets; to undo a stack-file change, deploy a release without it):",
+                        plan.target
+                    ));
+                    for line in differ {
+                        say(&format!("  {line}"));
+                    }
+                }
+            }
             Ok((Outcome::Done, w.summary))
         }
         Ok(w) => {
@@ -672,6 +733,94 @@ mod tests {
     use rollout_watcher::history::ServiceRecord;
 
     const D: &str = "@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    #[test]
+    fn what_a_rollback_did_not_restore_is_named_per_service() {
+        let spec = |env: &[&str], replicas: u64| {
+            serde_json::json!({
+                "TaskTemplate": {"ContainerSpec": {"Image": "b", "Env": env}},
+                "Mode": {"Replicated": {"Replicas": replicas}}
+            })
+        };
+        let with_specs = |id: &str, specs: &[(&str, Option<serde_json::Value>)]| DeployRecord {
+            id: id.into(),
+            services: specs
+                .iter()
+                .map(|(name, spec)| {
+                    (
+                        (*name).to_owned(),
+                        ServiceRecord {
+                            spec: spec.clone(),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let then = with_specs(
+            "a",
+            &[
+                ("backend", Some(spec(&["A=1"], 2))),
+                ("frontend", Some(spec(&[], 1))),
+                ("old", Some(spec(&[], 1))),
+                ("unknown", None),
+            ],
+        );
+        // The same specs: nothing to say (a service added since is not the target's business;
+        // the stack's image label is the compose text, pinned by digest in a rollback).
+        let labelled = |image: &str| {
+            let mut v = spec(&[], 1);
+            v["Labels"] = serde_json::json!({"com.docker.stack.image": image});
+            v
+        };
+        assert!(
+            unrestored(
+                &with_specs("x", &[("frontend", Some(labelled("f:1")))]),
+                &with_specs("y", &[("frontend", Some(labelled(&format!("f:1{D}"))))])
+            )
+            .is_empty()
+        );
+        let same = with_specs(
+            "b",
+            &[
+                ("backend", Some(spec(&["A=1"], 2))),
+                ("frontend", Some(spec(&[], 1))),
+                ("old", Some(spec(&[], 1))),
+                ("new", Some(spec(&[], 1))),
+            ],
+        );
+        assert!(unrestored(&then, &same).is_empty());
+        let changed = with_specs(
+            "c",
+            &[
+                ("backend", Some(spec(&["A=1", "B=2"], 3))),
+                ("frontend", None),
+                ("unknown", Some(spec(&[], 1))),
+            ],
+        );
+        assert_eq!(
+            unrestored(&then, &changed),
+            vec![
+                "backend: Mode.Replicated.Replicas: 2 → 3; TaskTemplate.ContainerSpec.Env: added B=2",
+                "old: not in the stack any more",
+            ]
+        );
+        // More than three differences: the first three, and how many more.
+        let many = |n: u64| {
+            let mut v = spec(&[], 1);
+            for i in 0..n {
+                v[format!("K{i}")] = serde_json::json!(i + 1);
+            }
+            v
+        };
+        let then = with_specs("d", &[("backend", Some(many(0)))]);
+        let now = with_specs("e", &[("backend", Some(many(5)))]);
+        assert_eq!(
+            unrestored(&then, &now),
+            vec!["backend: K0: added 1; K1: added 2; K2: added 3 (and 2 more)"]
+        );
+    }
 
     fn record(id: &str, tag: &str, config: &str) -> DeployRecord {
         DeployRecord {
