@@ -155,6 +155,14 @@ acme_issue_through_the_edge() {
         || fail "https://${ACME_NAME} does not serve a chain Pebble's roots verify: $(served_sha "$ACME_NAME")"
     grep -q "^prod: certificate for ${ACME_NAME} until " "$out" \
         || fail "cert issue does not say which certificate it installed: $(tail -n 5 "$out")"
+    # The account key: a 0600 file, and nowhere in what the command said.
+    local account key
+    account="${PROD_DIR}/secrets/acme-account-127.0.0.1_${PEBBLE_ACME_PORT}.json"
+    [[ "$(stat -c %a "$account" 2>/dev/null)" == 600 ]] || fail "the ACME account file ${account} is missing or not 0600"
+    key="$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["credentials"]; print(c["key_pkcs8"][20:60])' "$account")" \
+        || fail "no key_pkcs8 in ${account}"
+    [[ ${#key} -eq 40 ]] || fail "no account key canary"
+    if grep -qF -- "$key" "$out"; then fail "the ACME account key appears in cert issue's output"; fi
     "${PROD_DIR}/current/stackship" cert show prod > "$out" 2>&1 || fail "stackship cert show prod failed"
     grep -q "$ACME_NAME" "$out" || fail "cert show does not name ${ACME_NAME}: $(cat "$out")"
     grep -qi "pebble" "$out" || fail "cert show does not name Pebble as the issuer: $(cat "$out")"
