@@ -861,23 +861,19 @@ pub fn obtain(
     ));
 
     let deploy_request = deploy::Request {
-        release: request.env_dir.join("current"),
-        env: request.env.clone(),
-        review: None,
-        tag: None,
-        timeout: None,
-        process_env: request.process_env.clone(),
-        owner: request.owner.clone(),
-        data_root: request.data_root.clone(),
-        install: None,
-        allow_older: false,
-        lock_held_here: true,
         note: Some(format!(
             "certificate for {} until {}",
             issued.names.join(", "),
             issued.not_after.format("%Y-%m-%d")
         )),
-        stop: request.stop,
+        ..deploy::Request::of_installed(
+            &request.env_dir,
+            &request.env,
+            request.process_env.clone(),
+            &request.owner,
+            &request.data_root,
+            request.stop,
+        )
     };
     say(&format!(
         "stackship deploy {} (the new certificate)",

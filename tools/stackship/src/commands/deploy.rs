@@ -139,6 +139,33 @@ pub struct Install {
 }
 
 impl Request {
+    /// A deploy of the release installed in `env_dir` (its `current/`) by a command that already
+    /// holds the environment's deploy lock: a rollback, a certificate renewal.
+    pub fn of_installed(
+        env_dir: &Path,
+        env: &str,
+        process_env: BTreeMap<String, String>,
+        owner: &str,
+        data_root: &Path,
+        stop: fn() -> bool,
+    ) -> Request {
+        Request {
+            release: env_dir.join("current"),
+            env: env.to_owned(),
+            review: None,
+            tag: None,
+            timeout: None,
+            process_env,
+            owner: owner.to_owned(),
+            data_root: data_root.to_path_buf(),
+            install: None,
+            allow_older: false,
+            lock_held_here: true,
+            note: None,
+            stop,
+        }
+    }
+
     /// The environment directory (the release's parent): settings, lock, records.
     pub fn env_dir(&self) -> PathBuf {
         self.release

@@ -521,19 +521,15 @@ pub fn rollback(
     let mut say = |m: &str| progress_line(progress, m);
     let current = request.env_dir.join("current");
     let base = deploy::Request {
-        release: current.clone(),
-        env: request.env.clone(),
-        review: None,
-        tag: None,
-        timeout: None,
-        process_env: request.process_env.clone(),
-        owner: request.owner.clone(),
-        data_root: request.data_root.clone(),
-        install: None,
         allow_older: true,
-        lock_held_here: true,
-        note: None,
-        stop: request.stop,
+        ..deploy::Request::of_installed(
+            &request.env_dir,
+            &request.env,
+            request.process_env.clone(),
+            &request.owner,
+            &request.data_root,
+            request.stop,
+        )
     };
     let compose = base.compose();
     if !compose.is_file() {
