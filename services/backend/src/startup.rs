@@ -56,6 +56,9 @@ pub fn connect_options(db: &DatabaseSettings) -> PgConnectOptions {
     options
 }
 
+/// A pooled connection idle this long is pinged before use (see [`lazy_pool`]).
+pub const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A pool that connects on first use, so the service starts (and answers 503) while the
 /// database is down, and recovers by itself when it comes back.
 pub fn lazy_pool(db: &DatabaseSettings) -> PgPool {
@@ -67,9 +70,19 @@ pub fn lazy_pool(db: &DatabaseSettings) -> PgPool {
         .idle_timeout(seconds(db.idle_timeout_s))
         .acquire_timeout(std::time::Duration::from_millis(db.acquire_timeout_ms))
         // No ping before every acquire: it would double the round trips of each group commit.
-        // A connection broken by a database restart fails its next query (answered 503) and
-        // the pool discards it, so the service recovers by itself anyway (tested).
         .test_before_acquire(false)
+        // But a connection that sat idle is pinged first: one that died with its server (a
+        // Postgres restart, a failover) is then closed and replaced instead of failing the next
+        // request that uses it, however much later. Under load connections are seldom idle
+        // that long, and a ping is one round trip.
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(connect_options(db))
 }
 

@@ -99,3 +99,49 @@ async fn wrong_password_is_never_healthy_and_says_why() {
     assert_json_error(app.get("/api/service/ready").await, 503).await;
     app.stop().await;
 }
+
+/// Postgres restarts while the app keeps its pooled connections: once the database is back,
+/// no request fails on a connection that died with the old server, however long it sat idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_died_with_a_restart_fail_no_request() {
+    let cluster = PgCluster::init();
+    cluster.start();
+    let mut settings = cluster.settings();
+    settings.database.min_connections = 4;
+    settings.database.max_connections = 4;
+    let pool = pool_for(&settings);
+    let app = TestApp::spawn(pool.clone(), settings).await;
+    // Every pooled connection in use once (four reads at a time, twice).
+    for _ in 0..2 {
+        let reads: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(app.client.get(app.url("/api/logs")).send()))
+            .collect();
+        for read in reads {
+            assert_eq!(read.await.unwrap().unwrap().status(), 200);
+        }
+    }
+    assert_eq!(pool.size(), 4);
+    // A restart (fast shutdown: every session is terminated), then a quiet second.
+    cluster.stop();
+    cluster.start();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for i in 0..12 {
+        let r = app
+            .post_json("/api/log", &json!({"message": format!("after {i}")}))
+            .await;
+        assert_eq!(
+            r.status(),
+            201,
+            "write {i} after the restart: {}",
+            r.text().await.unwrap()
+        );
+        let r = app.get("/api/logs").await;
+        assert_eq!(
+            r.status(),
+            200,
+            "read {i} after the restart: {}",
+            r.text().await.unwrap()
+        );
+    }
+    app.stop().await;
+}
