@@ -10,10 +10,12 @@
 //! as a flag the waits check), [`drift`] (running spec vs recorded spec), [`layout`] (paths on
 //! the manager), [`release`] (installing a release under the lock), [`ancestry`] (deploys do not
 //! go backwards), [`exit`] (exit codes a pipeline can act on), [`acme`] (certificates over ACME
-//! with HTTP-01, and when to renew them).
+//! with HTTP-01, and when to renew them), [`canary`] (whether a new version fails real requests
+//! more than the old one: the decision, on request counts).
 
 pub mod acme;
 pub mod ancestry;
+pub mod canary;
 pub mod cli;
 pub mod commands;
 pub mod docker;

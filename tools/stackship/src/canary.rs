@@ -1,0 +1,300 @@
+//! The canary decision: does the new version of a service fail real requests more than the old
+//! one did over the same window? A pure function of request counts (by route and status, per
+//! version) and the service's thresholds. Where the counts come from (the tasks' own metrics,
+//! Prometheus) is the caller's business.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Requests answered over a window, by route (`GET /api/logs`) and status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts(pub BTreeMap<(String, u16), u64>);
+
+impl Counts {
+    /// Adds `n` answers of `status` on `route`.
+    pub fn add(&mut self, route: &str, status: u16, n: u64) {
+        *self.0.entry((route.to_owned(), status)).or_default() += n;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// Answers with a 5xx status: the server's failures (a 4xx is the client's).
+    pub fn failed(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|((_, status), _)| *status >= 500)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The share of failed answers (0 with none at all).
+    pub fn failed_ratio(&self) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            total => self.failed() as f64 / total as f64,
+        }
+    }
+
+    /// What was counted after `earlier` (counters only grow; one that went down was reset,
+    /// by a task restart, and counts from zero).
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts(
+            self.0
+                .iter()
+                .map(|(key, &now)| {
+                    let before = earlier.0.get(key).copied().unwrap_or(0);
+                    let n = if now >= before { now - before } else { now };
+                    (key.clone(), n)
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        )
+    }
+
+    /// The route and status that failed most often, and how often.
+    pub fn worst(&self) -> Option<(&str, u16, u64)> {
+        self.0
+            .iter()
+            .filter(|((_, status), n)| *status >= 500 && **n > 0)
+            .max_by_key(|((route, status), n)| (**n, std::cmp::Reverse((route.clone(), *status))))
+            .map(|((route, status), n)| (route.as_str(), *status, *n))
+    }
+}
+
+/// When too little traffic reached the new version to judge it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TooLittle {
+    /// Let the rollout go on (said as such, never as a pass).
+    Proceed,
+    /// Roll back, as for a breach.
+    RollBack,
+}
+
+/// A service's thresholds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds {
+    /// Requests the new version must have answered before it is judged.
+    pub min_requests: u64,
+    /// The new version's failed share above which it may be a breach (0.05 = 5 %).
+    pub max_failed_ratio: f64,
+    /// ... and only when it is also this many times the old version's (a database outage fails
+    /// both alike: not the release's fault).
+    pub max_times_old: f64,
+    pub too_little: TooLittle,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            min_requests: 50,
+            max_failed_ratio: 0.05,
+            max_times_old: 2.0,
+            too_little: TooLittle::Proceed,
+        }
+    }
+}
+
+/// The decision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// The new version fails no more than allowed.
+    Healthy { new: Counts, old: Counts },
+    /// The new version fails real requests: roll back.
+    Breach { new: Counts, old: Counts },
+    /// Too few requests reached the new version to say.
+    TooLittleTraffic {
+        new: Counts,
+        old: Counts,
+        then: TooLittle,
+    },
+}
+
+impl Verdict {
+    /// Whether the rollout must be rolled back.
+    pub fn rolls_back(&self) -> bool {
+        match self {
+            Verdict::Breach { .. } => true,
+            Verdict::TooLittleTraffic { then, .. } => *then == TooLittle::RollBack,
+            Verdict::Healthy { .. } => false,
+        }
+    }
+}
+
+/// Judges the new version on what it answered over the window (`new`) against what the old
+/// one answered over the same window (`old`).
+pub fn judge(new: &Counts, old: &Counts, t: &Thresholds) -> Verdict {
+    let (new, old) = (new.clone(), old.clone());
+    if new.total() < t.min_requests {
+        return Verdict::TooLittleTraffic {
+            new,
+            old,
+            then: t.too_little,
+        };
+    }
+    let ratio = new.failed_ratio();
+    // The old version is a reference only when it answered enough itself.
+    let old_ratio = (old.total() >= t.min_requests).then(|| old.failed_ratio());
+    let worse_than_old = old_ratio.is_none_or(|o| ratio > o * t.max_times_old);
+    if ratio > t.max_failed_ratio && worse_than_old {
+        Verdict::Breach { new, old }
+    } else {
+        Verdict::Healthy { new, old }
+    }
+}
+
+fn share(c: &Counts) -> String {
+    format!(
+        "{} of {} failed ({:.1} %)",
+        c.failed(),
+        c.total(),
+        c.failed_ratio() * 100.0
+    )
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Healthy { new, old } => write!(
+                f,
+                "canary healthy: new version {}, old version {}",
+                share(new),
+                share(old)
+            ),
+            Verdict::Breach { new, old } => {
+                write!(
+                    f,
+                    "canary failed real requests: new version {}, old version {}",
+                    share(new),
+                    share(old)
+                )?;
+                if let Some((route, status, n)) = new.worst() {
+                    write!(f, "; most failed: {route} answered {status} {n} times")?;
+                }
+                Ok(())
+            }
+            Verdict::TooLittleTraffic { new, old, then } => write!(
+                f,
+                "too little traffic to judge the canary: the new version answered {} requests, the old {}; {}",
+                new.total(),
+                old.total(),
+                match then {
+                    TooLittle::Proceed => "the rollout goes on unjudged",
+                    TooLittle::RollBack => "rolling back, as set",
+                }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(rows: &[(&str, u16, u64)]) -> Counts {
+        let mut c = Counts::default();
+        for (route, status, n) in rows {
+            c.add(route, *status, *n);
+        }
+        c
+    }
+
+    #[test]
+    fn counts_add_up_and_only_5xx_fail() {
+        let c = counts(&[
+            ("GET /api/logs", 200, 90),
+            ("GET /api/logs", 404, 5),
+            ("POST /api/log", 503, 3),
+            ("POST /api/log", 500, 2),
+            ("POST /api/log", 200, 0),
+        ]);
+        assert_eq!((c.total(), c.failed()), (100, 5));
+        assert!((c.failed_ratio() - 0.05).abs() < 1e-12);
+        assert_eq!(Counts::default().failed_ratio(), 0.0);
+        assert_eq!(c.worst(), Some(("POST /api/log", 503, 3)));
+        // A tie goes to the first route and status in order.
+        let tie = counts(&[("B", 500, 2), ("A", 502, 2), ("A", 500, 2)]);
+        assert_eq!(tie.worst(), Some(("A", 500, 2)));
+        assert_eq!(counts(&[("A", 200, 9), ("A", 404, 1)]).worst(), None);
+    }
+
+    #[test]
+    fn a_window_is_the_difference_of_two_samples_and_a_reset_counts_from_zero() {
+        let before = counts(&[("A", 200, 100), ("A", 500, 4), ("B", 200, 50)]);
+        let after = counts(&[("A", 200, 130), ("A", 500, 4), ("B", 200, 7), ("C", 503, 2)]);
+        assert_eq!(
+            after.since(&before),
+            counts(&[("A", 200, 30), ("B", 200, 7), ("C", 503, 2)])
+        );
+        assert_eq!(after.since(&Counts::default()), after);
+    }
+
+    #[test]
+    fn a_new_version_failing_one_route_is_a_breach_that_names_it() {
+        let new = counts(&[("GET /api/logs", 200, 60), ("POST /api/log", 500, 40)]);
+        let old = counts(&[("GET /api/logs", 200, 300), ("POST /api/log", 201, 200)]);
+        let v = judge(&new, &old, &Thresholds::default());
+        assert!(v.rolls_back());
+        assert_eq!(
+            v.to_string(),
+            "canary failed real requests: new version 40 of 100 failed (40.0 %), old version 0 of 500 failed (0.0 %); most failed: POST /api/log answered 500 40 times"
+        );
+    }
+
+    #[test]
+    fn failing_like_the_old_version_is_not_the_release_s_fault() {
+        // A database outage: both versions answer 503 alike.
+        let new = counts(&[("POST /api/log", 503, 30), ("POST /api/log", 201, 70)]);
+        let old = counts(&[("POST /api/log", 503, 90), ("POST /api/log", 201, 210)]);
+        let v = judge(&new, &old, &Thresholds::default());
+        assert!(matches!(v, Verdict::Healthy { .. }), "{v}");
+        assert!(!v.rolls_back());
+        // Twice the old ratio and above the absolute limit: a breach. Exactly twice: not yet.
+        let t = Thresholds::default();
+        let old = counts(&[("A", 500, 10), ("A", 200, 190)]); // 5 %
+        let at_twice = counts(&[("A", 500, 10), ("A", 200, 90)]); // 10 %
+        assert!(!judge(&at_twice, &old, &t).rolls_back());
+        let above = counts(&[("A", 500, 11), ("A", 200, 89)]); // 11 %
+        assert!(judge(&above, &old, &t).rolls_back());
+    }
+
+    #[test]
+    fn the_absolute_limit_is_exclusive_and_an_idle_old_version_is_no_reference() {
+        let t = Thresholds::default();
+        let at_limit = counts(&[("A", 500, 5), ("A", 200, 95)]);
+        assert!(!judge(&at_limit, &Counts::default(), &t).rolls_back());
+        let above = counts(&[("A", 500, 6), ("A", 200, 94)]);
+        // The old version answered too little to compare with: the absolute limit decides.
+        let idle_old = counts(&[("A", 500, 10), ("A", 200, 39)]);
+        assert!(judge(&above, &idle_old, &t).rolls_back());
+        // With enough old traffic at a higher rate, the same share is no breach.
+        let busy_old = counts(&[("A", 500, 10), ("A", 200, 40)]);
+        assert!(!judge(&above, &busy_old, &t).rolls_back());
+    }
+
+    #[test]
+    fn too_little_traffic_is_said_and_goes_the_way_it_is_set() {
+        let new = counts(&[("A", 500, 49)]);
+        let old = counts(&[("A", 200, 400)]);
+        let v = judge(&new, &old, &Thresholds::default());
+        assert!(!v.rolls_back());
+        assert_eq!(
+            v.to_string(),
+            "too little traffic to judge the canary: the new version answered 49 requests, the old 400; the rollout goes on unjudged"
+        );
+        let strict = Thresholds {
+            too_little: TooLittle::RollBack,
+            ..Thresholds::default()
+        };
+        let v = judge(&new, &old, &strict);
+        assert!(v.rolls_back());
+        assert!(v.to_string().ends_with("rolling back, as set"), "{v}");
+        // Exactly the minimum is enough to judge.
+        let v = judge(&counts(&[("A", 200, 50)]), &old, &strict);
+        assert_eq!(
+            v.to_string(),
+            "canary healthy: new version 0 of 50 failed (0.0 %), old version 0 of 400 failed (0.0 %)"
+        );
+    }
+}
