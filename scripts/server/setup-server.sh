@@ -222,6 +222,7 @@ UNIT
         systemctl enable --now "${unit}.timer" >/dev/null 2>&1 || die "systemctl enable --now ${unit}.timer failed"
         log "${env}: daily certificate renewal: ${unit}.timer (systemctl list-timers ${unit}.timer; journalctl -u ${unit})"
     else
+        need_cmd cron cron
         cat > "$cron_file" <<CRON
 # Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh: the daily ${env} certificate renewal.
 SHELL=/bin/sh
@@ -230,6 +231,7 @@ STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
 CRON
         chmod 0644 "$cron_file"
         log "${env}: daily certificate renewal: ${cron_file} (no systemd here; its output goes to syslog as ${unit})"
+        pgrep -x cron >/dev/null 2>&1 || warn "cron is not running on this host: start it (service cron start), or the daily renewal never runs"
     fi
 }
 

@@ -227,6 +227,25 @@ run_tests() {
     again="$("$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" 2>/dev/null)" || again="failed"
     expect_eq "setup: a second run changes nothing and prints the same line" "$(cat "$WORK/known_hosts")" "$again"
 
+    # --- the daily certificate renewal: installed for an environment that sets ACME_DOMAINS ---
+    local renew_cmd="$ENV_DIR/current/stackship cert renew dev" unit=stackship-cert-renew-dev had_env=0
+    [[ -e "$ENV_DIR/deploy.env" ]] && had_env=1
+    printf 'ACME_DOMAINS=shop.stackship.test\n' >> "$ENV_DIR/deploy.env"
+    "$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" > /dev/null 2>&1 || true
+    if [[ -d /run/systemd/system ]]; then
+        check "renewal: a daily timer" grep -qx 'OnCalendar=daily' "/etc/systemd/system/${unit}.timer"
+        check "renewal: ... running stackship cert renew dev as the deploy user" \
+            bash -c "grep -qx 'ExecStart=${renew_cmd}' /etc/systemd/system/${unit}.service && grep -qx 'User=${TEST_USER}' /etc/systemd/system/${unit}.service"
+    else
+        check "renewal: a daily cron entry running stackship cert renew dev as the deploy user" \
+            grep -q "^17 4 \* \* \* ${TEST_USER} ${renew_cmd} 2>&1 | logger -t ${unit}\$" "/etc/cron.d/${unit}"
+    fi
+    sed -i '/^ACME_DOMAINS=/d' "$ENV_DIR/deploy.env"
+    ((had_env)) || rm -f "$ENV_DIR/deploy.env"
+    "$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" > /dev/null 2>&1 || true
+    check "renewal: removed when ACME_DOMAINS is unset" \
+        bash -c "[[ ! -e /etc/cron.d/${unit} && ! -e /etc/systemd/system/${unit}.timer ]]"
+
     # --- a wrong host key: the job fails before anything is copied ---
     job SSH_KNOWN_HOSTS="$WORK/wrong_known_hosts"
     expect_eq "host key: a wrong host key fails the job" 1 "$JOB_RC"
