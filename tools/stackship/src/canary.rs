@@ -1,7 +1,9 @@
 //! The canary decision: does the new version of a service fail real requests more than the old
 //! one did over the same window? A pure function of request counts (by route and status, per
-//! version) and the service's thresholds. Where the counts come from (the tasks' own metrics,
-//! Prometheus) is the caller's business.
+//! version) and the service's thresholds, plus [`parse_access`], which reads those counts from
+//! nginx-proxy's access log: every environment has one (dev and review stacks have no
+//! Prometheus), and it records what clients got, including the 502/504 nginx answers when a
+//! task does not.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,6 +63,62 @@ impl Counts {
             .max_by_key(|((route, status), n)| (**n, std::cmp::Reverse((route.clone(), *status))))
             .map(|((route, status), n)| (route.as_str(), *status, *n))
     }
+}
+
+/// One answer an upstream gave, as nginx-proxy's access log (its `proxy` format) records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// The task's address and port, `10.0.1.5:8080`.
+    pub upstream: String,
+    /// The method and path without its query, `GET /api/logs`.
+    pub route: String,
+    pub status: u16,
+}
+
+/// The upstream answers of one access log line (`docker service logs` prefixes allowed): one
+/// per attempt when nginx tried more than one task (`upstream=a:8080, b:8080
+/// upstream_status=502, 200`). None for a line of another kind, an answer nginx gave itself
+/// (`upstream=-`), or an attempt with no status (`-`).
+pub fn parse_access(line: &str) -> Vec<Answered> {
+    // `... upstream=<addr>[, <addr>...] upstream_status=<status>[, <status>...] rt=...`
+    let between = |from: &str, to: &str| -> Option<&str> {
+        let start = line.find(from)? + from.len();
+        let end = line[start..].find(to).map_or(line.len(), |i| start + i);
+        Some(line[start..end].trim())
+    };
+    let route = line.split_once(" \"").and_then(|(_, rest)| {
+        let request = rest.split('"').next()?;
+        let mut words = request.split(' ');
+        let (method, target) = (words.next()?, words.next()?);
+        let path = target.split('?').next()?;
+        (!method.is_empty() && path.starts_with('/')).then(|| format!("{method} {path}"))
+    });
+    let (Some(route), Some(upstreams), Some(statuses)) = (
+        route,
+        between(" upstream=", " upstream_status="),
+        between(" upstream_status=", " rt="),
+    ) else {
+        return Vec::new();
+    };
+    // nginx separates the tasks it tried with ", " (an internal redirect adds " : ").
+    let list = |v: &str| -> Vec<String> {
+        v.split([',', ' '])
+            .filter(|w| !w.is_empty() && *w != ":")
+            .map(str::to_owned)
+            .collect()
+    };
+    list(upstreams)
+        .into_iter()
+        .zip(list(statuses))
+        .filter_map(|(upstream, status)| {
+            let status: u16 = status.parse().ok()?;
+            upstream.contains(':').then(|| Answered {
+                upstream,
+                route: route.clone(),
+                status,
+            })
+        })
+        .collect()
 }
 
 /// When too little traffic reached the new version to judge it.
@@ -198,6 +256,54 @@ mod tests {
             c.add(route, *status, *n);
         }
         c
+    }
+
+    const LOGGED: &str = "2026-12-06T19:40:46.123456789Z stackship-prod_nginx-proxy.1.k3x9@vm    | 172.18.0.1 [2026-12-06T19:40:46+00:00] \"GET /api/logs?before=5&limit=20 HTTP/1.1\" 200 512 rid=4f2a upstream=10.0.1.5:8080 upstream_status=200 rt=0.003 urt=0.003 \"curl/7.88.1\"";
+
+    #[test]
+    fn an_access_line_gives_each_upstream_answer() {
+        assert_eq!(
+            parse_access(LOGGED),
+            vec![Answered {
+                upstream: "10.0.1.5:8080".into(),
+                route: "GET /api/logs".into(),
+                status: 200
+            }]
+        );
+        // nginx tried two tasks: the first refused (502), the second answered.
+        let retried = "172.18.0.1 [t] \"POST /api/log HTTP/1.1\" 201 40 rid=1 upstream=10.0.1.5:8080, 10.0.1.6:8080 upstream_status=502, 201 rt=0.010 urt=0.001, 0.009 \"ua\"";
+        assert_eq!(
+            parse_access(retried)
+                .iter()
+                .map(|a| format!("{} {} {}", a.upstream, a.route, a.status))
+                .collect::<Vec<_>>(),
+            [
+                "10.0.1.5:8080 POST /api/log 502",
+                "10.0.1.6:8080 POST /api/log 201"
+            ]
+        );
+        // An internal redirect's second group.
+        let redirected = "x [t] \"GET /a HTTP/1.1\" 500 1 rid=1 upstream=10.0.1.5:8080 : 10.0.1.7:8080 upstream_status=404 : 500 rt=0.1 urt=0.1 \"ua\"";
+        assert_eq!(parse_access(redirected).len(), 2);
+        assert_eq!(parse_access(redirected)[1].status, 500);
+    }
+
+    #[test]
+    fn lines_without_an_upstream_answer_give_none() {
+        for line in [
+            // nginx answered itself (a redirect, a static 404).
+            "x [t] \"GET /old HTTP/1.1\" 301 0 rid=1 upstream=- upstream_status=- rt=0.000 urt=- \"ua\"",
+            // A bad request line.
+            "x [t] \"\\x16\\x03\" 400 0 rid=1 upstream=- upstream_status=- rt=0.000 urt=- \"-\"",
+            // Not an access line at all.
+            "2026/12/06 19:40:46 [notice] 1#1: signal process started",
+            "",
+        ] {
+            assert_eq!(parse_access(line), vec![], "{line}");
+        }
+        // A path that is not a path, or no status for the attempt: skipped.
+        assert!(parse_access("x [t] \"GET * HTTP/1.1\" 200 0 rid=1 upstream=10.0.1.5:8080 upstream_status=200 rt=0 urt=0 \"ua\"").is_empty());
+        assert!(parse_access("x [t] \"GET / HTTP/1.1\" 504 0 rid=1 upstream=10.0.1.5:8080 upstream_status=- rt=0 urt=0 \"ua\"").is_empty());
     }
 
     #[test]
