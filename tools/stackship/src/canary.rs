@@ -121,6 +121,28 @@ pub fn parse_access(line: &str) -> Vec<Answered> {
         .collect()
 }
 
+/// The answers of `lines` (access log lines) by version: `versions` maps a task's address
+/// (without port) to the version it runs; answers of other addresses (another service's
+/// tasks, a task already gone) are not counted.
+pub fn counts_by_version<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    versions: &BTreeMap<String, String>,
+) -> BTreeMap<String, Counts> {
+    let mut out: BTreeMap<String, Counts> = BTreeMap::new();
+    for answered in lines.into_iter().flat_map(parse_access) {
+        let address = answered
+            .upstream
+            .rsplit_once(':')
+            .map_or(answered.upstream.as_str(), |(a, _)| a);
+        if let Some(version) = versions.get(address) {
+            out.entry(version.clone())
+                .or_default()
+                .add(&answered.route, answered.status, 1);
+        }
+    }
+    out
+}
+
 /// When too little traffic reached the new version to judge it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TooLittle {
@@ -304,6 +326,45 @@ mod tests {
         // A path that is not a path, or no status for the attempt: skipped.
         assert!(parse_access("x [t] \"GET * HTTP/1.1\" 200 0 rid=1 upstream=10.0.1.5:8080 upstream_status=200 rt=0 urt=0 \"ua\"").is_empty());
         assert!(parse_access("x [t] \"GET / HTTP/1.1\" 504 0 rid=1 upstream=10.0.1.5:8080 upstream_status=- rt=0 urt=0 \"ua\"").is_empty());
+    }
+
+    #[test]
+    fn answers_are_counted_per_version_of_the_task_that_gave_them() {
+        let line = |upstream: &str, status: &str, path: &str| {
+            format!(
+                "x [t] \"GET {path} HTTP/1.1\" 200 1 rid=1 upstream={upstream} upstream_status={status} rt=0 urt=0 \"ua\""
+            )
+        };
+        let lines = [
+            line("10.0.1.5:8080", "200", "/api/logs"),
+            line("10.0.1.5:8080", "500", "/api/logs"),
+            line("10.0.1.6:8080", "200", "/api/logs?x=1"),
+            line("10.0.1.5:8080, 10.0.1.6:8080", "502, 200", "/api/logs"),
+            // The frontend's task, and nginx's own answer: not counted.
+            line("10.0.1.9:8080", "200", "/"),
+            line("-", "-", "/"),
+        ];
+        let versions: BTreeMap<String, String> = [
+            ("10.0.1.5".to_owned(), "new".to_owned()),
+            ("10.0.1.6".to_owned(), "old".to_owned()),
+        ]
+        .into();
+        let by = counts_by_version(lines.iter().map(String::as_str), &versions);
+        assert_eq!(
+            by,
+            [
+                (
+                    "new".to_owned(),
+                    counts(&[
+                        ("GET /api/logs", 200, 1),
+                        ("GET /api/logs", 500, 1),
+                        ("GET /api/logs", 502, 1)
+                    ])
+                ),
+                ("old".to_owned(), counts(&[("GET /api/logs", 200, 2)])),
+            ]
+            .into()
+        );
     }
 
     #[test]
