@@ -84,6 +84,22 @@ impl fmt::Debug for Account {
     }
 }
 
+/// Gives `path` to the owner of its directory when they differ: a file written by root (a
+/// command run with sudo) in the deploy user's `secrets/` stays readable by the deploy user,
+/// who runs the timer and the pipeline's deploys. Unchanged when they are the same.
+pub(crate) fn owned_like_its_directory(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (d, f) = (fs::metadata(dir)?, fs::metadata(path)?);
+    if (d.uid(), d.gid()) == (f.uid(), f.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(d.uid()), Some(d.gid()))
+}
+
 /// The credentials file's content.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,6 +319,8 @@ impl PendingFile {
         file.write_all(contents)
             .and_then(|()| file.sync_all())
             .map_err(|e| io_err("writing", e))?;
+        owned_like_its_directory(&self.temp)
+            .map_err(|e| io_err("giving to the directory's owner", e))?;
         drop(file);
         fs::rename(&self.temp, &self.dest).map_err(|e| io_err("renaming into place", e))?;
         // The rename is durable once the directory is on disk too.
@@ -332,6 +350,29 @@ impl Drop for PendingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_given_to_its_directory_s_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // As root (how CI runs), the directory belongs to someone else, as the deploy user's
+        // secrets/ does when an operator uses sudo; otherwise both are the caller's.
+        let me = fs::metadata(dir.path()).unwrap().uid();
+        if me == 0 {
+            std::os::unix::fs::chown(dir.path(), Some(54321), Some(54322)).unwrap();
+        }
+        let file = dir.path().join("f");
+        fs::write(&file, "x").unwrap();
+        owned_like_its_directory(&file).unwrap();
+        let (d, f) = (
+            fs::metadata(dir.path()).unwrap(),
+            fs::metadata(&file).unwrap(),
+        );
+        assert_eq!((f.uid(), f.gid()), (d.uid(), d.gid()));
+        assert_eq!(fs::read_to_string(&file).unwrap(), "x");
+        assert!(owned_like_its_directory(&dir.path().join("missing")).is_err());
+    }
+
     use crate::acme::fake::{DIR, FakeCa, fake_account};
 
     fn leftovers(dir: &Path) -> Vec<String> {

@@ -18,6 +18,7 @@ mod issue;
 pub mod loopback;
 mod renewal;
 
+pub(crate) use account::owned_like_its_directory;
 pub use account::{Account, AcmeServer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, Opened};
 pub use error::{AcmeError, AuthzFailure, Problem, Subproblem};
 pub use issue::{IssueOptions, Issued, Responder, checked_names, issue};

@@ -387,7 +387,9 @@ impl<'a, 'b> HelperResponder<'a, 'b> {
             return;
         };
         let name = running.helper.name().to_owned();
+        let mut removed = true;
         if let Err(e) = running.helper.remove() {
+            removed = false;
             (self.say)(&format!(
                 "WARNING: could not remove the responder {name}: {e} (docker service rm {name})"
             ));
@@ -396,12 +398,15 @@ impl<'a, 'b> HelperResponder<'a, 'b> {
             .client
             .run(&Call::write(["config", "rm", running.config.as_str()]))
         {
+            removed = false;
             (self.say)(&format!(
-                "WARNING: could not remove the responder's config {}: {e}",
-                running.config
+                "WARNING: could not remove the responder's config {}: {e} (docker config rm {})",
+                running.config, running.config
             ));
         }
-        (self.say)(&format!("HTTP-01 responder {name} removed"));
+        if removed {
+            (self.say)(&format!("HTTP-01 responder {name} removed"));
+        }
     }
 
     fn start(&self) -> io::Result<()> {
@@ -699,6 +704,10 @@ fn write_atomically(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.sync_all()?;
     drop(file);
+    if let Err(e) = crate::acme::owned_like_its_directory(&tmp) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
@@ -891,6 +900,14 @@ pub fn obtain(
             files.cert().display()
         )),
     };
+    let keep_new = |what: &str| {
+        say(&format!(
+            "{what}: the new certificate stays in {} and the previous one in {}.previous; see `stackship status {}`, then deploy again, or put the .previous pair back and deploy",
+            files.dir.display(),
+            files.cert().display(),
+            request.env
+        ))
+    };
     let outcome = match result {
         Ok(w) if w.outcome == Outcome::Done => {
             previous.discard();
@@ -909,12 +926,25 @@ pub fn obtain(
             );
             Ok((Outcome::Done, text))
         }
+        // The swarm may already serve the new pair: the files stay as they are (the old pair in
+        // *.previous), so that files and swarm do not disagree behind the operator's back.
+        Ok(w) if w.outcome == Outcome::Unknown => {
+            keep_new(&format!(
+                "the deploy's end is unknown ({})",
+                w.outcome.meaning()
+            ));
+            Ok((w.outcome, w.summary))
+        }
         Ok(w) => {
             put_back(
                 previous,
                 &format!("the deploy did not succeed ({})", w.outcome.meaning()),
             );
             Ok((w.outcome, w.summary))
+        }
+        Err(e) if e.outcome() == Outcome::Unknown => {
+            keep_new(&format!("the deploy stopped at {e}, after it began"));
+            Err(Error::Deploy(Box::new(e)))
         }
         Err(e) => {
             put_back(previous, &format!("the deploy stopped at {e}"));
@@ -1493,17 +1523,45 @@ mod tests {
             progress.contains("the deploy stopped at pull"),
             "{progress}"
         );
-        // One whose end could not be seen: exit 3, the old pair back too.
-        let f = fixture(SETTINGS, SOON);
-        let fake = responder_engine();
-        let ca = TestCa::answering(Ok(issued(&["a.example", "www.a.example"])));
-        let deployer = TestDeploy::with(Err(DeployError {
-            stage: Stage::Watch,
-            error: Error::Refused("could not follow stackship-prod".into()),
-        }));
-        let (result, _) = run(&f, &fake, &ca, &deployer);
-        assert_eq!(result.unwrap_err().outcome(), Outcome::Unknown);
-        assert_eq!(files(&f), (f.old_cert.clone(), f.old_key.clone()));
+        // One whose end could not be seen (exit 3): the swarm may serve the new pair, so it
+        // stays in place, the old one beside it, and the operator is told both.
+        for result in [
+            Err(DeployError {
+                stage: Stage::Watch,
+                error: Error::Refused("could not follow stackship-prod".into()),
+            }),
+            Ok(Watched {
+                outcome: Outcome::Unknown,
+                summary: String::new(),
+                report: "{}".into(),
+            }),
+        ] {
+            let f = fixture(SETTINGS, SOON);
+            let fake = responder_engine();
+            let new = issued(&["a.example", "www.a.example"]);
+            let new_pair = (new.chain_pem.clone(), new.key_pem.to_string());
+            let ca = TestCa::answering(Ok(new));
+            let deployer = TestDeploy::with(result);
+            let (result, progress) = run(&f, &fake, &ca, &deployer);
+            let outcome = match result {
+                Ok((outcome, _)) => outcome,
+                Err(e) => e.outcome(),
+            };
+            assert_eq!(outcome, Outcome::Unknown);
+            assert_eq!(files(&f), new_pair);
+            assert_eq!(leftovers(&f), ["tls.crt.previous", "tls.key.previous"]);
+            let previous = Files::of(&f.request.env_dir);
+            assert_eq!(
+                fs::read_to_string(Files::previous(&previous.cert())).unwrap(),
+                f.old_cert
+            );
+            assert!(
+                progress.contains("the new certificate stays in ")
+                    && progress.contains("see `stackship status prod`, then deploy again"),
+                "{progress}"
+            );
+            assert!(!progress.contains("is back in"), "{progress}");
+        }
     }
 
     #[test]
@@ -1514,9 +1572,9 @@ mod tests {
         fs::remove_file(secrets.key()).unwrap();
         let fake = responder_engine();
         let ca = TestCa::answering(Ok(issued(&["a.example", "www.a.example"])));
-        let deployer = TestDeploy::ending(Outcome::Unknown);
+        let deployer = TestDeploy::ending(Outcome::RolledBack);
         let (result, _) = run(&f, &fake, &ca, &deployer);
-        assert_eq!(result.unwrap().0, Outcome::Unknown);
+        assert_eq!(result.unwrap().0, Outcome::RolledBack);
         assert!(!secrets.cert().exists());
         assert!(!secrets.key().exists());
         assert!(leftovers(&f).is_empty(), "{:?}", leftovers(&f));

@@ -111,7 +111,7 @@ pub fn pinned(text: &str, sets: &BTreeMap<String, String>) -> String {
 /// What a rollback did not bring back: per service of `target`, how the spec that `now` (the
 /// rollback's own record) shows differs from the one `target` recorded — settings of today's
 /// stack file (environment, healthcheck, limits, replicas...) that the rollback kept, as it
-/// restores images, configs and secrets only. Services without a recorded spec (older
+/// restores images and configs only (secrets stay as they are: not counted here). Services without a recorded spec (older
 /// records) are skipped; a service `now` lacks is named.
 pub fn unrestored(target: &DeployRecord, now: &DeployRecord) -> Vec<String> {
     let mut out = Vec::new();
@@ -129,7 +129,12 @@ pub fn unrestored(target: &DeployRecord, now: &DeployRecord) -> Vec<String> {
                 // the target deployed by tag (the image itself is compared).
                 let diffs: Vec<String> = crate::drift::differences(then_spec, now_spec)
                     .into_iter()
-                    .filter(|d| !d.starts_with("Labels.com.docker.stack.image:"))
+                    .filter(|d| {
+                        !d.starts_with("Labels.com.docker.stack.image:")
+                            // Secrets are not rolled back (a rotated password or a renewed
+                            // certificate stays): not a stack-file change.
+                            && !d.starts_with("TaskTemplate.ContainerSpec.Secrets:")
+                    })
                     .collect();
                 if !diffs.is_empty() {
                     let shown: Vec<&str> = diffs.iter().take(3).map(String::as_str).collect();
@@ -697,7 +702,7 @@ pub fn rollback(
                 let differ = unrestored(then, now);
                 if !differ.is_empty() {
                     say(&format!(
-                        "WARNING: the stack file changed since deploy {}: these settings are today's, not that deploy's (a rollback restores images, configs and secrets; to undo a stack-file change, deploy a release without it):",
+                        "WARNING: the stack file changed since deploy {}: these settings are today's, not that deploy's (a rollback restores images and configs; to undo a stack-file change, deploy a release without it):",
                         plan.target
                     ));
                     for line in differ {
@@ -774,6 +779,26 @@ mod tests {
             unrestored(
                 &with_specs("x", &[("frontend", Some(labelled("f:1")))]),
                 &with_specs("y", &[("frontend", Some(labelled(&format!("f:1{D}"))))])
+            )
+            .is_empty()
+        );
+        // Nor secrets, which a rollback keeps (a renewed certificate, a rotated password).
+        let with_secret = |name: &str| {
+            let mut v = spec(&[], 1);
+            v["TaskTemplate"]["ContainerSpec"]["Secrets"] =
+                serde_json::json!([{"SecretName": name, "SecretID": name}]);
+            v
+        };
+        assert!(
+            unrestored(
+                &with_specs(
+                    "x",
+                    &[("nginx-proxy", Some(with_secret("prod_tls_cert_aaa")))]
+                ),
+                &with_specs(
+                    "y",
+                    &[("nginx-proxy", Some(with_secret("prod_tls_cert_bbb")))]
+                )
             )
             .is_empty()
         );

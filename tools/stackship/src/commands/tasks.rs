@@ -1,6 +1,8 @@
 //! What `stackship logs` and `stackship exec` both read about an environment: its services,
 //! and their tasks as `docker service ps` lists them (slot, node, image, state).
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::docker::{Call, Client};
@@ -122,6 +124,78 @@ pub fn pick<'a>(services: &'a [String], wanted: &str, dir: &EnvDir) -> Result<&'
         })
 }
 
+/// A task as `docker inspect --type task` shows it: what it runs, and its addresses.
+#[derive(Debug, Deserialize)]
+struct Inspected {
+    #[serde(rename = "Spec")]
+    spec: InspectedSpec,
+    #[serde(rename = "NetworksAttachments", default)]
+    networks: Vec<Attachment>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InspectedSpec {
+    #[serde(rename = "ContainerSpec")]
+    container: InspectedContainer,
+}
+
+#[derive(Debug, Deserialize)]
+struct InspectedContainer {
+    #[serde(rename = "Image")]
+    image: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Attachment {
+    #[serde(rename = "Network")]
+    network: AttachedNetwork,
+    /// `10.0.1.5/24`.
+    #[serde(rename = "Addresses", default)]
+    addresses: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AttachedNetwork {
+    #[serde(rename = "Spec")]
+    spec: NetworkSpec,
+}
+
+#[derive(Debug, Deserialize)]
+struct NetworkSpec {
+    #[serde(rename = "Name")]
+    name: String,
+}
+
+/// The version each of the tasks `ids` runs, by the task's address on `network` (e.g.
+/// `stackship-prod_edge`, where nginx-proxy reaches it): how the proxy's access log names a
+/// task. Tasks without an address there (not started yet, or gone) are left out.
+pub fn versions_by_address(
+    client: &Client<'_>,
+    ids: &[String],
+    network: &str,
+) -> Result<BTreeMap<String, String>, Error> {
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut args = vec!["inspect", "--type", "task"];
+    args.extend(ids.iter().map(String::as_str));
+    let text = client.run(&Call::read(args))?;
+    let tasks: Vec<Inspected> = serde_json::from_str(&text)
+        .map_err(|e| Error::Refused(format!("docker inspect of tasks: unexpected JSON: {e}")))?;
+    let mut out = BTreeMap::new();
+    for task in tasks {
+        let attached = task
+            .networks
+            .iter()
+            .filter(|a| a.network.spec.name == network);
+        for address in attached.flat_map(|a| &a.addresses) {
+            let ip = address.split('/').next().unwrap_or(address);
+            out.insert(ip.to_owned(), version(&task.spec.container.image));
+        }
+    }
+    Ok(out)
+}
+
 /// A line of `docker service ps --format '{{json .}}'`.
 #[derive(Debug, Deserialize)]
 struct Listed {
@@ -210,6 +284,59 @@ pub(crate) mod tests {
             "Ports": ""
         })
         .to_string()
+    }
+
+    #[test]
+    fn task_addresses_on_one_network_give_their_versions() {
+        let fake = FakeEngine::new();
+        let task = |image: &str, nets: &[(&str, &str)]| {
+            serde_json::json!({
+                "ID": "t",
+                "Spec": {"ContainerSpec": {"Image": image}},
+                "NetworksAttachments": nets.iter().map(|(n, a)| serde_json::json!({
+                    "Network": {"Spec": {"Name": n}}, "Addresses": [a]
+                })).collect::<Vec<_>>()
+            })
+        };
+        let answer = serde_json::json!([
+            task("r/backend:v2@sha256:00", &[("stackship-prod_edge", "10.0.1.5/24"), ("stackship-prod_data", "10.0.2.5/24")]),
+            task("r/backend:v1@sha256:11", &[("stackship-prod_edge", "10.0.1.6/24")]),
+            // Not started: no attachment yet.
+            {"ID": "u", "Spec": {"ContainerSpec": {"Image": "r/backend:v2"}}},
+        ]);
+        fake.answer(&["inspect"], &answer.to_string());
+        let ids = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let by = versions_by_address(&Client::new(&fake), &ids, "stackship-prod_edge").unwrap();
+        assert_eq!(
+            by,
+            [
+                ("10.0.1.5".to_owned(), "v2".to_owned()),
+                ("10.0.1.6".to_owned(), "v1".to_owned())
+            ]
+            .into()
+        );
+        assert_eq!(
+            fake.command_lines(),
+            vec!["docker inspect --type task a b c"]
+        );
+        // No tasks: Docker is not asked.
+        let fake = FakeEngine::new();
+        assert!(
+            versions_by_address(&Client::new(&fake), &[], "n")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(fake.calls().is_empty());
+        // Not what Docker says tasks are: an error saying so.
+        let fake = FakeEngine::new();
+        fake.answer(&["inspect"], "{}");
+        let e = versions_by_address(&Client::new(&fake), &ids, "n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("docker inspect of tasks: unexpected JSON"),
+            "{e}"
+        );
     }
 
     #[test]
