@@ -651,6 +651,49 @@ pub fn settings(request: &Request) -> Result<(StackFile, Settings), Error> {
     Ok((stack, settings))
 }
 
+/// Whether the stack file `compose` takes the TLS pair from where `cert` installs it: secrets
+/// whose `file:` is `<env dir>/secrets/tls.crt` and `tls.key` (`../secrets/...` beside
+/// `current/`). Otherwise why not.
+fn takes_the_pair(compose: &Path) -> Result<(), String> {
+    let text = fs::read_to_string(compose).map_err(|e| format!("cannot read it: {e}"))?;
+    let declared = config_hasher::parse_compose(&text, compose).map_err(|e| e.to_string())?;
+    let release = compose.parent().unwrap_or(Path::new("."));
+    let env_dir = release.parent().unwrap_or(Path::new("."));
+    let files: Vec<PathBuf> = declared
+        .declared
+        .iter()
+        .filter(|d| d.entry.kind == config_hasher::Kind::Secret)
+        .map(|d| lexical(&release.join(&d.file)))
+        .collect();
+    let missing: Vec<&str> = ["tls.crt", "tls.key"]
+        .into_iter()
+        .filter(|f| !files.contains(&lexical(&env_dir.join("secrets").join(f))))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "no secret of this stack comes from ../secrets/{}",
+            missing.join(" or ../secrets/")
+        ))
+    }
+}
+
+/// `path` with `.` and `dir/..` folded away, without asking the file system.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Whether the installed certificate is due (`Ok`, why) or not (`Err`, the line that says when
 /// it expires).
 fn due(files: &Files, settings: &Acme, now: DateTime<Utc>) -> Result<String, String> {
@@ -812,6 +855,17 @@ pub fn obtain(
     }
     let acme = settings.acme.clone();
     let names = acme.required_domains()?.value.clone();
+    let compose = request
+        .env_dir
+        .join("current")
+        .join(format!("docker-compose.{}.yaml", request.env));
+    if let Err(why) = takes_the_pair(&compose) {
+        return refused(format!(
+            "{}: {why}; a certificate installed for {} would serve nothing (is ACME_DOMAINS set for the right environment?)",
+            compose.display(),
+            request.env
+        ));
+    }
     let Some(image) = settings.images.get("nginx-proxy").map(|i| i.value.clone()) else {
         return refused(format!(
             "the {} stack has no nginx-proxy service: nothing would route /.well-known/acme-challenge/ to a responder",
@@ -1210,6 +1264,40 @@ mod tests {
         assert!(ca.asked.borrow().is_empty());
         assert!(deployer.seen.borrow().is_empty());
         assert_eq!(files(&f), (f.old_cert.clone(), f.old_key.clone()));
+    }
+
+    #[test]
+    fn an_environment_whose_stack_does_not_take_the_pair_is_refused() {
+        // dev: no TLS (its edge speaks plain HTTP), so a certificate would serve nothing.
+        let f = fixture(SETTINGS, SOON);
+        let compose = f.request.env_dir.join("current/docker-compose.prod.yaml");
+        fs::write(
+            &compose,
+            "services:\n  nginx-proxy:\n    image: ${NGINX_IMAGE}\nsecrets:\n  other:\n    name: ${X}\n    file: ../secrets/other.pem\n",
+        )
+        .unwrap();
+        let fake = FakeEngine::new();
+        let ca = TestCa::answering(Ok(issued(&["a.example"])));
+        let deployer = TestDeploy::ending(Outcome::Done);
+        let (result, _) = run(&f, &fake, &ca, &deployer);
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.ends_with("docker-compose.prod.yaml: no secret of this stack comes from ../secrets/tls.crt or ../secrets/tls.key; a certificate installed for prod would serve nothing (is ACME_DOMAINS set for the right environment?)"),
+            "{e}"
+        );
+        assert!(fake.calls().is_empty());
+        assert!(ca.asked.borrow().is_empty());
+        // Written another way, the same files do.
+        fs::write(
+            &compose,
+            "services:\n  nginx-proxy:\n    image: ${NGINX_IMAGE}\nsecrets:\n  k:\n    name: ${K}\n    file: ./../secrets/../secrets/tls.key\n  c:\n    name: ${C}\n    file: ../secrets/tls.crt\n",
+        )
+        .unwrap();
+        assert_eq!(takes_the_pair(&compose), Ok(()));
+        fs::write(&compose, "services: [").unwrap();
+        assert!(takes_the_pair(&compose).is_err());
+        assert_eq!(lexical(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(lexical(Path::new("../x")), PathBuf::from("../x"));
     }
 
     #[test]
