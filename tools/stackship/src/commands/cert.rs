@@ -409,10 +409,40 @@ impl<'a, 'b> HelperResponder<'a, 'b> {
         }
     }
 
+    /// Removes responders (and their configs) a killed earlier run of this stack left: on the
+    /// same alias they would answer some of the CA's requests with their old tokens. Under the
+    /// deploy lock, no other run of this stack has one.
+    fn remove_leftovers(&self, label: &str) {
+        let prefix = format!("{}-ops-acme-", self.stack);
+        for kind in ["service", "config"] {
+            let filter = format!("label={label}");
+            let names = self
+                .client
+                .lines(&Call::read([
+                    kind,
+                    "ls",
+                    "--filter",
+                    filter.as_str(),
+                    "--format",
+                    "{{.Name}}",
+                ]))
+                .unwrap_or_default();
+            for name in names.iter().filter(|n| n.starts_with(&prefix)) {
+                match self.client.run(&Call::write([kind, "rm", name.as_str()])) {
+                    Ok(_) => (self.say)(&format!("removed the {kind} {name} a stopped run left")),
+                    Err(e) => (self.say)(&format!(
+                        "WARNING: could not remove the {kind} {name} a stopped run left: {e}"
+                    )),
+                }
+            }
+        }
+    }
+
     fn start(&self) -> io::Result<()> {
         let config_text = responder_config(&self.answers.borrow()).map_err(io::Error::other)?;
         let config = self.name.clone();
         let label = format!("{PROJECT}.ops-helper=acme-http-01");
+        self.remove_leftovers(&label);
         self.client
             .run(
                 &Call::write([
@@ -1162,6 +1192,8 @@ mod tests {
     /// Docker answers for a responder that starts and runs.
     fn responder_engine() -> FakeEngine {
         let fake = FakeEngine::new();
+        fake.answer(&["service", "ls"], "");
+        fake.answer(&["config", "ls"], "");
         fake.answer(&["config", "create"], "");
         fake.answer(&["service", "create"], "");
         fake.answer_once(&["service", "ps"], "Preparing 1s|");
@@ -1447,7 +1479,7 @@ mod tests {
         }
         assert_eq!(writes[2], format!("docker service rm {name}"));
         assert_eq!(writes[3], format!("docker config rm {name}"));
-        let config = fake.calls()[0].stdin.clone().unwrap();
+        let config = fake.calls().iter().find_map(|c| c.stdin.clone()).unwrap();
         let config = String::from_utf8(config).unwrap();
         assert!(
             config.contains(&format!(
@@ -1543,6 +1575,8 @@ mod tests {
     fn a_responder_that_never_runs_fails_the_order_and_is_removed() {
         let f = fixture(SETTINGS, SOON);
         let fake = FakeEngine::new();
+        fake.answer(&["service", "ls"], "");
+        fake.answer(&["config", "ls"], "");
         fake.answer(&["config", "create"], "");
         fake.answer(&["service", "create"], "");
         fake.answer(
@@ -1802,6 +1836,58 @@ mod tests {
         assert_eq!(writes.len(), 4, "{writes:?}");
         assert!(writes[2].starts_with("docker service rm "));
         assert!(writes[3].starts_with("docker config rm "));
+    }
+
+    #[test]
+    fn responders_a_killed_run_left_are_removed_first() {
+        let fake = FakeEngine::new();
+        // This stack's leftover (another pid), and another stack's (its own lock's business).
+        fake.answer(
+            &["service", "ls"],
+            "stackship-prod-ops-acme-99\nstackship-dev-ops-acme-5\n",
+        );
+        fake.answer(&["config", "ls"], "stackship-prod-ops-acme-99\n");
+        fake.answer_once(&["config", "rm", "stackship-prod-ops-acme-99"], "");
+        fake.answer(&["service", "rm", "stackship-prod-ops-acme-99"], "");
+        fake.answer(&["config", "create"], "");
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Running 1s|");
+        fake.answer(&["service", "rm"], "");
+        fake.answer(&["ps", "-aq"], "");
+        fake.answer(&["config", "rm"], "");
+        let client = Client::new(&fake);
+        let said = RefCell::new(Vec::<String>::new());
+        let say = |m: &str| said.borrow_mut().push(m.to_owned());
+        {
+            let responder = HelperResponder::new(
+                &client,
+                "stackship-prod",
+                "nginx@sha256:x",
+                ResponderTiming {
+                    start: Duration::from_millis(50),
+                    poll: Duration::from_millis(1),
+                },
+                || false,
+                &say,
+            );
+            responder.publish("a.example", "tok", "tok.abc").unwrap();
+            responder.ready().unwrap();
+        }
+        let writes = fake.writes();
+        assert_eq!(writes[0], "docker service rm stackship-prod-ops-acme-99");
+        assert_eq!(writes[1], "docker config rm stackship-prod-ops-acme-99");
+        assert!(writes[2].starts_with("docker config create "), "{writes:?}");
+        assert!(
+            !writes.iter().any(|w| w.contains("stackship-dev")),
+            "{writes:?}"
+        );
+        assert!(
+            said.borrow().contains(
+                &"removed the service stackship-prod-ops-acme-99 a stopped run left".to_owned()
+            ),
+            "{:?}",
+            said.borrow()
+        );
     }
 
     #[test]
