@@ -1810,23 +1810,31 @@ mod tests {
         assert!(fake.calls().is_empty(), "{:?}", fake.command_lines());
     }
 
+    /// prod's responder with test timings, never asked to stop.
+    fn test_responder<'a, 'b>(
+        client: &'a Client<'b>,
+        say: &'a dyn Fn(&str),
+    ) -> HelperResponder<'a, 'b> {
+        HelperResponder::new(
+            client,
+            "stackship-prod",
+            "nginx@sha256:x",
+            ResponderTiming {
+                start: Duration::from_millis(50),
+                poll: Duration::from_millis(1),
+            },
+            || false,
+            say,
+        )
+    }
+
     #[test]
     fn a_dropped_responder_removes_its_helper_and_config() {
         let fake = responder_engine();
         let client = Client::new(&fake);
         let say = |_: &str| {};
         {
-            let responder = HelperResponder::new(
-                &client,
-                "stackship-prod",
-                "nginx@sha256:x",
-                ResponderTiming {
-                    start: Duration::from_millis(50),
-                    poll: Duration::from_millis(1),
-                },
-                || false,
-                &say,
-            );
+            let responder = test_responder(&client, &say);
             responder.publish("a.example", "tok", "tok.abc").unwrap();
             responder.ready().unwrap();
             assert_eq!(fake.writes().len(), 2);
@@ -1859,17 +1867,7 @@ mod tests {
         let said = RefCell::new(Vec::<String>::new());
         let say = |m: &str| said.borrow_mut().push(m.to_owned());
         {
-            let responder = HelperResponder::new(
-                &client,
-                "stackship-prod",
-                "nginx@sha256:x",
-                ResponderTiming {
-                    start: Duration::from_millis(50),
-                    poll: Duration::from_millis(1),
-                },
-                || false,
-                &say,
-            );
+            let responder = test_responder(&client, &say);
             responder.publish("a.example", "tok", "tok.abc").unwrap();
             responder.ready().unwrap();
         }
