@@ -378,6 +378,32 @@ pub fn watch(
     options: &Options,
     progress: &mut dyn Write,
 ) -> anyhow::Result<Report> {
+    watch_with(
+        snapshot,
+        options,
+        progress,
+        &mut |_: &Sample<'_>, _: &mut dyn Write| {},
+    )
+}
+
+/// One service as a poll of [`watch_with`] found it (not yet settled).
+pub struct Sample<'a> {
+    /// The Swarm service's name, `<stack>_<service>`.
+    pub name: &'a str,
+    pub service: &'a Service,
+    /// Its tasks, running and past.
+    pub tasks: &'a [Task],
+}
+
+/// [`watch`], calling `on_sample` with every service not yet settled at each poll (after its
+/// progress line), e.g. to judge a canary and roll the service back; what it writes goes to
+/// `progress`.
+pub fn watch_with(
+    snapshot: &Snapshot,
+    options: &Options,
+    progress: &mut dyn Write,
+    on_sample: &mut dyn FnMut(&Sample<'_>, &mut dyn Write),
+) -> anyhow::Result<Report> {
     let stack = snapshot.stack.as_str();
     let start = Instant::now();
     let mut followed: BTreeMap<String, Followed> = BTreeMap::new();
@@ -435,6 +461,15 @@ pub fn watch(
             }
             if phase.is_settled() {
                 entry.settled_at = Some(elapsed);
+            } else {
+                on_sample(
+                    &Sample {
+                        name: &name,
+                        service: &service.service,
+                        tasks: &tasks,
+                    },
+                    progress,
+                );
             }
             entry.phase = phase;
             entry.counts = counts;

@@ -7,6 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
+
+use config_hasher::services::UpdateDecl;
+
+use crate::docker::{Call, Client};
+use crate::error::Error;
 
 /// Requests answered over a window, by route (`GET /api/logs`) and status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -268,6 +274,474 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// The labels under `deploy.labels` of a service that configure its gate.
+pub const LABEL_PREFIX: &str = "stackship.canary.";
+
+/// A service's canary gate, from its `stackship.canary.*` deploy labels:
+///
+/// | label | meaning | default |
+/// |---|---|---|
+/// | `window` | the longest the first new task is watched alone (turns the gate on) | — |
+/// | `min-requests` | requests it must answer before it is judged | 50 |
+/// | `max-failed-ratio` | share of 5xx above which it may fail | 0.05 |
+/// | `max-times-old` | ... and only when it is also this many times the old version's | 2 |
+/// | `too-little` | with fewer requests by the window's end: `proceed` or `rollback` | proceed |
+/// | `proxy` | the stack file's service whose access log counts the answers | nginx-proxy |
+#[derive(Clone, Debug, PartialEq)]
+pub struct Canary {
+    pub window: Duration,
+    pub proxy: String,
+    pub thresholds: Thresholds,
+}
+
+/// What `update_config.order` must be: the canary is the new task started first.
+const START_FIRST: &str = "start-first";
+
+impl Canary {
+    /// The gate of a service with these `labels` and `update_config`; `None` when no label
+    /// names it. The update must let the canary be alone long enough: one task at a time
+    /// (`parallelism: 1`), started before the old one stops (`order: start-first`), and the next
+    /// one only after the window (`delay` at least `window`).
+    pub fn from_decl(
+        labels: &BTreeMap<String, String>,
+        update: &UpdateDecl,
+    ) -> Result<Option<Canary>, String> {
+        let ours: BTreeMap<&str, &str> = labels
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(LABEL_PREFIX)?, v.as_str())))
+            .collect();
+        if ours.is_empty() {
+            return Ok(None);
+        }
+        const KNOWN: [&str; 6] = [
+            "window",
+            "min-requests",
+            "max-failed-ratio",
+            "max-times-old",
+            "too-little",
+            "proxy",
+        ];
+        if let Some(unknown) = ours.keys().find(|k| !KNOWN.contains(k)) {
+            return Err(format!(
+                "unknown label {LABEL_PREFIX}{unknown} (known: {})",
+                KNOWN.join(", ")
+            ));
+        }
+        let label = |k: &str| format!("{LABEL_PREFIX}{k}");
+        let bad = |k: &str, v: &str, want: &str| format!("{} is `{v}`: {want}", label(k));
+        let Some(window) = ours.get("window") else {
+            return Err(format!(
+                "{} is not set: it turns the gate on (the other {LABEL_PREFIX}* labels tune it)",
+                label("window")
+            ));
+        };
+        let window = parse_duration(window)
+            .filter(|w| !w.is_zero())
+            .ok_or_else(|| {
+                bad(
+                    "window",
+                    window,
+                    "want a duration above zero, e.g. 10s or 1m30s",
+                )
+            })?;
+        let mut t = Thresholds::default();
+        if let Some(v) = ours.get("min-requests") {
+            t.min_requests = v
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad("min-requests", v, "want a whole number of at least 1"))?;
+        }
+        if let Some(v) = ours.get("max-failed-ratio") {
+            t.max_failed_ratio = v
+                .parse()
+                .ok()
+                .filter(|r: &f64| (0.0..1.0).contains(r))
+                .ok_or_else(|| {
+                    bad(
+                        "max-failed-ratio",
+                        v,
+                        "want a share from 0 to below 1, e.g. 0.05",
+                    )
+                })?;
+        }
+        if let Some(v) = ours.get("max-times-old") {
+            t.max_times_old = v
+                .parse()
+                .ok()
+                .filter(|r: &f64| *r >= 1.0 && r.is_finite())
+                .ok_or_else(|| bad("max-times-old", v, "want a number of at least 1, e.g. 2"))?;
+        }
+        if let Some(v) = ours.get("too-little") {
+            t.too_little = match *v {
+                "proceed" => TooLittle::Proceed,
+                "rollback" => TooLittle::RollBack,
+                _ => return Err(bad("too-little", v, "want proceed or rollback")),
+            };
+        }
+        let proxy = match ours.get("proxy") {
+            Some(v) if v.is_empty() => return Err(bad("proxy", v, "want a service name")),
+            Some(v) => (*v).to_owned(),
+            None => "nginx-proxy".to_owned(),
+        };
+        let parallelism = update.parallelism.as_deref().unwrap_or("1");
+        if parallelism != "1" {
+            return Err(format!(
+                "the canary needs deploy.update_config.parallelism: 1 (one new task first), not {parallelism}"
+            ));
+        }
+        let order = update.order.as_deref().unwrap_or("stop-first");
+        if order != START_FIRST {
+            return Err(format!(
+                "the canary needs deploy.update_config.order: {START_FIRST} (the old task serves beside it), not {order}"
+            ));
+        }
+        let written = update.delay.as_deref().unwrap_or("0s");
+        let delay = parse_duration(written).ok_or_else(|| {
+            format!(
+                "deploy.update_config.delay is `{written}`: want a duration written out, e.g. 15s"
+            )
+        })?;
+        if delay < window {
+            return Err(format!(
+                "deploy.update_config.delay ({written}) must be at least {} ({}): Swarm starts the next new task after the delay, and the canary must be judged alone before that",
+                label("window"),
+                ours["window"]
+            ));
+        }
+        Ok(Some(Canary {
+            window,
+            proxy,
+            thresholds: t,
+        }))
+    }
+}
+
+/// A duration as Docker and compose write them (Go's syntax): `10s`, `1m30s`, `1.5s`, `250ms`,
+/// `0`. `None` for anything else.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += number * seconds;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// How often a canary's answers are counted while it is watched.
+pub const LOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// How long one read of the proxy's log may take (`docker service logs` has been seen to hang
+/// on a task whose container is gone).
+const LOG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a gate concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    /// The stack file's service name.
+    pub service: String,
+    /// The verdict, or why the answers could not be counted (treated as too little traffic).
+    pub verdict: Result<Verdict, String>,
+    /// Whether the gate rolled the service back.
+    pub rolled_back: bool,
+    /// From the first new task serving to the verdict.
+    pub after: Duration,
+}
+
+impl Finding {
+    /// Whether the deploy must fail: the gate rolled the service back, or wanted to and could
+    /// not (then the state is unknown).
+    pub fn fails(&self) -> bool {
+        match &self.verdict {
+            Ok(v) => v.rolls_back(),
+            Err(_) => self.rolled_back,
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let after = self.after.as_secs_f64();
+        match &self.verdict {
+            Ok(v) => write!(f, "{}: {v} (after {after:.1}s)", self.service),
+            Err(e) => write!(
+                f,
+                "{}: the canary's answers could not be counted ({e}); {} (after {after:.1}s)",
+                self.service,
+                if self.rolled_back {
+                    "rolled back, as set for too little traffic"
+                } else {
+                    "the rollout goes on unjudged"
+                }
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    /// No new task of this deploy serves yet.
+    Waiting,
+    /// The first new task serves since `since` (RFC 3339, for `docker service logs --since`).
+    Watching {
+        since: String,
+        started: std::time::Instant,
+        next_look: std::time::Instant,
+    },
+    Done,
+}
+
+/// One service's canary gate during a rollout: fed every sample of the watch, it waits for the
+/// first new task to serve, counts what each version answered through the proxy, and judges
+/// as soon as the new version answered `min_requests` (or when the window ends); on a breach
+/// it starts Swarm's rollback of the service (`docker service rollback`: the old spec returns).
+#[derive(Clone, Debug)]
+pub struct Gate {
+    service: String,
+    full: String,
+    proxy: String,
+    canary: Canary,
+    /// Tasks of the stack before the deploy: the old version's.
+    before: std::collections::BTreeSet<String>,
+    /// When the deploy began (the update must have started since).
+    deployed: chrono::DateTime<chrono::Utc>,
+    state: State,
+    finding: Option<Finding>,
+}
+
+impl Gate {
+    pub fn new(
+        stack: &str,
+        service: &str,
+        canary: &Canary,
+        before: std::collections::BTreeSet<String>,
+        deployed: chrono::DateTime<chrono::Utc>,
+    ) -> Gate {
+        Gate {
+            service: service.to_owned(),
+            full: format!("{stack}_{service}"),
+            proxy: format!("{stack}_{}", canary.proxy),
+            canary: canary.clone(),
+            before,
+            deployed,
+            state: State::Waiting,
+            finding: None,
+        }
+    }
+
+    /// The Swarm service this gate watches.
+    pub fn full_name(&self) -> &str {
+        &self.full
+    }
+
+    /// What the gate concluded, once it did.
+    pub fn finding(&self) -> Option<&Finding> {
+        self.finding.as_ref()
+    }
+
+    /// Whether it watches a canary and has not judged it yet.
+    pub fn is_watching(&self) -> bool {
+        matches!(self.state, State::Watching { .. })
+    }
+
+    /// One sample of the service (its spec and update status, its tasks); `now` and `wall` are
+    /// the monotonic and the wall clock. Progress lines go to `say`.
+    pub fn sample(
+        &mut self,
+        client: &Client<'_>,
+        service: &bollard::models::Service,
+        tasks: &[bollard::models::Task],
+        now: std::time::Instant,
+        wall: chrono::DateTime<chrono::Utc>,
+        say: &mut dyn FnMut(&str),
+    ) {
+        use bollard::models::{ServiceUpdateStatusStateEnum as U, TaskState};
+        let status = service.update_status.as_ref();
+        let state = status.and_then(|s| s.state);
+        if matches!(
+            state,
+            Some(U::ROLLBACK_STARTED | U::ROLLBACK_PAUSED | U::ROLLBACK_COMPLETED)
+        ) && self.finding.is_none()
+        {
+            // Swarm rolls it back by itself (a failed healthcheck): nothing left to judge.
+            if matches!(self.state, State::Watching { .. }) {
+                say(&format!(
+                    "canary {}: Swarm rolls the update back by itself; not judged",
+                    self.service
+                ));
+            }
+            self.state = State::Done;
+            return;
+        }
+        match self.state.clone() {
+            State::Done => {}
+            State::Waiting => {
+                let ours = status
+                    .and_then(|s| s.started_at)
+                    .is_some_and(|t| t >= self.deployed);
+                let serving = tasks.iter().any(|t| {
+                    t.id.as_ref().is_some_and(|id| !self.before.contains(id))
+                        && t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
+                        && t.desired_state == Some(TaskState::RUNNING)
+                });
+                if ours && matches!(state, Some(U::UPDATING | U::COMPLETED)) && serving {
+                    // A second back: the log's clock and ours may differ by a little.
+                    let since = crate::commands::deploy::rfc3339_millis(
+                        wall - chrono::Duration::seconds(1),
+                    );
+                    say(&format!(
+                        "canary {}: the first new task serves; judging it on real traffic (at least {} requests, for up to {}s)",
+                        self.service,
+                        self.canary.thresholds.min_requests,
+                        self.canary.window.as_secs_f64()
+                    ));
+                    self.state = State::Watching {
+                        since,
+                        started: now,
+                        next_look: now,
+                    };
+                }
+            }
+            State::Watching {
+                since,
+                started,
+                next_look,
+            } => {
+                if now < next_look {
+                    return;
+                }
+                let ended = now.duration_since(started) >= self.canary.window;
+                let seen = self.look(client, tasks, &since);
+                let verdict = match seen {
+                    Ok(seen) => {
+                        let enough = seen.get(NEW).map_or(0, Counts::total)
+                            >= self.canary.thresholds.min_requests;
+                        if !enough && !ended {
+                            self.state = State::Watching {
+                                since,
+                                started,
+                                next_look: now + LOOK_EVERY,
+                            };
+                            return;
+                        }
+                        Ok(verdict(&seen, NEW, OLD, &self.canary.thresholds))
+                    }
+                    Err(_) if !ended => {
+                        self.state = State::Watching {
+                            since,
+                            started,
+                            next_look: now + LOOK_EVERY,
+                        };
+                        return;
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let wants_back = match &verdict {
+                    Ok(v) => v.rolls_back(),
+                    Err(_) => self.canary.thresholds.too_little == TooLittle::RollBack,
+                };
+                let mut finding = Finding {
+                    service: self.service.clone(),
+                    verdict,
+                    rolled_back: false,
+                    after: now.duration_since(started),
+                };
+                say(&format!("canary {finding}"));
+                if wants_back {
+                    say(&format!(
+                        "canary {}: rolling it back (docker service rollback {})",
+                        self.service, self.full
+                    ));
+                    match client.run(&Call::write([
+                        "service",
+                        "rollback",
+                        "--detach",
+                        self.full.as_str(),
+                    ])) {
+                        Ok(_) => finding.rolled_back = true,
+                        Err(e) => say(&format!(
+                            "canary {}: the rollback could not be started: {e}",
+                            self.service
+                        )),
+                    }
+                }
+                self.finding = Some(finding);
+                self.state = State::Done;
+            }
+        }
+    }
+
+    /// What each version answered through the proxy since `since`: `new` (tasks started by
+    /// this deploy) and `old` (tasks from before it).
+    fn look(
+        &self,
+        client: &Client<'_>,
+        tasks: &[bollard::models::Task],
+        since: &str,
+    ) -> Result<BTreeMap<String, Counts>, Error> {
+        let ids: Vec<String> = tasks.iter().filter_map(|t| t.id.clone()).collect();
+        let versions: BTreeMap<String, String> =
+            crate::commands::tasks::tasks_by_address(client, &ids)?
+                .into_iter()
+                .map(|(address, id)| {
+                    let version = if self.before.contains(&id) { OLD } else { NEW };
+                    (address, version.to_owned())
+                })
+                .collect();
+        let text = client.run(
+            &Call::read([
+                "service",
+                "logs",
+                "--no-trunc",
+                "--since",
+                since,
+                self.proxy.as_str(),
+            ])
+            .with_timeout(LOG_TIMEOUT),
+        )?;
+        Ok(counts_by_version(text.lines(), &versions))
+    }
+}
+
+/// The version labels a gate counts under.
+const NEW: &str = "new";
+const OLD: &str = "old";
+
+/// The canary's verdict on what was seen: `new` against `old` (versions).
+pub fn verdict(seen: &BTreeMap<String, Counts>, new: &str, old: &str, t: &Thresholds) -> Verdict {
+    let none = Counts::default();
+    judge(
+        seen.get(new).unwrap_or(&none),
+        seen.get(old).unwrap_or(&none),
+        t,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +752,560 @@ mod tests {
             c.add(route, *status, *n);
         }
         c
+    }
+
+    #[test]
+    fn durations_as_docker_writes_them() {
+        for (text, ms) in [
+            ("10s", 10_000),
+            ("1m30s", 90_000),
+            ("1.5s", 1_500),
+            ("250ms", 250),
+            ("0", 0),
+            ("0s", 0),
+            ("1h", 3_600_000),
+            (" 2s ", 2_000),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Some(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_duration("1500us"), Some(Duration::from_micros(1500)));
+        assert_eq!(parse_duration("7ns"), Some(Duration::from_nanos(7)));
+        for bad in ["", "10", "s", "10x", "-1s", "1..5s", "${DELAY}", "1s2"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("{LABEL_PREFIX}{k}"), (*v).to_owned()))
+            .collect()
+    }
+
+    fn paced(delay: &str) -> UpdateDecl {
+        UpdateDecl {
+            parallelism: Some("1".into()),
+            order: Some("start-first".into()),
+            delay: Some(delay.into()),
+        }
+    }
+
+    #[test]
+    fn gate_settings_come_from_labels_with_defaults() {
+        let other = BTreeMap::from([("com.example".to_owned(), "x".to_owned())]);
+        assert_eq!(Canary::from_decl(&other, &UpdateDecl::default()), Ok(None));
+        assert_eq!(
+            Canary::from_decl(&labels(&[("window", "10s")]), &paced("10s")),
+            Ok(Some(Canary {
+                window: Duration::from_secs(10),
+                proxy: "nginx-proxy".into(),
+                thresholds: Thresholds::default(),
+            }))
+        );
+        // parallelism left out is Swarm's default, 1.
+        let unset = UpdateDecl {
+            parallelism: None,
+            ..paced("1m")
+        };
+        let all = labels(&[
+            ("window", "30s"),
+            ("min-requests", "20"),
+            ("max-failed-ratio", "0.1"),
+            ("max-times-old", "3"),
+            ("too-little", "rollback"),
+            ("proxy", "edge-proxy"),
+        ]);
+        assert_eq!(
+            Canary::from_decl(&all, &unset),
+            Ok(Some(Canary {
+                window: Duration::from_secs(30),
+                proxy: "edge-proxy".into(),
+                thresholds: Thresholds {
+                    min_requests: 20,
+                    max_failed_ratio: 0.1,
+                    max_times_old: 3.0,
+                    too_little: TooLittle::RollBack,
+                },
+            }))
+        );
+        let proceed = labels(&[("window", "5s"), ("too-little", "proceed")]);
+        assert_eq!(
+            Canary::from_decl(&proceed, &paced("5s"))
+                .unwrap()
+                .unwrap()
+                .thresholds
+                .too_little,
+            TooLittle::Proceed
+        );
+    }
+
+    #[test]
+    fn bad_gate_settings_say_which_label_and_why() {
+        let ok = paced("10s");
+        for (pairs, expected) in [
+            (
+                vec![("windw", "10s")],
+                "unknown label stackship.canary.windw (known: window,",
+            ),
+            (
+                vec![("min-requests", "5")],
+                "stackship.canary.window is not set: it turns the gate on",
+            ),
+            (
+                vec![("window", "10")],
+                "stackship.canary.window is `10`: want a duration above zero",
+            ),
+            (vec![("window", "0s")], "stackship.canary.window is `0s`"),
+            (
+                vec![("window", "5s"), ("min-requests", "0")],
+                "stackship.canary.min-requests is `0`: want a whole number of at least 1",
+            ),
+            (
+                vec![("window", "5s"), ("min-requests", "x")],
+                "stackship.canary.min-requests is `x`",
+            ),
+            (
+                vec![("window", "5s"), ("max-failed-ratio", "1")],
+                "stackship.canary.max-failed-ratio is `1`: want a share from 0 to below 1",
+            ),
+            (
+                vec![("window", "5s"), ("max-failed-ratio", "-0.1")],
+                "stackship.canary.max-failed-ratio is `-0.1`",
+            ),
+            (
+                vec![("window", "5s"), ("max-times-old", "0.5")],
+                "stackship.canary.max-times-old is `0.5`: want a number of at least 1",
+            ),
+            (
+                vec![("window", "5s"), ("max-times-old", "inf")],
+                "stackship.canary.max-times-old is `inf`",
+            ),
+            (
+                vec![("window", "5s"), ("too-little", "maybe")],
+                "stackship.canary.too-little is `maybe`: want proceed or rollback",
+            ),
+            (
+                vec![("window", "5s"), ("proxy", "")],
+                "stackship.canary.proxy is ``: want a service name",
+            ),
+        ] {
+            let e = Canary::from_decl(&labels(&pairs), &ok).unwrap_err();
+            assert!(e.contains(expected), "{pairs:?}: {e}");
+        }
+        let window = labels(&[("window", "10s")]);
+        for (update, expected) in [
+            (
+                UpdateDecl {
+                    parallelism: Some("2".into()),
+                    ..ok.clone()
+                },
+                "the canary needs deploy.update_config.parallelism: 1 (one new task first), not 2",
+            ),
+            (
+                UpdateDecl {
+                    order: None,
+                    ..ok.clone()
+                },
+                "the canary needs deploy.update_config.order: start-first (the old task serves beside it), not stop-first",
+            ),
+            (
+                paced("9s"),
+                "deploy.update_config.delay (9s) must be at least stackship.canary.window (10s)",
+            ),
+            (
+                UpdateDecl {
+                    delay: None,
+                    ..ok.clone()
+                },
+                "deploy.update_config.delay (0s) must be at least",
+            ),
+            (
+                paced("${DELAY}"),
+                "deploy.update_config.delay is `${DELAY}`: want a duration written out",
+            ),
+        ] {
+            let e = Canary::from_decl(&window, &update).unwrap_err();
+            assert!(e.contains(expected), "{update:?}: {e}");
+        }
+    }
+
+    mod gate {
+        use super::super::*;
+        use crate::docker::fake::FakeEngine;
+        use std::time::Instant;
+
+        fn at(t: &str) -> chrono::DateTime<chrono::Utc> {
+            chrono::DateTime::parse_from_rfc3339(t).unwrap().to_utc()
+        }
+
+        fn service(state: &str, started: &str) -> bollard::models::Service {
+            serde_json::from_value(serde_json::json!({
+                "UpdateStatus": {"State": state, "StartedAt": started}
+            }))
+            .unwrap()
+        }
+
+        fn task(id: &str, state: &str, desired: &str) -> bollard::models::Task {
+            serde_json::from_value(serde_json::json!({
+                "ID": id, "Status": {"State": state}, "DesiredState": desired
+            }))
+            .unwrap()
+        }
+
+        const DEPLOYED: &str = "2026-12-06T20:00:00Z";
+        const LATER: &str = "2026-12-06T20:00:01.5Z";
+
+        fn gate(canary: Canary) -> Gate {
+            Gate::new(
+                "stackship-prod",
+                "backend",
+                &canary,
+                ["old1".to_owned(), "old2".to_owned()].into(),
+                at(DEPLOYED),
+            )
+        }
+
+        fn canary(min_requests: u64, too_little: TooLittle) -> Canary {
+            Canary {
+                window: Duration::from_secs(10),
+                proxy: "nginx-proxy".into(),
+                thresholds: Thresholds {
+                    min_requests,
+                    too_little,
+                    ..Thresholds::default()
+                },
+            }
+        }
+
+        fn tasks() -> Vec<bollard::models::Task> {
+            vec![
+                task("new1", "running", "running"),
+                task("old1", "running", "shutdown"),
+                task("old2", "running", "running"),
+            ]
+        }
+
+        fn addresses(fake: &FakeEngine) {
+            fake.answer(&["service", "rollback"], "stackship-prod_backend\n");
+            let t = |id: &str, a: &str| serde_json::json!({"ID": id, "NetworksAttachments": [{"Network": {"Spec": {"Name": "e"}}, "Addresses": [a]}]});
+            fake.answer(
+                &["inspect", "--type", "task"],
+                &serde_json::json!([
+                    t("new1", "10.0.1.9/24"),
+                    t("old1", "10.0.1.5/24"),
+                    t("old2", "10.0.1.6/24")
+                ])
+                .to_string(),
+            );
+        }
+
+        fn log(rows: &[(&str, u16, usize)]) -> String {
+            rows.iter()
+                .flat_map(|(addr, status, n)| {
+                    std::iter::repeat_n(
+                        format!("stackship-prod_nginx-proxy.1.x@vm | 1.2.3.4 [t] \"POST /api/log HTTP/1.1\" {status} 9 rid=1 upstream={addr}:8080 upstream_status={status} rt=0.001 urt=0.001 \"ua\"\n"),
+                        *n,
+                    )
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_canary_failing_real_requests_is_rolled_back_as_soon_as_it_answered_enough() {
+            let fake = FakeEngine::new();
+            addresses(&fake);
+            fake.answer(
+                &["service", "logs"],
+                &log(&[
+                    ("10.0.1.9", 500, 4),
+                    ("10.0.1.9", 201, 1),
+                    ("10.0.1.5", 201, 3),
+                    ("10.0.1.6", 201, 3),
+                    ("10.0.9.9", 500, 7),
+                ]),
+            );
+            let mut g = gate(canary(5, TooLittle::Proceed));
+            let mut said = Vec::new();
+            let t0 = Instant::now();
+            let client = Client::new(&fake);
+            // Not yet: the new task is not running.
+            let starting = vec![
+                task("new1", "starting", "running"),
+                task("old1", "running", "running"),
+            ];
+            g.sample(
+                &client,
+                &service("updating", LATER),
+                &starting,
+                t0,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            assert!(!g.is_watching());
+            g.sample(
+                &client,
+                &service("updating", LATER),
+                &tasks(),
+                t0,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            assert!(g.is_watching());
+            assert!(fake.calls().is_empty(), "{:?}", fake.command_lines());
+            // The first look at once: enough answers, a breach.
+            let t1 = t0 + Duration::from_millis(300);
+            g.sample(
+                &client,
+                &service("updating", LATER),
+                &tasks(),
+                t1,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            assert_eq!(
+                fake.command_lines(),
+                vec![
+                    "docker inspect --type task new1 old1 old2",
+                    "docker service logs --no-trunc --since 2026-12-06T20:00:00.500Z stackship-prod_nginx-proxy",
+                    "docker service rollback --detach stackship-prod_backend",
+                ]
+            );
+            let f = g.finding().unwrap();
+            assert!(f.rolled_back && f.fails());
+            assert_eq!(f.after, Duration::from_millis(300));
+            let Ok(Verdict::Breach { new, old }) = &f.verdict else {
+                panic!("{f:?}")
+            };
+            assert_eq!(
+                (new.total(), new.failed(), old.total(), old.failed()),
+                (5, 4, 6, 0)
+            );
+            assert_eq!(
+                said,
+                vec![
+                    "canary backend: the first new task serves; judging it on real traffic (at least 5 requests, for up to 10s)",
+                    "canary backend: canary failed real requests: new version 4 of 5 failed (80.0 %), old version 0 of 6 failed (0.0 %); most failed: POST /api/log answered 500 4 times (after 0.3s)",
+                    "canary backend: rolling it back (docker service rollback stackship-prod_backend)",
+                ]
+            );
+            assert!(!g.is_watching());
+            // Judged once: later samples ask nothing.
+            g.sample(
+                &client,
+                &service("rollback_started", LATER),
+                &tasks(),
+                t1 + Duration::from_secs(5),
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            assert_eq!(fake.calls().len(), 3);
+            assert_eq!(said.len(), 3);
+        }
+
+        #[test]
+        fn a_quiet_canary_is_judged_at_the_window_s_end_as_set() {
+            for (too_little, rolled_back) in
+                [(TooLittle::Proceed, false), (TooLittle::RollBack, true)]
+            {
+                let fake = FakeEngine::new();
+                addresses(&fake);
+                fake.answer(&["service", "logs"], &log(&[("10.0.1.9", 201, 2)]));
+                let mut g = gate(canary(50, too_little));
+                let client = Client::new(&fake);
+                let mut said = Vec::new();
+                let t0 = Instant::now();
+                let mut at_time = |g: &mut Gate, secs: u64| {
+                    g.sample(
+                        &client,
+                        &service("updating", LATER),
+                        &tasks(),
+                        t0 + Duration::from_secs(secs),
+                        at(LATER),
+                        &mut |m| said.push(m.to_owned()),
+                    );
+                };
+                at_time(&mut g, 0);
+                at_time(&mut g, 0);
+                at_time(&mut g, 1);
+                at_time(&mut g, 2);
+                assert!(g.is_watching());
+                // Looked at 0 and 2 s (every LOOK_EVERY), then at the window's end.
+                at_time(&mut g, 10);
+                assert!(!g.is_watching());
+                let logs = fake
+                    .command_lines()
+                    .iter()
+                    .filter(|l| l.starts_with("docker service logs"))
+                    .count();
+                assert_eq!(logs, 3);
+                let f = g.finding().unwrap();
+                assert!(
+                    matches!(f.verdict, Ok(Verdict::TooLittleTraffic { .. })),
+                    "{f:?}"
+                );
+                assert_eq!((f.rolled_back, f.fails()), (rolled_back, rolled_back));
+                assert_eq!(
+                    fake.command_lines()
+                        .iter()
+                        .any(|l| l.contains("service rollback")),
+                    rolled_back
+                );
+                assert!(said[1].contains("too little traffic to judge the canary: the new version answered 2 requests, the old 0"), "{said:?}");
+            }
+        }
+
+        #[test]
+        fn an_unreadable_log_is_retried_then_treated_as_too_little_traffic() {
+            let fake = FakeEngine::new();
+            addresses(&fake);
+            fake.fail(&["service", "logs"], "error from daemon: node is down");
+            let mut g = gate(canary(5, TooLittle::RollBack));
+            let client = Client::new(&fake);
+            let mut said = Vec::new();
+            let t0 = Instant::now();
+            for secs in [0, 0, 2, 10] {
+                g.sample(
+                    &client,
+                    &service("completed", LATER),
+                    &tasks(),
+                    t0 + Duration::from_secs(secs),
+                    at(LATER),
+                    &mut |m| said.push(m.to_owned()),
+                );
+            }
+            let f = g.finding().unwrap();
+            assert!(f.rolled_back && f.fails(), "{f:?}");
+            let text = f.to_string();
+            assert!(
+                text.contains("backend: the canary's answers could not be counted (")
+                    && text.contains("node is down")
+                    && text.contains("rolled back, as set for too little traffic"),
+                "{text}"
+            );
+            // The same without the rollback wanted: it goes on, and says so.
+            let f = Finding {
+                rolled_back: false,
+                ..f.clone()
+            };
+            assert!(!f.fails());
+            assert!(f.to_string().contains("the rollout goes on unjudged"));
+        }
+
+        #[test]
+        fn no_canary_when_swarm_rolls_back_or_the_update_is_not_this_deploy_s() {
+            let fake = FakeEngine::new();
+            let client = Client::new(&fake);
+            let t0 = Instant::now();
+            let mut said = Vec::new();
+            // An update that began before this deploy, or none at all: not watched.
+            let mut g = gate(canary(5, TooLittle::Proceed));
+            g.sample(
+                &client,
+                &service("updating", "2026-12-06T19:59:59Z"),
+                &tasks(),
+                t0,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            let none: bollard::models::Service =
+                serde_json::from_value(serde_json::json!({})).unwrap();
+            g.sample(&client, &none, &tasks(), t0, at(LATER), &mut |m| {
+                said.push(m.to_owned())
+            });
+            // A paused update (Swarm's healthcheck failed it) has no canary to judge either.
+            g.sample(
+                &client,
+                &service("paused", LATER),
+                &tasks(),
+                t0,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            assert!(!g.is_watching());
+            // Swarm rolls back by itself while the canary is watched: it stands down.
+            g.sample(
+                &client,
+                &service("updating", LATER),
+                &tasks(),
+                t0,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            assert!(g.is_watching());
+            g.sample(
+                &client,
+                &service("rollback_started", LATER),
+                &tasks(),
+                t0,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            assert!(!g.is_watching() && g.finding().is_none());
+            assert_eq!(
+                said.last().unwrap(),
+                "canary backend: Swarm rolls the update back by itself; not judged"
+            );
+            assert!(fake.calls().is_empty());
+            // Waiting when Swarm rolls back: done, silently.
+            let mut g = gate(canary(5, TooLittle::Proceed));
+            g.sample(
+                &client,
+                &service("rollback_completed", LATER),
+                &tasks(),
+                t0,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            g.sample(
+                &client,
+                &service("updating", LATER),
+                &tasks(),
+                t0,
+                at(LATER),
+                &mut |m| said.push(m.to_owned()),
+            );
+            assert!(!g.is_watching());
+            assert_eq!(said.len(), 2);
+        }
+
+        #[test]
+        fn a_rollback_that_cannot_start_leaves_a_failing_finding() {
+            let fake = FakeEngine::new();
+            // Rules are tried in order: this one before the answer `addresses` gives.
+            fake.fail(
+                &["service", "rollback"],
+                "rpc error: update out of sequence",
+            );
+            addresses(&fake);
+            fake.answer(&["service", "logs"], &log(&[("10.0.1.9", 502, 6)]));
+            let mut g = gate(canary(5, TooLittle::Proceed));
+            let client = Client::new(&fake);
+            let mut said = Vec::new();
+            let t0 = Instant::now();
+            for _ in 0..2 {
+                g.sample(
+                    &client,
+                    &service("updating", LATER),
+                    &tasks(),
+                    t0,
+                    at(LATER),
+                    &mut |m| said.push(m.to_owned()),
+                );
+            }
+            let f = g.finding().unwrap();
+            assert!(!f.rolled_back && f.fails(), "{f:?}");
+            assert!(
+                said.last()
+                    .unwrap()
+                    .contains("the rollback could not be started: ")
+                    && said.last().unwrap().contains("update out of sequence"),
+                "{said:?}"
+            );
+        }
     }
 
     const LOGGED: &str = "2026-12-06T19:40:46.123456789Z stackship-prod_nginx-proxy.1.k3x9@vm    | 172.18.0.1 [2026-12-06T19:40:46+00:00] \"GET /api/logs?before=5&limit=20 HTTP/1.1\" 200 512 rid=4f2a upstream=10.0.1.5:8080 upstream_status=200 rt=0.003 urt=0.003 \"curl/7.88.1\"";

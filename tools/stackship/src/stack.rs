@@ -39,14 +39,16 @@ impl ImageSource {
 }
 
 /// One service and its image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StackService {
     pub name: String,
     pub image: ImageSource,
+    /// Its canary gate (`stackship.canary.*` deploy labels), if it has one.
+    pub canary: Option<crate::canary::Canary>,
 }
 
 /// The services of a stack file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StackFile {
     pub services: Vec<StackService>,
 }
@@ -68,6 +70,12 @@ pub enum StackError {
         image: String,
         reason: String,
     },
+    #[error("{path}: services.{service}: {reason}")]
+    Canary {
+        path: String,
+        service: String,
+        reason: String,
+    },
     #[error("{path}: services.{service} has no image:")]
     NoImage { path: String, service: String },
 }
@@ -86,25 +94,59 @@ impl StackFile {
     pub fn parse(text: &str, path: &Path) -> Result<Self, StackError> {
         let services = parse_services(text, path)?
             .into_iter()
-            .map(|ServiceDecl { name, image }| {
-                let Some(image) = image else {
-                    return Err(StackError::NoImage {
+            .map(
+                |ServiceDecl {
+                     name,
+                     image,
+                     labels,
+                     update,
+                 }| {
+                    let Some(image) = image else {
+                        return Err(StackError::NoImage {
+                            path: path.display().to_string(),
+                            service: name,
+                        });
+                    };
+                    let source = classify(&image).map_err(|reason| StackError::Image {
                         path: path.display().to_string(),
-                        service: name,
-                    });
-                };
-                let source = classify(&image).map_err(|reason| StackError::Image {
+                        service: name.clone(),
+                        image: image.clone(),
+                        reason,
+                    })?;
+                    let canary =
+                        crate::canary::Canary::from_decl(&labels, &update).map_err(|reason| {
+                            StackError::Canary {
+                                path: path.display().to_string(),
+                                service: name.clone(),
+                                reason,
+                            }
+                        })?;
+                    Ok(StackService {
+                        name,
+                        image: source,
+                        canary,
+                    })
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        // A gate counts the answers in its proxy's access log: that service must be here.
+        for s in &services {
+            if let Some(c) = s
+                .canary
+                .as_ref()
+                .filter(|c| !services.iter().any(|o| o.name == c.proxy))
+            {
+                return Err(StackError::Canary {
                     path: path.display().to_string(),
-                    service: name.clone(),
-                    image: image.clone(),
-                    reason,
-                })?;
-                Ok(StackService {
-                    name,
-                    image: source,
-                })
-            })
-            .collect::<Result<_, _>>()?;
+                    service: s.name.clone(),
+                    reason: format!(
+                        "{}proxy names `{}`, which is not a service of this stack file",
+                        crate::canary::LABEL_PREFIX,
+                        c.proxy
+                    ),
+                });
+            }
+        }
         Ok(Self { services })
     }
 
@@ -237,6 +279,36 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_gate_is_read_with_its_service_and_checked_against_the_stack() {
+        let gated = |proxy: &str| {
+            format!(
+                "services:\n  backend:\n    image: ${{REGISTRY}}/p/backend:${{BACKEND_TAG}}\n    deploy:\n      labels:\n        stackship.canary.window: 10s\n{proxy}      update_config: {{parallelism: 1, order: start-first, delay: 10s}}\n  nginx-proxy:\n    image: ${{NGINX_IMAGE}}\n"
+            )
+        };
+        let s = stack(&gated("")).unwrap();
+        let canary = s.services[0].canary.as_ref().unwrap();
+        assert_eq!(
+            (canary.window, canary.proxy.as_str()),
+            (std::time::Duration::from_secs(10), "nginx-proxy")
+        );
+        assert_eq!(s.services[1].canary, None);
+        let e = stack(&gated("        stackship.canary.proxy: edge\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "docker-compose.prod.yaml: services.backend: stackship.canary.proxy names `edge`, which is not a service of this stack file"
+        );
+        let e = stack(&gated("        stackship.canary.too-little: never\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "docker-compose.prod.yaml: services.backend: stackship.canary.too-little is `never`: want proceed or rollback"
+        );
+    }
+
+    #[test]
     fn the_projects_stack_files_classify() {
         for file in [
             "docker-compose.prod.yaml",
@@ -254,6 +326,14 @@ mod tests {
                 vars.keys()
                     .all(|v| v.ends_with("_TAG") || v.ends_with("_IMAGE"))
             );
+            // The backend's releases are judged on real traffic before they take all of it.
+            let gated: Vec<&str> = s
+                .services
+                .iter()
+                .filter(|s| s.canary.is_some())
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(gated, ["backend"], "{file}");
         }
     }
 

@@ -1111,13 +1111,15 @@ pub trait Rollout {
     /// Records the stack just before the deploy (`None` when it cannot).
     fn snapshot(&self, stack: &str) -> Result<rollout_watcher::watch::Snapshot, String>;
     /// Follows the rollout to a verdict; progress lines go to `progress`, the report to
-    /// `report_file`.
+    /// `report_file`; `on_sample` sees every service not yet settled at each poll (the
+    /// canary gates).
     fn watch(
         &self,
         snapshot: &rollout_watcher::watch::Snapshot,
         options: &rollout_watcher::watch::Options,
         report_file: &Path,
         progress: &mut dyn std::io::Write,
+        on_sample: &mut OnSample<'_>,
     ) -> Result<Watched, String>;
     /// Writes the deploy record of what runs now, unless it is the last record again.
     fn record(
@@ -1130,6 +1132,13 @@ pub trait Rollout {
     /// the last `keep` records use; returns one line per object removed or kept by an error.
     fn prune(&self, stack: &str, history: &Path, keep: usize) -> Result<Vec<String>, String>;
 }
+
+/// What a watch calls with each sample of a service not yet settled.
+pub type OnSample<'a> =
+    dyn FnMut(&rollout_watcher::watch::Sample<'_>, &mut dyn std::io::Write) + 'a;
+
+/// An [`OnSample`] that does nothing (a watch without canary gates).
+pub fn no_gates(_: &rollout_watcher::watch::Sample<'_>, _: &mut dyn std::io::Write) {}
 
 /// What [`Rollout::record`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1173,6 +1182,40 @@ pub fn outcome_of(report: &rollout_watcher::watch::Report) -> Outcome {
     }
 }
 
+/// Adds what the canary gates found to `watched`: their verdicts lead its summary, and a gate
+/// that rolled its service back (or could not) makes a rollout the watch found done unknown:
+/// never a success. A gate still watching when the rollout settled is said so; one whose
+/// service this deploy did not change says nothing.
+pub fn gate_findings(
+    gates: &[crate::canary::Gate],
+    watched: &mut Watched,
+    say: &mut dyn FnMut(&str),
+) {
+    let mut lines = String::new();
+    for gate in gates {
+        match gate.finding() {
+            Some(f) => {
+                lines.push_str(&format!("canary {f}\n"));
+                if f.fails() && watched.outcome == Outcome::Done {
+                    watched.outcome = Outcome::Unknown;
+                    say(&format!(
+                        "the canary gate of {} rolled it back after Swarm reported the rollout done: check with `stackship status`",
+                        f.service
+                    ));
+                }
+            }
+            None if gate.is_watching() => {
+                lines.push_str(&format!(
+                    "canary {}: not judged (the rollout settled before the window ended)\n",
+                    gate.full_name()
+                ));
+            }
+            None => {}
+        }
+    }
+    watched.summary = lines + &watched.summary;
+}
+
 /// rollout-watcher's library, on the docker CLI.
 pub struct WatcherRollout;
 
@@ -1187,8 +1230,9 @@ impl Rollout for WatcherRollout {
         options: &rollout_watcher::watch::Options,
         report_file: &Path,
         progress: &mut dyn std::io::Write,
+        on_sample: &mut OnSample<'_>,
     ) -> Result<Watched, String> {
-        let report = rollout_watcher::watch::watch(snapshot, options, progress)
+        let report = rollout_watcher::watch::watch_with(snapshot, options, progress, on_sample)
             .map_err(|e| format!("{e:#}"))?;
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";
         std::fs::write(report_file, &text)
@@ -1310,7 +1354,8 @@ pub fn deploy(
     if let Some(p) = pending {
         p.commit();
     }
-    prepared.provenance.started = Some(rfc3339_millis(chrono::Utc::now()));
+    let deployed = chrono::Utc::now();
+    prepared.provenance.started = Some(rfc3339_millis(deployed));
     say(&format!(
         "docker stack deploy {stack} ({})",
         tags.join(", ")
@@ -1352,13 +1397,42 @@ pub fn deploy(
     };
     let env_dir = request.env_dir();
     let report_file = env_dir.join("last-rollout.json");
-    let watched = rollout
-        .watch(&snapshot, &options, &report_file, progress)
+    let mut gates: Vec<crate::canary::Gate> = release
+        .stack
+        .services
+        .iter()
+        .filter_map(|s| {
+            let canary = s.canary.as_ref()?;
+            Some(crate::canary::Gate::new(
+                &stack,
+                &s.name,
+                canary,
+                snapshot.tasks.clone(),
+                deployed,
+            ))
+        })
+        .collect();
+    let mut on_sample = |sample: &rollout_watcher::watch::Sample<'_>,
+                         out: &mut dyn std::io::Write| {
+        for gate in gates.iter_mut().filter(|g| g.full_name() == sample.name) {
+            gate.sample(
+                client,
+                sample.service,
+                sample.tasks,
+                std::time::Instant::now(),
+                chrono::Utc::now(),
+                &mut |m| progress_line(out, m),
+            );
+        }
+    };
+    let mut watched = rollout
+        .watch(&snapshot, &options, &report_file, progress, &mut on_sample)
         .map_err(|m| DeployError {
             stage: Stage::Watch,
             error: Error::Refused(format!("could not follow {stack}: {m}")),
         })?;
     let mut say = |m: &str| progress_line(progress, m);
+    gate_findings(&gates, &mut watched, &mut say);
     if watched.outcome != Outcome::Done {
         say(&format!(
             "rollout of {stack} FAILED: {} (see above; report: {})",
@@ -1968,6 +2042,7 @@ mod tests {
             options: &rollout_watcher::watch::Options,
             _report_file: &Path,
             _progress: &mut dyn std::io::Write,
+            _on_sample: &mut OnSample<'_>,
         ) -> Result<Watched, String> {
             self.steps.borrow_mut().push(format!(
                 "watch {} max_task_failures={}",
@@ -2294,6 +2369,101 @@ mod tests {
             seconds: 1.0,
             floor_seconds: None,
         }
+    }
+
+    #[test]
+    fn canary_findings_lead_the_summary_and_never_let_a_rolled_back_gate_pass() {
+        use crate::canary::{Canary, Gate, Thresholds};
+        let fake = FakeEngine::new();
+        fake.answer(&["service", "rollback"], "");
+        fake.answer(
+            &["inspect", "--type", "task"],
+            r#"[{"ID": "new1", "NetworksAttachments": [{"Network": {"Spec": {"Name": "e"}}, "Addresses": ["10.0.1.9/24"]}]}]"#,
+        );
+        let line = "p | x [t] \"GET /api/logs HTTP/1.1\" 504 1 rid=1 upstream=10.0.1.9:8080 upstream_status=504 rt=0 urt=0 \"ua\"\n";
+        fake.answer(&["service", "logs"], &line.repeat(3));
+        let canary = Canary {
+            window: Duration::from_secs(10),
+            proxy: "nginx-proxy".into(),
+            thresholds: Thresholds {
+                min_requests: 3,
+                ..Thresholds::default()
+            },
+        };
+        let deployed = chrono::Utc::now() - chrono::Duration::seconds(5);
+        let mut gates = vec![
+            Gate::new("s", "backend", &canary, Default::default(), deployed),
+            Gate::new("s", "worker", &canary, Default::default(), deployed),
+            Gate::new("s", "frontend", &canary, Default::default(), deployed),
+        ];
+        let service: bollard::models::Service = serde_json::from_value(serde_json::json!({
+            "UpdateStatus": {"State": "updating", "StartedAt": rfc3339_millis(chrono::Utc::now())}
+        }))
+        .unwrap();
+        let tasks: Vec<bollard::models::Task> = serde_json::from_value(serde_json::json!([
+            {"ID": "new1", "Status": {"State": "running"}, "DesiredState": "running"}
+        ]))
+        .unwrap();
+        let now = std::time::Instant::now();
+        // backend: judged (a breach, rolled back); worker: watched, not judged; frontend: not
+        // changed by the deploy.
+        for _ in 0..2 {
+            gates[0].sample(
+                &Client::new(&fake),
+                &service,
+                &tasks,
+                now,
+                chrono::Utc::now(),
+                &mut |_| {},
+            );
+        }
+        gates[1].sample(
+            &Client::new(&fake),
+            &service,
+            &tasks,
+            now,
+            chrono::Utc::now(),
+            &mut |_| {},
+        );
+        let watched = |outcome| Watched {
+            outcome,
+            summary: "backend: ok\n".into(),
+            report: "{}".into(),
+        };
+        let mut said = Vec::new();
+        let mut w = watched(Outcome::Done);
+        gate_findings(&gates, &mut w, &mut |m| said.push(m.to_owned()));
+        assert_eq!(w.outcome, Outcome::Unknown);
+        assert_eq!(
+            said,
+            vec![
+                "the canary gate of backend rolled it back after Swarm reported the rollout done: check with `stackship status`"
+            ]
+        );
+        let lines: Vec<&str> = w.summary.lines().collect();
+        assert!(
+            lines[0].starts_with(
+                "canary backend: canary failed real requests: new version 3 of 3 failed (100.0 %)"
+            ) && lines[0].contains("most failed: GET /api/logs answered 504 3 times"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1..],
+            [
+                "canary s_worker: not judged (the rollout settled before the window ended)",
+                "backend: ok"
+            ]
+        );
+        // A rollout the watch already found rolled back stays so, and nothing more is said.
+        let mut said = Vec::new();
+        let mut w = watched(Outcome::RolledBack);
+        gate_findings(&gates, &mut w, &mut |m| said.push(m.to_owned()));
+        assert_eq!(w.outcome, Outcome::RolledBack);
+        assert!(said.is_empty());
+        // No gates: nothing changes.
+        let mut w = watched(Outcome::Done);
+        gate_findings(&[], &mut w, &mut |m| said.push(m.to_owned()));
+        assert_eq!(w, watched(Outcome::Done));
     }
 
     #[test]

@@ -892,7 +892,13 @@ pub fn rotate(
             },
             log_lines: 20,
         };
-        match rollout.watch(&snapshot, &options, &r.env.last_rollout(), progress) {
+        match rollout.watch(
+            &snapshot,
+            &options,
+            &r.env.last_rollout(),
+            progress,
+            &mut crate::commands::deploy::no_gates,
+        ) {
             Ok(w) => verdict = w.summary,
             Err(m) => say!(progress, &format!("could not follow the rollout: {m}")),
         }
@@ -1597,6 +1603,7 @@ mod tests {
             _: &rollout_watcher::watch::Options,
             _: &Path,
             _: &mut dyn std::io::Write,
+            _: &mut crate::commands::deploy::OnSample<'_>,
         ) -> Result<Watched, String> {
             *self.watched.borrow_mut() += 1;
             Ok(Watched {

@@ -127,52 +127,25 @@ pub fn pick<'a>(services: &'a [String], wanted: &str, dir: &EnvDir) -> Result<&'
 /// A task as `docker inspect --type task` shows it: what it runs, and its addresses.
 #[derive(Debug, Deserialize)]
 struct Inspected {
-    #[serde(rename = "Spec")]
-    spec: InspectedSpec,
+    #[serde(rename = "ID")]
+    id: String,
     #[serde(rename = "NetworksAttachments", default)]
     networks: Vec<Attachment>,
 }
 
 #[derive(Debug, Deserialize)]
-struct InspectedSpec {
-    #[serde(rename = "ContainerSpec")]
-    container: InspectedContainer,
-}
-
-#[derive(Debug, Deserialize)]
-struct InspectedContainer {
-    #[serde(rename = "Image")]
-    image: String,
-}
-
-#[derive(Debug, Deserialize)]
 struct Attachment {
-    #[serde(rename = "Network")]
-    network: AttachedNetwork,
     /// `10.0.1.5/24`.
     #[serde(rename = "Addresses", default)]
     addresses: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct AttachedNetwork {
-    #[serde(rename = "Spec")]
-    spec: NetworkSpec,
-}
-
-#[derive(Debug, Deserialize)]
-struct NetworkSpec {
-    #[serde(rename = "Name")]
-    name: String,
-}
-
-/// The version each of the tasks `ids` runs, by the task's address on `network` (e.g.
-/// `stackship-prod_edge`, where nginx-proxy reaches it): how the proxy's access log names a
-/// task. Tasks without an address there (not started yet, or gone) are left out.
-pub fn versions_by_address(
+/// The tasks `ids` by their addresses (on every network they are attached to, without the
+/// prefix length): how the proxy's access log names the task that answered. Tasks without an
+/// address (not started yet) are left out.
+pub fn tasks_by_address(
     client: &Client<'_>,
     ids: &[String],
-    network: &str,
 ) -> Result<BTreeMap<String, String>, Error> {
     if ids.is_empty() {
         return Ok(BTreeMap::new());
@@ -184,13 +157,9 @@ pub fn versions_by_address(
         .map_err(|e| Error::Refused(format!("docker inspect of tasks: unexpected JSON: {e}")))?;
     let mut out = BTreeMap::new();
     for task in tasks {
-        let attached = task
-            .networks
-            .iter()
-            .filter(|a| a.network.spec.name == network);
-        for address in attached.flat_map(|a| &a.addresses) {
+        for address in task.networks.iter().flat_map(|a| &a.addresses) {
             let ip = address.split('/').next().unwrap_or(address);
-            out.insert(ip.to_owned(), version(&task.spec.container.image));
+            out.insert(ip.to_owned(), task.id.clone());
         }
     }
     Ok(out)
@@ -287,31 +256,32 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn task_addresses_on_one_network_give_their_versions() {
+    fn tasks_are_found_by_any_of_their_addresses() {
         let fake = FakeEngine::new();
-        let task = |image: &str, nets: &[(&str, &str)]| {
+        let task = |id: &str, nets: &[&str]| {
             serde_json::json!({
-                "ID": "t",
-                "Spec": {"ContainerSpec": {"Image": image}},
-                "NetworksAttachments": nets.iter().map(|(n, a)| serde_json::json!({
-                    "Network": {"Spec": {"Name": n}}, "Addresses": [a]
+                "ID": id,
+                "Spec": {"ContainerSpec": {"Image": "r/backend:v2"}},
+                "NetworksAttachments": nets.iter().map(|a| serde_json::json!({
+                    "Network": {"Spec": {"Name": "n"}}, "Addresses": [a]
                 })).collect::<Vec<_>>()
             })
         };
         let answer = serde_json::json!([
-            task("r/backend:v2@sha256:00", &[("stackship-prod_edge", "10.0.1.5/24"), ("stackship-prod_data", "10.0.2.5/24")]),
-            task("r/backend:v1@sha256:11", &[("stackship-prod_edge", "10.0.1.6/24")]),
+            task("a", &["10.0.1.5/24", "10.0.2.5/24"]),
+            task("b", &["10.0.1.6/24"]),
             // Not started: no attachment yet.
-            {"ID": "u", "Spec": {"ContainerSpec": {"Image": "r/backend:v2"}}},
+            {"ID": "c", "Spec": {"ContainerSpec": {"Image": "r/backend:v2"}}},
         ]);
         fake.answer(&["inspect"], &answer.to_string());
         let ids = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
-        let by = versions_by_address(&Client::new(&fake), &ids, "stackship-prod_edge").unwrap();
+        let by = tasks_by_address(&Client::new(&fake), &ids).unwrap();
         assert_eq!(
             by,
             [
-                ("10.0.1.5".to_owned(), "v2".to_owned()),
-                ("10.0.1.6".to_owned(), "v1".to_owned())
+                ("10.0.1.5".to_owned(), "a".to_owned()),
+                ("10.0.1.6".to_owned(), "b".to_owned()),
+                ("10.0.2.5".to_owned(), "a".to_owned()),
             ]
             .into()
         );
@@ -322,7 +292,7 @@ pub(crate) mod tests {
         // No tasks: Docker is not asked.
         let fake = FakeEngine::new();
         assert!(
-            versions_by_address(&Client::new(&fake), &[], "n")
+            tasks_by_address(&Client::new(&fake), &[])
                 .unwrap()
                 .is_empty()
         );
@@ -330,7 +300,7 @@ pub(crate) mod tests {
         // Not what Docker says tasks are: an error saying so.
         let fake = FakeEngine::new();
         fake.answer(&["inspect"], "{}");
-        let e = versions_by_address(&Client::new(&fake), &ids, "n")
+        let e = tasks_by_address(&Client::new(&fake), &ids)
             .unwrap_err()
             .to_string();
         assert!(
