@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The rollout load test: a bounded load through the prod edge and proxy (scripts/tests/loadgen.py:
-# version, log list and log writes, keep-alive on and off) while each of ten rollouts happens,
+# version, log list and log writes, keep-alive on and off) while each of twelve rollouts happens,
 # counting every failed request; then the acknowledged rows are checked in the database, and a
 # Postgres restart is timed. Writes bench/results/rollout.txt, ending with key=value lines.
 #
@@ -19,25 +19,30 @@ RESULTS=()
 KV=()
 # duration / floor of every rollout that succeeded.
 RATIOS=()
+# Set while the canary's reader role exists (cleanup drops it).
+CANARY_ROLE=""
 
 usage() {
     cat <<USAGE
 Usage: scripts/rollout-test.sh [--help]
 
-Runs ten rollout cases against the local prod stack under load and writes
+Runs twelve rollout cases against the local prod stack under load and writes
 bench/results/rollout.txt. Each case sends at least \$MIN_REQUESTS (${MIN_REQUESTS}) requests
 at \$RATE (${RATE}) req/s through https://localhost:
   1 backend image update      2 backend config change     3 backend never healthy (rollback)
   4 backend exits 1 at start  5 backend with a wrong DB password (rollback)
   6 frontend image update     7 nginx-proxy config change 8 certificate renewed (new key pair)
   9 nginx-proxy image update  10 edge image update (stop-first: the gap is measured)
+  11 canary: a config whose reads and writes time out (healthchecks pass)
+  12 canary: an image whose writes fail (healthchecks pass)
 Then: every acknowledged POST is in the database, and a Postgres restart is timed.
-Takes about 20 minutes. Run scripts/up.sh first.
+Takes about 25 minutes. Run scripts/up.sh first.
 USAGE
 }
 
 cleanup() {
     [[ -z "$WORK" ]] || restore_certificate
+    [[ -z "$CANARY_ROLE" ]] || canary_reader_role drop || true
     [[ -z "$WORK" ]] || rm -rf "$WORK"
 }
 
@@ -128,6 +133,7 @@ run_case() {
     started=$SECONDS
     "$@" > "$out" 2>&1 || rc=$?
     took=$((SECONDS - started))
+    CASE_ENDED="$(date +%s.%N)" CASE_OUT="$out"
     rm -f "$stop"
     wait "$load_pid" || die "the load generator failed in case ${n}: $(cat "$WORK/case${n}.load")"
     local requests failed versions floor duration ratio="" result
@@ -155,6 +161,18 @@ run_case() {
     else
         ((rc == 0)) || die "case ${n}: the deploy failed: $(tail -n 30 "$out")"
     fi
+}
+
+# canary_figures NAME: the last case's canary keys: requests, failed, failed after the rollback
+# settled (the deploy returned), and how long the gate took from the first new task serving
+# to its verdict.
+canary_figures() {
+    local name="$1" after detect
+    after="$(json_get "$CASE_REPORT" "sum(1 for t in d['failures_at'] if d['started_at'] + t > ${CASE_ENDED})")"
+    detect="$(sed -n 's/.*backend: canary failed real requests: .*(after \([0-9.]*\)s)$/\1/p' "$CASE_OUT" | head -n 1)"
+    [[ -n "$detect" ]] || die "case ${name}: the canary gate gave no failed verdict: $(grep canary "$CASE_OUT" | tail -n 5)"
+    KV+=("canary_${name}_failed_after_rollback=${after}" "canary_${name}_detect_s=${detect}")
+    RESULTS[-1]+="; canary verdict after ${detect}s, ${after} failed after the rollback"
 }
 
 # check_rows: every acknowledged row of every case is in the database with its message.
@@ -235,6 +253,8 @@ main() {
     variant frontend next 'LABEL stackship.rollout-test=next'
 
     run_case 1 "backend image update" ok backend deploy_prod BACKEND_TAG="${TAG}-next"
+    local good_passed=0
+    grep -q "backend: canary healthy" "$CASE_OUT" && good_passed=1
     sed -i 's/^title = .*/title = "rollout test"/' "$(prod_file backend/config.toml)"
     run_case 2 "backend config change" ok backend deploy_prod BACKEND_TAG="${TAG}-next"
     run_case 3 "backend never healthy" fail backend deploy_prod BACKEND_TAG="${TAG}-unhealthy"
@@ -268,6 +288,25 @@ main() {
     local gap_ms
     gap_ms="$(json_get "$CASE_REPORT" 'int(((d["last_failure_at"] or 0) - (d["first_failure_at"] or 0)) * 1000) if d["failed"] else 0')"
     KV+=("edge_upgrade_gap_ms=${gap_ms}")
+
+    # Releases that pass every healthcheck and fail real requests: the canary gate rolls them back.
+    cp "$(prod_file backend/config.toml)" "$WORK/config.toml.good"
+    sed -i 's/^request_timeout_ms = .*/request_timeout_ms = 1/' "$(prod_file backend/config.toml)"
+    CASE_KEY=canary_timeout CASE_CACERT="$WORK/trust.pem" \
+        run_case 11 "canary: config timing out reads and writes" fail backend deploy_renewed BACKEND_TAG="${TAG}-next" \
+        FRONTEND_TAG="${TAG}-next" NGINX_IMAGE="$nginx_next" HAPROXY_IMAGE="$haproxy_next"
+    canary_figures timeout
+    cp "$WORK/config.toml.good" "$(prod_file backend/config.toml)"
+    canary_reader_role create
+    CANARY_ROLE=1
+    variant backend readonly "ENV PGOPTIONS=\"-c role=${CANARY_READER}\""
+    CASE_KEY=canary_readonly CASE_CACERT="$WORK/trust.pem" \
+        run_case 12 "canary: image whose writes fail" fail backend deploy_renewed BACKEND_TAG="${TAG}-readonly" \
+        FRONTEND_TAG="${TAG}-next" NGINX_IMAGE="$nginx_next" HAPROXY_IMAGE="$haproxy_next"
+    canary_figures readonly
+    canary_reader_role drop
+    CANARY_ROLE=""
+    KV+=("canary_good_passed=${good_passed}")
 
     check_rows
     postgres_restart

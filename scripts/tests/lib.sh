@@ -189,3 +189,21 @@ load_summary() {
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d failed of %d requests %s" % (d["failed"], d["requests"], d["failed_by_kind"]))' "$1"
 }
 load_failed() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["failed"])' "$1"; }
+
+# The role the readonly release connects as: it may read every table (and run the migration
+# check, which needs CREATE on the schema) but write none.
+CANARY_READER=stackship_canary_reader
+
+# canary_reader_role create|drop: the reader role in prod's database.
+canary_reader_role() {
+    if [[ "$1" == create ]]; then
+        prod_psql "DO \$\$ BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${CANARY_READER}') THEN
+                CREATE ROLE ${CANARY_READER} NOLOGIN IN ROLE pg_read_all_data;
+            END IF; END \$\$;
+            GRANT CREATE ON SCHEMA public TO ${CANARY_READER};
+            GRANT ${CANARY_READER} TO CURRENT_USER;" >/dev/null
+    else
+        prod_psql "REVOKE CREATE ON SCHEMA public FROM ${CANARY_READER}; DROP ROLE ${CANARY_READER};" >/dev/null
+    fi
+}

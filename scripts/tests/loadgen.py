@@ -234,6 +234,9 @@ def main():
         "versions_over_time": timeline,
         "first_failure_at": round(failure_times[0] - t0, 3) if failure_times else None,
         "last_failure_at": round(failure_times[-1] - t0, 3) if failure_times else None,
+        # When the load began (seconds since the epoch) and every failure since then.
+        "started_at": round(t0, 3),
+        "failures_at": [round(t - t0, 3) for t in failure_times],
         "acked_rows": [[i, m] for w in workers for i, m in w.acked],
     }
     with open(args.out, "w") as f:

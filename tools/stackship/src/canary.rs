@@ -559,6 +559,11 @@ impl Gate {
         &self.full
     }
 
+    /// The stack file's name of that service.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
     /// What the gate concluded, once it did.
     pub fn finding(&self) -> Option<&Finding> {
         self.finding.as_ref()
@@ -671,7 +676,7 @@ impl Gate {
                     rolled_back: false,
                     after: now.duration_since(started),
                 };
-                say(&format!("canary {finding}"));
+                say(&finding.to_string());
                 if wants_back {
                     say(&format!(
                         "canary {}: rolling it back (docker service rollback {})",
@@ -1088,7 +1093,7 @@ mod tests {
                 said,
                 vec![
                     "canary backend: the first new task serves; judging it on real traffic (at least 5 requests, for up to 10s)",
-                    "canary backend: canary failed real requests: new version 4 of 5 failed (80.0 %), old version 0 of 6 failed (0.0 %); most failed: POST /api/log answered 500 4 times (after 0.3s)",
+                    "backend: canary failed real requests: new version 4 of 5 failed (80.0 %), old version 0 of 6 failed (0.0 %); most failed: POST /api/log answered 500 4 times (after 0.3s)",
                     "canary backend: rolling it back (docker service rollback stackship-prod_backend)",
                 ]
             );

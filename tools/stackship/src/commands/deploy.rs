@@ -1195,7 +1195,7 @@ pub fn gate_findings(
     for gate in gates {
         match gate.finding() {
             Some(f) => {
-                lines.push_str(&format!("canary {f}\n"));
+                lines.push_str(&format!("{f}\n"));
                 if f.fails() && watched.outcome == Outcome::Done {
                     watched.outcome = Outcome::Unknown;
                     say(&format!(
@@ -1206,8 +1206,8 @@ pub fn gate_findings(
             }
             None if gate.is_watching() => {
                 lines.push_str(&format!(
-                    "canary {}: not judged (the rollout settled before the window ended)\n",
-                    gate.full_name()
+                    "{}: canary not judged (the rollout settled before the window ended)\n",
+                    gate.service()
                 ));
             }
             None => {}
@@ -2443,14 +2443,14 @@ mod tests {
         let lines: Vec<&str> = w.summary.lines().collect();
         assert!(
             lines[0].starts_with(
-                "canary backend: canary failed real requests: new version 3 of 3 failed (100.0 %)"
+                "backend: canary failed real requests: new version 3 of 3 failed (100.0 %)"
             ) && lines[0].contains("most failed: GET /api/logs answered 504 3 times"),
             "{lines:?}"
         );
         assert_eq!(
             lines[1..],
             [
-                "canary s_worker: not judged (the rollout settled before the window ended)",
+                "worker: canary not judged (the rollout settled before the window ended)",
                 "backend: ok"
             ]
         );
