@@ -320,7 +320,7 @@ pub(crate) fn describe(v: &Value) -> &'static str {
     }
 }
 
-fn scalar_text(v: &Value) -> String {
+pub(crate) fn scalar_text(v: &Value) -> String {
     match v {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use yaml_serde::{Mapping, Value};
 
-use crate::compose::{apply_merge, describe, top_level, untag};
+use crate::compose::{apply_merge, describe, scalar_text, top_level, untag};
 use crate::error::Error;
 
 /// One service of the stack file.
@@ -104,7 +104,7 @@ pub fn parse_services(text: &str, path: &Path) -> Result<Vec<ServiceDecl>, Error
             match update.and_then(|u| u.get(k)).map(untag) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => {
-                    Ok(Some(scalar(v)))
+                    Ok(Some(scalar_text(v)))
                 }
                 Some(other) => Err(layout(format!(
                     "services.{name}.deploy.update_config.{k} must be a scalar, found {}",
@@ -125,15 +125,6 @@ pub fn parse_services(text: &str, path: &Path) -> Result<Vec<ServiceDecl>, Error
         });
     }
     Ok(out)
-}
-
-fn scalar(v: &Value) -> String {
-    match v {
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        other => describe(other).to_owned(),
-    }
 }
 
 /// The mapping under `key` of `map` (`None` when absent or null); `at` names `map` in errors.
@@ -159,7 +150,7 @@ fn labels_of(v: &Value, at: &str) -> Result<BTreeMap<String, String>, String> {
                 };
                 let v = match v {
                     Value::Null => String::new(),
-                    Value::String(_) | Value::Number(_) | Value::Bool(_) => scalar(v),
+                    Value::String(_) | Value::Number(_) | Value::Bool(_) => scalar_text(v),
                     other => {
                         return Err(format!(
                             "{at}.{k} must be a scalar, found {}",

@@ -986,6 +986,21 @@ mod tests {
             }
         }
 
+        /// One sample of the service in update `state` to `g`, at `now`; what it says goes to
+        /// `said`.
+        fn feed(
+            g: &mut Gate,
+            client: &Client<'_>,
+            service: bollard::models::Service,
+            tasks: &[bollard::models::Task],
+            now: Instant,
+            said: &mut Vec<String>,
+        ) {
+            g.sample(client, &service, tasks, now, at(LATER), &mut |m| {
+                said.push(m.to_owned())
+            });
+        }
+
         fn tasks() -> Vec<bollard::models::Task> {
             vec![
                 task("new1", "running", "running"),
@@ -1042,34 +1057,34 @@ mod tests {
                 task("new1", "starting", "running"),
                 task("old1", "running", "running"),
             ];
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("updating", LATER),
+                service("updating", LATER),
                 &starting,
                 t0,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             assert!(!g.is_watching());
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("updating", LATER),
+                service("updating", LATER),
                 &tasks(),
                 t0,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             assert!(g.is_watching());
             assert!(fake.calls().is_empty(), "{:?}", fake.command_lines());
             // The first look at once: enough answers, a breach.
             let t1 = t0 + Duration::from_millis(300);
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("updating", LATER),
+                service("updating", LATER),
                 &tasks(),
                 t1,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             assert_eq!(
                 fake.command_lines(),
@@ -1099,13 +1114,13 @@ mod tests {
             );
             assert!(!g.is_watching());
             // Judged once: later samples ask nothing.
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("rollback_started", LATER),
+                service("rollback_started", LATER),
                 &tasks(),
                 t1 + Duration::from_secs(5),
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             assert_eq!(fake.calls().len(), 3);
             assert_eq!(said.len(), 3);
@@ -1124,13 +1139,13 @@ mod tests {
                 let mut said = Vec::new();
                 let t0 = Instant::now();
                 let mut at_time = |g: &mut Gate, secs: u64| {
-                    g.sample(
+                    feed(
+                        g,
                         &client,
-                        &service("updating", LATER),
+                        service("updating", LATER),
                         &tasks(),
                         t0 + Duration::from_secs(secs),
-                        at(LATER),
-                        &mut |m| said.push(m.to_owned()),
+                        &mut said,
                     );
                 };
                 at_time(&mut g, 0);
@@ -1173,13 +1188,13 @@ mod tests {
             let mut said = Vec::new();
             let t0 = Instant::now();
             for secs in [0, 0, 2, 10] {
-                g.sample(
+                feed(
+                    &mut g,
                     &client,
-                    &service("completed", LATER),
+                    service("completed", LATER),
                     &tasks(),
                     t0 + Duration::from_secs(secs),
-                    at(LATER),
-                    &mut |m| said.push(m.to_owned()),
+                    &mut said,
                 );
             }
             let f = g.finding().unwrap();
@@ -1208,13 +1223,13 @@ mod tests {
             let mut said = Vec::new();
             // An update that began before this deploy, or none at all: not watched.
             let mut g = gate(canary(5, TooLittle::Proceed));
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("updating", "2026-12-06T19:59:59Z"),
+                service("updating", "2026-12-06T19:59:59Z"),
                 &tasks(),
                 t0,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             let none: bollard::models::Service =
                 serde_json::from_value(serde_json::json!({})).unwrap();
@@ -1222,32 +1237,32 @@ mod tests {
                 said.push(m.to_owned())
             });
             // A paused update (Swarm's healthcheck failed it) has no canary to judge either.
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("paused", LATER),
+                service("paused", LATER),
                 &tasks(),
                 t0,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             assert!(!g.is_watching());
             // Swarm rolls back by itself while the canary is watched: it stands down.
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("updating", LATER),
+                service("updating", LATER),
                 &tasks(),
                 t0,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             assert!(g.is_watching());
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("rollback_started", LATER),
+                service("rollback_started", LATER),
                 &tasks(),
                 t0,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             assert!(!g.is_watching() && g.finding().is_none());
             assert_eq!(
@@ -1257,21 +1272,21 @@ mod tests {
             assert!(fake.calls().is_empty());
             // Waiting when Swarm rolls back: done, silently.
             let mut g = gate(canary(5, TooLittle::Proceed));
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("rollback_completed", LATER),
+                service("rollback_completed", LATER),
                 &tasks(),
                 t0,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
-            g.sample(
+            feed(
+                &mut g,
                 &client,
-                &service("updating", LATER),
+                service("updating", LATER),
                 &tasks(),
                 t0,
-                at(LATER),
-                &mut |m| said.push(m.to_owned()),
+                &mut said,
             );
             assert!(!g.is_watching());
             assert_eq!(said.len(), 2);
@@ -1292,13 +1307,13 @@ mod tests {
             let mut said = Vec::new();
             let t0 = Instant::now();
             for _ in 0..2 {
-                g.sample(
+                feed(
+                    &mut g,
                     &client,
-                    &service("updating", LATER),
+                    service("updating", LATER),
                     &tasks(),
                     t0,
-                    at(LATER),
-                    &mut |m| said.push(m.to_owned()),
+                    &mut said,
                 );
             }
             let f = g.finding().unwrap();
