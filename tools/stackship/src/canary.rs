@@ -471,6 +471,8 @@ pub struct Finding {
     pub rolled_back: bool,
     /// From the first new task serving to the verdict.
     pub after: Duration,
+    /// When it failed: the canary task's last log lines (the errors in its own words).
+    pub log_tail: Option<String>,
 }
 
 impl Finding {
@@ -507,8 +509,10 @@ impl fmt::Display for Finding {
 enum State {
     /// No new task of this deploy serves yet.
     Waiting,
-    /// The first new task serves since `since` (RFC 3339, for `docker service logs --since`).
+    /// The first new task (`canary`, its ID) serves since `since` (RFC 3339, for `docker
+    /// service logs --since`).
     Watching {
+        canary: String,
         since: String,
         started: std::time::Instant,
         next_look: std::time::Instant,
@@ -609,12 +613,15 @@ impl Gate {
                 let ours = status
                     .and_then(|s| s.started_at)
                     .is_some_and(|t| t >= self.deployed);
-                let serving = tasks.iter().any(|t| {
-                    t.id.as_ref().is_some_and(|id| !self.before.contains(id))
-                        && t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
-                        && t.desired_state == Some(TaskState::RUNNING)
+                let serving = tasks.iter().find_map(|t| {
+                    let id = t.id.as_ref().filter(|id| !self.before.contains(*id))?;
+                    (t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
+                        && t.desired_state == Some(TaskState::RUNNING))
+                    .then(|| id.clone())
                 });
-                if ours && matches!(state, Some(U::UPDATING | U::COMPLETED)) && serving {
+                if let Some(canary) =
+                    serving.filter(|_| ours && matches!(state, Some(U::UPDATING | U::COMPLETED)))
+                {
                     // A second back: the log's clock and ours may differ by a little.
                     let since = crate::commands::deploy::rfc3339_millis(
                         wall - chrono::Duration::seconds(1),
@@ -626,6 +633,7 @@ impl Gate {
                         self.canary.window.as_secs_f64()
                     ));
                     self.state = State::Watching {
+                        canary,
                         since,
                         started: now,
                         next_look: now,
@@ -633,6 +641,7 @@ impl Gate {
                 }
             }
             State::Watching {
+                canary,
                 since,
                 started,
                 next_look,
@@ -648,6 +657,7 @@ impl Gate {
                             >= self.canary.thresholds.min_requests;
                         if !enough && !ended {
                             self.state = State::Watching {
+                                canary,
                                 since,
                                 started,
                                 next_look: now + LOOK_EVERY,
@@ -658,6 +668,7 @@ impl Gate {
                     }
                     Err(_) if !ended => {
                         self.state = State::Watching {
+                            canary,
                             since,
                             started,
                             next_look: now + LOOK_EVERY,
@@ -675,8 +686,19 @@ impl Gate {
                     verdict,
                     rolled_back: false,
                     after: now.duration_since(started),
+                    log_tail: None,
                 };
                 say(&finding.to_string());
+                if wants_back {
+                    finding.log_tail = Some(task_log_tail(client, &canary));
+                    say(&format!(
+                        "canary {}: the last lines task {canary} logged:",
+                        self.service
+                    ));
+                    for line in finding.log_tail.iter().flat_map(|t| t.lines()) {
+                        say(&format!("    {line}"));
+                    }
+                }
                 if wants_back {
                     say(&format!(
                         "canary {}: rolling it back (docker service rollback {})",
@@ -730,6 +752,29 @@ impl Gate {
             .with_timeout(LOG_TIMEOUT),
         )?;
         Ok(counts_by_version(text.lines(), &versions))
+    }
+}
+
+/// How many log lines of a failed canary are shown.
+const LOG_LINES: usize = 5;
+
+/// The last [`LOG_LINES`] lines task `id` logged, or why there are none.
+fn task_log_tail(client: &Client<'_>, id: &str) -> String {
+    let tail = LOG_LINES.to_string();
+    let call = Call::read([
+        "service",
+        "logs",
+        "--raw",
+        "--no-trunc",
+        "--tail",
+        tail.as_str(),
+        id,
+    ])
+    .with_timeout(LOG_TIMEOUT);
+    match client.run(&call) {
+        Ok(text) if !text.trim().is_empty() => text.trim_end().to_owned(),
+        Ok(_) => "(it logged nothing)".to_owned(),
+        Err(e) => format!("(no logs: {e})"),
     }
 }
 
@@ -1038,6 +1083,11 @@ mod tests {
         fn a_canary_failing_real_requests_is_rolled_back_as_soon_as_it_answered_enough() {
             let fake = FakeEngine::new();
             addresses(&fake);
+            // The canary's own log (asked first: rules are tried in order), then the proxy's.
+            fake.answer(
+                &["service", "logs", "--raw"],
+                "{\"level\":\"WARN\",\"error\":\"permission denied for table log_entries\"}\n",
+            );
             fake.answer(
                 &["service", "logs"],
                 &log(&[
@@ -1091,11 +1141,16 @@ mod tests {
                 vec![
                     "docker inspect --type task new1 old1 old2",
                     "docker service logs --no-trunc --since 2026-12-06T20:00:00.500Z stackship-prod_nginx-proxy",
+                    "docker service logs --raw --no-trunc --tail 5 new1",
                     "docker service rollback --detach stackship-prod_backend",
                 ]
             );
             let f = g.finding().unwrap();
             assert!(f.rolled_back && f.fails());
+            assert_eq!(
+                f.log_tail.as_deref(),
+                Some("{\"level\":\"WARN\",\"error\":\"permission denied for table log_entries\"}")
+            );
             assert_eq!(f.after, Duration::from_millis(300));
             let Ok(Verdict::Breach { new, old }) = &f.verdict else {
                 panic!("{f:?}")
@@ -1109,6 +1164,8 @@ mod tests {
                 vec![
                     "canary backend: the first new task serves; judging it on real traffic (at least 5 requests, for up to 10s)",
                     "backend: canary failed real requests: new version 4 of 5 failed (80.0 %), old version 0 of 6 failed (0.0 %); most failed: POST /api/log answered 500 4 times (after 0.3s)",
+                    "canary backend: the last lines task new1 logged:",
+                    "    {\"level\":\"WARN\",\"error\":\"permission denied for table log_entries\"}",
                     "canary backend: rolling it back (docker service rollback stackship-prod_backend)",
                 ]
             );
@@ -1122,8 +1179,8 @@ mod tests {
                 t1 + Duration::from_secs(5),
                 &mut said,
             );
-            assert_eq!(fake.calls().len(), 3);
-            assert_eq!(said.len(), 3);
+            assert_eq!(fake.calls().len(), 4);
+            assert_eq!(said.len(), 5);
         }
 
         #[test]
@@ -1159,7 +1216,7 @@ mod tests {
                 let logs = fake
                     .command_lines()
                     .iter()
-                    .filter(|l| l.starts_with("docker service logs"))
+                    .filter(|l| l.starts_with("docker service logs --no-trunc --since"))
                     .count();
                 assert_eq!(logs, 3);
                 let f = g.finding().unwrap();

@@ -1196,6 +1196,9 @@ pub fn gate_findings(
         match gate.finding() {
             Some(f) => {
                 lines.push_str(&format!("{f}\n"));
+                for line in f.log_tail.iter().flat_map(|t| t.lines()) {
+                    lines.push_str(&format!("    {line}\n"));
+                }
                 if f.fails() && watched.outcome == Outcome::Done {
                     watched.outcome = Outcome::Unknown;
                     say(&format!(
@@ -2380,6 +2383,7 @@ mod tests {
             &["inspect", "--type", "task"],
             r#"[{"ID": "new1", "NetworksAttachments": [{"Network": {"Spec": {"Name": "e"}}, "Addresses": ["10.0.1.9/24"]}]}]"#,
         );
+        fake.answer(&["service", "logs", "--raw"], "request timed out\n");
         let line = "p | x [t] \"GET /api/logs HTTP/1.1\" 504 1 rid=1 upstream=10.0.1.9:8080 upstream_status=504 rt=0 urt=0 \"ua\"\n";
         fake.answer(&["service", "logs"], &line.repeat(3));
         let canary = Canary {
@@ -2450,6 +2454,7 @@ mod tests {
         assert_eq!(
             lines[1..],
             [
+                "    request timed out",
                 "worker: canary not judged (the rollout settled before the window ended)",
                 "backend: ok"
             ]
