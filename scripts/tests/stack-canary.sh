@@ -58,6 +58,9 @@ test_canary_gate_judges_releases_on_real_traffic() {
     canary_reader_role drop || fail "could not drop the reader role"
     ((rc == 1)) || fail "the deploy of a release whose writes fail exited ${rc}, expected 1: $(tail -n 15 "$out")"
     assert_canary_rolled_back readonly "$out" "$report" "$after" "POST /api/log answered 5"
+    # Why, in the database's words: the canary's own log lines, shown by the deploy.
+    grep -q "permission denied for table log_entries" "$out" \
+        || fail "the deploy does not show the canary's error (permission denied for table log_entries): $(grep -A6 'last lines task' "$out")"
 
     # 3. A good release under the same load passes the gate, and says with which figures.
     set_prod_title "canary good $(date -u +%H%M%S)"
