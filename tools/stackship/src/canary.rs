@@ -454,7 +454,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// How often a canary's answers are counted while it is watched.
-pub const LOOK_EVERY: Duration = Duration::from_secs(2);
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long one read of the proxy's log may take (`docker service logs` has been seen to hang
 /// on a task whose container is gone).
@@ -1210,7 +1210,7 @@ mod tests {
                 at_time(&mut g, 1);
                 at_time(&mut g, 2);
                 assert!(g.is_watching());
-                // Looked at 0 and 2 s (every LOOK_EVERY), then at the window's end.
+                // Looked at 0, 1 and 2 s (every LOOK_EVERY), then at the window's end.
                 at_time(&mut g, 10);
                 assert!(!g.is_watching());
                 let logs = fake
@@ -1218,7 +1218,7 @@ mod tests {
                     .iter()
                     .filter(|l| l.starts_with("docker service logs --no-trunc --since"))
                     .count();
-                assert_eq!(logs, 3);
+                assert_eq!(logs, 4);
                 let f = g.finding().unwrap();
                 assert!(
                     matches!(f.verdict, Ok(Verdict::TooLittleTraffic { .. })),

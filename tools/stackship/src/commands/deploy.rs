@@ -1195,10 +1195,8 @@ pub fn gate_findings(
     for gate in gates {
         match gate.finding() {
             Some(f) => {
+                // (its log lines were said as it failed; the watch's report shows the task's)
                 lines.push_str(&format!("{f}\n"));
-                for line in f.log_tail.iter().flat_map(|t| t.lines()) {
-                    lines.push_str(&format!("    {line}\n"));
-                }
                 if f.fails() && watched.outcome == Outcome::Done {
                     watched.outcome = Outcome::Unknown;
                     say(&format!(
@@ -2454,7 +2452,6 @@ mod tests {
         assert_eq!(
             lines[1..],
             [
-                "    request timed out",
                 "worker: canary not judged (the rollout settled before the window ended)",
                 "backend: ok"
             ]
