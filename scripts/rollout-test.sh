@@ -48,7 +48,7 @@ cleanup() {
 
 prod_file() { printf '%s/current/deploy-manifests/prod/%s\n' "$PROD_DIR" "$1"; }
 
-json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
+json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$@"; }
 
 # variant IMAGE SUFFIX DOCKERFILE_LINES: IMAGE:TAG rebuilt with extra lines, pushed as TAG-SUFFIX.
 variant() {
