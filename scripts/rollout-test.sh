@@ -255,6 +255,7 @@ main() {
     run_case 1 "backend image update" ok backend deploy_prod BACKEND_TAG="${TAG}-next"
     local good_passed=0
     grep -q "backend: canary healthy" "$CASE_OUT" && good_passed=1
+    ((good_passed)) || die "case 1: the good release under load was not judged healthy by the canary gate (see $CASE_OUT)"
     sed -i 's/^title = .*/title = "rollout test"/' "$(prod_file backend/config.toml)"
     run_case 2 "backend config change" ok backend deploy_prod BACKEND_TAG="${TAG}-next"
     run_case 3 "backend never healthy" fail backend deploy_prod BACKEND_TAG="${TAG}-unhealthy"

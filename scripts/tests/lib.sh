@@ -204,6 +204,11 @@ canary_reader_role() {
             GRANT CREATE ON SCHEMA public TO ${CANARY_READER};
             GRANT ${CANARY_READER} TO CURRENT_USER;" >/dev/null
     else
-        prod_psql "REVOKE CREATE ON SCHEMA public FROM ${CANARY_READER}; DROP ROLE ${CANARY_READER};" >/dev/null
+        # (idempotent: a run that stopped half-way may have left it, or not)
+        prod_psql "DO \$\$ BEGIN
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = '${CANARY_READER}') THEN
+                REVOKE CREATE ON SCHEMA public FROM ${CANARY_READER};
+                DROP ROLE ${CANARY_READER};
+            END IF; END \$\$;" >/dev/null
     fi
 }

@@ -457,8 +457,18 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long one read of the proxy's log may take (`docker service logs` has been seen to hang
-/// on a task whose container is gone).
-const LOG_TIMEOUT: Duration = Duration::from_secs(30);
+/// on a task whose container is gone): a look that takes longer is retried at the next one.
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How far before the canary was first seen serving its answers are read from: the proxy's
+/// log is stamped by the engine of the proxy's node, whose clock may be a little behind ours,
+/// and the canary may have answered between two samples. Answers are told apart by the task
+/// that gave them, so reading a little early counts nothing twice.
+const SINCE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// How long a gate that rolled a service back after its rollout had settled waits for Swarm
+/// to finish that rollback.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(180);
 
 /// What a gate concluded.
 #[derive(Clone, Debug, PartialEq)]
@@ -467,8 +477,14 @@ pub struct Finding {
     pub service: String,
     /// The verdict, or why the answers could not be counted (treated as too little traffic).
     pub verdict: Result<Verdict, String>,
-    /// Whether the gate rolled the service back.
+    /// Whether the gate wanted the service back on its old version.
+    pub wanted_back: bool,
+    /// Whether it started Swarm's rollback of the service.
     pub rolled_back: bool,
+    /// When the gate judged after the rollout had settled and rolled it back: whether Swarm
+    /// finished that rollback (its error otherwise). `None` for a gate that judged during the
+    /// rollout (the watch follows Swarm's rollback then).
+    pub settled_back: Option<Result<(), String>>,
     /// From the first new task serving to the verdict.
     pub after: Duration,
     /// When it failed: the canary task's last log lines (the errors in its own words).
@@ -476,13 +492,10 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// Whether the deploy must fail: the gate rolled the service back, or wanted to and could
-    /// not (then the state is unknown).
+    /// Whether the deploy must fail: the gate wanted the service back (whether or not its
+    /// rollback could start).
     pub fn fails(&self) -> bool {
-        match &self.verdict {
-            Ok(v) => v.rolls_back(),
-            Err(_) => self.rolled_back,
-        }
+        self.wanted_back
     }
 }
 
@@ -495,7 +508,7 @@ impl fmt::Display for Finding {
                 f,
                 "{}: the canary's answers could not be counted ({e}); {} (after {after:.1}s)",
                 self.service,
-                if self.rolled_back {
+                if self.wanted_back {
                     "rolled back, as set for too little traffic"
                 } else {
                     "the rollout goes on unjudged"
@@ -524,6 +537,8 @@ enum State {
 /// first new task to serve, counts what each version answered through the proxy, and judges
 /// as soon as the new version answered `min_requests` (or when the window ends); on a breach
 /// it starts Swarm's rollback of the service (`docker service rollback`: the old spec returns).
+/// A rollout that settles first (one replica: nothing waits for the window) is judged to the
+/// window's end by [`Gate::finish`].
 #[derive(Clone, Debug)]
 pub struct Gate {
     service: String,
@@ -532,8 +547,17 @@ pub struct Gate {
     canary: Canary,
     /// Tasks of the stack before the deploy: the old version's.
     before: std::collections::BTreeSet<String>,
-    /// When the deploy began (the update must have started since).
-    deployed: chrono::DateTime<chrono::Utc>,
+    /// The service's update status before the deploy: an update that started at another time
+    /// is this deploy's (`None`: no record of it, and no update counts).
+    update_before: Option<rollout_watcher::assess::ServiceBefore>,
+    /// Whether a sample showed this deploy's update of the service.
+    updated: bool,
+    /// Task addresses known so far (address → task ID): a task keeps its addresses.
+    addresses: BTreeMap<String, String>,
+    /// Tasks whose addresses are known.
+    mapped: std::collections::BTreeSet<String>,
+    /// The tasks of the last sample.
+    tasks: Vec<bollard::models::Task>,
     state: State,
     finding: Option<Finding>,
 }
@@ -544,7 +568,7 @@ impl Gate {
         service: &str,
         canary: &Canary,
         before: std::collections::BTreeSet<String>,
-        deployed: chrono::DateTime<chrono::Utc>,
+        update_before: Option<rollout_watcher::assess::ServiceBefore>,
     ) -> Gate {
         Gate {
             service: service.to_owned(),
@@ -552,7 +576,11 @@ impl Gate {
             proxy: format!("{stack}_{}", canary.proxy),
             canary: canary.clone(),
             before,
-            deployed,
+            update_before,
+            updated: false,
+            addresses: BTreeMap::new(),
+            mapped: Default::default(),
+            tasks: Vec::new(),
             state: State::Waiting,
             finding: None,
         }
@@ -578,6 +606,12 @@ impl Gate {
         matches!(self.state, State::Watching { .. })
     }
 
+    /// Whether this deploy updated the service and the gate never saw a new task serve (so
+    /// it judged nothing).
+    pub fn missed(&self) -> bool {
+        self.updated && self.finding.is_none() && matches!(self.state, State::Waiting)
+    }
+
     /// One sample of the service (its spec and update status, its tasks); `now` and `wall` are
     /// the monotonic and the wall clock. Progress lines go to `say`.
     pub fn sample(
@@ -590,6 +624,7 @@ impl Gate {
         say: &mut dyn FnMut(&str),
     ) {
         use bollard::models::{ServiceUpdateStatusStateEnum as U, TaskState};
+        self.tasks = tasks.to_vec();
         let status = service.update_status.as_ref();
         let state = status.and_then(|s| s.state);
         if matches!(
@@ -604,28 +639,32 @@ impl Gate {
                     self.service
                 ));
             }
+            self.updated = false;
             self.state = State::Done;
             return;
         }
-        match self.state.clone() {
+        match self.state {
             State::Done => {}
             State::Waiting => {
-                let ours = status
-                    .and_then(|s| s.started_at)
-                    .is_some_and(|t| t >= self.deployed);
+                let now_status = rollout_watcher::assess::ServiceBefore::of(service);
+                let ours = now_status.update_started_at.is_some()
+                    && self
+                        .update_before
+                        .as_ref()
+                        .is_some_and(|b| b.update_started_at != now_status.update_started_at)
+                    && matches!(state, Some(U::UPDATING | U::COMPLETED));
+                if !ours {
+                    return;
+                }
+                self.updated = true;
                 let serving = tasks.iter().find_map(|t| {
                     let id = t.id.as_ref().filter(|id| !self.before.contains(*id))?;
                     (t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
                         && t.desired_state == Some(TaskState::RUNNING))
                     .then(|| id.clone())
                 });
-                if let Some(canary) =
-                    serving.filter(|_| ours && matches!(state, Some(U::UPDATING | U::COMPLETED)))
-                {
-                    // A second back: the log's clock and ours may differ by a little.
-                    let since = crate::commands::deploy::rfc3339_millis(
-                        wall - chrono::Duration::seconds(1),
-                    );
+                if let Some(canary) = serving {
+                    let since = crate::commands::deploy::rfc3339_millis(wall - SINCE_MARGIN);
                     say(&format!(
                         "canary {}: the first new task serves; judging it on real traffic (at least {} requests, for up to {}s)",
                         self.service,
@@ -640,106 +679,201 @@ impl Gate {
                     };
                 }
             }
-            State::Watching {
-                canary,
-                since,
-                started,
-                next_look,
-            } => {
-                if now < next_look {
-                    return;
-                }
-                let ended = now.duration_since(started) >= self.canary.window;
-                let seen = self.look(client, tasks, &since);
-                let verdict = match seen {
-                    Ok(seen) => {
-                        let enough = seen.get(NEW).map_or(0, Counts::total)
-                            >= self.canary.thresholds.min_requests;
-                        if !enough && !ended {
-                            self.state = State::Watching {
-                                canary,
-                                since,
-                                started,
-                                next_look: now + LOOK_EVERY,
-                            };
-                            return;
-                        }
-                        Ok(verdict(&seen, NEW, OLD, &self.canary.thresholds))
-                    }
-                    Err(_) if !ended => {
-                        self.state = State::Watching {
-                            canary,
-                            since,
-                            started,
-                            next_look: now + LOOK_EVERY,
-                        };
-                        return;
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                let wants_back = match &verdict {
-                    Ok(v) => v.rolls_back(),
-                    Err(_) => self.canary.thresholds.too_little == TooLittle::RollBack,
-                };
-                let mut finding = Finding {
-                    service: self.service.clone(),
-                    verdict,
-                    rolled_back: false,
-                    after: now.duration_since(started),
-                    log_tail: None,
-                };
-                say(&finding.to_string());
-                if wants_back {
-                    finding.log_tail = Some(task_log_tail(client, &canary));
-                    say(&format!(
-                        "canary {}: the last lines task {canary} logged:",
-                        self.service
-                    ));
-                    for line in finding.log_tail.iter().flat_map(|t| t.lines()) {
-                        say(&format!("    {line}"));
-                    }
-                }
-                if wants_back {
-                    say(&format!(
-                        "canary {}: rolling it back (docker service rollback {})",
-                        self.service, self.full
-                    ));
-                    match client.run(&Call::write([
-                        "service",
-                        "rollback",
-                        "--detach",
-                        self.full.as_str(),
-                    ])) {
-                        Ok(_) => finding.rolled_back = true,
-                        Err(e) => say(&format!(
-                            "canary {}: the rollback could not be started: {e}",
-                            self.service
-                        )),
-                    }
-                }
-                self.finding = Some(finding);
-                self.state = State::Done;
-            }
+            State::Watching { .. } => self.step(client, now, say),
         }
     }
 
-    /// What each version answered through the proxy since `since`: `new` (tasks started by
-    /// this deploy) and `old` (tasks from before it).
-    fn look(
-        &self,
+    /// Judges a canary still watched when the rollout settled (one replica: Swarm waits for
+    /// nothing after its last task): it goes on counting until the window ends or the new
+    /// version answered enough, as during the rollout. `wait` sleeps until the instant it is
+    /// given and returns the time then; it returns `None` when the deploy is interrupted.
+    /// A rollback it starts is followed until Swarm finished it.
+    pub fn finish(
+        &mut self,
         client: &Client<'_>,
-        tasks: &[bollard::models::Task],
+        wait: &mut dyn FnMut(std::time::Instant) -> Option<std::time::Instant>,
+        say: &mut dyn FnMut(&str),
+    ) {
+        let State::Watching {
+            started, next_look, ..
+        } = self.state
+        else {
+            return;
+        };
+        let left = self.canary.window.saturating_sub(next_look - started);
+        say(&format!(
+            "canary {}: the rollout settled; judging it on real traffic for up to {:.0}s more",
+            self.service,
+            left.as_secs_f64()
+        ));
+        while let State::Watching { next_look, .. } = self.state {
+            let Some(now) = wait(next_look) else {
+                say(&format!(
+                    "canary {}: interrupted before it was judged",
+                    self.service
+                ));
+                self.state = State::Done;
+                return;
+            };
+            self.step(client, now, say);
+        }
+        let Some(f) = self.finding.as_mut() else {
+            return;
+        };
+        if !f.rolled_back {
+            return;
+        }
+        let until = std::time::Instant::now() + ROLLBACK_WAIT;
+        let mut next = std::time::Instant::now();
+        f.settled_back = Some(loop {
+            let Some(now) = wait(next) else {
+                break Err("interrupted while Swarm rolled it back".to_owned());
+            };
+            match update_state(client, &self.full) {
+                Ok(Some(bollard::models::ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED)) => {
+                    say(&format!(
+                        "canary {}: Swarm finished the rollback",
+                        self.service
+                    ));
+                    break Ok(());
+                }
+                Ok(Some(bollard::models::ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED)) => {
+                    break Err("Swarm paused the rollback".to_owned());
+                }
+                Ok(_) | Err(_) if now < until => next = now + LOOK_EVERY,
+                Ok(state) => {
+                    break Err(format!(
+                        "the rollback had not finished after {}s (update state: {})",
+                        ROLLBACK_WAIT.as_secs(),
+                        state.map_or("none".to_owned(), |s| s.to_string())
+                    ));
+                }
+                Err(e) => break Err(format!("its state cannot be read: {e}")),
+            }
+        });
+    }
+
+    /// One look at a watched canary, at `now`: counts, and judges when it answered enough or
+    /// the window ended.
+    fn step(&mut self, client: &Client<'_>, now: std::time::Instant, say: &mut dyn FnMut(&str)) {
+        let State::Watching {
+            canary,
+            since,
+            started,
+            next_look,
+        } = self.state.clone()
+        else {
+            return;
+        };
+        if now < next_look {
+            return;
+        }
+        let ended = now.duration_since(started) >= self.canary.window;
+        let seen = self.look(client, &since);
+        let verdict = match seen {
+            Ok(seen) => {
+                let enough =
+                    seen.get(NEW).map_or(0, Counts::total) >= self.canary.thresholds.min_requests;
+                if !enough && !ended {
+                    self.state = State::Watching {
+                        canary,
+                        since,
+                        started,
+                        next_look: now + LOOK_EVERY,
+                    };
+                    return;
+                }
+                Ok(verdict(&seen, NEW, OLD, &self.canary.thresholds))
+            }
+            Err(_) if !ended => {
+                self.state = State::Watching {
+                    canary,
+                    since,
+                    started,
+                    next_look: now + LOOK_EVERY,
+                };
+                return;
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let wanted_back = match &verdict {
+            Ok(v) => v.rolls_back(),
+            Err(_) => self.canary.thresholds.too_little == TooLittle::RollBack,
+        };
+        let mut finding = Finding {
+            service: self.service.clone(),
+            verdict,
+            wanted_back,
+            rolled_back: false,
+            settled_back: None,
+            after: now.duration_since(started),
+            log_tail: None,
+        };
+        say(&finding.to_string());
+        if wanted_back {
+            finding.log_tail = Some(task_log_tail(client, &canary));
+            say(&format!(
+                "canary {}: the last lines task {canary} logged:",
+                self.service
+            ));
+            for line in finding.log_tail.iter().flat_map(|t| t.lines()) {
+                say(&format!("    {line}"));
+            }
+            say(&format!(
+                "canary {}: rolling it back (docker service rollback {})",
+                self.service, self.full
+            ));
+            match client.run(&Call::write([
+                "service",
+                "rollback",
+                "--detach",
+                self.full.as_str(),
+            ])) {
+                Ok(_) => finding.rolled_back = true,
+                Err(e) => say(&format!(
+                    "canary {}: the rollback could not be started: {e}; run `docker service rollback {}`",
+                    self.service, self.full
+                )),
+            }
+        }
+        self.finding = Some(finding);
+        self.state = State::Done;
+    }
+
+    /// What each version answered through the proxy since `since`: `new` (tasks started by
+    /// this deploy) and `old` (tasks from before it). Only tasks not yet mapped that are new
+    /// or running are inspected.
+    fn look(
+        &mut self,
+        client: &Client<'_>,
         since: &str,
     ) -> Result<BTreeMap<String, Counts>, Error> {
-        let ids: Vec<String> = tasks.iter().filter_map(|t| t.id.clone()).collect();
-        let versions: BTreeMap<String, String> =
-            crate::commands::tasks::tasks_by_address(client, &ids)?
-                .into_iter()
-                .map(|(address, id)| {
-                    let version = if self.before.contains(&id) { OLD } else { NEW };
-                    (address, version.to_owned())
-                })
-                .collect();
+        use bollard::models::TaskState;
+        let unmapped: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
+                    || t.id.as_ref().is_some_and(|id| !self.before.contains(id))
+            })
+            .filter_map(|t| t.id.clone())
+            .filter(|id| !self.mapped.contains(id))
+            .collect();
+        if !unmapped.is_empty() {
+            let found = crate::commands::tasks::tasks_by_address(client, &unmapped)?;
+            for id in found.values() {
+                self.mapped.insert(id.clone());
+            }
+            self.addresses.extend(found);
+        }
+        let versions: BTreeMap<String, String> = self
+            .addresses
+            .iter()
+            .map(|(address, id)| {
+                let version = if self.before.contains(id) { OLD } else { NEW };
+                (address.clone(), version.to_owned())
+            })
+            .collect();
         let text = client.run(
             &Call::read([
                 "service",
@@ -753,6 +887,23 @@ impl Gate {
         )?;
         Ok(counts_by_version(text.lines(), &versions))
     }
+}
+
+/// The update state of service `full`, as Swarm reports it now.
+fn update_state(
+    client: &Client<'_>,
+    full: &str,
+) -> Result<Option<bollard::models::ServiceUpdateStatusStateEnum>, Error> {
+    let text = client.run(&Call::read(["service", "inspect", full]))?;
+    let services: Vec<bollard::models::Service> = serde_json::from_str(&text).map_err(|e| {
+        Error::Refused(format!(
+            "docker service inspect {full}: unexpected JSON: {e}"
+        ))
+    })?;
+    Ok(services
+        .first()
+        .and_then(|s| s.update_status.as_ref())
+        .and_then(|s| s.state))
 }
 
 /// How many log lines of a failed canary are shown.
@@ -1006,7 +1157,8 @@ mod tests {
             .unwrap()
         }
 
-        const DEPLOYED: &str = "2026-12-06T20:00:00Z";
+        /// When the update before this deploy's began.
+        const BEFORE: &str = "2026-12-06T19:59:59Z";
         const LATER: &str = "2026-12-06T20:00:01.5Z";
 
         fn gate(canary: Canary) -> Gate {
@@ -1015,7 +1167,10 @@ mod tests {
                 "backend",
                 &canary,
                 ["old1".to_owned(), "old2".to_owned()].into(),
-                at(DEPLOYED),
+                Some(rollout_watcher::assess::ServiceBefore::of(&service(
+                    "completed",
+                    BEFORE,
+                ))),
             )
         }
 
@@ -1140,7 +1295,7 @@ mod tests {
                 fake.command_lines(),
                 vec![
                     "docker inspect --type task new1 old1 old2",
-                    "docker service logs --no-trunc --since 2026-12-06T20:00:00.500Z stackship-prod_nginx-proxy",
+                    "docker service logs --no-trunc --since 2026-12-06T19:59:56.500Z stackship-prod_nginx-proxy",
                     "docker service logs --raw --no-trunc --tail 5 new1",
                     "docker service rollback --detach stackship-prod_backend",
                 ]
@@ -1219,6 +1374,13 @@ mod tests {
                     .filter(|l| l.starts_with("docker service logs --no-trunc --since"))
                     .count();
                 assert_eq!(logs, 4);
+                // Every task had an address at the first look: inspected once.
+                let inspects = fake
+                    .command_lines()
+                    .iter()
+                    .filter(|l| l.starts_with("docker inspect --type task"))
+                    .count();
+                assert_eq!(inspects, 1);
                 let f = g.finding().unwrap();
                 assert!(
                     matches!(f.verdict, Ok(Verdict::TooLittleTraffic { .. })),
@@ -1232,6 +1394,131 @@ mod tests {
                     rolled_back
                 );
                 assert!(said[1].contains("too little traffic to judge the canary: the new version answered 2 requests, the old 0"), "{said:?}");
+            }
+        }
+
+        #[test]
+        fn a_canary_still_watched_when_the_rollout_settled_is_judged_to_the_window_s_end() {
+            let fake = FakeEngine::new();
+            addresses(&fake);
+            fake.answer(&["service", "logs"], &log(&[("10.0.1.9", 201, 2)]));
+            let client = Client::new(&fake);
+            let t0 = Instant::now();
+            let mut said = Vec::new();
+            let mut g = gate(canary(50, TooLittle::Proceed));
+            // Not watched: finish does nothing.
+            g.finish(&client, &mut |_| panic!("waited"), &mut |m| {
+                said.push(m.to_owned())
+            });
+            assert!(said.is_empty() && g.finding().is_none());
+            feed(
+                &mut g,
+                &client,
+                service("updating", LATER),
+                &tasks(),
+                t0,
+                &mut said,
+            );
+            feed(
+                &mut g,
+                &client,
+                service("completed", LATER),
+                &tasks(),
+                t0 + Duration::from_secs(3),
+                &mut said,
+            );
+            assert!(g.is_watching());
+            let mut waits = Vec::new();
+            g.finish(
+                &client,
+                &mut |until| {
+                    waits.push(until.duration_since(t0).as_secs());
+                    Some(until)
+                },
+                &mut |m| said.push(m.to_owned()),
+            );
+            // Looked at 3 s, then every second to the window's end.
+            assert_eq!(waits, (4..=10).collect::<Vec<_>>());
+            assert_eq!(
+                said[1],
+                "canary backend: the rollout settled; judging it on real traffic for up to 6s more"
+            );
+            let f = g.finding().unwrap();
+            assert!(
+                matches!(f.verdict, Ok(Verdict::TooLittleTraffic { .. })),
+                "{f:?}"
+            );
+            assert_eq!(
+                (f.fails(), f.rolled_back, &f.settled_back),
+                (false, false, &None)
+            );
+            // Interrupted: judged nothing, and no longer watched.
+            let mut g = gate(canary(50, TooLittle::Proceed));
+            feed(
+                &mut g,
+                &client,
+                service("updating", LATER),
+                &tasks(),
+                t0,
+                &mut said,
+            );
+            g.finish(&client, &mut |_| None, &mut |m| said.push(m.to_owned()));
+            assert!(!g.is_watching() && g.finding().is_none());
+            assert_eq!(
+                said.last().unwrap(),
+                "canary backend: interrupted before it was judged"
+            );
+        }
+
+        #[test]
+        fn a_rollback_after_the_rollout_settled_is_followed_to_its_end() {
+            let inspected =
+                |state: &str| serde_json::json!([{"UpdateStatus": {"State": state}}]).to_string();
+            for (states, wanted) in [
+                (vec!["rollback_started", "rollback_completed"], Ok(())),
+                (
+                    vec!["rollback_started", "rollback_paused"],
+                    Err("Swarm paused the rollback".to_owned()),
+                ),
+                (
+                    vec!["rollback_started"; 200],
+                    Err(
+                        "the rollback had not finished after 180s (update state: rollback_started)"
+                            .to_owned(),
+                    ),
+                ),
+            ] {
+                let fake = FakeEngine::new();
+                addresses(&fake);
+                fake.answer(&["service", "logs"], &log(&[("10.0.1.9", 500, 9)]));
+                for state in &states {
+                    fake.answer_once(&["service", "inspect"], &inspected(state));
+                }
+                let client = Client::new(&fake);
+                let t0 = Instant::now();
+                let mut said = Vec::new();
+                let mut g = gate(canary(5, TooLittle::Proceed));
+                feed(
+                    &mut g,
+                    &client,
+                    service("updating", LATER),
+                    &tasks(),
+                    t0,
+                    &mut said,
+                );
+                // A clock running a second per wait, from the start of the window.
+                let mut clock = t0;
+                g.finish(
+                    &client,
+                    &mut |until| {
+                        clock = until.max(clock) + Duration::from_secs(1);
+                        Some(clock)
+                    },
+                    &mut |m| said.push(m.to_owned()),
+                );
+                let f = g.finding().unwrap();
+                assert!(f.fails() && f.rolled_back, "{f:?}");
+                assert_eq!(f.settled_back, Some(wanted), "{said:?}");
             }
         }
 
@@ -1266,6 +1553,7 @@ mod tests {
             // The same without the rollback wanted: it goes on, and says so.
             let f = Finding {
                 rolled_back: false,
+                wanted_back: false,
                 ..f.clone()
             };
             assert!(!f.fails());
@@ -1283,7 +1571,7 @@ mod tests {
             feed(
                 &mut g,
                 &client,
-                service("updating", "2026-12-06T19:59:59Z"),
+                service("updating", BEFORE),
                 &tasks(),
                 t0,
                 &mut said,

@@ -1183,36 +1183,67 @@ pub fn outcome_of(report: &rollout_watcher::watch::Report) -> Outcome {
 }
 
 /// Adds what the canary gates found to `watched`: their verdicts lead its summary, and a gate
-/// that rolled its service back (or could not) makes a rollout the watch found done unknown:
-/// never a success. A gate still watching when the rollout settled is said so; one whose
-/// service this deploy did not change says nothing.
+/// that wanted its service back makes a rollout the watch found done fail: rolled back when
+/// Swarm finished the gate's rollback, unknown otherwise (never a success). A gate whose
+/// service this deploy updated without a new task seen serving is said so; one whose service
+/// this deploy did not change says nothing.
 pub fn gate_findings(
     gates: &[crate::canary::Gate],
     watched: &mut Watched,
     say: &mut dyn FnMut(&str),
 ) {
     let mut lines = String::new();
+    let watch_said = watched.outcome;
     for gate in gates {
-        match gate.finding() {
-            Some(f) => {
-                // (its log lines were said as it failed; the watch's report shows the task's)
-                lines.push_str(&format!("{f}\n"));
-                if f.fails() && watched.outcome == Outcome::Done {
-                    watched.outcome = Outcome::Unknown;
-                    say(&format!(
-                        "the canary gate of {} rolled it back after Swarm reported the rollout done: check with `stackship status`",
-                        f.service
-                    ));
-                }
-            }
-            None if gate.is_watching() => {
-                lines.push_str(&format!(
-                    "{}: canary not judged (the rollout settled before the window ended)\n",
-                    gate.service()
-                ));
-            }
-            None => {}
+        if gate.missed() {
+            lines.push_str(&format!(
+                "{}: canary not judged (this deploy updated it, and no new task was seen serving)\n",
+                gate.service()
+            ));
         }
+        let Some(f) = gate.finding() else { continue };
+        // (its log lines were said as it failed; the watch's report shows the task's)
+        lines.push_str(&format!("{f}\n"));
+        if !f.fails() || watch_said == Outcome::Unknown {
+            continue;
+        }
+        let full = gate.full_name();
+        let (outcome, why) = match (&f.settled_back, f.rolled_back) {
+            (_, false) => (
+                Outcome::Unknown,
+                format!(
+                    "the canary gate of {} could not roll it back: run `docker service rollback {full}`, then `stackship status`",
+                    f.service
+                ),
+            ),
+            (Some(Ok(())), true) => (
+                Outcome::RolledBack,
+                format!(
+                    "the canary gate of {} rolled it back after the rollout had settled; the old version serves",
+                    f.service
+                ),
+            ),
+            (Some(Err(e)), true) => (
+                Outcome::Unknown,
+                format!(
+                    "the canary gate of {} rolled it back after the rollout had settled, and then: {e}; check with `stackship status`",
+                    f.service
+                ),
+            ),
+            // Started during the rollout: the watch followed Swarm's rollback.
+            (None, true) if watch_said == Outcome::RolledBack => continue,
+            (None, true) => (
+                Outcome::Unknown,
+                format!(
+                    "the canary gate of {} rolled it back after Swarm reported the rollout done: check with `stackship status`",
+                    f.service
+                ),
+            ),
+        };
+        if watched.outcome == Outcome::Done || outcome == Outcome::Unknown {
+            watched.outcome = outcome;
+        }
+        say(&why);
     }
     watched.summary = lines + &watched.summary;
 }
@@ -1409,7 +1440,10 @@ pub fn deploy(
                 &s.name,
                 canary,
                 snapshot.tasks.clone(),
-                deployed,
+                snapshot
+                    .services
+                    .get(&format!("{stack}_{}", s.name))
+                    .map(|b| b.update.clone()),
             ))
         })
         .collect();
@@ -1433,6 +1467,25 @@ pub fn deploy(
             error: Error::Refused(format!("could not follow {stack}: {m}")),
         })?;
     let mut say = |m: &str| progress_line(progress, m);
+    for gate in gates.iter_mut().filter(|g| g.is_watching()) {
+        gate.finish(
+            client,
+            &mut |until| {
+                while std::time::Instant::now() < until {
+                    if crate::interrupt::requested() {
+                        return None;
+                    }
+                    std::thread::sleep(
+                        until
+                            .saturating_duration_since(std::time::Instant::now())
+                            .min(Duration::from_millis(200)),
+                    );
+                }
+                (!crate::interrupt::requested()).then(std::time::Instant::now)
+            },
+            &mut say,
+        );
+    }
     gate_findings(&gates, &mut watched, &mut say);
     if watched.outcome != Outcome::Done {
         say(&format!(
@@ -2392,11 +2445,12 @@ mod tests {
                 ..Thresholds::default()
             },
         };
-        let deployed = chrono::Utc::now() - chrono::Duration::seconds(5);
+        let before = Some(rollout_watcher::assess::ServiceBefore::default());
         let mut gates = vec![
-            Gate::new("s", "backend", &canary, Default::default(), deployed),
-            Gate::new("s", "worker", &canary, Default::default(), deployed),
-            Gate::new("s", "frontend", &canary, Default::default(), deployed),
+            Gate::new("s", "backend", &canary, Default::default(), before.clone()),
+            Gate::new("s", "worker", &canary, Default::default(), before.clone()),
+            Gate::new("s", "frontend", &canary, Default::default(), None),
+            Gate::new("s", "api", &canary, Default::default(), before.clone()),
         ];
         let service: bollard::models::Service = serde_json::from_value(serde_json::json!({
             "UpdateStatus": {"State": "updating", "StartedAt": rfc3339_millis(chrono::Utc::now())}
@@ -2406,27 +2460,51 @@ mod tests {
             {"ID": "new1", "Status": {"State": "running"}, "DesiredState": "running"}
         ]))
         .unwrap();
+        let starting: Vec<bollard::models::Task> = serde_json::from_value(serde_json::json!([
+            {"ID": "new1", "Status": {"State": "starting"}, "DesiredState": "running"}
+        ]))
+        .unwrap();
         let now = std::time::Instant::now();
-        // backend: judged (a breach, rolled back); worker: watched, not judged; frontend: not
-        // changed by the deploy.
-        for _ in 0..2 {
-            gates[0].sample(
-                &Client::new(&fake),
+        let client = Client::new(&fake);
+        // backend: judged during the rollout (a breach, rolled back); worker: updated, no new
+        // task seen serving; frontend: not changed by the deploy; api: still watched when the
+        // rollout settled, judged by finish, rolled back, Swarm's rollback followed to its end.
+        for (i, tasks) in [
+            (0, &tasks),
+            (0, &tasks),
+            (1, &starting),
+            (2, &tasks),
+            (3, &tasks),
+        ] {
+            gates[i].sample(
+                &client,
                 &service,
-                &tasks,
+                tasks,
                 now,
                 chrono::Utc::now(),
                 &mut |_| {},
             );
         }
-        gates[1].sample(
-            &Client::new(&fake),
-            &service,
-            &tasks,
-            now,
-            chrono::Utc::now(),
-            &mut |_| {},
+        assert!(gates[3].is_watching());
+        let rolled: bollard::models::Service = serde_json::from_value(serde_json::json!({
+            "UpdateStatus": {"State": "rollback_completed"}
+        }))
+        .unwrap();
+        fake.answer(
+            &["service", "inspect", "s_api"],
+            &serde_json::to_string(&[rolled]).unwrap(),
         );
+        let mut finished = Vec::new();
+        gates[3].finish(&client, &mut Some, &mut |m| finished.push(m.to_owned()));
+        assert_eq!(
+            finished.first().map(String::as_str),
+            Some("canary api: the rollout settled; judging it on real traffic for up to 10s more")
+        );
+        assert_eq!(
+            finished.last().map(String::as_str),
+            Some("canary api: Swarm finished the rollback")
+        );
+        assert_eq!(gates[3].finding().unwrap().settled_back, Some(Ok(())));
         let watched = |outcome| Watched {
             outcome,
             summary: "backend: ok\n".into(),
@@ -2439,7 +2517,8 @@ mod tests {
         assert_eq!(
             said,
             vec![
-                "the canary gate of backend rolled it back after Swarm reported the rollout done: check with `stackship status`"
+                "the canary gate of backend rolled it back after Swarm reported the rollout done: check with `stackship status`",
+                "the canary gate of api rolled it back after the rollout had settled; the old version serves",
             ]
         );
         let lines: Vec<&str> = w.summary.lines().collect();
@@ -2450,22 +2529,62 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(
-            lines[1..],
-            [
-                "worker: canary not judged (the rollout settled before the window ended)",
-                "backend: ok"
-            ]
+            lines[1],
+            "worker: canary not judged (this deploy updated it, and no new task was seen serving)"
         );
+        assert!(
+            lines[2].starts_with("api: canary failed real requests"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[3..], ["backend: ok"]);
+        // The gate that rolled back after the rollout settled, alone: the old version serves.
+        let mut w = watched(Outcome::Done);
+        gate_findings(&gates[3..], &mut w, &mut |_| {});
+        assert_eq!(w.outcome, Outcome::RolledBack);
         // A rollout the watch already found rolled back stays so, and nothing more is said.
         let mut said = Vec::new();
         let mut w = watched(Outcome::RolledBack);
-        gate_findings(&gates, &mut w, &mut |m| said.push(m.to_owned()));
+        gate_findings(&gates[..3], &mut w, &mut |m| said.push(m.to_owned()));
         assert_eq!(w.outcome, Outcome::RolledBack);
-        assert!(said.is_empty());
+        assert!(said.is_empty(), "{said:?}");
         // No gates: nothing changes.
         let mut w = watched(Outcome::Done);
         gate_findings(&[], &mut w, &mut |m| said.push(m.to_owned()));
         assert_eq!(w, watched(Outcome::Done));
+        // A gate whose rollback could not start: unknown, and says what to run.
+        let broken = FakeEngine::new();
+        broken.fail(
+            &["service", "rollback"],
+            "rpc error: update out of sequence",
+        );
+        broken.answer(
+            &["inspect", "--type", "task"],
+            r#"[{"ID": "new1", "NetworksAttachments": [{"Network": {"Spec": {"Name": "e"}}, "Addresses": ["10.0.1.9/24"]}]}]"#,
+        );
+        broken.answer(&["service", "logs"], &line.repeat(3));
+        let mut g = Gate::new("s", "backend", &canary, Default::default(), before);
+        for _ in 0..2 {
+            g.sample(
+                &Client::new(&broken),
+                &service,
+                &tasks,
+                now,
+                chrono::Utc::now(),
+                &mut |_| {},
+            );
+        }
+        let mut said = Vec::new();
+        for outcome in [Outcome::Done, Outcome::RolledBack] {
+            let mut w = watched(outcome);
+            gate_findings(std::slice::from_ref(&g), &mut w, &mut |m| {
+                said.push(m.to_owned())
+            });
+            assert_eq!(w.outcome, Outcome::Unknown);
+        }
+        assert_eq!(
+            said[0],
+            "the canary gate of backend could not roll it back: run `docker service rollback s_backend`, then `stackship status`"
+        );
     }
 
     #[test]
