@@ -22,8 +22,10 @@
 //! # Pairing
 //! Replies are paired with rows by position: the INSERT takes its input `ORDER BY` position, so
 //! `nextval` hands out ids in that order and `ORDER BY id` returns the rows in input order. The
-//! writer checks every reply (count, message and client address) before it commits; a mismatch
-//! rolls the batch back and answers 500, with the cause in the log.
+//! statement itself checks every row (count, message and client address) against its input
+//! before it ends: a mismatch fails the statement, so Postgres rolls the batch back, and each of
+//! its requests is answered 500 with the cause in the log. The batch is one statement in its
+//! own implicit transaction: one round trip, the commit included.
 //!
 //! # Writes during a restore
 //! A database restore holds the advisory lock [`RESTORE_LOCK_KEY`] exclusively. Every batch
@@ -354,18 +356,26 @@ fn batch_outcome(rows: Vec<BatchRow>) -> Result<Option<Vec<LogEntry>>, String> {
         .map(Some)
 }
 
-/// One transaction: the restore lock (shared) and the multi-row INSERT in one statement, the
-/// pairing check, then COMMIT (or rollback).
+/// What the batch statement raises when its rows do not pair with its inputs (see
+/// [`insert_batch`]): the text of a failed cast, which Postgres reports with its own code.
+const PAIRING_FAILED: &str = "group insert rows do not pair with their inputs";
+
+/// One statement, so one round trip and one implicit transaction: the restore lock (shared),
+/// the multi-row INSERT, and the pairing check. A check that fails raises an error inside the
+/// statement, so the whole batch is rolled back by Postgres itself; a statement that returns
+/// has committed (its transaction ends before Postgres answers).
 async fn insert_batch(pool: &PgPool, inputs: &[(&str, &str)]) -> Result<Vec<LogEntry>, WriteError> {
-    let db = |e: sqlx::Error| WriteError::Database(Arc::new(e));
     let (messages, addrs): (Vec<&str>, Vec<&str>) = inputs.iter().copied().unzip();
-    let mut tx = pool.begin().await.map_err(db)?;
     // `lock` is evaluated once (a volatile CTE is materialized); the INSERT's filter on it is a
     // one-time filter evaluated before the first row, so a refused lock writes nothing and
     // calls no `nextval`. The lock's row is left-joined with the inserted rows, so its answer
     // comes back even when nothing was inserted.
     // The SELECT is ordered by the input position, so ids are assigned in that order and
-    // `ORDER BY id` returns the rows in the order of `inputs` (checked by `pair_rows`).
+    // `ORDER BY id` returns the rows in the order of `inputs`. `checked` verifies that (count,
+    // message and address of every row against its input) before anything is returned: when
+    // it does not hold, it casts a text to boolean, which fails the statement (Postgres has no
+    // RAISE outside PL/pgSQL, and a function would be one more thing a restore could remove).
+    // `concat` is not immutable, so the failing branch is not folded at plan time.
     let rows = sqlx::query_as::<_, BatchRow>(
         "WITH lock AS (
              SELECT pg_try_advisory_xact_lock_shared($3) AS granted
@@ -375,32 +385,45 @@ async fn insert_batch(pool: &PgPool, inputs: &[(&str, &str)]) -> Result<Vec<LogE
              INSERT INTO log_entries (message, client_addr)
              SELECT message, client_addr FROM input WHERE (SELECT granted FROM lock) ORDER BY ord
              RETURNING id, created_at, client_addr, message
+         ), paired AS (
+             SELECT inserted.*, row_number() OVER (ORDER BY id) AS pos FROM inserted
+         ), checked AS (
+             SELECT CASE
+                 WHEN NOT (SELECT granted FROM lock)
+                     OR ((SELECT count(*) FROM paired) = (SELECT count(*) FROM input)
+                         AND NOT EXISTS (
+                             SELECT FROM paired JOIN input ON input.ord = paired.pos
+                             WHERE paired.message <> input.message
+                                OR paired.client_addr <> input.client_addr))
+                 THEN true
+                 ELSE concat($4::text, ': ', (SELECT count(*) FROM paired), ' rows for ',
+                             (SELECT count(*) FROM input), ' inputs')::boolean
+             END AS ok
          )
-         SELECT lock.granted, inserted.id, inserted.created_at, inserted.client_addr, inserted.message
-         FROM lock LEFT JOIN inserted ON true
-         ORDER BY inserted.id",
+         SELECT lock.granted, paired.id, paired.created_at, paired.client_addr, paired.message
+         FROM lock CROSS JOIN checked LEFT JOIN paired ON true
+         WHERE checked.ok
+         ORDER BY paired.id",
     )
     .bind(&messages)
     .bind(&addrs)
     .bind(RESTORE_LOCK_KEY)
-    .fetch_all(&mut *tx)
+    .bind(PAIRING_FAILED)
+    .fetch_all(pool)
     .await
-    .map_err(db)?;
+    .map_err(|e| match &e {
+        sqlx::Error::Database(d) if d.message().contains(PAIRING_FAILED) => {
+            WriteError::Inconsistent(d.message().to_owned())
+        }
+        _ => WriteError::Database(Arc::new(e)),
+    })?;
     match batch_outcome(rows).and_then(|rows| rows.map(|r| pair_rows(inputs, r)).transpose()) {
-        Ok(Some(rows)) => {
-            tx.commit().await.map_err(db)?;
-            Ok(rows)
-        }
-        Ok(None) => {
-            // Nothing was written and no lock is held; end the transaction all the same.
-            let _ = tx.rollback().await;
-            Err(WriteError::ReadOnly)
-        }
-        Err(why) => {
-            // Dropping the transaction rolls it back; say so explicitly and keep the cause.
-            let _ = tx.rollback().await;
-            Err(WriteError::Inconsistent(why))
-        }
+        Ok(Some(rows)) => Ok(rows),
+        // Nothing was written and no lock is held.
+        Ok(None) => Err(WriteError::ReadOnly),
+        // The statement's own check makes this unreachable; were it reached, the rows are
+        // stored and their requests are answered 500 with the cause in the log.
+        Err(why) => Err(WriteError::Inconsistent(why)),
     }
 }
 
