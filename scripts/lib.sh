@@ -30,6 +30,10 @@ die() { printf '%s [%s] ERROR: %s\n' "$(date -u +%H:%M:%S)" "$STACKSHIP_SCRIPT" 
 # repo_root: the working tree these scripts belong to.
 repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd); }
 
+# tools_dir: where the deploy tools (config-hasher, rollout-watcher, stackship), built statically
+# by scripts/ci/build-tools.sh, are: the pipeline's build job and scripts/up.sh put them there.
+tools_dir() { printf '%s\n' "${STACKSHIP_TOOLS_DIR:-$(repo_root)/.build/tools}"; }
+
 # need CMD [HINT]: fail with an install hint when CMD is missing.
 need() {
     command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not installed${2:+ ($2)}"

@@ -130,9 +130,11 @@ build_and_push() {
     local root
     root="$(repo_root)"
     TAG="$("$root/scripts/ci/image-tag.sh")"
-    log "building the deploy tools (config-hasher, rollout-watcher, stackship)"
-    (cd "$root" && cargo build --release --locked -p config-hasher -p rollout-watcher -p stackship) >&2 \
-        || die "cargo build of the deploy tools failed"
+    # Statically linked, as the pipeline's build job makes them for the manager (one build
+    # serves this machine's deploys and the SSH deploy test).
+    log "building the deploy tools (config-hasher, rollout-watcher, stackship) into $(tools_dir)"
+    "$root/scripts/ci/build-tools.sh" --out "$(tools_dir)" >/dev/null \
+        || die "building the deploy tools failed"
     log "building service images with tag ${TAG}"
     REGISTRY="$STACKSHIP_REGISTRY_ADDR" "$root/scripts/ci/build-images.sh" --tag "$TAG" --push \
         --base-image "$BASE_IMAGE" --nginx-image "$NGINX_IMAGE" >/dev/null
@@ -149,7 +151,7 @@ ensure_secrets() {
     if [[ -s "$legacy/db_password" ]]; then
         init+=(--file "$legacy/db_password")
     fi
-    "${CARGO_TARGET_DIR:-$(repo_root)/target}/release/stackship" secret "${init[@]}" || die "creating the ${env} database password failed"
+    "$(tools_dir)/stackship" secret "${init[@]}" || die "creating the ${env} database password failed"
     rm -f "$legacy/db_password"
     if [[ "$env" == prod ]]; then
         if [[ -s "$legacy/tls.crt" && -s "$legacy/tls.key" && ! -s "$dir/tls.crt" ]]; then

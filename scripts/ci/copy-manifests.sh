@@ -18,7 +18,7 @@ Usage: scripts/ci/copy-manifests.sh --prod|--dev [--dest DIR] [--bin-dir DIR] [-
 
   --dest DIR        the environment's deploy directory (default: ${STACKSHIP_DEPLOY_ROOT}/<env>)
   --bin-dir DIR     where the config-hasher, rollout-watcher and stackship binaries are
-                    (default: \${CARGO_TARGET_DIR:-target}/release)
+                    (default: \${STACKSHIP_TOOLS_DIR:-.build/tools}, where scripts/ci/build-tools.sh puts them)
   --lock-wait S     how long to wait for a running deploy of this environment (default 900)
 USAGE
 }
@@ -39,9 +39,9 @@ main() {
     [[ -n "$env" ]] || { usage >&2; die "missing --prod or --dev"; }
     root="$(repo_root)"
     dest="${dest:-${STACKSHIP_DEPLOY_ROOT}/${env}}"
-    bin_dir="${bin_dir:-${CARGO_TARGET_DIR:-$root/target}/release}"
+    bin_dir="${bin_dir:-$(tools_dir)}"
     for tool in config-hasher rollout-watcher stackship; do
-        [[ -x "$bin_dir/$tool" ]] || die "${tool} binary '${bin_dir}/${tool}' not found (cargo build --release -p ${tool})"
+        [[ -x "$bin_dir/$tool" ]] || die "${tool} binary '${bin_dir}/${tool}' not found (scripts/ci/build-tools.sh)"
     done
     [[ -f "$root/docker-compose.${env}.yaml" ]] || die "docker-compose.${env}.yaml is missing"
     [[ -d "$root/deploy-manifests/${env}" ]] || die "deploy-manifests/${env} is missing"

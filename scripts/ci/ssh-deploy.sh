@@ -144,9 +144,6 @@ ssh_setup() {
 # shellcheck disable=SC2029 # expanded here on purpose
 remote() { ssh "${SSH_OPTS[@]}" "$TARGET" "$@"; }
 
-# tools_dir: where the build job's binaries are.
-tools_dir() { printf '%s\n' "${STACKSHIP_TOOLS_DIR:-$(repo_root)/.build/tools}"; }
-
 stage_release() {
     local root bin_dir
     root="$(repo_root)"

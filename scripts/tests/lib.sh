@@ -47,7 +47,7 @@ deploy_prod() {
 # copy_prod: the copy step for prod with this checkout's files and tools.
 copy_prod() {
     "$(repo_root)/scripts/ci/copy-manifests.sh" --prod --dest "$PROD_DIR" \
-        --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release"
+        --bin-dir "$(tools_dir)"
 }
 
 # restore_prod [VAR=VALUE...]: the prod deploy files of this checkout, deployed.

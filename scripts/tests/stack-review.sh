@@ -32,7 +32,7 @@ review_deploy() {
     mkdir -p "$dir"
     stage="$(mktemp -d)"
     "$root/scripts/ci/copy-manifests.sh" --dev --dest "$stage" \
-        --bin-dir "${CARGO_TARGET_DIR:-$root/target}/release" >/dev/null 2>&1 || fail "staging the review release failed"
+        --bin-dir "$(tools_dir)" >/dev/null 2>&1 || fail "staging the review release failed"
     incoming="${dir}/.incoming-e2e-$$"
     mkdir -p "$incoming"
     mv "$stage/current" "$incoming/current"
@@ -49,7 +49,7 @@ review_deploy() {
 # review_stop IID: `stackship review stop IID` as the review-stop job runs it (the build's
 # stackship, not the stack's release); its output in stop-IID.log.
 review_stop() {
-    "${CARGO_TARGET_DIR:-$(repo_root)/target}/release/stackship" --root "$STACKSHIP_DEPLOY_ROOT" \
+    "$(tools_dir)/stackship" --root "$STACKSHIP_DEPLOY_ROOT" \
         review stop "$1" 2> "${REVIEW_STATE}/stop-$1.log"
 }
 

@@ -87,7 +87,7 @@ deploy_dev() {
 
 copy_dev() {
     "$(repo_root)/scripts/ci/copy-manifests.sh" --dev --dest "$DEV_DIR" \
-        --bin-dir "${CARGO_TARGET_DIR:-$(repo_root)/target}/release"
+        --bin-dir "$(tools_dir)"
 }
 
 # move_label LABEL NODE: LABEL=true on NODE only.
