@@ -157,13 +157,15 @@ test_browser_shows_version_and_entry() {
 
 test_config_change_rolls_backend_only() {
     mkdir -p "$ARTIFACTS"
-    local before_tasks after_tasks before_config after_config title line svc
+    local before_tasks after_tasks before_config after_config title line svc out report rc=0
+    out="$(mktemp)" report="${ARTIFACTS}/rollout-load.json"
     before_tasks="$(all_running_tasks "$PROD_STACK")"
     before_config="$(backend_config_name)"
     title="stackship e2e $(date -u +%H%M%S)"
     set_prod_title "$title"
-    traffic_during "${ARTIFACTS}/rollout-traffic.txt" deploy_prod \
-        || fail "stackship deploy prod failed after the config change"
+    # Under 100 req/s of mixed reads and writes: a good release, so the canary gate passes it.
+    load_during "$report" deploy_prod > "$out" 2>&1 || rc=$?
+    ((rc == 0)) || fail "stackship deploy prod failed after the config change (exit ${rc}): $(tail -n 15 "$out")"
     after_config="$(backend_config_name)"
     after_tasks="$(all_running_tasks "$PROD_STACK")"
     [[ "$after_config" != "$before_config" ]] || fail "backend config name unchanged (${after_config})"
@@ -180,11 +182,21 @@ test_config_change_rolls_backend_only() {
     docker config inspect "$before_config" >/dev/null 2>&1 \
         || fail "the previous config ${before_config} was removed (a rollback needs it)"
     # The proxy followed the task IPs: no request failed while the backend rolled.
-    no_failed_requests "${ARTIFACTS}/rollout-traffic.txt"
+    [[ "$(load_failed "$report")" -eq 0 ]] || fail "requests failed while the backend rolled: $(load_summary "$report")"
+    # The canary gate judged the new version on that traffic, and says with which figures.
+    grep -q "backend: canary healthy: new version 0 of [0-9]* failed" "$out" \
+        || fail "the good release's summary has no healthy canary verdict: $(grep canary "$out" | tail -n 5)"
+    log "rollout under load: $(load_summary "$report"); $(grep -o 'canary healthy.*' "$out" | head -n 1)"
+    # Without traffic the gate says it cannot judge, and the rollout goes on (the default).
     log "restoring the prod config"
-    restore_prod || fail "restoring the prod config failed"
+    rc=0
+    restore_prod > "$out" 2>&1 || rc=$?
+    ((rc == 0)) || fail "restoring the prod config failed (exit ${rc}): $(tail -n 15 "$out")"
+    grep -q "too little traffic to judge the canary: the new version answered [0-9]* requests.*the rollout goes on unjudged" "$out" \
+        || fail "a rollout without traffic is not reported as too little to judge: $(grep canary "$out" | tail -n 5)"
     [[ "$(curl_env prod -f https://localhost/api/service/info | json title)" == stackship ]] \
         || fail "title not restored"
+    rm -f "$out"
 }
 
 test_noop_redeploy_restarts_nothing() {
