@@ -260,10 +260,11 @@ test_rollback_returns_to_earlier_deploy() {
     stamp="$(date -u +%H%M%S)"
     next="$(next_backend_tag)" || fail "no second backend version"
     out="$(mktemp)" traffic="$(mktemp)"
-    # A: what prod runs now (every test leaves it as this checkout deploys it, recorded).
-    copy_prod || fail "copy step failed"
+    # Deploy A: this tag, title A.
+    set_prod_title "rollback A ${stamp}"
+    deploy_prod > "$out" 2>&1 || fail "deploy A failed: $(tail -n 20 "$out")"
     a_config="$(backend_config_name)" a_image="$(backend_image)"
-    [[ "$(prod_version)" == "$TAG" && "$(prod_title)" == stackship ]] || fail "prod does not answer as this checkout's release (A)"
+    [[ "$(prod_version)" == "$TAG" && "$(prod_title)" == "rollback A ${stamp}" ]] || fail "deploy A does not answer as A"
     # Deploy B: another version, another config, and a stack-file change (the backend's stop
     # grace period) that a rollback does not undo and must say so.
     set_prod_title "rollback B ${stamp}"
@@ -289,7 +290,7 @@ test_rollback_returns_to_earlier_deploy() {
     (($(grep -A20 "stack file changed" "$out" | grep -c "^[0-9:]* \[stackship\]   ") == 1)) \
         || fail "the rollback names more than the one change: $(grep -A8 'stack file changed' "$out")"
     [[ "$(prod_version)" == "$TAG" ]] || fail "after the rollback the version is '$(prod_version)', expected A's ${TAG}"
-    [[ "$(prod_title)" == stackship ]] || fail "after the rollback the title is '$(prod_title)', expected A's"
+    [[ "$(prod_title)" == "rollback A ${stamp}" ]] || fail "after the rollback the title is '$(prod_title)', expected A's"
     [[ "$(backend_config_name)" == "$a_config" ]] || fail "after the rollback the backend mounts $(backend_config_name), not A's ${a_config}"
     [[ "$(backend_image)" == "$a_image" ]] || fail "after the rollback the backend runs $(backend_image), not A's ${a_image}"
     no_failed_requests "$traffic"
@@ -301,7 +302,7 @@ test_rollback_returns_to_earlier_deploy() {
     listing="$(rollback_prod --list 2>/dev/null | grep -A1 '(default rollback target)' || true)"
     if grep -q "backend=backend:${next}" <<<"$listing"; then fail "after the rollback the default target is B again: ${listing}"; fi
     # current/ is what runs: A's config, A's image pinned by digest; a plain deploy restarts nothing.
-    grep -qx 'title = "stackship"' "$(prod_config)" || fail "current/ does not hold A's config after the rollback"
+    grep -qx "title = \"rollback A ${stamp}\"" "$(prod_config)" || fail "current/ does not hold A's config after the rollback"
     grep -q "^BACKEND_TAG=${TAG}@sha256:" "${PROD_DIR}/current/deploy-manifests/prod/images.env" \
         || fail "current/'s pins do not name A's image by digest: $(grep BACKEND_TAG "${PROD_DIR}/current/deploy-manifests/prod/images.env")"
     tasks="$(all_running_tasks "$PROD_STACK")"
