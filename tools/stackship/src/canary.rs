@@ -508,10 +508,10 @@ impl fmt::Display for Finding {
                 f,
                 "{}: the canary's answers could not be counted ({e}); {} (after {after:.1}s)",
                 self.service,
-                if self.wanted_back {
-                    "rolled back, as set for too little traffic"
-                } else {
-                    "the rollout goes on unjudged"
+                match (self.wanted_back, self.rolled_back) {
+                    (true, true) => "rolled back, as set for too little traffic",
+                    (true, false) => "to be rolled back, as set for too little traffic",
+                    (false, _) => "the rollout goes on unjudged",
                 }
             ),
         }
@@ -541,6 +541,7 @@ enum State {
 /// window's end by [`Gate::finish`].
 #[derive(Clone, Debug)]
 pub struct Gate {
+    stack: String,
     service: String,
     full: String,
     proxy: String,
@@ -560,6 +561,8 @@ pub struct Gate {
     tasks: Vec<bollard::models::Task>,
     state: State,
     finding: Option<Finding>,
+    /// The deploy was interrupted while the gate still watched: nothing was judged.
+    interrupted: bool,
 }
 
 impl Gate {
@@ -571,6 +574,7 @@ impl Gate {
         update_before: Option<rollout_watcher::assess::ServiceBefore>,
     ) -> Gate {
         Gate {
+            stack: stack.to_owned(),
             service: service.to_owned(),
             full: format!("{stack}_{service}"),
             proxy: format!("{stack}_{}", canary.proxy),
@@ -583,6 +587,7 @@ impl Gate {
             tasks: Vec::new(),
             state: State::Waiting,
             finding: None,
+            interrupted: false,
         }
     }
 
@@ -610,6 +615,11 @@ impl Gate {
     /// it judged nothing).
     pub fn missed(&self) -> bool {
         self.updated && self.finding.is_none() && matches!(self.state, State::Waiting)
+    }
+
+    /// Whether the deploy was interrupted while the gate still watched (nothing judged).
+    pub fn interrupted(&self) -> bool {
+        self.interrupted
     }
 
     /// One sample of the service (its spec and update status, its tasks); `now` and `wall` are
@@ -712,9 +722,13 @@ impl Gate {
                     "canary {}: interrupted before it was judged",
                     self.service
                 ));
+                self.interrupted = true;
                 self.state = State::Done;
                 return;
             };
+            // The watch no longer samples a settled service: its tasks are listed here (a
+            // canary that crashed since was replaced by a task with another address).
+            self.refresh_tasks(client);
             self.step(client, now, say);
         }
         let Some(f) = self.finding.as_mut() else {
@@ -751,6 +765,35 @@ impl Gate {
                 Err(e) => break Err(format!("its state cannot be read: {e}")),
             }
         });
+    }
+
+    /// The service's tasks as Swarm lists them now (the last list is kept when it cannot).
+    fn refresh_tasks(&mut self, client: &Client<'_>) {
+        use bollard::models::{TaskState, TaskStatus};
+        let Ok(listed) =
+            crate::commands::tasks::tasks(client, &self.stack, std::slice::from_ref(&self.service))
+        else {
+            return;
+        };
+        let state = |running: bool| {
+            Some(if running {
+                TaskState::RUNNING
+            } else {
+                TaskState::SHUTDOWN
+            })
+        };
+        self.tasks = listed
+            .iter()
+            .map(|t| bollard::models::Task {
+                id: Some(t.id.clone()),
+                status: Some(TaskStatus {
+                    state: state(t.current.starts_with("Running")),
+                    ..Default::default()
+                }),
+                desired_state: state(t.desired == "Running"),
+                ..Default::default()
+            })
+            .collect();
     }
 
     /// One look at a watched canary, at `now`: counts, and judges when it answered enough or
@@ -1463,11 +1506,69 @@ mod tests {
                 &mut said,
             );
             g.finish(&client, &mut |_| None, &mut |m| said.push(m.to_owned()));
-            assert!(!g.is_watching() && g.finding().is_none());
+            assert!(!g.is_watching() && g.finding().is_none() && g.interrupted());
             assert_eq!(
                 said.last().unwrap(),
                 "canary backend: interrupted before it was judged"
             );
+        }
+
+        #[test]
+        fn after_the_rollout_settled_a_replaced_canary_is_counted_too() {
+            let fake = FakeEngine::new();
+            // The canary new1 crashed after the rollout settled; Swarm runs new2 in its place.
+            fake.answer(
+                &["service", "ps"],
+                concat!(
+                    r#"{"ID":"new2","Name":"stackship-prod_backend.1","DesiredState":"Running","CurrentState":"Running 1 second ago"}"#,
+                    "\n",
+                    r#"{"ID":"new1","Name":"stackship-prod_backend.1","DesiredState":"Shutdown","CurrentState":"Failed 3 seconds ago"}"#,
+                    "\n",
+                    r#"{"ID":"old2","Name":"stackship-prod_backend.2","DesiredState":"Running","CurrentState":"Running 1 minute ago"}"#,
+                    "\n"
+                ),
+            );
+            fake.answer(
+                &["inspect", "--type", "task", "new2"],
+                &serde_json::json!([
+                    {"ID": "new2", "NetworksAttachments": [{"Network": {"Spec": {"Name": "e"}}, "Addresses": ["10.0.1.10/24"]}]},
+                    {"ID": "old2", "NetworksAttachments": [{"Network": {"Spec": {"Name": "e"}}, "Addresses": ["10.0.1.6/24"]}]}
+                ])
+                .to_string(),
+            );
+            fake.answer(&["service", "logs", "--raw"], "panicked at handler\n");
+            fake.answer(&["service", "logs"], &log(&[("10.0.1.10", 500, 9)]));
+            fake.answer(&["service", "rollback"], "");
+            fake.answer(
+                &["service", "inspect"],
+                &serde_json::json!([{"UpdateStatus": {"State": "rollback_completed"}}]).to_string(),
+            );
+            let client = Client::new(&fake);
+            let t0 = Instant::now();
+            let mut said = Vec::new();
+            let mut g = gate(canary(5, TooLittle::Proceed));
+            // The watch's last sample: new1 serves (it was inspected by no look yet).
+            feed(
+                &mut g,
+                &client,
+                service("updating", LATER),
+                &tasks(),
+                t0,
+                &mut said,
+            );
+            g.finish(&client, &mut Some, &mut |m| said.push(m.to_owned()));
+            let f = g.finding().unwrap();
+            assert!(f.fails() && f.rolled_back, "{said:?}");
+            assert!(
+                fake.command_lines()
+                    .contains(&"docker inspect --type task new2 new1 old2".to_owned()),
+                "{:?}",
+                fake.command_lines()
+            );
+            let Ok(Verdict::Breach { new, .. }) = &f.verdict else {
+                panic!("{f:?}")
+            };
+            assert_eq!((new.total(), new.failed()), (9, 9));
         }
 
         #[test]

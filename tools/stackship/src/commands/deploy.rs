@@ -1195,6 +1195,20 @@ pub fn gate_findings(
     let mut lines = String::new();
     let watch_said = watched.outcome;
     for gate in gates {
+        if gate.interrupted() {
+            lines.push_str(&format!(
+                "{}: canary not judged (the deploy was interrupted)\n",
+                gate.service()
+            ));
+            if watched.outcome == Outcome::Done {
+                watched.outcome = Outcome::Unknown;
+            }
+            say(&format!(
+                "the canary gate of {} was interrupted before it judged the new version: check with `stackship status`",
+                gate.service()
+            ));
+            continue;
+        }
         if gate.missed() {
             lines.push_str(&format!(
                 "{}: canary not judged (this deploy updated it, and no new task was seen serving)\n",
@@ -1472,7 +1486,7 @@ pub fn deploy(
             client,
             &mut |until| {
                 while std::time::Instant::now() < until {
-                    if crate::interrupt::requested() {
+                    if (request.stop)() {
                         return None;
                     }
                     std::thread::sleep(
@@ -1481,7 +1495,7 @@ pub fn deploy(
                             .min(Duration::from_millis(200)),
                     );
                 }
-                (!crate::interrupt::requested()).then(std::time::Instant::now)
+                (!(request.stop)()).then(std::time::Instant::now)
             },
             &mut say,
         );
@@ -2551,6 +2565,33 @@ mod tests {
         let mut w = watched(Outcome::Done);
         gate_findings(&[], &mut w, &mut |m| said.push(m.to_owned()));
         assert_eq!(w, watched(Outcome::Done));
+        // A gate interrupted before it judged: unknown, never a success.
+        let mut g = Gate::new("s", "backend", &canary, Default::default(), before.clone());
+        g.sample(
+            &client,
+            &service,
+            &tasks,
+            now,
+            chrono::Utc::now(),
+            &mut |_| {},
+        );
+        g.finish(&client, &mut |_| None, &mut |_| {});
+        let mut said = Vec::new();
+        let mut w = watched(Outcome::Done);
+        gate_findings(std::slice::from_ref(&g), &mut w, &mut |m| {
+            said.push(m.to_owned())
+        });
+        assert_eq!(w.outcome, Outcome::Unknown);
+        assert_eq!(
+            w.summary.lines().next(),
+            Some("backend: canary not judged (the deploy was interrupted)")
+        );
+        assert_eq!(
+            said,
+            [
+                "the canary gate of backend was interrupted before it judged the new version: check with `stackship status`"
+            ]
+        );
         // A gate whose rollback could not start: unknown, and says what to run.
         let broken = FakeEngine::new();
         broken.fail(

@@ -472,8 +472,10 @@ mod tests {
         ]);
         let seen = streamed(&[Call::read(["-c", &sleeper]), failing], true);
         assert!(started.elapsed() < Duration::from_secs(10));
-        let pid = seen[0].strip_prefix("0 Stdout ").unwrap();
-        assert!(gone(pid), "the sleeping call still runs");
+        assert!(seen.iter().any(|l| l.starts_with("1 failed: ")), "{seen:?}");
+        // (its pid from the file: the failure may be read before the sleeper's first line)
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        assert!(gone(pid.trim()), "the sleeping call still runs");
         let seen = streamed(&[Call::read(["-c", "kill -TERM $$"])], false);
         assert!(
             seen[0].ends_with("failed: ended by signal 15"),
