@@ -1207,6 +1207,12 @@ pub fn gate_findings(
                 "the canary gate of {} was interrupted before it judged the new version: check with `stackship status`",
                 gate.service()
             ));
+            fail_in_report(
+                &mut watched.report,
+                gate.service(),
+                "canary not judged: the deploy was interrupted",
+                false,
+            );
             continue;
         }
         if gate.missed() {
@@ -1257,9 +1263,42 @@ pub fn gate_findings(
         if watched.outcome == Outcome::Done || outcome == Outcome::Unknown {
             watched.outcome = outcome;
         }
+        fail_in_report(
+            &mut watched.report,
+            gate.service(),
+            &format!("canary gate: {f}"),
+            outcome == Outcome::RolledBack,
+        );
         say(&why);
     }
     watched.summary = lines + &watched.summary;
+}
+
+/// Marks `service` failed in a watch report (JSON text) with `detail`, and the report not ok;
+/// `final_image_old`: the service runs its old image again. The text is kept when it is not a
+/// report (a test's stand-in).
+fn fail_in_report(report: &mut String, service: &str, detail: &str, final_image_old: bool) {
+    let Ok(mut r) = serde_json::from_str::<serde_json::Value>(report) else {
+        return;
+    };
+    let Some(services) = r.get_mut("services").and_then(|s| s.as_array_mut()) else {
+        return;
+    };
+    for s in services.iter_mut().filter(|s| {
+        s.get("service")
+            .and_then(|n| n.as_str())
+            .is_some_and(|n| n == service || n.rsplit_once('_').is_some_and(|(_, n)| n == service))
+    }) {
+        s["result"] = "failed".into();
+        s["detail"] = detail.into();
+        if final_image_old {
+            s["final_image"] = s["old_image"].clone();
+        }
+    }
+    r["ok"] = false.into();
+    if let Ok(text) = serde_json::to_string_pretty(&r) {
+        *report = text + "\n";
+    }
 }
 
 /// rollout-watcher's library, on the docker CLI.
@@ -1500,7 +1539,17 @@ pub fn deploy(
             &mut say,
         );
     }
+    let reported = watched.report.clone();
     gate_findings(&gates, &mut watched, &mut say);
+    if watched.report != reported {
+        // What the gates found, in the report too (`--json`, last-rollout.json).
+        if let Err(e) = std::fs::write(&report_file, &watched.report) {
+            say(&format!(
+                "WARNING: cannot write {}: {e}",
+                report_file.display()
+            ));
+        }
+    }
     if watched.outcome != Outcome::Done {
         say(&format!(
             "rollout of {stack} FAILED: {} (see above; report: {})",
@@ -2626,6 +2675,52 @@ mod tests {
             said[0],
             "the canary gate of backend could not roll it back: run `docker service rollback s_backend`, then `stackship status`"
         );
+    }
+
+    #[test]
+    fn what_a_gate_found_is_written_into_the_watch_report() {
+        let mut report = serde_json::json!({
+            "stack": "s", "ok": true, "seconds": 1.0,
+            "services": [
+                {"service": "s_backend", "result": "ok", "detail": "updated", "old_image": "b:1", "final_image": "b:2"},
+                {"service": "s_frontend", "result": "ok", "detail": "updated", "old_image": "f:1", "final_image": "f:2"}
+            ]
+        })
+        .to_string();
+        fail_in_report(&mut report, "backend", "canary gate: failed", true);
+        let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(r["ok"], false);
+        assert_eq!(
+            (
+                &r["services"][0]["result"],
+                &r["services"][0]["detail"],
+                &r["services"][0]["final_image"]
+            ),
+            (
+                &"failed".into(),
+                &"canary gate: failed".into(),
+                &"b:1".into()
+            )
+        );
+        assert_eq!(r["services"][1]["result"], "ok");
+        assert_eq!(r["services"][1]["final_image"], "f:2");
+        // Not rolled back: the image it runs stays as the watch saw it.
+        let mut report = serde_json::to_string(&r)
+            .unwrap()
+            .replace("\"b:1\"}", "\"b:2\"}");
+        fail_in_report(&mut report, "s_frontend", "x", false);
+        let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(
+            (
+                &r["services"][1]["result"],
+                &r["services"][1]["final_image"]
+            ),
+            (&"failed".into(), &"f:2".into())
+        );
+        // Text that is no report is left as it is.
+        let mut text = "{}".to_owned();
+        fail_in_report(&mut text, "backend", "x", true);
+        assert_eq!(text, "{}");
     }
 
     #[test]
