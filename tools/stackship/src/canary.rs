@@ -563,6 +563,9 @@ pub struct Gate {
     finding: Option<Finding>,
     /// The deploy was interrupted while the gate still watched: nothing was judged.
     interrupted: bool,
+    /// What the last look that could read the log counted (judged on when a later read fails
+    /// at the window's end).
+    last_seen: Option<BTreeMap<String, Counts>>,
 }
 
 impl Gate {
@@ -588,6 +591,7 @@ impl Gate {
             state: State::Waiting,
             finding: None,
             interrupted: false,
+            last_seen: None,
         }
     }
 
@@ -812,7 +816,17 @@ impl Gate {
             return;
         }
         let ended = now.duration_since(started) >= self.canary.window;
-        let seen = self.look(client, &since);
+        let seen = match self.look(client, &since) {
+            Ok(seen) => {
+                self.last_seen = Some(seen.clone());
+                Ok(seen)
+            }
+            // At the window's end, a failed read does not undo what earlier looks counted.
+            Err(_) if ended && self.last_seen.is_some() => {
+                Ok(self.last_seen.take().unwrap_or_default())
+            }
+            Err(e) => Err(e),
+        };
         let verdict = match seen {
             Ok(seen) => {
                 let enough =
@@ -903,7 +917,20 @@ impl Gate {
             .filter(|id| !self.mapped.contains(id))
             .collect();
         if !unmapped.is_empty() {
-            let found = crate::commands::tasks::tasks_by_address(client, &unmapped)?;
+            let found = match crate::commands::tasks::tasks_by_address(client, &unmapped) {
+                Ok(found) => found,
+                // One task Swarm no longer knows fails the whole inspect: one by one, the
+                // others still give their addresses.
+                Err(_) if unmapped.len() > 1 => unmapped
+                    .iter()
+                    .filter_map(|id| {
+                        crate::commands::tasks::tasks_by_address(client, std::slice::from_ref(id))
+                            .ok()
+                    })
+                    .flatten()
+                    .collect(),
+                Err(e) => return Err(e),
+            };
             for id in found.values() {
                 self.mapped.insert(id.clone());
             }
@@ -1569,6 +1596,76 @@ mod tests {
                 panic!("{f:?}")
             };
             assert_eq!((new.total(), new.failed()), (9, 9));
+        }
+
+        #[test]
+        fn a_read_failing_at_the_window_s_end_keeps_what_earlier_looks_counted() {
+            let fake = FakeEngine::new();
+            addresses(&fake);
+            fake.answer_once(&["service", "logs"], &log(&[("10.0.1.9", 201, 2)]));
+            fake.fail(&["service", "logs"], "error from daemon: node is down");
+            let client = Client::new(&fake);
+            let t0 = Instant::now();
+            let mut said = Vec::new();
+            let mut g = gate(canary(50, TooLittle::RollBack));
+            for secs in [0, 0, 1, 10] {
+                feed(
+                    &mut g,
+                    &client,
+                    service("updating", LATER),
+                    &tasks(),
+                    t0 + Duration::from_secs(secs),
+                    &mut said,
+                );
+            }
+            let f = g.finding().unwrap();
+            let Ok(Verdict::TooLittleTraffic { new, .. }) = &f.verdict else {
+                panic!("{f:?}")
+            };
+            assert_eq!(new.total(), 2);
+        }
+
+        #[test]
+        fn a_task_swarm_no_longer_knows_does_not_hide_the_others() {
+            let fake = FakeEngine::new();
+            fake.fail(
+                &["inspect", "--type", "task", "new1", "gone"],
+                "Error: No such task: gone",
+            );
+            fake.fail(
+                &["inspect", "--type", "task", "gone"],
+                "Error: No such task: gone",
+            );
+            addresses(&fake);
+            fake.answer(&["service", "logs", "--raw"], "error\n");
+            fake.answer(&["service", "logs"], &log(&[("10.0.1.9", 500, 9)]));
+            let client = Client::new(&fake);
+            let t0 = Instant::now();
+            let mut said = Vec::new();
+            let mut g = gate(canary(5, TooLittle::Proceed));
+            let tasks = vec![
+                task("new1", "running", "running"),
+                task("gone", "failed", "shutdown"),
+                task("old2", "running", "running"),
+            ];
+            for _ in 0..2 {
+                feed(
+                    &mut g,
+                    &client,
+                    service("updating", LATER),
+                    &tasks,
+                    t0,
+                    &mut said,
+                );
+            }
+            let f = g.finding().unwrap();
+            assert!(f.fails() && f.rolled_back, "{said:?}");
+            let lines = fake.command_lines();
+            assert!(
+                lines.contains(&"docker inspect --type task new1".to_owned())
+                    && lines.contains(&"docker inspect --type task old2".to_owned()),
+                "{lines:?}"
+            );
         }
 
         #[test]
