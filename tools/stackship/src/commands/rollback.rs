@@ -66,20 +66,31 @@ pub fn rolled_back_to(record: &DeployRecord) -> Option<&str> {
     record.note.as_deref()?.strip_prefix(ROLLED_BACK_TO)
 }
 
-/// The newest deploy before the last one that ran something else. After a rollback to X,
-/// the search starts below X: a second rollback goes further back, not to the release the
-/// first one left.
-pub fn default_target(records: &[DeployRecord]) -> Option<&DeployRecord> {
-    let (last, mut earlier) = records.split_last()?;
-    if let Some(to) = rolled_back_to(last) {
-        let below = earlier
-            .iter()
-            .position(|r| r.id == to)
-            .unwrap_or(earlier.len());
-        earlier = &earlier[..below];
+/// What ran, in order, with every release a rollback rolled away from left out: a rollback to X
+/// drops everything after X, then stands in X's place (a second rollback goes below X). A
+/// rollback to a record that is no longer in the line (pruned, or itself rolled away from and
+/// chosen with `--to`) counts as a plain deploy. Also returns the ids of the releases left.
+fn lineage(records: &[DeployRecord]) -> (Vec<&DeployRecord>, BTreeSet<&str>) {
+    let mut line: Vec<&DeployRecord> = Vec::new();
+    let mut left = BTreeSet::new();
+    for r in records {
+        if let Some(at) = rolled_back_to(r).and_then(|to| line.iter().position(|l| l.id == to)) {
+            left.extend(line.drain(at + 1..).map(|l| l.id.as_str()));
+            line.pop();
+        }
+        line.push(r);
     }
+    (line, left)
+}
+
+/// The newest deploy before the last one that ran something else, among those no rollback
+/// rolled away from. After a rollback to X, the search starts below X: a second rollback goes
+/// further back, not to the release the first one left — nor to one an earlier rollback left.
+pub fn default_target(records: &[DeployRecord]) -> Option<&DeployRecord> {
+    let (line, _) = lineage(records);
+    let (last, earlier) = line.split_last()?;
     let now = state(last);
-    earlier.iter().rev().find(|r| state(r) != now)
+    earlier.iter().rev().find(|r| state(r) != now).copied()
 }
 
 /// The pins file's text with each `KEY=value` of `sets` in place (replaced or added).
@@ -175,6 +186,7 @@ fn short(image: &str) -> &str {
 /// cannot be restored marked.
 pub fn list(records: &[DeployRecord], existing: &BTreeSet<String>) -> String {
     let default = default_target(records).map(|r| r.id.as_str());
+    let (_, left) = lineage(records);
     let last = records.last().map(|r| r.id.as_str());
     let mut out = String::new();
     for r in records.iter().rev() {
@@ -184,6 +196,9 @@ pub fn list(records: &[DeployRecord], existing: &BTreeSet<String>) -> String {
         } else {
             if Some(r.id.as_str()) == default {
                 mark.push_str(" (default rollback target)");
+            }
+            if left.contains(r.id.as_str()) {
+                mark.push_str(" (a rollback left it)");
             }
             if !pruned(r, existing).is_empty() {
                 mark.push_str(" (configs pruned: cannot be restored)");
@@ -269,7 +284,7 @@ pub fn plan(i: &Inputs<'_>) -> Result<Plan, String> {
         }
         None => default_target(i.records).ok_or_else(|| {
             format!(
-                "no earlier deploy differs from the last one ({}): nothing to roll back to (see --list)",
+                "no earlier deploy differs from the last one ({}) but those a rollback left: nothing to roll back to by default (name one with --to; see --list)",
                 last.id
             )
         })?,
@@ -938,6 +953,47 @@ mod tests {
     }
 
     #[test]
+    fn a_release_an_earlier_rollback_left_is_never_the_default_target() {
+        let rollback = |id: &str, tag: &str, config: &str, to: &str| {
+            let mut r = record(id, tag, config);
+            r.note = Some(rollback_note(to));
+            r
+        };
+        // 2 (b) was rolled back to 1 (a); then c was deployed and rolled back to 3's a.
+        let mut r = vec![
+            record("1", "a", "prod_backend_config_aaa"),
+            record("2", "b", "prod_backend_config_bbb"),
+            rollback("3", "a", "prod_backend_config_aaa", "1"),
+            record("4", "c", "prod_backend_config_ccc"),
+        ];
+        // From c, back to what ran before it: 3 (a), not 2 (b).
+        assert_eq!(default_target(&r).unwrap().id, "3");
+        r.push(rollback("5", "a", "prod_backend_config_aaa", "3"));
+        // Below 3 only 1 is left, and it runs the same: nothing to go back to. Not 2.
+        assert_eq!(default_target(&r), None);
+        // A later release makes the rolled-back-to state a target again.
+        r.push(record("6", "d", "prod_backend_config_ddd"));
+        assert_eq!(default_target(&r).unwrap().id, "5");
+        let listed = list(
+            &r,
+            &existing(&["prod_backend_config_aaa", "prod_backend_config_bbb"]),
+        );
+        assert!(listed.contains("\n2 (a rollback left it)"), "{listed}");
+        assert!(
+            listed.contains("\n4 (a rollback left it) (configs pruned"),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("\n5 (default rollback target)\n"),
+            "{listed}"
+        );
+        assert!(listed.contains("\n1\n"), "{listed}");
+        // A rollback chosen with --to to a release a rollback left is a plain step in the line.
+        r.push(rollback("7", "b", "prod_backend_config_bbb", "2"));
+        assert_eq!(default_target(&r).unwrap().id, "6");
+    }
+
+    #[test]
     fn pins_are_replaced_in_place_and_added_when_missing() {
         let sets: BTreeMap<String, String> = [
             ("BACKEND_TAG".to_owned(), format!("a{D}")),
@@ -1087,7 +1143,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e,
-            "no earlier deploy differs from the last one (2): nothing to roll back to (see --list)"
+            "no earlier deploy differs from the last one (2) but those a rollback left: nothing to roll back to by default (name one with --to; see --list)"
         );
         assert!(
             plan(&Inputs {
