@@ -340,12 +340,24 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let lock = DeployLock::path_in(dir.path());
+        // The step writes its pid once it holds the lock; it is stopped when seen waiting.
+        let ready = dir.path().join("ready");
         let mut shell = std::process::Command::new("flock")
             .arg(&lock)
-            .args(["sleep", "2"])
+            .args([
+                "sh",
+                "-c",
+                "echo $$ >\"$0.tmp\"; mv \"$0.tmp\" \"$0\"; exec sleep 30",
+            ])
+            .arg(&ready)
             .spawn()
             .unwrap();
-        thread::sleep(Duration::from_millis(300));
+        let step = loop {
+            match fs::read_to_string(&ready) {
+                Ok(pid) => break pid.trim().to_owned(),
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            }
+        };
         let err = DeployLock::acquire(
             dir.path(),
             "prod deploy",
@@ -355,6 +367,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, LockError::Timeout { .. }), "{err}");
+        let killed = std::process::Command::new("kill")
+            .arg(&step)
+            .status()
+            .unwrap();
+        assert!(killed.success());
         shell.wait().unwrap();
         DeployLock::acquire(
             dir.path(),
