@@ -159,6 +159,11 @@ pub struct DatabaseSettings {
     pub max_lifetime_s: u64,
     /// A connection above `min_connections` idle this long is closed (seconds; 0 = never).
     pub idle_timeout_s: u64,
+    /// A pooled connection idle this long is pinged before use, so one that died with its
+    /// server (a Postgres restart) is replaced instead of failing a request (milliseconds).
+    /// Busy connections are pinged too for a while after any statement found its session
+    /// ended by Postgres; that statement is sent again on another connection.
+    pub ping_idle_after_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -176,6 +181,7 @@ impl Default for DatabaseSettings {
             min_connections: 0,
             max_lifetime_s: 1_800,
             idle_timeout_s: 600,
+            ping_idle_after_ms: 1_000,
         }
     }
 }
@@ -390,7 +396,7 @@ impl Settings {
 
     /// `(key, value, min, max)` of every numeric setting but `server.port`, a `u16` whose every
     /// value is valid (0 picks a free port).
-    pub fn numeric_settings(&self) -> [(&'static str, i128, i128, i128); 14] {
+    pub fn numeric_settings(&self) -> [(&'static str, i128, i128, i128); 15] {
         let (s, d, l) = (&self.server, &self.database, &self.logs);
         let n = |v: u64| i128::from(v);
         [
@@ -438,6 +444,13 @@ impl Settings {
             // Up to a week.
             ("database.max_lifetime_s", n(d.max_lifetime_s), 0, 604_800),
             ("database.idle_timeout_s", n(d.idle_timeout_s), 0, 604_800),
+            // An hour at most: longer would leave dead connections in the pool for as long.
+            (
+                "database.ping_idle_after_ms",
+                n(d.ping_idle_after_ms),
+                0,
+                3_600_000,
+            ),
             (
                 "logs.max_message_chars",
                 n(l.max_message_chars as u64),

@@ -177,10 +177,11 @@ pub fn server_error_detail(response: &Response) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn db_error(code: &str) -> sqlx::Error {
+    /// A database error with this SQLSTATE, as the driver reports one from Postgres.
+    pub(crate) fn db_error(code: &str) -> sqlx::Error {
         // A database error as Postgres reports it, through the driver's own type.
         #[derive(Debug)]
         struct Db(String);

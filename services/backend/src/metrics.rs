@@ -100,6 +100,12 @@ impl Metrics {
              the restore lock",
             read_only.clone(),
         );
+        registry.register(
+            "db_statements_resent",
+            "Statements sent again on another connection because Postgres had ended the session \
+             of theirs (a restart, a failover); counted per process",
+            crate::store::STATEMENTS_RESENT.clone(),
+        );
         Self {
             registry,
             requests,

@@ -56,13 +56,11 @@ pub fn connect_options(db: &DatabaseSettings) -> PgConnectOptions {
     options
 }
 
-/// A pooled connection idle this long is pinged before use (see [`lazy_pool`]).
-pub const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// A pool that connects on first use, so the service starts (and answers 503) while the
 /// database is down, and recovers by itself when it comes back.
 pub fn lazy_pool(db: &DatabaseSettings) -> PgPool {
     let seconds = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+    let ping_idle_after = std::time::Duration::from_millis(db.ping_idle_after_ms);
     PgPoolOptions::new()
         .max_connections(db.max_connections)
         .min_connections(db.min_connections)
@@ -74,10 +72,11 @@ pub fn lazy_pool(db: &DatabaseSettings) -> PgPool {
         // But a connection that sat idle is pinged first: one that died with its server (a
         // Postgres restart, a failover) is then closed and replaced instead of failing the next
         // request that uses it, however much later. Under load connections are seldom idle
-        // that long, and a ping is one round trip.
-        .before_acquire(|conn, meta| {
+        // that long, and a ping is one round trip. A busy one is pinged too while it may have
+        // died with a session Postgres ended under another statement (see `store`).
+        .before_acquire(move |conn, meta| {
             Box::pin(async move {
-                if meta.idle_for >= PING_IDLE_AFTER {
+                if meta.idle_for >= ping_idle_after || store::may_have_died(meta.age) {
                     sqlx::Connection::ping(conn).await?;
                 }
                 Ok(true)

@@ -49,10 +49,22 @@
 //! waits for that transaction like a read does, and is refused once it gets through; if its
 //! request's deadline passes first, the answer is `timeout_unknown_outcome`, as for any batch in
 //! flight.
+//!
+//! # Sessions Postgres ended
+//! A Postgres restart (or a failover, or `pg_terminate_backend`) ends every session, idle or
+//! not, with SQLSTATE 57P01/57P02. A pooled connection whose session ended fails the next
+//! statement sent on it, with that error in place of the result, however much later: the
+//! statement did not run, or ran in a transaction that was rolled back (Postgres reports the
+//! end of a session only before the statement's commit or after its answer, never between).
+//! Such a statement is sent again, at most [`SESSION_ENDED_RETRIES`] times, on another
+//! connection, and the pool then pings every connection it opened before that moment before
+//! handing it out, for [`SUSPECT_FOR`] ([`may_have_died`]): the dead ones are closed and
+//! replaced, not handed to the next requests. Reads are also sent again after a broken
+//! connection (an I/O error). Idle connections are pinged anyway (`ping_idle_after_ms`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -303,6 +315,68 @@ async fn write_batch(pool: &PgPool, batch: Vec<Pending>, observe: &WriterObserve
     }
 }
 
+/// How many times a statement whose session Postgres had ended is sent again.
+pub const SESSION_ENDED_RETRIES: usize = 3;
+
+/// How long after a session ended under a statement the connections opened before it are
+/// pinged before use.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
+
+/// Statements sent again because Postgres had ended their session (`db_statements_resent`).
+/// One count per process: every pool in it shares this and [`SESSION_ENDED_AT`].
+pub static STATEMENTS_RESENT: LazyLock<prometheus_client::metrics::counter::Counter> =
+    LazyLock::new(Default::default);
+
+/// When a statement last found its session ended: milliseconds of [`clock_ms`], 0 = never.
+static SESSION_ENDED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Milliseconds since the first call, from 1 (a monotonic clock).
+fn clock_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+}
+
+/// Whether Postgres ended the session the statement ran on (admin or crash shutdown): its
+/// transaction did not commit, so the statement may be sent again.
+pub fn session_ended(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("57P01" | "57P02")))
+}
+
+/// Whether a pooled connection this old may have died with a session Postgres ended lately:
+/// it was opened before the last such end, less than [`SUSPECT_FOR`] ago.
+pub fn may_have_died(age: Duration) -> bool {
+    suspect_at(SESSION_ENDED_AT.load(Ordering::Relaxed), clock_ms(), age)
+}
+
+fn suspect_at(ended: u64, now: u64, age: Duration) -> bool {
+    let since = now.saturating_sub(ended);
+    ended != 0 && since < SUSPECT_FOR.as_millis() as u64 && age.as_millis() >= u128::from(since)
+}
+
+/// Runs `statement`, sending it again (up to [`SESSION_ENDED_RETRIES`] times) when Postgres had
+/// ended its session, or, for a `read`, when its connection broke (an I/O error).
+async fn resend_if_session_ended<T, F, Fut>(read: bool, mut statement: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut resent = 0;
+    loop {
+        match statement().await {
+            Err(e)
+                if resent < SESSION_ENDED_RETRIES
+                    && (session_ended(&e) || (read && matches!(e, sqlx::Error::Io(_)))) =>
+            {
+                SESSION_ENDED_AT.store(clock_ms(), Ordering::Relaxed);
+                STATEMENTS_RESENT.inc();
+                resent += 1;
+                tracing::warn!(error = %e, resent, "the database connection had died; sending the statement again on another");
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One row of the batch statement: the restore lock's answer, and an inserted row (all `None`
 /// on the single row of a batch that inserted nothing).
 #[derive(Debug, sqlx::FromRow)]
@@ -376,7 +450,7 @@ async fn insert_batch(pool: &PgPool, inputs: &[(&str, &str)]) -> Result<Vec<LogE
     // it does not hold, it casts a text to boolean, which fails the statement (Postgres has no
     // RAISE outside PL/pgSQL, and a function would be one more thing a restore could remove).
     // `concat` is not immutable, so the failing branch is not folded at plan time.
-    let rows = sqlx::query_as::<_, BatchRow>(
+    let rows = resend_if_session_ended(false, || sqlx::query_as::<_, BatchRow>(
         "WITH lock AS (
              SELECT pg_try_advisory_xact_lock_shared($3) AS granted
          ), input AS (
@@ -409,7 +483,7 @@ async fn insert_batch(pool: &PgPool, inputs: &[(&str, &str)]) -> Result<Vec<LogE
     .bind(&addrs)
     .bind(RESTORE_LOCK_KEY)
     .bind(PAIRING_FAILED)
-    .fetch_all(pool)
+    .fetch_all(pool))
     .await
     .map_err(|e| match &e {
         sqlx::Error::Database(d) if d.message().contains(PAIRING_FAILED) => {
@@ -433,20 +507,24 @@ pub async fn list(
     limit: i64,
     before: Option<i64>,
 ) -> Result<Vec<LogEntry>, sqlx::Error> {
-    sqlx::query_as::<_, LogEntry>(
-        "SELECT id, created_at, client_addr, message FROM log_entries
-         WHERE ($2::bigint IS NULL OR id < $2)
-         ORDER BY id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .bind(before)
-    .fetch_all(pool)
+    resend_if_session_ended(true, || {
+        sqlx::query_as::<_, LogEntry>(
+            "SELECT id, created_at, client_addr, message FROM log_entries
+             WHERE ($2::bigint IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .bind(before)
+        .fetch_all(pool)
+    })
     .await
 }
 
 /// Whether the database answers a trivial query.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+    resend_if_session_ended(true, || sqlx::query("SELECT 1").execute(pool))
+        .await
+        .map(|_| ())
 }
 
 /// One migration run on a connection of its own. sqlx leaves its session advisory lock held
@@ -498,6 +576,82 @@ pub async fn migrate_until_done(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_ended_session_proves_a_statement_did_not_commit() {
+        use crate::error::tests::db_error;
+        assert!(session_ended(&db_error("57P01")));
+        assert!(session_ended(&db_error("57P02")));
+        for e in [
+            db_error("57P03"),
+            db_error("08006"),
+            db_error("23505"),
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+            sqlx::Error::PoolTimedOut,
+        ] {
+            assert!(!session_ended(&e), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn connections_opened_before_a_recent_end_are_suspect() {
+        let ms = Duration::from_millis;
+        // Never ended: nothing is suspect.
+        assert!(!suspect_at(0, 5_000, ms(10_000)));
+        // Ended 500 ms ago: a connection 600 ms old was open then, one 400 ms old was not.
+        assert!(suspect_at(1_000, 1_500, ms(600)));
+        assert!(suspect_at(1_000, 1_500, ms(500)));
+        assert!(!suspect_at(1_000, 1_500, ms(499)));
+        // Only for SUSPECT_FOR.
+        let end = SUSPECT_FOR.as_millis() as u64;
+        assert!(suspect_at(1_000, 1_000 + end - 1, ms(end * 2)));
+        assert!(!suspect_at(1_000, 1_000 + end, ms(end * 2)));
+    }
+
+    #[tokio::test]
+    async fn a_statement_whose_session_ended_is_sent_again_a_few_times() {
+        use crate::error::tests::db_error;
+        use std::sync::atomic::AtomicUsize;
+        let io = || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let run = |read: bool, answers: Vec<Option<sqlx::Error>>| async move {
+            let calls = AtomicUsize::new(0);
+            let answers = std::sync::Mutex::new(answers.into_iter());
+            let result = resend_if_session_ended(read, || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let next = answers.lock().unwrap().next().expect("called too often");
+                async move { next.map_or(Ok(7), Err) }
+            })
+            .await;
+            (result.map_err(|e| e.to_string()), calls.into_inner())
+        };
+        let before = STATEMENTS_RESENT.get();
+        // A write: ended twice, then answered.
+        let (r, calls) = run(
+            false,
+            vec![Some(db_error("57P01")), Some(db_error("57P02")), None],
+        )
+        .await;
+        assert_eq!((r, calls), (Ok(7), 3));
+        assert!(STATEMENTS_RESENT.get() >= before + 2);
+        // The pool now suspects every connection older than that.
+        assert!(may_have_died(Duration::from_secs(3_600)));
+        // A broken connection may have committed a write: not sent again. A read is.
+        let (r, calls) = run(false, vec![Some(io()), None]).await;
+        assert_eq!(calls, 1);
+        assert!(r.is_err());
+        assert_eq!(run(true, vec![Some(io()), None]).await, (Ok(7), 2));
+        // Any other error is the answer at once.
+        let (r, calls) = run(true, vec![Some(db_error("23505")), None]).await;
+        assert_eq!(calls, 1);
+        assert!(r.is_err());
+        // Sent again at most SESSION_ENDED_RETRIES times.
+        let ended = (0..=SESSION_ENDED_RETRIES)
+            .map(|_| Some(db_error("57P01")))
+            .collect();
+        let (r, calls) = run(true, ended).await;
+        assert_eq!(calls, SESSION_ENDED_RETRIES + 1);
+        assert!(r.is_err());
+    }
 
     #[test]
     fn the_restore_lock_key_spells_stksrest() {

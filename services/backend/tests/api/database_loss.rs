@@ -148,3 +148,92 @@ async fn connections_that_died_with_a_restart_fail_no_request() {
     }
     app.stop().await;
 }
+
+/// Postgres ends every session of the app while its connections are busy (none idle long
+/// enough to be pinged): each request that meets a dead connection is sent again on another,
+/// the dead ones are replaced, and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_ended_while_busy_fail_no_request() {
+    let cluster = PgCluster::init();
+    cluster.start();
+    let mut settings = cluster.settings();
+    settings.database.min_connections = 4;
+    settings.database.max_connections = 4;
+    // Idle connections are not pinged here: only the resend can save these requests.
+    settings.database.ping_idle_after_ms = 3_600_000;
+    let pool = pool_for(&settings);
+    let app = TestApp::spawn(pool.clone(), settings).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        held.push(
+            pool.acquire()
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}")),
+        );
+    }
+    drop(held);
+    assert_eq!(app.get("/api/logs").await.status(), 200);
+    assert_eq!(pool.size(), 4);
+    // As a restart does, with the server left up: every session of the app ends with 57P01.
+    let admin = cluster.admin_pool().await;
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = 'backend'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, 4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backend'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} sessions still there");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Reads and writes at once, more than there are connections.
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let client = reqwest::Client::new();
+        let (post, get) = (app.url("/api/log"), app.url("/api/logs"));
+        requests.spawn(async move {
+            let r = client
+                .post(post)
+                .json(&json!({"message": format!("busy {i}")}))
+                .send()
+                .await
+                .expect("POST");
+            (
+                format!("write {i}"),
+                201,
+                r.status().as_u16(),
+                r.text().await.unwrap(),
+            )
+        });
+        let client = reqwest::Client::new();
+        requests.spawn(async move {
+            let r = client.get(get).send().await.expect("GET");
+            (
+                format!("read {i}"),
+                200,
+                r.status().as_u16(),
+                r.text().await.unwrap(),
+            )
+        });
+    }
+    while let Some(done) = requests.join_next().await {
+        let (what, want, got, body) = done.unwrap();
+        assert_eq!(got, want, "{what}: {body}");
+    }
+    assert_eq!(app.row_count().await, 12);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("db_statements_resent_total"), "{metrics}");
+    app.stop().await;
+}

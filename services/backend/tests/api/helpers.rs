@@ -253,6 +253,18 @@ impl PgCluster {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
     }
 
+    /// A pool of its own on this cluster (application name `test-admin`, not the app's).
+    pub async fn admin_pool(&self) -> PgPool {
+        let settings = self.settings();
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                startup::connect_options(&settings.database).application_name("test-admin"),
+            )
+            .await
+            .expect("admin connection")
+    }
+
     /// Settings pointing the app at this cluster.
     pub fn settings(&self) -> Settings {
         let mut s = test_settings();
