@@ -14,6 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/tests/lib.sh"
 
 RATE="${RATE:-200}"
 MIN_REQUESTS="${MIN_REQUESTS:-10000}"
+PG_RESTART_LOAD_S="${PG_RESTART_LOAD_S:-300}"
 WORK=""
 RESULTS=()
 KV=()
@@ -35,8 +36,10 @@ at \$RATE (${RATE}) req/s through https://localhost:
   9 nginx-proxy image update  10 edge image update (stop-first: the gap is measured)
   11 canary: a config whose reads and writes time out (healthchecks pass)
   12 canary: an image whose writes fail (healthchecks pass)
-Then: every acknowledged POST is in the database, and a Postgres restart is timed.
-Takes about 25 minutes. Run scripts/up.sh first.
+Then: every acknowledged POST is in the database, and Postgres is restarted under the same
+load, which goes on for \$PG_RESTART_LOAD_S (${PG_RESTART_LOAD_S}) s after /ready answers 200
+again: /ready's return is timed, and every request that fails after it is counted (target 0).
+Takes about 30 minutes. Run scripts/up.sh first.
 USAGE
 }
 
@@ -206,10 +209,21 @@ pg_task_container() {
 
 # postgres_restart: restarts Postgres the way an operator does (a forced service update, so
 # Swarm stops the task and starts a new one; `docker restart` of a task's container would
-# start a second server on the same data directory behind Swarm's back). /ready must turn 503
-# while it is down and 200 within 10 s after the new server answers.
+# start a second server on the same data directory behind Swarm's back), under mixed load that
+# goes on for PG_RESTART_LOAD_S (default 300) seconds after /ready is 200 again. /ready must
+# turn 503 while it is down and 200 within 10 s after the new server answers; no request may
+# fail once it is ready (a pooled connection that died with the old server is replaced or its
+# statement sent again).
 postgres_restart() {
     local old new="" t0 saw_503="" up_at="" ready_at="" status now
+    local report="$WORK/pg-restart.json" stop="$WORK/pg-restart.running"
+    : > "$stop"
+    python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost \
+        --cacert "${CASE_CACERT:-$STACKSHIP_PROD_CERT}" --rate "$RATE" \
+        --min-requests 1 --max-seconds 1200 --stop-file "$stop" \
+        --run "pg-restart-$$" --out "$report" > "$WORK/pg-restart.load" 2>&1 &
+    local load_pid=$!
+    sleep 5
     old="$(pg_task_container)"
     log "restarting postgres (docker service update --force ${PROD_STACK}_postgres)"
     t0=$(date +%s.%N)
@@ -232,6 +246,16 @@ postgres_restart() {
     PG_SAW_503="${saw_503:-0}"
     PG_READY_AFTER="$([[ -n "$ready_at" ]] && python3 -c "print(round(${ready_at} - ${up_at}, 1))" || echo never)"
     log "postgres restart: /ready 503 while down: ${PG_SAW_503}; ready again ${PG_READY_AFTER}s after the new postgres answered"
+    if [[ -n "$ready_at" ]]; then
+        log "postgres restart: mixed load for ${PG_RESTART_LOAD_S}s more"
+        sleep "$PG_RESTART_LOAD_S"
+    fi
+    rm -f "$stop"
+    wait "$load_pid" || die "the load generator failed during the postgres restart: $(cat "$WORK/pg-restart.load")"
+    PG_LOAD_REQUESTS="$(json_get "$report" 'd["requests"]')"
+    PG_FAILED_AFTER_READY="$(json_get "$report" "sum(1 for t in d['failures_at'] if d['started_at'] + t > ${ready_at:-0})")"
+    PG_FAILED="$(json_get "$report" 'd["failed"]')"
+    log "postgres restart: ${PG_LOAD_REQUESTS} requests, ${PG_FAILED} failed, ${PG_FAILED_AFTER_READY} of them after /ready was 200 again"
 }
 
 main() {
@@ -310,7 +334,7 @@ main() {
     KV+=("canary_good_passed=${good_passed}")
 
     check_rows
-    postgres_restart
+    CASE_CACERT="$WORK/trust.pem" postgres_restart
     log "restoring prod to ${TAG}, its certificate and this checkout's configs"
     restore_certificate
     copy_prod >/dev/null 2>&1
@@ -330,11 +354,14 @@ main() {
         printf 'case 10 gap: %s ms with failures (the edge binds the host ports: its old task stops before the new one binds; two edge nodes behind DNS or a floating IP remove the gap, README "The edge")\n' "$gap_ms"
         printf 'acknowledged rows: %s, lost: %s\n' "$ROWS_ACKED" "$ROWS_LOST"
         printf 'postgres restart (forced service update): /ready 503 while down: %s; ready again %ss after the new postgres answered (target <= 10 s)\n' "$PG_SAW_503" "$PG_READY_AFTER"
+        printf 'postgres restart under load: %s requests, %s failed, %s of them after /ready was 200 again (then %ss more of load; target 0)\n' \
+            "$PG_LOAD_REQUESTS" "$PG_FAILED" "$PG_FAILED_AFTER_READY" "$PG_RESTART_LOAD_S"
         printf '%s\n' "${KV[@]}"
         printf 'rollout_over_floor=%s\n' "$worst"
         printf 'bad_image_fail_s=%s\n' "$bad_image_fail_s"
         printf 'rows_lost=%s\n' "$ROWS_LOST"
         printf 'pg_restart_ready_s=%s\n' "$PG_READY_AFTER"
+        printf 'pg_restart_failed_after_ready=%s\n' "$PG_FAILED_AFTER_READY"
     } > "$out"
     cat "$out"
 }
