@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
@@ -35,9 +36,48 @@ pub fn requested() -> bool {
     flag().load(Ordering::SeqCst)
 }
 
+/// Sleeps until `until` in slices of at most `slice`: true once it is reached, false as soon
+/// as `stop` says so (checked before each slice).
+pub fn sleep_until(until: Instant, stop: &dyn Fn() -> bool, slice: Duration) -> bool {
+    loop {
+        if stop() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep(slice.min(until - now));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sleep_lasts_its_time_unless_a_stop_comes() {
+        let ms = Duration::from_millis;
+        let started = Instant::now();
+        assert!(sleep_until(started + ms(60), &|| false, ms(5)));
+        assert!(started.elapsed() >= ms(60));
+        // A stop ends it at the next slice.
+        let started = Instant::now();
+        let asked = std::cell::Cell::new(0);
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        assert!(!sleep_until(
+            started + Duration::from_secs(60),
+            &stop,
+            ms(5)
+        ));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(asked.get(), 3);
+        // A time already past, no stop: reached at once.
+        assert!(sleep_until(started, &|| false, ms(5)));
+    }
 
     #[test]
     fn a_signal_sets_the_flag_without_ending_the_process() {

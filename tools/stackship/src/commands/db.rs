@@ -866,17 +866,7 @@ impl Ctx<'_, '_> {
 
     /// Sleeps `d` in slices, false as soon as a stop is asked for.
     fn sleep(&self, d: Duration) -> bool {
-        let end = Instant::now() + d;
-        loop {
-            if (self.stop)() {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= end {
-                return true;
-            }
-            std::thread::sleep(self.local.timing.slice.min(end - now));
-        }
+        crate::interrupt::sleep_until(Instant::now() + d, self.stop, self.local.timing.slice)
     }
 
     fn backup(&self, env: &str, keep: usize, dir: Option<PathBuf>) -> Result<PathBuf, Error> {

@@ -1524,17 +1524,8 @@ pub fn deploy(
         gate.finish(
             client,
             &mut |until| {
-                while std::time::Instant::now() < until {
-                    if (request.stop)() {
-                        return None;
-                    }
-                    std::thread::sleep(
-                        until
-                            .saturating_duration_since(std::time::Instant::now())
-                            .min(Duration::from_millis(200)),
-                    );
-                }
-                (!(request.stop)()).then(std::time::Instant::now)
+                crate::interrupt::sleep_until(until, &request.stop, Duration::from_millis(200))
+                    .then(std::time::Instant::now)
             },
             &mut say,
         );
