@@ -198,6 +198,9 @@ pub struct Helper<'a, 'b> {
     client: &'a Client<'b>,
     name: String,
     removed: bool,
+    /// How often its removal looks whether the containers are gone: as often as the last wait
+    /// looked at the task (half a second before any wait).
+    poll: std::cell::Cell<Duration>,
 }
 
 impl<'a, 'b> Helper<'a, 'b> {
@@ -208,6 +211,7 @@ impl<'a, 'b> Helper<'a, 'b> {
             client,
             name: spec.name.clone(),
             removed: false,
+            poll: std::cell::Cell::new(Duration::from_millis(500)),
         })
     }
 
@@ -235,6 +239,7 @@ impl<'a, 'b> Helper<'a, 'b> {
     /// is an error naming Swarm's state.
     fn wait_for(&self, until: &TaskState, wait: &Wait<'_>) -> Result<(), HelperError> {
         let started = Instant::now();
+        self.poll.set(wait.poll);
         loop {
             let line = self.state_line()?;
             let state = task_state(&line);
@@ -303,7 +308,7 @@ impl<'a, 'b> Helper<'a, 'b> {
     /// gone, so a secret it mounts can be removed next.
     pub fn remove(mut self) -> Result<(), DockerError> {
         self.removed = true;
-        remove_service(self.client, &self.name, Duration::from_millis(500))
+        remove_service(self.client, &self.name, self.poll.get())
     }
 }
 
@@ -326,7 +331,7 @@ impl Drop for Helper<'_, '_> {
         if !self.removed {
             // The task may be running: `service rm` stops it (SIGTERM, then SIGKILL after the
             // 5 s grace period).
-            let _ = remove_service(self.client, &self.name, Duration::from_millis(500));
+            let _ = remove_service(self.client, &self.name, self.poll.get());
         }
     }
 }
