@@ -11,11 +11,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 . "$ROOT/scripts/tests/pg-throwaway.sh"
 
 RESULTS="$ROOT/bench/results/mutants.txt"
+# Per crate, the outcome of every mutant tested so far (the names cargo-mutants prints), kept in
+# git, so that a run cut short goes on with --resume on another day or machine.
+STATE="$ROOT/bench/results/mutants"
 CRATES=(backend config-hasher rollout-watcher stackship)
 
 usage() {
     cat <<'USAGE'
-Usage: scripts/bench/mutants.sh [--crate NAME]... [--jobs N] [--out DIR] [--report-only]
+Usage: scripts/bench/mutants.sh [--crate NAME]... [--jobs N] [--out DIR] [--resume] [--report-only]
 
 Runs cargo-mutants on each crate (default: backend, config-hasher, rollout-watcher, stackship)
 against a throwaway PostgreSQL (the backend's tests need one), at the lowest CPU priority, and writes per crate the
@@ -28,6 +31,9 @@ Options:
   --crate NAME   only this crate (repeatable)
   --jobs N       mutants built and tested at once (default 1: other work shares the machine)
   --out DIR      keep cargo-mutants' own output here (default: a temp dir, removed)
+  --resume       test only what bench/results/mutants/CRATE/ does not list as caught or
+                 unviable (cargo-mutants --iterate): a mutant keeps its outcome while its file,
+                 line and column stay the same. Without it, every mutant is tested afresh.
   --report-only  write the results from an earlier run's --out DIR, running nothing
   -h, --help     this text
 Installs cargo-mutants (cargo install --locked) when missing.
@@ -45,21 +51,31 @@ ensure_cargo_mutants() {
 
 # count DIR OUTCOME: mutants with that outcome (cargo-mutants lists one per line).
 count() {
-    local file="$1/mutants.out/$2.txt"
+    local file="$1/$2.txt"
     if [[ -s "$file" ]]; then wc -l <"$file"; else echo 0; fi
 }
 
-# run_crate CRATE OUT: cargo mutants on one crate; its output under OUT/CRATE.
 run_crate() {
-    local crate="$1" out="$2/$1" status=0
+    local crate="$1" out="$2/$1" status=0 iterate=() outcome
     mkdir -p "$out"
     # cargo-mutants copies the working tree as it is now: record which commit that was.
     git -C "$ROOT" describe --always --dirty >"$out/commit"
-    log "cargo mutants -p $crate (output: $out/mutants.out)"
+    if ((RESUME)); then
+        # --iterate skips what <output>/mutants.out/{caught,unviable}.txt list.
+        mkdir -p "$out/mutants.out"
+        for outcome in caught unviable; do
+            if [[ -f "$STATE/$crate/$outcome.txt" ]]; then
+                cp "$STATE/$crate/$outcome.txt" "$out/mutants.out/$outcome.txt"
+            fi
+        done
+        iterate=(--iterate)
+        touch "$out/resumed"
+    fi
+    log "cargo mutants -p $crate ${iterate[*]} (output: $out/mutants.out)"
     # Without debug info the many rebuilds link faster; the copies get their own target dir.
     (cd "$ROOT" && env -u CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG=0 \
         nice -n 19 cargo mutants -p "$crate" --jobs "$JOBS" --output "$out" --no-shuffle \
-        --timeout-multiplier 3 >"$out/cargo-mutants.log" 2>&1) || status=$?
+        --timeout-multiplier 3 "${iterate[@]}" >"$out/cargo-mutants.log" 2>&1) || status=$?
     # 0: all caught; 2: some missed; 3: some timed out. Anything else is a failure of the run.
     case $status in
     0 | 2 | 3) ;;
@@ -67,31 +83,77 @@ run_crate() {
     esac
 }
 
+# merge_state CRATE OUT: bench/results/mutants/CRATE/ from its earlier content (on --resume)
+# and this run's outcomes, keeping only the mutants the tree still has (`cargo mutants --list`):
+# a mutant tested now takes its new outcome, one not tested now keeps its earlier one.
+merge_state() {
+    local crate="$1" out="$2/$1"
+    (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo mutants -p "$crate" --list >"$out/current.txt" 2>"$out/list.err") \
+        || { cat "$out/list.err" >&2; die "cargo mutants -p $crate --list failed"; }
+    mkdir -p "$STATE/$crate"
+    python3 - "$out" "$STATE/$crate" "$([[ -f "$out/resumed" ]] && echo 1 || echo 0)" <<'PY'
+import os, sys
+
+out, state, resumed = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+kinds = ["caught", "unviable", "missed", "timeout"]
+
+def read(path):
+    try:
+        return {l for l in open(path).read().splitlines() if l.strip()}
+    except FileNotFoundError:
+        return set()
+
+current = read(os.path.join(out, "current.txt"))
+new = {k: read(os.path.join(out, "mutants.out", k + ".txt")) for k in kinds}
+old = {k: read(os.path.join(state, k + ".txt")) if resumed else set() for k in kinds}
+tested = set().union(*new.values())
+merged, taken = {}, set()
+for k in kinds:
+    merged[k] = (((old[k] - tested) | new[k]) & current) - taken
+    taken |= merged[k]
+for k in kinds:
+    with open(os.path.join(state, k + ".txt"), "w") as f:
+        f.writelines(m + "\n" for m in sorted(merged[k]))
+with open(os.path.join(state, "untested.count"), "w") as f:
+    f.write(f"{len(current - taken)} {len(current)}\n")
+PY
+    # Which trees the outcomes come from: one line per run since the last full start.
+    local line
+    line="$(date -u -r "$out/commit" +%Y-%m-%d 2>/dev/null || echo '?') $(cat "$out/commit" 2>/dev/null || echo '?') $(cat "$out/minutes" 2>/dev/null || echo 0)"
+    [[ -f "$out/resumed" ]] || : >"$STATE/$crate/trees.txt"
+    # --report-only on the same run again adds nothing.
+    [[ "$(tail -n 1 "$STATE/$crate/trees.txt" 2>/dev/null)" == "$line" ]] || printf '%s\n' "$line" >>"$STATE/$crate/trees.txt"
+}
+
 report_crate() {
-    local crate="$1" out="$2/$1" caught missed timeout unviable viable pct total
-    caught=$(count "$out" caught)
-    missed=$(count "$out" missed)
-    timeout=$(count "$out" timeout)
-    unviable=$(count "$out" unviable)
+    local crate="$1" out="$2/$1" caught missed timeout unviable viable pct untested total trees
+    merge_state "$crate" "$2"
+    caught=$(count "$STATE/$crate" caught)
+    missed=$(count "$STATE/$crate" missed)
+    timeout=$(count "$STATE/$crate" timeout)
+    unviable=$(count "$STATE/$crate" unviable)
     viable=$((caught + missed + timeout))
     # A mutant that makes the tests hang was noticed: timeouts count as caught.
     pct=$(python3 -c "print(f'{100 * ($caught + $timeout) / max($viable, 1):.1f}')")
-    # A run cut short (time limit, Ctrl-C) says how far it got.
-    total=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' \
-        "$out/mutants.out/mutants.json" 2>/dev/null || echo '?')
+    read -r untested total <"$STATE/$crate/untested.count"
+    trees=$(awk '{print $2}' "$STATE/$crate/trees.txt" | paste -sd, -)
     {
-        printf '\n## %s (tree at %s, %s min, --jobs %s, %s)\n' "$crate" \
-            "$(cat "$out/commit" 2>/dev/null || echo '?')" "$(cat "$out/minutes" 2>/dev/null || echo '?')" \
+        printf '\n## %s (tree at %s, %s min, --jobs %s, %s)\n' "$crate" "$trees" \
+            "$(awk '{s += $3} END {print s}' "$STATE/$crate/trees.txt")" \
             "$JOBS" "$(date -u -r "$out/commit" +%Y-%m-%d 2>/dev/null || echo '?')"
-        if [[ "$total" != "$((viable + unviable))" ]]; then
-            printf 'PARTIAL RUN: %s of %s mutants tested; the figures below cover those only\n' \
-                "$((viable + unviable))" "$total"
+        # A run cut short (time limit, Ctrl-C) says how far it got.
+        if ((untested)); then
+            printf 'PARTIAL RUN: %s of %s mutants tested; the figures below cover those only (go on: --resume)\n' \
+                "$((total - untested))" "$total"
+        fi
+        if [[ "$trees" == *,* ]]; then
+            printf 'resumed: each mutant was tested on the tree of the run that reached it; its line is unchanged since\n'
         fi
         printf 'caught %s, missed %s, timeout %s (counted as caught), unviable %s: %s%% of %s viable caught\n' \
             "$caught" "$missed" "$timeout" "$unviable" "$pct" "$viable"
         if ((missed)); then
             printf 'missed:\n'
-            sed 's/^/  /' "$out/mutants.out/missed.txt"
+            sed 's/^/  /' "$STATE/$crate/missed.txt"
         fi
     } >>"$RESULTS.tmp"
     KEYS+=("${crate}_caught=$caught" "${crate}_missed=$missed" "${crate}_timeout=$timeout"
@@ -101,12 +163,14 @@ report_crate() {
 main() {
     local crates=() out="" report_only=0
     JOBS=1
+    RESUME=0
     while (($#)); do
         case $1 in
         --crate) [[ $# -ge 2 ]] || die "--crate needs a name"; crates+=("$2"); shift ;;
         --jobs) [[ $# -ge 2 ]] || die "--jobs needs a number"; JOBS=$2; shift ;;
         --out) [[ $# -ge 2 ]] || die "--out needs a directory"; out=$2; shift ;;
         --report-only) report_only=1 ;;
+        --resume) RESUME=1 ;;
         -h | --help) usage; return 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
         esac
@@ -129,6 +193,8 @@ main() {
         mkdir -p "$out"
         trap pg_stop_throwaway EXIT
     fi
+    # With the kernel's autogroups, nice alone does not yield to work in other sessions.
+    echo 19 >/proc/self/autogroup 2>/dev/null || true
     pg_start_throwaway
     for crate in "${crates[@]}"; do
         run_crate "$crate" "$out"
