@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use crate::config::{DatabaseSettings, Settings};
 use crate::metrics::Metrics;
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use crate::store::{self, LogWriter};
 
 /// A built application: listener bound, background tasks started, not serving yet.
@@ -119,7 +120,7 @@ impl Application {
             migrated.clone(),
             migration_error.clone(),
         ));
-        let state = AppState {
+        let state = AppState::new(Shared {
             settings: Arc::new(settings),
             pool,
             writer,
@@ -127,7 +128,7 @@ impl Application {
             draining: Arc::new(AtomicBool::new(false)),
             migrated,
             migration_error,
-        };
+        });
         Ok(Self {
             listener,
             port,
@@ -190,6 +191,12 @@ impl Application {
 
         let app = routes::app(state);
         tracing::info!(port, version = routes::version(), "listening");
+        // No Nagle delay on small answers (as nginx's `tcp_nodelay on`).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+            }
+        });
         let server = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

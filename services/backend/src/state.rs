@@ -1,5 +1,6 @@
 //! State shared by every handler.
 
+use std::ops::Deref;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -9,9 +10,28 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::store::LogWriter;
 
-/// Everything a handler needs. Cheap to clone.
+/// Everything a handler needs, behind one `Arc`: axum clones the state for every request, and
+/// one reference count is far cheaper than one per field (each count is an atomic that every
+/// core's requests would bounce between them).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
     pub writer: LogWriter,
