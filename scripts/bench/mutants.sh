@@ -35,6 +35,8 @@ Options:
                  unviable (cargo-mutants --iterate): a mutant keeps its outcome while its file,
                  line and column stay the same. Without it, every mutant is tested afresh.
   --report-only  write the results from an earlier run's --out DIR, running nothing
+Environment: MUTANTS_MEMORY_GIB (default 8): address space of each process of the run (ulimit -v),
+so a mutant that allocates without end fails instead of exhausting the machine.
   -h, --help     this text
 Installs cargo-mutants (cargo install --locked) when missing.
 USAGE
@@ -73,7 +75,10 @@ run_crate() {
     fi
     log "cargo mutants -p $crate ${iterate[*]} (output: $out/mutants.out)"
     # Without debug info the many rebuilds link faster; the copies get their own target dir.
-    (cd "$ROOT" && env -u CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG=0 \
+    # A mutant that allocates without end (a loop that never stops pushing) must fail, not
+    # take the machine's memory before its timeout: every process of the run gets at most
+    # MUTANTS_MEMORY_GIB (default 8) GiB of address space.
+    (cd "$ROOT" && ulimit -v $((${MUTANTS_MEMORY_GIB:-8} * 1024 * 1024)) && env -u CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG=0 \
         nice -n 19 cargo mutants -p "$crate" --jobs "$JOBS" --output "$out" --no-shuffle \
         --timeout-multiplier 3 "${iterate[@]}" >"$out/cargo-mutants.log" 2>&1) || status=$?
     # 0: all caught; 2: some missed; 3: some timed out. Anything else is a failure of the run.
