@@ -790,11 +790,12 @@ impl Gate {
             .iter()
             .map(|t| bollard::models::Task {
                 id: Some(t.id.clone()),
+                // Only the state: the desired state tells a canary while none is chosen yet,
+                // and this list is read once one is (a look's filter).
                 status: Some(TaskStatus {
                     state: state(t.current.starts_with("Running")),
                     ..Default::default()
                 }),
-                desired_state: state(t.desired == "Running"),
                 ..Default::default()
             })
             .collect();
@@ -1669,6 +1670,75 @@ mod tests {
         }
 
         #[test]
+        fn a_lone_task_whose_address_cannot_be_read_makes_the_look_fail() {
+            let fake = FakeEngine::new();
+            fake.fail(
+                &["inspect", "--type", "task", "new1"],
+                "Error: No such task: new1",
+            );
+            addresses(&fake);
+            fake.answer(&["service", "logs"], &log(&[("10.0.1.9", 500, 9)]));
+            let client = Client::new(&fake);
+            let t0 = Instant::now();
+            let mut said = Vec::new();
+            let mut g = gate(canary(5, TooLittle::Proceed));
+            let tasks = vec![task("new1", "running", "running")];
+            for secs in [0, 0, 10] {
+                feed(
+                    &mut g,
+                    &client,
+                    service("updating", LATER),
+                    &tasks,
+                    t0 + Duration::from_secs(secs),
+                    &mut said,
+                );
+            }
+            // Not "too little traffic": the answers could not be counted, and why.
+            let f = g.finding().unwrap();
+            let Err(why) = &f.verdict else {
+                panic!("{f:?}")
+            };
+            assert!(why.contains("No such task: new1"), "{why}");
+        }
+
+        #[test]
+        fn a_failed_look_is_tried_again_a_second_later_not_at_once() {
+            let fake = FakeEngine::new();
+            addresses(&fake);
+            fake.fail(&["service", "logs"], "error from daemon: node is down");
+            let client = Client::new(&fake);
+            let t0 = Instant::now();
+            let mut said = Vec::new();
+            let mut g = gate(canary(5, TooLittle::Proceed));
+            let reads = |fake: &FakeEngine| {
+                fake.command_lines()
+                    .iter()
+                    .filter(|l| l.starts_with("docker service logs"))
+                    .count()
+            };
+            for ms in [0, 0, 500] {
+                feed(
+                    &mut g,
+                    &client,
+                    service("updating", LATER),
+                    &tasks(),
+                    t0 + Duration::from_millis(ms),
+                    &mut said,
+                );
+            }
+            assert_eq!(reads(&fake), 1);
+            feed(
+                &mut g,
+                &client,
+                service("updating", LATER),
+                &tasks(),
+                t0 + LOOK_EVERY,
+                &mut said,
+            );
+            assert_eq!(reads(&fake), 2);
+        }
+
+        #[test]
         fn a_rollback_after_the_rollout_settled_is_followed_to_its_end() {
             let inspected =
                 |state: &str| serde_json::json!([{"UpdateStatus": {"State": state}}]).to_string();
@@ -1717,6 +1787,14 @@ mod tests {
                 let f = g.finding().unwrap();
                 assert!(f.fails() && f.rolled_back, "{f:?}");
                 assert_eq!(f.settled_back, Some(wanted), "{said:?}");
+                // Swarm is asked once per LOOK_EVERY (the clock adds a second per wait): about
+                // 90 times in the 180 s, not at every step of the clock.
+                let asked = fake
+                    .command_lines()
+                    .iter()
+                    .filter(|l| l.starts_with("docker service inspect"))
+                    .count();
+                assert!(asked < 120, "{asked} looks");
             }
         }
 
