@@ -66,21 +66,37 @@ pub fn rolled_back_to(record: &DeployRecord) -> Option<&str> {
     record.note.as_deref()?.strip_prefix(ROLLED_BACK_TO)
 }
 
-/// What ran, in order, with every release a rollback rolled away from left out: a rollback to X
-/// drops everything after X, then stands in X's place (a second rollback goes below X). A
-/// rollback to a record that is no longer in the line (pruned, or itself rolled away from and
-/// chosen with `--to`) counts as a plain deploy. Also returns the ids of the releases left.
+/// What ran, in order, with every release a rollback rolled away from left out, and the ids
+/// of those left. A rollback to X drops everything after X and stands in X's place (so a second
+/// rollback goes below X, and a rollback to X again finds it there). A rollback to a record
+/// that is not in the line (pruned, deleted, or one a rollback left, chosen with `--to`) drops
+/// every entry newer than X, an entry being as old as the oldest release it stands for: ids are
+/// UTC timestamps, so they sort as the deploys ran.
 fn lineage(records: &[DeployRecord]) -> (Vec<&DeployRecord>, BTreeSet<&str>) {
-    let mut line: Vec<&DeployRecord> = Vec::new();
+    // Each entry with the ids it stands for: its own, and those of the records it replaced.
+    let mut line: Vec<(&DeployRecord, BTreeSet<&str>)> = Vec::new();
     let mut left = BTreeSet::new();
     for r in records {
-        if let Some(at) = rolled_back_to(r).and_then(|to| line.iter().position(|l| l.id == to)) {
-            left.extend(line.drain(at + 1..).map(|l| l.id.as_str()));
-            line.pop();
+        let mut stands_for: BTreeSet<&str> = [r.id.as_str()].into();
+        if let Some(to) = rolled_back_to(r) {
+            if let Some(at) = line.iter().position(|(_, ids)| ids.contains(to)) {
+                left.extend(line.drain(at + 1..).map(|(l, _)| l.id.as_str()));
+                if let Some((_, ids)) = line.pop() {
+                    stands_for.extend(ids);
+                }
+            } else {
+                // An entry is as old as the oldest release it stands for.
+                let keep = line
+                    .iter()
+                    .take_while(|(_, ids)| ids.first().is_some_and(|oldest| *oldest <= to))
+                    .count();
+                left.extend(line.drain(keep..).map(|(l, _)| l.id.as_str()));
+                stands_for.insert(to);
+            }
         }
-        line.push(r);
+        line.push((r, stands_for));
     }
-    (line, left)
+    (line.into_iter().map(|(r, _)| r).collect(), left)
 }
 
 /// The newest deploy before the last one that ran something else, among those no rollback
@@ -946,10 +962,13 @@ mod tests {
         assert_eq!(rolled_back_to(&r[2]), None);
         // Not 3 (the release the rollback left): below 2, the newest that differs.
         assert_eq!(default_target(&r).unwrap().id, "1");
-        // A rollback to a record no longer there searches everything before it.
+        // A rollback to a record no longer there (pruned, deleted) still left what came after
+        // that record: 3 is not a target; 1, older, is.
         let mut r2 = r.clone();
         r2.remove(1);
-        assert_eq!(default_target(&r2).unwrap().id, "3");
+        assert_eq!(default_target(&r2).unwrap().id, "1");
+        r2.remove(0);
+        assert_eq!(default_target(&r2), None);
     }
 
     #[test]
@@ -988,9 +1007,34 @@ mod tests {
             "{listed}"
         );
         assert!(listed.contains("\n1\n"), "{listed}");
-        // A rollback chosen with --to to a release a rollback left is a plain step in the line.
+        // A rollback chosen with --to to a release a rollback left (2) leaves what ran after
+        // it: 6 too. Below 2 only a is still standing, where 5 (for 1 and 3) stands.
         r.push(rollback("7", "b", "prod_backend_config_bbb", "2"));
-        assert_eq!(default_target(&r).unwrap().id, "6");
+        assert_eq!(default_target(&r).unwrap().id, "5");
+        let listed = list(&r, &existing(&["prod_backend_config_aaa"]));
+        assert!(listed.contains("\n6 (a rollback left it)"), "{listed}");
+    }
+
+    #[test]
+    fn a_rollback_to_a_release_already_rolled_back_to_finds_it_in_the_line() {
+        let rollback = |id: &str, tag: &str, config: &str, to: &str| {
+            let mut r = record(id, tag, config);
+            r.note = Some(rollback_note(to));
+            r
+        };
+        // 3 rolled back to 1 (a), c was deployed, then `--to 1` again: 5 stands where 3 (and
+        // 1) stood, c is left, and nothing older differs from a.
+        let r = vec![
+            record("1", "a", "prod_backend_config_aaa"),
+            record("2", "b", "prod_backend_config_bbb"),
+            rollback("3", "a", "prod_backend_config_aaa", "1"),
+            record("4", "c", "prod_backend_config_ccc"),
+            rollback("5", "a", "prod_backend_config_aaa", "1"),
+        ];
+        assert_eq!(default_target(&r), None);
+        let listed = list(&r, &existing(&["prod_backend_config_ccc"]));
+        assert!(listed.contains("\n4 (a rollback left it)"), "{listed}");
+        assert!(listed.contains("\n2 (a rollback left it)"), "{listed}");
     }
 
     #[test]
