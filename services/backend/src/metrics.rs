@@ -133,8 +133,8 @@ impl Metrics {
         );
         registry.register(
             "db_statements_resent",
-            "Statements sent again on another connection because Postgres had ended the session \
-             of theirs (a restart, a failover); counted per process",
+            "Statements sent again on another connection because Postgres had ended their \
+             session (a restart) or, for reads, their connection broke; counted per process",
             crate::store::STATEMENTS_RESENT.clone(),
         );
         Self {

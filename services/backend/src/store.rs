@@ -51,16 +51,19 @@
 //! flight.
 //!
 //! # Sessions Postgres ended
-//! A Postgres restart (or a failover, or `pg_terminate_backend`) ends every session, idle or
-//! not, with SQLSTATE 57P01/57P02. A pooled connection whose session ended fails the next
-//! statement sent on it, with that error in place of the result, however much later: the
-//! statement did not run, or ran in a transaction that was rolled back (Postgres reports the
-//! end of a session only before the statement's commit or after its answer, never between).
-//! Such a statement is sent again, at most [`SESSION_ENDED_RETRIES`] times, on another
-//! connection, and the pool then pings every connection it opened before that moment before
-//! handing it out, for [`SUSPECT_FOR`] ([`may_have_died`]): the dead ones are closed and
-//! replaced, not handed to the next requests. Reads are also sent again after a broken
-//! connection (an I/O error). Idle connections are pinged anyway (`ping_idle_after_ms`).
+//! A Postgres restart (a fast shutdown: `docker service update --force`, a stop) or
+//! `pg_terminate_backend` ends every session, idle or not, with SQLSTATE 57P01. A pooled
+//! connection whose session ended fails the next statement sent on it, with that error in place
+//! of the result, however much later: the statement did not run, or ran in a transaction that
+//! was rolled back (Postgres reports the end of a session only before the statement's commit
+//! or after its answer, never between). Such a statement is sent again, at most
+//! [`SESSION_ENDED_RETRIES`] times, on another connection, and the pool then pings every
+//! connection it opened before that moment before handing it out, for [`SUSPECT_FOR`]
+//! ([`may_have_died`]): the dead ones are closed and replaced, not handed to the next requests.
+//! A connection that just broke (an I/O error: after a crash Postgres closes its connections
+//! with only a warning) starts the same pings; a read on it is sent again, a write is not (it
+//! may have committed: 503, outcome unknown). Idle connections are pinged anyway
+//! (`ping_idle_after_ms`).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -362,18 +365,21 @@ where
 {
     let mut resent = 0;
     loop {
-        match statement().await {
-            Err(e)
-                if resent < SESSION_ENDED_RETRIES
-                    && (session_ended(&e) || (read && matches!(e, sqlx::Error::Io(_)))) =>
-            {
-                SESSION_ENDED_AT.store(clock_ms(), Ordering::Relaxed);
-                STATEMENTS_RESENT.inc();
-                resent += 1;
-                tracing::warn!(error = %e, resent, "the database connection had died; sending the statement again on another");
-            }
-            other => return other,
+        let result = statement().await;
+        let Err(e) = &result else { return result };
+        let broken = matches!(e, sqlx::Error::Io(_));
+        if !session_ended(e) && !broken {
+            return result;
         }
+        // The other pooled connections may be dead too: ping them before use for a while.
+        SESSION_ENDED_AT.fetch_max(clock_ms(), Ordering::Relaxed);
+        if resent == SESSION_ENDED_RETRIES || (broken && !read) {
+            // A write whose connection broke may have committed: its outcome is unknown.
+            return result;
+        }
+        STATEMENTS_RESENT.inc();
+        resent += 1;
+        tracing::warn!(error = %e, resent, "the database connection had died; sending the statement again on another");
     }
 }
 
@@ -635,10 +641,13 @@ mod tests {
         assert!(STATEMENTS_RESENT.get() >= before + 2);
         // The pool now suspects every connection older than that.
         assert!(may_have_died(Duration::from_secs(3_600)));
-        // A broken connection may have committed a write: not sent again. A read is.
+        // A broken connection may have committed a write: not sent again. A read is. Both
+        // make the pool suspect its older connections.
+        SESSION_ENDED_AT.store(0, Ordering::SeqCst);
         let (r, calls) = run(false, vec![Some(io()), None]).await;
         assert_eq!(calls, 1);
         assert!(r.is_err());
+        assert!(may_have_died(Duration::from_secs(3_600)));
         assert_eq!(run(true, vec![Some(io()), None]).await, (Ok(7), 2));
         // Any other error is the answer at once.
         let (r, calls) = run(true, vec![Some(db_error("23505")), None]).await;
