@@ -210,12 +210,12 @@ pg_task_container() {
 # postgres_restart: restarts Postgres the way an operator does (a forced service update, so
 # Swarm stops the task and starts a new one; `docker restart` of a task's container would
 # start a second server on the same data directory behind Swarm's back), under mixed load that
-# goes on for PG_RESTART_LOAD_S (default 300) seconds after /ready is 200 again. /ready must
-# turn 503 while it is down and 200 within 10 s after the new server answers; no request may
-# fail once it is ready (a pooled connection that died with the old server is replaced or its
-# statement sent again).
+# goes on for PG_RESTART_LOAD_S (default 300) seconds after /ready is 200 again (four answers in
+# a row, so every backend task is). /ready must turn 503 while it is down and 200 within 10 s
+# after the new server answers; no request sent after that may fail (a pooled connection that
+# died with the old server is replaced, or its statement sent again).
 postgres_restart() {
-    local old new="" t0 saw_503="" up_at="" ready_at="" status now
+    local old new="" t0 saw_503="" up_at="" ready_at="" status now streak=0 streak_at=""
     local report="$WORK/pg-restart.json" stop="$WORK/pg-restart.running"
     : > "$stop"
     python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost \
@@ -238,8 +238,15 @@ postgres_restart() {
                 up_at=$now
             fi
         elif [[ "$status" == 200 ]]; then
-            ready_at=$now
-            break
+            # Ready once four answers in a row say so: /ready reaches one backend task at a
+            # time, and each must be ready again.
+            ((streak++ > 0)) || streak_at=$now
+            if ((streak >= 4)); then
+                ready_at=$streak_at
+                break
+            fi
+        else
+            streak=0
         fi
         sleep 0.25
     done

@@ -58,7 +58,9 @@ count() {
 }
 
 run_crate() {
-    local crate="$1" out="$2/$1" status=0 iterate=() outcome
+    local crate="$1" out="$2/$1" status=0 iterate=() outcome started=$SECONDS
+    # An earlier run's output in the same --out would be read by --iterate too.
+    rm -rf "$out/mutants.out" "$out/mutants.out.old"
     mkdir -p "$out"
     # cargo-mutants copies the working tree as it is now: record which commit that was.
     git -C "$ROOT" describe --always --dirty >"$out/commit"
@@ -78,13 +80,22 @@ run_crate() {
     # A mutant that allocates without end (a loop that never stops pushing) must fail, not
     # take the machine's memory before its timeout: every process of the run gets at most
     # MUTANTS_MEMORY_GIB (default 8) GiB of address space.
+    # Ctrl-C reaches cargo-mutants, which stops its jobs; this script then keeps the results.
+    trap : INT
     (cd "$ROOT" && ulimit -v $((${MUTANTS_MEMORY_GIB:-8} * 1024 * 1024)) && env -u CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG=0 \
         nice -n 19 cargo mutants -p "$crate" --jobs "$JOBS" --output "$out" --no-shuffle \
         --timeout-multiplier 3 "${iterate[@]}" >"$out/cargo-mutants.log" 2>&1) || status=$?
-    # 0: all caught; 2: some missed; 3: some timed out. Anything else is a failure of the run.
+    trap - INT
+    # 0: all caught; 2: some missed; 3: some timed out. Anything else is a failure of the run,
+    # or a stop (Ctrl-C, a kill): what was tested until then is kept all the same.
     case $status in
     0 | 2 | 3) ;;
-    *) tail -n 30 "$out/cargo-mutants.log" >&2; die "cargo mutants -p $crate failed (exit $status)" ;;
+    *)
+        tail -n 30 "$out/cargo-mutants.log" >&2
+        printf '%s\n' $(((SECONDS - started) / 60)) >"$out/minutes"
+        write_results "$2" "$crate" >/dev/null
+        die "cargo mutants -p $crate stopped (exit $status); what it tested is kept in bench/results/mutants/$crate/ (go on: --resume)"
+        ;;
     esac
 }
 
@@ -198,8 +209,6 @@ main() {
         mkdir -p "$out"
         trap pg_stop_throwaway EXIT
     fi
-    # With the kernel's autogroups, nice alone does not yield to work in other sessions.
-    echo 19 >/proc/self/autogroup 2>/dev/null || true
     pg_start_throwaway
     for crate in "${crates[@]}"; do
         run_crate "$crate" "$out"

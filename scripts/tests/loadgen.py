@@ -158,13 +158,16 @@ class Worker(threading.Thread):
             # After a slow request, resume the pace instead of bursting to catch up.
             next_at = max(next_at + interval, time.monotonic() - interval)
             kind = weights[(self.seq + self.n) % len(weights)]
+            sent = time.time()
             failure, _ = self.request(kind)
             self.requests += 1
             with self.shared["lock"]:
                 self.shared["total"] += 1
             if failure:
                 self.failed[failure] = self.failed.get(failure, 0) + 1
-                self.failure_times.append(time.time())
+                # When it was sent: a request sent before an event and answered after it
+                # (a timeout, say) failed because of what happened before.
+                self.failure_times.append(sent)
 
 
 def main():
