@@ -106,24 +106,7 @@ async fn wrong_password_is_never_healthy_and_says_why() {
 async fn connections_that_died_with_a_restart_fail_no_request() {
     let cluster = PgCluster::init();
     cluster.start();
-    let mut settings = cluster.settings();
-    settings.database.min_connections = 4;
-    settings.database.max_connections = 4;
-    let pool = pool_for(&settings);
-    let app = TestApp::spawn(pool.clone(), settings).await;
-    // Four pooled connections open at once (held together, so none can be reused), then
-    // back in the pool where the app's requests will take them.
-    let mut held = Vec::new();
-    for i in 0..4 {
-        held.push(
-            pool.acquire()
-                .await
-                .unwrap_or_else(|e| panic!("connection {i}: {e}")),
-        );
-    }
-    drop(held);
-    assert_eq!(app.get("/api/logs").await.status(), 200);
-    assert_eq!(pool.size(), 4);
+    let app = with_four_open_connections(cluster.settings()).await;
     // A restart (fast shutdown: every session is terminated), then a quiet second.
     cluster.stop();
     cluster.start();
@@ -157,23 +140,9 @@ async fn sessions_ended_while_busy_fail_no_request() {
     let cluster = PgCluster::init();
     cluster.start();
     let mut settings = cluster.settings();
-    settings.database.min_connections = 4;
-    settings.database.max_connections = 4;
     // Idle connections are not pinged here: only the resend can save these requests.
     settings.database.ping_idle_after_ms = 3_600_000;
-    let pool = pool_for(&settings);
-    let app = TestApp::spawn(pool.clone(), settings).await;
-    let mut held = Vec::new();
-    for i in 0..4 {
-        held.push(
-            pool.acquire()
-                .await
-                .unwrap_or_else(|e| panic!("connection {i}: {e}")),
-        );
-    }
-    drop(held);
-    assert_eq!(app.get("/api/logs").await.status(), 200);
-    assert_eq!(pool.size(), 4);
+    let app = with_four_open_connections(settings).await;
     // As a restart does, with the server left up: every session of the app ends with 57P01.
     let admin = cluster.admin_pool().await;
     let ended: i64 = sqlx::query_scalar(
@@ -236,4 +205,25 @@ async fn sessions_ended_while_busy_fail_no_request() {
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("db_statements_resent_total"), "{metrics}");
     app.stop().await;
+}
+
+/// The app on a pool of four connections, all four open at once (held together, so none can be
+/// reused), then back in the pool where the app's requests will take them.
+async fn with_four_open_connections(mut settings: backend::config::Settings) -> TestApp {
+    settings.database.min_connections = 4;
+    settings.database.max_connections = 4;
+    let pool = pool_for(&settings);
+    let app = TestApp::spawn(pool.clone(), settings).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        held.push(
+            pool.acquire()
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}")),
+        );
+    }
+    drop(held);
+    assert_eq!(app.get("/api/logs").await.status(), 200);
+    assert_eq!(pool.size(), 4);
+    app
 }
