@@ -779,13 +779,6 @@ impl Gate {
         else {
             return;
         };
-        let state = |running: bool| {
-            Some(if running {
-                TaskState::RUNNING
-            } else {
-                TaskState::SHUTDOWN
-            })
-        };
         self.tasks = listed
             .iter()
             .map(|t| bollard::models::Task {
@@ -793,7 +786,11 @@ impl Gate {
                 // Only the state: the desired state tells a canary while none is chosen yet,
                 // and this list is read once one is (a look's filter).
                 status: Some(TaskStatus {
-                    state: state(t.current.starts_with("Running")),
+                    state: Some(if t.current.starts_with("Running") {
+                        TaskState::RUNNING
+                    } else {
+                        TaskState::SHUTDOWN
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()

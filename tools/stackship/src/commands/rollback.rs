@@ -103,7 +103,11 @@ fn lineage(records: &[DeployRecord]) -> (Vec<&DeployRecord>, BTreeSet<&str>) {
 /// rolled away from. After a rollback to X, the search starts below X: a second rollback goes
 /// further back, not to the release the first one left — nor to one an earlier rollback left.
 pub fn default_target(records: &[DeployRecord]) -> Option<&DeployRecord> {
-    let (line, _) = lineage(records);
+    target_in(&lineage(records).0)
+}
+
+/// In a [`lineage`], the newest entry before the last that runs something else.
+fn target_in<'a>(line: &[&'a DeployRecord]) -> Option<&'a DeployRecord> {
     let (last, earlier) = line.split_last()?;
     let now = state(last);
     earlier.iter().rev().find(|r| state(r) != now).copied()
@@ -201,8 +205,8 @@ fn short(image: &str) -> &str {
 /// The records, newest first, with the last deploy, the default target and the records that
 /// cannot be restored marked.
 pub fn list(records: &[DeployRecord], existing: &BTreeSet<String>) -> String {
-    let default = default_target(records).map(|r| r.id.as_str());
-    let (_, left) = lineage(records);
+    let (line, left) = lineage(records);
+    let default = target_in(&line).map(|r| r.id.as_str());
     let last = records.last().map(|r| r.id.as_str());
     let mut out = String::new();
     for r in records.iter().rev() {
