@@ -117,6 +117,19 @@ restore_certificate() {
     cp -p "$WORK/tls.key.orig" "$PROD_DIR/secrets/tls.key"
 }
 
+# start_load BASE MIN_REQUESTS MAX_SECONDS RUN: the mixed load through https://localhost in the
+# background (its PID in LOAD_PID), trusting $CASE_CACERT (default: prod's certificate), while
+# BASE.running exists; its report goes to BASE.json, its output to BASE.load.
+start_load() {
+    local base="$1"
+    : > "${base}.running"
+    python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost \
+        --cacert "${CASE_CACERT:-$STACKSHIP_PROD_CERT}" --rate "$RATE" \
+        --min-requests "$2" --max-seconds "$3" --stop-file "${base}.running" \
+        --run "$4" --out "${base}.json" > "${base}.load" 2>&1 &
+    LOAD_PID=$!
+}
+
 # run_case N NAME EXPECT(ok|fail) SERVICE CMD...: CMD under load; records the figures, keyed
 # case<N>_ (or $CASE_KEY_). The load trusts $CASE_CACERT (default: prod's certificate).
 run_case() {
@@ -125,13 +138,9 @@ run_case() {
     report="$WORK/case${n}.json"
     out="$WORK/case${n}.log"
     stop="$WORK/case${n}.running"
-    : > "$stop"
     log "case ${n}: ${name}"
-    python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost \
-        --cacert "${CASE_CACERT:-$STACKSHIP_PROD_CERT}" --rate "$RATE" \
-        --min-requests "$MIN_REQUESTS" --max-seconds 900 --stop-file "$stop" \
-        --run "case${n}-$$" --out "$report" > "$WORK/case${n}.load" 2>&1 &
-    local load_pid=$!
+    start_load "$WORK/case${n}" "$MIN_REQUESTS" 900 "case${n}-$$"
+    local load_pid=$LOAD_PID
     sleep 2
     started=$SECONDS
     "$@" > "$out" 2>&1 || rc=$?
@@ -217,12 +226,8 @@ pg_task_container() {
 postgres_restart() {
     local old new="" t0 saw_503="" up_at="" ready_at="" status now streak=0 streak_at=""
     local report="$WORK/pg-restart.json" stop="$WORK/pg-restart.running"
-    : > "$stop"
-    python3 "$(repo_root)/scripts/tests/loadgen.py" --url https://localhost \
-        --cacert "${CASE_CACERT:-$STACKSHIP_PROD_CERT}" --rate "$RATE" \
-        --min-requests 1 --max-seconds 1200 --stop-file "$stop" \
-        --run "pg-restart-$$" --out "$report" > "$WORK/pg-restart.load" 2>&1 &
-    local load_pid=$!
+    start_load "$WORK/pg-restart" 1 1200 "pg-restart-$$"
+    local load_pid=$LOAD_PID
     sleep 5
     old="$(pg_task_container)"
     log "restarting postgres (docker service update --force ${PROD_STACK}_postgres)"
