@@ -260,6 +260,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn routes_are_one_label_value_per_matched_path() {
+        use axum::body::Body;
+        use axum::routing::get;
+        use std::sync::Mutex;
+        use tower::ServiceExt;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let keep = |seen: Arc<Mutex<Vec<MatchedPath>>>| {
+            move |p: MatchedPath| async move { seen.lock().unwrap().push(p) }
+        };
+        let app = axum::Router::new()
+            .route("/a/{id}", get(keep(seen.clone())))
+            .route("/b", get(keep(seen.clone())));
+        for uri in ["/a/1", "/a/2", "/b"] {
+            let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+            app.clone().oneshot(req).await.unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        let routes: Vec<Route> = seen.iter().map(|p| Route(Some(p.clone()))).collect();
+        assert_eq!(routes[0], routes[1]);
+        assert_ne!(routes[0], routes[2]);
+        assert_ne!(routes[2], Route(None));
+        assert_eq!(Route(None), Route(None));
+        assert_eq!(routes[0].as_str(), "/a/{id}");
+        assert_eq!(Route(None).as_str(), "unmatched");
+    }
+
+    #[tokio::test]
     async fn writer_events_are_counted() {
         let m = Metrics::new();
         m.observe_writer(WriterEvent::Batch(3));
