@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a Swarm manager for the pipeline's deploy jobs. Run once as root on a fresh Debian
 # server (safe to re-run):
-#   - Docker Engine, openssh-server, rsync; a swarm (init when this engine is in none);
+#   - Docker Engine, openssh-server, rsync, restic; a swarm (init when this engine is in none);
 #   - the placement labels when no node has them: stackship.edge, stackship.postgres.<env>,
 #     stackship.zone (lib.sh ensure_placement_labels);
 #   - the deploy user: key-only login with exactly the CI public key (restricted: no pty, no
@@ -11,6 +11,10 @@
 #     directory <root>/review/ (owned by the deploy user);
 #   - per environment whose deploy.env sets ACME_DOMAINS: a daily `stackship cert renew ENV` as the
 #     deploy user (a systemd timer, else an /etc/cron.d entry); removed when it sets none;
+#   - per environment: `stackship db scheduled ENV` every minute as the deploy user (a systemd
+#     timer, else an /etc/cron.d entry): it backs the database up into <root>/<env>/backups/
+#     (made here, owned by the deploy user) and into the restic repository BACKUP_REPOSITORY
+#     when deploy.env sets one, and test-restores it, each when it is due;
 # and prints the host key line to paste into the CI variable SSH_KNOWN_HOSTS (stdout).
 set -Eeuo pipefail
 
@@ -38,6 +42,16 @@ Certificates from an ACME CA (stackship cert): for each environment whose
 until the certificate is within ACME_RENEW_DAYS of expiry): the systemd timer
 ${STACKSHIP_PROJECT}-cert-renew-<env>.timer, or /etc/cron.d/${STACKSHIP_PROJECT}-cert-renew-<env>
 without systemd. Set ACME_DOMAINS, then run this script again to install it.
+
+Database backups (stackship db): for each environment, every minute the deploy user runs
+<deploy root>/<env>/current/stackship db scheduled <env> (the systemd timer
+${STACKSHIP_PROJECT}-db-backup-<env>.timer, or /etc/cron.d/${STACKSHIP_PROJECT}-db-backup-<env>
+without systemd). It does nothing until a backup is due (BACKUP_EVERY seconds, default a day)
+or a test restore is (BACKUP_TEST_RESTORE_EVERY, default a week). Backups go to
+<deploy root>/<env>/backups/, and also to the restic repository BACKUP_REPOSITORY when that
+environment's deploy.env sets it, with the repository password in
+<deploy root>/<env>/secrets/backup-repository-password (for sftp: also backup-ssh-key and
+backup-known-hosts there). stackship db check <env> says whether the backups are healthy.
 
 stdout: the line for SSH_KNOWN_HOSTS. Progress on stderr.
 USAGE
@@ -165,6 +179,11 @@ ensure_env() {
     log "${env}: ${dir} (owner ${DEPLOY_USER}), data ${data}"
 }
 
+# systemd_running: systemd is this host's init (its timers run); else cron entries are used.
+systemd_running() {
+    command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]
+}
+
 # ensure_renewal ENV: the daily certificate renewal of ENV when its deploy.env sets ACME_DOMAINS
 # (systemd timer, else cron); removed when it sets none. Rewritten on every run.
 ensure_renewal() {
@@ -172,9 +191,7 @@ ensure_renewal() {
     local unit="${STACKSHIP_PROJECT}-cert-renew-${env}"
     local systemd_dir=/etc/systemd/system cron_file="/etc/cron.d/${unit}"
     local with_systemd=0
-    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-        with_systemd=1
-    fi
+    if systemd_running; then with_systemd=1; fi
     if ! grep -Eq '^ACME_DOMAINS=[^[:space:]]' "$dir/deploy.env" 2>/dev/null; then
         if [[ -e "$systemd_dir/${unit}.timer" ]]; then
             if ((with_systemd)); then systemctl disable --now "${unit}.timer" >/dev/null 2>&1 || true; fi
@@ -235,6 +252,74 @@ CRON
     fi
 }
 
+# ensure_backup_schedule ENV: `stackship db scheduled ENV` every minute as the deploy user
+# (systemd timer, else cron). It runs a backup or a test restore only when one is due, as
+# deploy.env says (BACKUP_EVERY, BACKUP_TEST_RESTORE_EVERY), so it is always installed: local
+# backups need no settings. Rewritten on every run.
+ensure_backup_schedule() {
+    local env="$1" dir="$DEPLOY_ROOT/$1"
+    local unit="${STACKSHIP_PROJECT}-db-backup-${env}"
+    local systemd_dir=/etc/systemd/system cron_file="/etc/cron.d/${unit}"
+    local command="${dir}/current/stackship db scheduled ${env}"
+    local password="${dir}/secrets/backup-repository-password" offsite="local only (no BACKUP_REPOSITORY)"
+    # The local dumps; stackship keeps BACKUP_KEEP of them, readable by the deploy user only.
+    install -d -m 0700 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir/backups"
+    if grep -Eq '^BACKUP_REPOSITORY=[^[:space:]]' "$dir/deploy.env" 2>/dev/null; then
+        offsite="also off-site (BACKUP_REPOSITORY)"
+        if [[ ! -s "$password" ]]; then
+            warn "${env}: ${dir}/deploy.env sets BACKUP_REPOSITORY but ${password} is missing or empty: no off-site backup is made until it exists. Create it with a long random password: install -m 0600 -o ${DEPLOY_USER} -g ${DEPLOY_USER} /dev/null ${password} && head -c 32 /dev/urandom | base64 > ${password}; then keep a copy of that password off this server (a password manager): without it the off-site backups cannot be read"
+        fi
+    fi
+    if systemd_running; then
+        cat > "$systemd_dir/${unit}.service" <<UNIT
+# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh.
+[Unit]
+Description=Back up the ${env} database and test-restore it when due (stackship db scheduled)
+After=docker.service network-online.target
+Wants=network-online.target
+# Skipped, not failed, until the first deploy installs the release.
+ConditionPathIsExecutable=${dir}/current/stackship
+
+[Service]
+Type=oneshot
+User=${DEPLOY_USER}
+Environment=STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
+ExecStart=${command}
+UNIT
+        cat > "$systemd_dir/${unit}.timer" <<UNIT
+# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh.
+[Unit]
+Description=${env} database backups every minute (a no-op until a backup or test restore is due)
+
+[Timer]
+OnCalendar=minutely
+Persistent=false
+
+[Install]
+WantedBy=timers.target
+UNIT
+        chmod 0644 "$systemd_dir/${unit}.service" "$systemd_dir/${unit}.timer"
+        rm -f "$cron_file"
+        systemctl daemon-reload
+        systemctl enable --now "${unit}.timer" >/dev/null 2>&1 || die "systemctl enable --now ${unit}.timer failed"
+        log "${env}: database backups, ${offsite}: ${unit}.timer runs ${command} every minute (systemctl list-timers ${unit}.timer; journalctl -u ${unit})"
+    else
+        need_cmd cron cron
+        cat > "$cron_file" <<CRON
+# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh: the ${env} database backups
+# and test restores, each when it is due (a no-op otherwise).
+SHELL=/bin/sh
+# systemd's PATH for services: docker may be in /usr/local/bin.
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
+* * * * * ${DEPLOY_USER} ${command} 2>&1 | logger -t ${unit}
+CRON
+        chmod 0644 "$cron_file"
+        log "${env}: database backups, ${offsite}: ${cron_file} runs ${command} every minute (no systemd here; its output goes to syslog as ${unit})"
+        pgrep -x cron >/dev/null 2>&1 || warn "cron is not running on this host: start it (service cron start), or no scheduled backup is ever made"
+    fi
+}
+
 print_known_hosts() {
     [[ -r "$HOST_KEY" ]] || die "cannot read the host key '${HOST_KEY}'"
     local name="$SSH_HOST"
@@ -247,8 +332,8 @@ main() {
     parse_args "$@"
     require_root
     # Everything the manager runs is stackship (static, no runtime dependency) and Docker; sshd
-    # and rsync receive the deploy job's upload.
-    apt_install openssh-server openssh-client rsync
+    # and rsync receive the deploy job's upload; restic copies the database backups off-site.
+    apt_install openssh-server openssh-client rsync restic
     ensure_docker
     ensure_swarm_here
     ensure_user
@@ -257,6 +342,7 @@ main() {
     for env in "${ENVS[@]}"; do
         ensure_env "$env"
         ensure_renewal "$env"
+        ensure_backup_schedule "$env"
     done
     # Review stacks: review-deploy makes <root>/review/<iid>/, review-stop removes it.
     install -d -m 0750 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$DEPLOY_ROOT/review"

@@ -9,6 +9,10 @@
 #     back, and the job fails with the watcher's reason;
 #   - the dev-deploy job of .gitlab-ci.yml itself, run by gitlab-ci-local's shell executor in
 #     an MR pipeline labelled dev-deploy, deploys;
+#   - the database backup schedule setup-server.sh installs, once deploy.env names an off-site
+#     restic repository (SFTP, to a second user of this machine through the same sshd): the
+#     every-minute run dumps the database, copies the dump off-site and test-restores it, and
+#     `stackship db check dev` passes; the repository password shows up nowhere else;
 #   - its review-deploy job, in an MR labelled review-deploy, deploys the MR's review stack on
 #     its own port with the image the pipeline built and reports the URL; review-stop removes
 #     all of it, and a second review-stop succeeds.
@@ -26,14 +30,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/pipeline-tools.sh"
 
 E2E_LOCK="/tmp/stackship-e2e.lock"
 TEST_USER="stackship-e2e"
+# The off-site backup store's SFTP-only user.
+STORE_USER="${TEST_USER}-store"
 
 usage() {
     cat <<'USAGE'
 Usage: scripts/tests/test-ssh-deploy.sh [--help]
 
 Root, Debian. Installs openssh-server and rsync when missing; starts its own sshd on a free
-loopback port (stopped at the end); creates and removes the user stackship-e2e.
-About 2 to 4 minutes. Honours CARGO_TARGET_DIR for the static tool binaries it builds
+loopback port (stopped at the end); creates and removes the users stackship-e2e and
+stackship-e2e-store; starts cron when neither systemd nor a cron daemon runs here (stopped at
+the end). About 3 to 6 minutes. Honours CARGO_TARGET_DIR for the static tool binaries it builds
 (scripts/ci/build-tools.sh).
 USAGE
 }
@@ -41,6 +48,7 @@ USAGE
 ROOT="$(repo_root)"
 WORK=""
 SSHD_PID=""
+CRON_PID=""
 API_PID=""
 PORT=""
 ENV_DIR=""
@@ -57,6 +65,14 @@ cleanup() {
         kill "$SSHD_PID" 2>/dev/null || true
         wait "$SSHD_PID" 2>/dev/null || true
     fi
+    if [[ -n "$CRON_PID" ]]; then
+        kill "$CRON_PID" 2>/dev/null || true
+        wait "$CRON_PID" 2>/dev/null || true
+    fi
+    remove_backup_schedule
+    if id "$STORE_USER" >/dev/null 2>&1; then
+        userdel -r "$STORE_USER" >/dev/null 2>&1 || warn "could not remove the user ${STORE_USER}"
+    fi
     if id "$TEST_USER" >/dev/null 2>&1; then
         userdel -r "$TEST_USER" >/dev/null 2>&1 || warn "could not remove the user ${TEST_USER}"
     fi
@@ -66,6 +82,22 @@ cleanup() {
             || warn "could not remove the review stack ${REVIEW_IID}"
     fi
     [[ -z "$WORK" ]] || rm -rf "$WORK"
+}
+
+# remove_backup_schedule: the dev backup schedule (cron entry or systemd units) setup-server.sh
+# installed for this run's deploy root; one that points elsewhere is not this run's and stays.
+remove_backup_schedule() {
+    local unit="${STACKSHIP_PROJECT}-db-backup-dev"
+    [[ -n "$WORK" ]] || return 0
+    if grep -qF "${WORK}/" "/etc/cron.d/${unit}" 2>/dev/null; then
+        rm -f "/etc/cron.d/${unit}"
+    fi
+    if grep -qF "${WORK}/" "/etc/systemd/system/${unit}.service" 2>/dev/null; then
+        systemctl disable --now "${unit}.timer" >/dev/null 2>&1 || true
+        systemctl stop "${unit}.service" >/dev/null 2>&1 || true
+        rm -f "/etc/systemd/system/${unit}.timer" "/etc/systemd/system/${unit}.service"
+        systemctl daemon-reload >/dev/null 2>&1 || true
+    fi
 }
 
 free_port() {
@@ -111,7 +143,8 @@ backend_report() {
         "$WORK/job/rollout/last-rollout.json" 2>/dev/null
 }
 
-# start_sshd: sshd on 127.0.0.1:$PORT, the port setup-server.sh wrote into the known_hosts line.
+# start_sshd: sshd on 127.0.0.1:$PORT, the port setup-server.sh wrote into the known_hosts line;
+# it also serves the backup store: SFTP only, with a key, for $STORE_USER.
 start_sshd() {
     mkdir -p /run/sshd
     chmod 0755 /run/sshd
@@ -123,9 +156,18 @@ PidFile ${WORK}/sshd.pid
 UsePAM no
 StrictModes yes
 AuthorizedKeysFile .ssh/authorized_keys
-AllowUsers ${TEST_USER}
+AllowUsers ${TEST_USER} ${STORE_USER}
+Subsystem sftp internal-sftp
 LogLevel VERBOSE
 Include ${WORK}/sshd.d/*.conf
+Match User ${STORE_USER}
+    ForceCommand internal-sftp
+    PasswordAuthentication no
+    KbdInteractiveAuthentication no
+    AuthenticationMethods publickey
+    AllowTcpForwarding no
+    X11Forwarding no
+    PermitTTY no
 CONF
     /usr/sbin/sshd -t -f "$WORK/sshd_config" || die "sshd rejects the test configuration"
     /usr/sbin/sshd -D -e -f "$WORK/sshd_config" >"$WORK/sshd.log" 2>&1 </dev/null &
@@ -304,6 +346,9 @@ run_tests() {
         <("$ENV_DIR/current/stackship" history dev --root "$WORK/srv/deploy" 2>&1)
     expect_absent "deploy: the registry password is not in the job log" "$(registry_password)" "$WORK/job.log"
 
+    # --- scheduled, off-site, test-restored database backups of the stack just deployed ---
+    backup_schedule_tests
+
     # --- a crashing image built "in this pipeline" of an MR: overrides the pin, the job
     # fails, and the rollout summary goes to the MR (a stand-in GitLab API on loopback) ---
     mkdir -p "$WORK/api"
@@ -370,6 +415,222 @@ run_tests() {
         "${STACKSHIP_REGISTRY_ADDR}/${STACKSHIP_PROJECT}/backend:${GOOD_TAG}" "$(service_image)"
 
     review_tests
+}
+
+# as_deploy_user CMD...: CMD as the deploy user.
+as_deploy_user() { runuser -u "$TEST_USER" -- "$@"; }
+
+# stackship_db_check: `stackship db check dev` as the deploy user; output in $WORK/db-check.out.
+stackship_db_check() {
+    as_deploy_user "$ENV_DIR/current/stackship" --root "$WORK/srv/deploy" db check dev >"$WORK/db-check.out" 2>&1
+}
+
+# db_check_passes SECONDS: polls stackship_db_check until it passes, for at most SECONDS.
+db_check_passes() {
+    local deadline=$((SECONDS + $1)) state="$ENV_DIR/backups/state.json"
+    # The check passes once a backup is there; the same run's test restore comes after it.
+    until stackship_db_check && grep -q '^ok   test restore: passed' "$WORK/db-check.out"; do
+        ((SECONDS >= deadline)) || { sleep 5; continue; }
+        sed 's/^/    | /' "$WORK/db-check.out" >&2
+        if [[ ! -s "$state" ]]; then
+            fail "no ${state} $1s after the schedule was installed: the scheduled run never ran (cron or the systemd timer not running?) or failed before recording anything (backups/ holds: $(backups_listed))"
+        else
+            printf '    state.json: %s\n' "$(jq -c . "$state" 2>&1)" >&2
+            fail "stackship db check dev still fails $1s after the schedule was installed (its output and state.json above)"
+        fi
+    done
+}
+
+# backups_listed: what $ENV_DIR/backups holds, on one line.
+backups_listed() { find "$ENV_DIR/backups" -mindepth 1 -maxdepth 1 -printf '%f ' 2>&1 || true; }
+
+# newest_dump: the name of the newest dated backup of dev in $ENV_DIR/backups, or nothing.
+newest_dump() {
+    find "$ENV_DIR/backups" -maxdepth 1 -type f -name "$(stack_name dev)-*T*Z.dump" -printf '%f\n' 2>/dev/null \
+        | sort | tail -n 1
+}
+
+# dump_is_private NAME: the backup NAME is there, mode 0600, owned by the deploy user.
+dump_is_private() {
+    [[ -n "$1" ]] || fail "no $(stack_name dev)-<time>.dump in ${ENV_DIR}/backups (it holds: $(backups_listed))"
+    local got
+    got="$(stat -c '%a %U' "$ENV_DIR/backups/$1")"
+    [[ "$got" == "600 ${TEST_USER}" ]] || fail "${1}: mode and owner ${got}, want 600 ${TEST_USER}"
+}
+
+# store_holds NAME STORE: the restic repository STORE, read here as root (no cache, no lock: it
+# writes nothing into the store), has a snapshot holding the backup NAME.
+store_holds() {
+    local restic=(restic -r "$2" --password-file "$ENV_DIR/secrets/backup-repository-password" --no-cache --no-lock)
+    local snapshots
+    [[ -n "$1" ]] || fail "no dated backup to look for"
+    snapshots="$("${restic[@]}" snapshots --json 2>&1)" || fail "restic snapshots in ${2} failed: ${snapshots}"
+    if jq -e --arg n "$1" 'any(.[].paths[]; . == $n or endswith("/" + $n))' <<<"$snapshots" >/dev/null 2>&1; then
+        return 0
+    fi
+    if "${restic[@]}" ls latest 2>/dev/null | grep -qF -- "/$1"; then
+        return 0
+    fi
+    fail "no snapshot in ${2} holds ${1} (snapshots: $(jq -c '[.[] | {time, paths}]' <<<"$snapshots" 2>/dev/null || printf '%s' "$snapshots"))"
+}
+
+# store_reachable DIR: the deploy user lists DIR on the store over SFTP, with the key and the
+# host key in the environment's secrets/ only.
+store_reachable() {
+    local out
+    out="$(as_deploy_user sftp -F /dev/null -P "$PORT" -b - -o StrictHostKeyChecking=yes \
+        -o "UserKnownHostsFile=$ENV_DIR/secrets/backup-known-hosts" -o GlobalKnownHostsFile=/dev/null \
+        -o IdentitiesOnly=yes -o IdentityAgent=none -o ConnectTimeout=10 -i "$ENV_DIR/secrets/backup-ssh-key" \
+        "${STORE_USER}@127.0.0.1" <<<"ls ${1}" 2>&1)" || fail "sftp ${STORE_USER}@127.0.0.1:${PORT} failed: ${out}"
+}
+
+# mentions_i TEXT FILE: FILE mentions TEXT, in any case.
+mentions_i() { grep -qiF -- "$1" "$2" || fail "$2 does not mention '$1': $(paste -sd' ' "$2")"; }
+
+# secret_in_no_file SECRET FILE...: no file under $WORK but those in a secrets/ directory, nor any
+# FILE, holds SECRET.
+secret_in_no_file() {
+    local secret="$1" found
+    shift
+    found="$(grep -rlF -D skip --exclude-dir=secrets -- "$secret" "$WORK" "$@" 2>/dev/null || true)"
+    [[ -z "$found" ]] || fail "it is in: ${found//$'\n'/, }"
+}
+
+# secret_not_in_docker SECRET: neither docker service ls nor docker inspect of any service or
+# container (running or not) shows SECRET.
+secret_not_in_docker() {
+    local secret="$1" id found=()
+    local -a services containers
+    if docker service ls 2>/dev/null | grep -qF -- "$secret"; then found+=("docker service ls"); fi
+    mapfile -t services < <(docker service ls -q)
+    for id in "${services[@]}"; do
+        if docker service inspect "$id" 2>/dev/null | grep -qF -- "$secret"; then
+            found+=("service $(docker service inspect -f '{{.Spec.Name}}' "$id" 2>/dev/null || printf '%s' "$id")")
+        fi
+    done
+    mapfile -t containers < <(docker ps -aq)
+    for id in "${containers[@]}"; do
+        if docker inspect "$id" 2>/dev/null | grep -qF -- "$secret"; then
+            found+=("container $(docker inspect -f '{{.Name}}' "$id" 2>/dev/null || printf '%s' "$id")")
+        fi
+    done
+    ((${#found[@]} == 0)) || fail "it is in: ${found[*]}"
+}
+
+# secret_not_in_git SECRET: no file the repository tracks holds SECRET.
+secret_not_in_git() {
+    local rc=0
+    git -C "$ROOT" grep -qF -- "$1" || rc=$?
+    ((rc != 0)) || fail "git -C ${ROOT} grep finds it: $(git -C "$ROOT" grep -lF -- "$1" | paste -sd' ')"
+    ((rc == 1)) || fail "git -C ${ROOT} grep failed (exit ${rc})"
+}
+
+# backup_schedule_tests: off-site backups turned on as an operator does it, on the dev stack the
+# job just deployed: an SFTP store (a second user of this machine, SFTP only, through the test's
+# sshd), its key, host key and a repository password in the environment's secrets/,
+# BACKUP_REPOSITORY in deploy.env, setup-server.sh again. Then the every-minute schedule (cron
+# or the systemd timer) alone dumps the database, copies the dump to the store and test-restores
+# it. The schedule stays; the settings and secrets go, so later sections run without them.
+backup_schedule_tests() {
+    local unit="${STACKSHIP_PROJECT}-db-backup-dev" secrets="$ENV_DIR/secrets"
+    local cmd="$ENV_DIR/current/stackship db scheduled dev" wait_s=150
+    local store_home store password dump setup_rc
+    if [[ ! -x "$ENV_DIR/current/stackship" ]]; then
+        check "backup: a deployed release to run the schedule from" fail "no ${ENV_DIR}/current/stackship: the deploy above failed"
+        return 0
+    fi
+
+    # The store: an SFTP-only user whose home holds the restic repository.
+    if id "$STORE_USER" >/dev/null 2>&1; then
+        userdel -r "$STORE_USER" >/dev/null 2>&1 || die "cannot remove the user ${STORE_USER} a previous run left"
+    fi
+    useradd --create-home --user-group --shell /usr/sbin/nologin "$STORE_USER" || die "useradd ${STORE_USER} failed"
+    # '*': no password, yet not locked (sshd without PAM refuses locked accounts).
+    usermod -p '*' "$STORE_USER"
+    store_home="$(getent passwd "$STORE_USER" | cut -d: -f6)"
+    store="${store_home}/restic"
+    install -d -m 0700 -o "$STORE_USER" -g "$STORE_USER" "$store_home/.ssh" "$store"
+    ssh-keygen -q -t ed25519 -N '' -C backup -f "$WORK/backup_key"
+    (umask 077 && printf 'restrict %s\n' "$(cut -d' ' -f1,2 "$WORK/backup_key.pub")" > "$store_home/.ssh/authorized_keys")
+    chown "$STORE_USER:$STORE_USER" "$store_home/.ssh/authorized_keys"
+    # The manager's side: the store's key and host key, readable by the deploy user only.
+    install -m 0600 -o "$TEST_USER" -g "$TEST_USER" "$WORK/backup_key" "$secrets/backup-ssh-key"
+    rm -f "$WORK/backup_key"
+    install -m 0600 -o "$TEST_USER" -g "$TEST_USER" "$WORK/known_hosts" "$secrets/backup-known-hosts"
+    check "backup: the store is SFTP only" grep -qx 'forcecommand internal-sftp' \
+        <(/usr/sbin/sshd -T -f "$WORK/sshd_config" -C "user=${STORE_USER},host=manager,addr=127.0.0.1")
+    check "backup: the deploy user reaches the store over SFTP with the key and host key in secrets/" \
+        store_reachable "$store"
+
+    # On a host whose cron or systemd already runs the schedule, a run against the plain deploy
+    # may have made a backup (not due again for a day): let a run in flight end, and start from
+    # no backup, as a new server would.
+    if [[ -e "$ENV_DIR/backups/state.json" ]]; then
+        log "backup: a scheduled run already made a backup (cron or systemd runs here): starting from none"
+        wait_until 120 "the scheduled run in flight to end" bash -c "! pgrep -u '$TEST_USER' -f 'stackship db scheduled' >/dev/null"
+        rm -f "$ENV_DIR/backups/state.json" "$ENV_DIR/backups/$(stack_name dev)-"*.dump
+    fi
+
+    # The settings, without the password first: setup-server.sh says how to make it.
+    printf 'BACKUP_REPOSITORY=sftp://%s@127.0.0.1:%s/%s\nBACKUP_EVERY=3600\nBACKUP_TEST_RESTORE_EVERY=3600\n' \
+        "$STORE_USER" "$PORT" "$store" >> "$ENV_DIR/deploy.env"
+    "$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" >/dev/null 2>"$WORK/setup-backup.log" || true
+    expect_contains "backup: setup-server.sh warns when BACKUP_REPOSITORY has no password file" \
+        "$secrets/backup-repository-password is missing or empty" "$WORK/setup-backup.log"
+    expect_contains "backup: ... and says how to make one" "head -c 32 /dev/urandom | base64 > $secrets/backup-repository-password" \
+        "$WORK/setup-backup.log"
+    install -m 0600 -o "$TEST_USER" -g "$TEST_USER" /dev/null "$secrets/backup-repository-password"
+    head -c 32 /dev/urandom | base64 > "$secrets/backup-repository-password"
+    password="$(cat "$secrets/backup-repository-password")"
+    setup_rc=0
+    "$ROOT/scripts/server/setup-server.sh" "${SETUP_ARGS[@]}" >/dev/null 2>"$WORK/setup-backup.log" || setup_rc=$?
+    expect_eq "backup: setup-server.sh passes with BACKUP_REPOSITORY and its password set" 0 "$setup_rc"
+    [[ "$setup_rc" -eq 0 ]] || tail -n 20 "$WORK/setup-backup.log" | sed 's/^/  | /'
+    expect_absent "backup: ... and no longer warns about the password" "is missing or empty" "$WORK/setup-backup.log"
+    if [[ -d /run/systemd/system ]]; then
+        check "backup: a timer every minute" grep -qx 'OnCalendar=minutely' "/etc/systemd/system/${unit}.timer"
+        check "backup: ... running stackship db scheduled dev as the deploy user, with the deploy root" \
+            bash -c "grep -qxF 'ExecStart=${cmd}' /etc/systemd/system/${unit}.service && grep -qxF 'User=${TEST_USER}' /etc/systemd/system/${unit}.service && grep -qxF 'Environment=STACKSHIP_DEPLOY_ROOT=${WORK}/srv/deploy' /etc/systemd/system/${unit}.service"
+    else
+        check "backup: a cron entry every minute running stackship db scheduled dev as the deploy user" \
+            grep -qxF "* * * * * ${TEST_USER} ${cmd} 2>&1 | logger -t ${unit}" "/etc/cron.d/${unit}"
+        check "backup: ... with the deploy root" grep -qxF "STACKSHIP_DEPLOY_ROOT=${WORK}/srv/deploy" "/etc/cron.d/${unit}"
+    fi
+    expect_eq "backup: the backups directory is the deploy user's alone" "700 ${TEST_USER}" \
+        "$(stat -c '%a %U' "$ENV_DIR/backups" 2>/dev/null)"
+
+    # Nothing runs the schedule here (a container): Debian's cron, as on a server without systemd.
+    if [[ ! -d /run/systemd/system ]] && ! pgrep -x cron >/dev/null 2>&1; then
+        apt_install cron
+        log "backup: starting cron (no cron daemon runs here; stopped at the end of this section)"
+        cron -f </dev/null >>"$WORK/cron.log" 2>&1 &
+        CRON_PID=$!
+    fi
+    log "backup: waiting up to ${wait_s}s for the schedule to back up, copy off-site and test-restore"
+    check "backup: stackship db check dev passes within ${wait_s}s of setup (as the deploy user)" db_check_passes "$wait_s"
+    check "backup: the scheduled run recorded its state" test -s "$ENV_DIR/backups/state.json"
+    dump="$(newest_dump)"
+    check "backup: it left a dated dump in the backups directory, mode 600, the deploy user's" dump_is_private "$dump"
+    check "backup: the off-site store holds a restic snapshot of it" store_holds "$dump" "$store"
+    local check_rc=0
+    stackship_db_check || check_rc=$?
+    expect_eq "backup: stackship db check dev passes" 0 "$check_rc"
+    check "backup: ... and says the test restore passed" mentions_i "test restore: passed" "$WORK/db-check.out"
+    check "backup: ... and the off-site copy is there" mentions_i "off-site copy: " "$WORK/db-check.out"
+    check "backup: the repository password is in no file of this run but its own (logs, state, schedule)" \
+        secret_in_no_file "$password" "/etc/cron.d/${unit}" "/etc/systemd/system/${unit}.service"
+    check "backup: ... nor in docker service ls or docker inspect of any service or container" \
+        secret_not_in_docker "$password"
+    check "backup: ... nor in the repository" secret_not_in_git "$password"
+
+    # The schedule stays (nothing is due for a day now); the settings and secrets go.
+    if [[ -n "$CRON_PID" ]]; then
+        kill "$CRON_PID" 2>/dev/null || true
+        wait "$CRON_PID" 2>/dev/null || true
+        CRON_PID=""
+    fi
+    sed -i '/^BACKUP_/d' "$ENV_DIR/deploy.env"
+    rm -f "$secrets/backup-repository-password" "$secrets/backup-ssh-key" "$secrets/backup-known-hosts"
 }
 
 # review_tests: .gitlab-ci.yml's review-deploy and review-stop jobs through gitlab-ci-local, as

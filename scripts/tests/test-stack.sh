@@ -188,10 +188,23 @@ test_config_change_rolls_backend_only() {
         || fail "the good release's summary has no healthy canary verdict: $(grep canary "$out" | tail -n 5)"
     log "rollout under load: $(load_summary "$report"); $(grep -o 'canary healthy.*' "$out" | head -n 1)"
     # Without traffic the gate says it cannot judge, and the rollout goes on (the default).
-    log "restoring the prod config"
+    log "restoring the prod config, with a database backup running beside the deploy"
+    # A backup while the backend rolls: neither fails the other, and the dump restores to exactly
+    # the rows it recorded (the test restore compares).
+    local bdir bout backup_pid backup_rc=0 file
+    bdir="$(mktemp -d)" bout="$(mktemp)"
+    "$(tools_dir)/stackship" --root "$(dirname "$PROD_DIR")" db backup prod --dir "$bdir" > "$bout" 2>&1 &
+    backup_pid=$!
     rc=0
     restore_prod > "$out" 2>&1 || rc=$?
-    ((rc == 0)) || fail "restoring the prod config failed (exit ${rc}): $(tail -n 15 "$out")"
+    wait "$backup_pid" || backup_rc=$?
+    ((rc == 0)) || fail "restoring the prod config failed (exit ${rc}) while a backup ran: $(tail -n 15 "$out")"
+    ((backup_rc == 0)) || fail "the backup during the deploy failed (exit ${backup_rc}): $(tail -n 15 "$bout")"
+    file="$(tail -n 1 "$bout")"
+    "$(tools_dir)/stackship" --root "$(dirname "$PROD_DIR")" db verify prod "$file" > "$bout" 2>&1 \
+        || fail "the backup taken during the deploy does not restore as recorded: $(tail -n 5 "$bout")"
+    grep -q "test restore passed: .*, as recorded at backup time" "$bout" || fail "the test restore compared nothing: $(tail -n 3 "$bout")"
+    rm -rf "$bdir" "$bout" "${PROD_DIR}/backups"
     grep -q "too little traffic to judge the canary: the new version answered [0-9]* requests.*the rollout goes on unjudged" "$out" \
         || fail "a rollout without traffic is not reported as too little to judge: $(grep canary "$out" | tail -n 5)"
     [[ "$(curl_env prod -f https://localhost/api/service/info | json title)" == stackship ]] \

@@ -417,6 +417,10 @@ pub fn run_with(cli: Cli, client: &Client<'_>, out: &mut dyn Write) -> Result<Ou
                 let recs = records(&dir)?;
                 let mut status = status::report(env, &dir.stack(), &observed, recs.last());
                 status.certificate = status::certificate(&dir.dir, chrono::Utc::now());
+                let settings_env: std::collections::BTreeMap<String, String> = std::env::vars()
+                    .filter(|(k, _)| k.starts_with("BACKUP_"))
+                    .collect();
+                status.backups = Some(status::backups(&dir.dir, &settings_env, chrono::Utc::now()));
                 all.push(status);
             }
             let text = if json {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::docker::{Call, Client, DockerError};
 use crate::layout::PROJECT;
 
-/// A swarm secret mounted into the helper at `/run/secrets/<target>` (root, mode 0400).
+/// A swarm secret mounted into the helper at `/run/secrets/<target>` (mode 0400, owned by the
+/// helper's numeric `user`, else root).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretMount {
     pub source: String,
@@ -90,11 +91,27 @@ impl Spec {
         for network in &self.networks {
             args.extend(["--network".to_owned(), network.clone()]);
         }
+        // A secret belongs to the user the helper runs as (root unless `user` says otherwise),
+        // readable by it alone.
+        let (uid, gid) = match self
+            .user
+            .as_deref()
+            .map(|u| u.split_once(':').unwrap_or((u, u)))
+        {
+            Some((u, g))
+                if [u, g]
+                    .iter()
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                (u, g)
+            }
+            _ => ("0", "0"),
+        };
         for s in &self.secrets {
             args.extend([
                 "--secret".to_owned(),
                 format!(
-                    "source={},target={},uid=0,gid=0,mode=0400",
+                    "source={},target={},uid={uid},gid={gid},mode=0400",
                     s.source, s.target
                 ),
             ]);
@@ -440,6 +457,36 @@ mod tests {
         );
         assert!(line.contains("--user 0:0"), "{line}");
         assert!(line.contains("--cap-drop ALL --init --stop-grace-period 5s --with-registry-auth --cap-add CAP_CHOWN"), "{line}");
+    }
+
+    #[test]
+    fn a_helper_running_as_a_user_owns_its_secrets() {
+        let secret = |user: Option<&str>| {
+            let mut s = spec();
+            s.user = user.map(str::to_owned);
+            let line = s.create_call().command_line();
+            let at = line.find("--secret ").expect("a secret");
+            line[at..].split(' ').nth(1).unwrap().to_owned()
+        };
+        let own = "source=stackship-prod-db-password-v2,target=new";
+        assert_eq!(secret(None), format!("{own},uid=0,gid=0,mode=0400"));
+        assert_eq!(
+            secret(Some("1001:1002")),
+            format!("{own},uid=1001,gid=1002,mode=0400")
+        );
+        assert_eq!(
+            secret(Some("999")),
+            format!("{own},uid=999,gid=999,mode=0400")
+        );
+        // A user by name: the mount cannot name it; root owns the secret.
+        assert_eq!(
+            secret(Some("postgres")),
+            format!("{own},uid=0,gid=0,mode=0400")
+        );
+        assert_eq!(
+            secret(Some("1001:")),
+            format!("{own},uid=0,gid=0,mode=0400")
+        );
     }
 
     #[test]

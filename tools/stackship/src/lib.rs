@@ -15,6 +15,7 @@
 
 pub mod acme;
 pub mod ancestry;
+pub mod backup;
 pub mod canary;
 pub mod cli;
 pub mod commands;

@@ -54,8 +54,35 @@ impl DeployLock {
         wait: Duration,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Self, LockError> {
-        let path = Self::path_in(env_dir);
-        let owner_path = env_dir.join("deploy.lock.owner");
+        Self::acquire_file(&Self::path_in(env_dir), what, owner, wait, progress)
+    }
+
+    /// The environment's backup lock (`<env dir>/backup.lock`): one backup, test restore or
+    /// restore of its database at a time. Deploys never take it, so a backup never holds up
+    /// a deploy; a restore takes it after the deploy lock.
+    pub fn acquire_backup(
+        env_dir: &Path,
+        what: &str,
+        owner: &str,
+        wait: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self, LockError> {
+        Self::acquire_file(&env_dir.join("backup.lock"), what, owner, wait, progress)
+    }
+
+    /// Takes the flock of `path` (created when missing); its owner is written to
+    /// `<path>.owner`.
+    fn acquire_file(
+        path: &Path,
+        what: &str,
+        owner: &str,
+        wait: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self, LockError> {
+        let path = path.to_owned();
+        let mut owner_name = path.clone().into_os_string();
+        owner_name.push(".owner");
+        let owner_path = PathBuf::from(owner_name);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -261,6 +288,39 @@ mod tests {
             fs::read_to_string(lock.owner_path()).unwrap(),
             "pid 1 on m\n"
         );
+    }
+
+    #[test]
+    fn the_backup_lock_is_its_own_and_excludes_only_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let _deploy =
+            DeployLock::acquire(dir.path(), "prod deploy", "d", Duration::ZERO, &mut quiet())
+                .unwrap();
+        let backup = DeployLock::acquire_backup(
+            dir.path(),
+            "prod backup",
+            "pid 9 on m",
+            Duration::ZERO,
+            &mut quiet(),
+        )
+        .expect("a deploy does not hold up a backup");
+        assert_eq!(backup.owner_path(), dir.path().join("backup.lock.owner"));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("backup.lock.owner")).unwrap(),
+            "pid 9 on m\n"
+        );
+        let err = DeployLock::acquire_backup(
+            dir.path(),
+            "prod backup",
+            "pid 10",
+            Duration::ZERO,
+            &mut quiet(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("prod backup lock is still held"), "{err}");
+        assert!(err.contains("pid 9 on m"), "{err}");
+        assert!(err.contains("backup.lock"), "{err}");
     }
 
     #[test]

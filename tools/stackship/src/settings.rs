@@ -95,6 +95,20 @@ impl Defaults {
     pub const ACME_DIRECTORY: &'static str = crate::acme::LETS_ENCRYPT_PRODUCTION;
     /// `stackship cert renew` renews a certificate with fewer days than this left.
     pub const ACME_RENEW_DAYS: u32 = 30;
+    /// Dated dumps kept on the manager.
+    pub const BACKUP_KEEP: u32 = 7;
+    /// Snapshots kept in the backup repository: the newest of each of so many days, weeks and
+    /// months (restic forget --keep-daily/--keep-weekly/--keep-monthly).
+    pub const BACKUP_KEEP_DAILY: u32 = 7;
+    pub const BACKUP_KEEP_WEEKLY: u32 = 4;
+    pub const BACKUP_KEEP_MONTHLY: u32 = 6;
+    /// A scheduled backup runs when the last good one is this old (daily).
+    pub const BACKUP_EVERY: Duration = Duration::from_secs(24 * 3600);
+    /// A scheduled test restore runs when the last one is this old (weekly).
+    pub const BACKUP_TEST_RESTORE_EVERY: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// `stackship db check` fails when the newest good backup is older than BACKUP_EVERY plus
+    /// this much.
+    pub const BACKUP_MAX_AGE_SLACK: Duration = Duration::from_secs(2 * 3600);
 }
 
 /// The keys `deploy.env` and the environment may set besides the stack's image variables.
@@ -114,6 +128,14 @@ pub const KEYS: &[&str] = &[
     "ACME_DIRECTORY",
     "ACME_CA_ROOT",
     "ACME_RENEW_DAYS",
+    "BACKUP_REPOSITORY",
+    "BACKUP_KEEP",
+    "BACKUP_KEEP_DAILY",
+    "BACKUP_KEEP_WEEKLY",
+    "BACKUP_KEEP_MONTHLY",
+    "BACKUP_EVERY",
+    "BACKUP_TEST_RESTORE_EVERY",
+    "BACKUP_MAX_AGE",
 ];
 
 /// `stackship cert`'s flags, which win over the environment and `deploy.env`.
@@ -154,6 +176,96 @@ impl Acme {
     }
 }
 
+/// The environment's database backups (`stackship db backup|verify|scheduled|check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// The restic repository each backup is also copied to (off the manager); none: local
+    /// dumps only.
+    pub repository: Option<Sourced<String>>,
+    /// Dated dumps kept on the manager.
+    pub keep: Sourced<u32>,
+    /// restic forget's --keep-daily, --keep-weekly, --keep-monthly.
+    pub keep_daily: Sourced<u32>,
+    pub keep_weekly: Sourced<u32>,
+    pub keep_monthly: Sourced<u32>,
+    /// How old the last good backup may get before a scheduled run makes one.
+    pub every: Sourced<Duration>,
+    /// How old the last test restore may get before a scheduled run makes one.
+    pub test_restore_every: Sourced<Duration>,
+    /// `db check` fails beyond this age of the newest good backup (and off-site copy).
+    pub max_age: Sourced<Duration>,
+}
+
+/// Reads only the backup settings of an environment: its `deploy.env` (which may also hold any
+/// deploy setting and image settings) and the process environment.
+pub fn load_backup(
+    deploy_env: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Backup, SettingsError> {
+    let allowed: BTreeSet<String> = KEYS.iter().map(|k| (*k).to_owned()).collect();
+    let file = read_file(deploy_env, &allowed, is_image_setting, "deploy.env")?;
+    backup(&Lookup { env, file: &file })
+}
+
+/// The repository schemes restic knows (a local path starts with `/`).
+const RESTIC_SCHEMES: &[&str] = &[
+    "sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:",
+];
+
+fn backup(look: &Lookup<'_>) -> Result<Backup, SettingsError> {
+    let repository = match look.get("BACKUP_REPOSITORY") {
+        None => None,
+        Some(r) => {
+            let known =
+                r.value.starts_with('/') || RESTIC_SCHEMES.iter().any(|s| r.value.starts_with(s));
+            if !known || r.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(err(
+                    r.origin,
+                    format!(
+                        "BACKUP_REPOSITORY '{}' is not a restic repository (an absolute path, or {}...)",
+                        r.value,
+                        RESTIC_SCHEMES.join("..., ")
+                    ),
+                ));
+            }
+            Some(r)
+        }
+    };
+    let count =
+        |key: &str, default: u32| number(look.get(key), key, default, 1, "a positive number");
+    let every = seconds(number(
+        look.get("BACKUP_EVERY"),
+        "BACKUP_EVERY",
+        Defaults::BACKUP_EVERY.as_secs(),
+        60,
+        "a number of seconds, at least 60",
+    )?);
+    let max_age_default = every.value + Defaults::BACKUP_MAX_AGE_SLACK;
+    let max_age = seconds(number(
+        look.get("BACKUP_MAX_AGE"),
+        "BACKUP_MAX_AGE",
+        max_age_default.as_secs(),
+        60,
+        "a number of seconds, at least 60",
+    )?);
+    Ok(Backup {
+        repository,
+        keep: count("BACKUP_KEEP", Defaults::BACKUP_KEEP)?,
+        keep_daily: count("BACKUP_KEEP_DAILY", Defaults::BACKUP_KEEP_DAILY)?,
+        keep_weekly: count("BACKUP_KEEP_WEEKLY", Defaults::BACKUP_KEEP_WEEKLY)?,
+        keep_monthly: count("BACKUP_KEEP_MONTHLY", Defaults::BACKUP_KEEP_MONTHLY)?,
+        every,
+        test_restore_every: seconds(number(
+            look.get("BACKUP_TEST_RESTORE_EVERY"),
+            "BACKUP_TEST_RESTORE_EVERY",
+            Defaults::BACKUP_TEST_RESTORE_EVERY.as_secs(),
+            60,
+            "a number of seconds, at least 60",
+        )?),
+        max_age,
+    })
+}
+
 /// What the settings are read from.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
@@ -191,6 +303,7 @@ pub struct Settings {
     pub review_max_stacks: Sourced<u32>,
     pub review_port_base: Sourced<u16>,
     pub acme: Acme,
+    pub backup: Backup,
     /// Worth saying, but no reason to stop (settings this stack has no use for).
     pub warnings: Vec<String>,
 }
@@ -745,6 +858,7 @@ impl Settings {
                 "a port number",
             )?,
             acme: acme(&look, &inputs.acme)?,
+            backup: backup(&look)?,
             warnings,
         })
     }
@@ -1461,5 +1575,95 @@ mod tests {
             "{}",
             error(&f)
         );
+    }
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> (Result<Backup, SettingsError>, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deploy.env");
+        std::fs::write(&path, text).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        (load_backup(&path, &env), path)
+    }
+
+    #[test]
+    fn backup_defaults_keep_a_week_locally_and_check_a_day_and_two_hours() {
+        let (b, _) = load("", &[]);
+        let b = b.unwrap();
+        assert_eq!(b.repository, None);
+        assert_eq!(b.keep.value, 7);
+        assert_eq!(
+            (
+                b.keep_daily.value,
+                b.keep_weekly.value,
+                b.keep_monthly.value
+            ),
+            (7, 4, 6)
+        );
+        assert_eq!(b.every.value, Duration::from_secs(86_400));
+        assert_eq!(b.every.origin, Origin::Default);
+        assert_eq!(b.test_restore_every.value, Duration::from_secs(604_800));
+        assert_eq!(b.max_age.value, Duration::from_secs(86_400 + 7_200));
+    }
+
+    #[test]
+    fn backup_settings_come_from_deploy_env_and_the_environment() {
+        let (b, path) = load(
+            "NGINX_IMAGE=nginx@sha256:00\nBACKUP_REPOSITORY=sftp:store@backup.example:/srv/prod\nBACKUP_EVERY=3600\nBACKUP_KEEP=2\nBACKUP_KEEP_MONTHLY=12\n",
+            &[("BACKUP_KEEP_DAILY", "3")],
+        );
+        let b = b.unwrap();
+        let repo = b.repository.unwrap();
+        assert_eq!(repo.value, "sftp:store@backup.example:/srv/prod");
+        assert_eq!(repo.origin, Origin::File { path, line: 2 });
+        assert_eq!(b.every.value, Duration::from_secs(3600));
+        // The check's threshold follows the backup interval.
+        assert_eq!(b.max_age.value, Duration::from_secs(3600 + 7200));
+        assert_eq!((b.keep.value, b.keep_monthly.value), (2, 12));
+        assert_eq!(b.keep_daily.value, 3);
+        assert_eq!(
+            b.keep_daily.origin,
+            Origin::Environment("BACKUP_KEEP_DAILY".into())
+        );
+        let (b, _) = load(
+            "BACKUP_REPOSITORY=/mnt/usb/restic\nBACKUP_MAX_AGE=60\n",
+            &[],
+        );
+        let b = b.unwrap();
+        assert_eq!(b.repository.unwrap().value, "/mnt/usb/restic");
+        assert_eq!(b.max_age.value, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_backup_settings_name_the_key_and_the_line() {
+        for (text, want) in [
+            (
+                "BACKUP_REPOSITORY=backup.example:/srv\n",
+                "is not a restic repository",
+            ),
+            (
+                "BACKUP_REPOSITORY=relative/dir\n",
+                "is not a restic repository",
+            ),
+            ("BACKUP_EVERY=59\n", "BACKUP_EVERY"),
+            ("BACKUP_KEEP=0\n", "BACKUP_KEEP"),
+            ("BACKUP_KEEP_WEEKLY=many\n", "BACKUP_KEEP_WEEKLY"),
+            ("BACKUP_MAX_AGE=-1\n", "BACKUP_MAX_AGE"),
+            ("BACKUP_SOMETHING=1\n", "unknown key BACKUP_SOMETHING"),
+        ] {
+            let (got, path) = load(&format!("# backups\n{text}"), &[]);
+            let e = got.unwrap_err();
+            assert_eq!(e.origin, Origin::File { path, line: 2 }, "{text}");
+            assert!(e.message.contains(want), "{text}: {}", e.message);
+        }
+        let (got, _) = load("BACKUP_REPOSITORY=s3:host/bucket x\n", &[]);
+        assert!(got.is_err());
     }
 }

@@ -26,6 +26,7 @@
 //! `pg_dump` matches the server), `POSTGRES_USER`/`POSTGRES_DB` from `<stack>_postgres`, and the
 //! password secret `<stack>_backend` mounts at `db_password`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{IsTerminal, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -35,8 +36,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use clap::Subcommand;
 
+use crate::backup::{self, Manifest, Repository, Run, State};
 use crate::commands::deploy::progress_line;
 use crate::docker::{Call, Client, DockerError};
 use crate::error::Error;
@@ -62,13 +65,18 @@ const PASS_MOUNT: &str = "/out";
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
     /// Dump ENV's database (pg_dump --format=custom) into DIR/<stack>-<YYYYMMDDTHHMMSSZ>.dump and
-    /// print the file's path. The file gets that name (mode 0600) only once pg_dump succeeded and
-    /// pg_restore can read it back; then all but the newest N dated backups are removed.
+    /// print the file's path. Beside it, <same name>.counts records every table's rows and the
+    /// migration version, counted in the dump's own snapshot. The dump gets its name (mode 0600)
+    /// only once pg_dump succeeded and pg_restore can read it back; then all but the newest N
+    /// dated backups are removed. With BACKUP_REPOSITORY set (deploy.env), both files are then
+    /// copied to that restic repository, and its snapshots beyond BACKUP_KEEP_DAILY/WEEKLY/
+    /// MONTHLY are forgotten. The result is recorded for `db check` and `status`.
     Backup {
         env: String,
-        /// Dated backups of ENV kept in DIR, the newest first; older ones are removed.
-        #[arg(long, value_name = "N", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
-        keep: u32,
+        /// Dated backups of ENV kept in DIR, the newest first; older ones are removed
+        /// (default: BACKUP_KEEP, 7).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
         /// Where backups go (default: <root>/<env>/backups, created with mode 0700).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
@@ -80,7 +88,18 @@ pub enum DbCommand {
     Restore {
         env: String,
         /// The backup file.
-        file: PathBuf,
+        #[arg(
+            required_unless_present = "from_repository",
+            conflicts_with = "from_repository"
+        )]
+        file: Option<PathBuf>,
+        /// Take the backup from the BACKUP_REPOSITORY (restic) alone: its newest snapshot of ENV,
+        /// or --snapshot ID. For a new manager with no local backups.
+        #[arg(long)]
+        from_repository: bool,
+        /// The snapshot to restore (restic's id or its short form; `db backup` prints it).
+        #[arg(long, value_name = "ID", conflicts_with = "file")]
+        snapshot: Option<String>,
         /// Really replace the data.
         #[arg(long)]
         yes: bool,
@@ -88,6 +107,24 @@ pub enum DbCommand {
         #[arg(long, value_name = "SECONDS", default_value_t = crate::settings::Defaults::LOCK_WAIT.as_secs())]
         lock_wait: u64,
     },
+    /// Test-restore ENV's newest backup (or FILE): a one-off helper restores it into a
+    /// throwaway Postgres of its own, counts every table's rows and reads the migration
+    /// version, compares them with what the backup recorded, and is removed with everything
+    /// it made. With a BACKUP_REPOSITORY, `restic check` runs too. Recorded for `db check`.
+    Verify {
+        env: String,
+        /// The dump to test (default: the newest dated backup in <root>/<env>/backups).
+        file: Option<PathBuf>,
+    },
+    /// The state of ENV's backups: the last backup, off-site copy, test restore and repository
+    /// check. Exits 1 when the newest good backup (or off-site copy) is older than
+    /// BACKUP_MAX_AGE or the last test restore or repository check failed; 0 otherwise.
+    Check { env: String },
+    /// What the schedule runs every minute (scripts/server/setup-server.sh): a backup when the
+    /// last good one is BACKUP_EVERY old, a test restore when the last one is
+    /// BACKUP_TEST_RESTORE_EVERY old; nothing, silently, when neither is due or a backup or
+    /// restore of ENV is running. After a failure the next try waits 15 minutes.
+    Scheduled { env: String },
     /// Make ENV's database reachable on 127.0.0.1:PORT of this manager until Ctrl-C (or --for),
     /// with a passfile for the login: it prints `PGPASSFILE=<file> psql "host=127.0.0.1 ..."`.
     /// From a workstation: ssh -N -L PORT:127.0.0.1:PORT root@MANAGER, and the same passfile.
@@ -150,6 +187,49 @@ pub struct Local<'a> {
     pub take_password: &'a dyn Fn(&Path) -> std::io::Result<String>,
     /// Who takes the deploy lock (a restore).
     pub owner: String,
+    /// This process's user and group ids: the helpers that write or read backups on this node
+    /// run as them, so the files are the caller's.
+    pub ids: (u32, u32),
+    /// The process environment's BACKUP_* settings (they win over deploy.env's).
+    pub settings_env: BTreeMap<String, String>,
+    /// Runs restic on a repository: its standard output, or its standard error.
+    pub restic: &'a RunRestic<'a>,
+    /// The time, for the schedule and the backup state.
+    pub now: &'a dyn Fn() -> DateTime<Utc>,
+}
+
+/// Runs restic on a repository with the given arguments: its standard output, or its standard
+/// error ([`run_restic`]; tests answer in its place).
+pub type RunRestic<'a> = dyn Fn(&Repository, &[&str]) -> Result<String, String> + 'a;
+
+/// Runs restic (the Debian package; scripts/server/setup-server.sh installs it) with the
+/// repository's arguments and environment.
+pub fn run_restic(repo: &Repository, command: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("restic")
+        .args(repo.args(command))
+        .envs(repo.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "Fatal: restic is not installed on this manager (scripts/server/setup-server.sh installs it: apt-get install restic)".to_owned()
+            } else {
+                format!("Fatal: cannot run restic: {e}")
+            }
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The owner ids of this process (those of `/proc/self`).
+fn process_ids() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((0, 0))
 }
 
 /// Runs a `db` command: results go to `out`, progress to stderr. `stop` is the interrupt flag
@@ -177,6 +257,12 @@ pub fn run(
         ),
         take_password: &take_file,
         owner: owner_line(std::env::var("CI_JOB_URL").ok().as_deref()),
+        ids: process_ids(),
+        settings_env: std::env::vars()
+            .filter(|(k, _)| k.starts_with("BACKUP_"))
+            .collect(),
+        restic: &run_restic,
+        now: &chrono::Utc::now,
     };
     // Which signal stopped it, for the exit status a shell gives (128 + the signal).
     let signals = [
@@ -245,15 +331,29 @@ pub fn execute(
     };
     match command {
         DbCommand::Backup { env, keep, dir } => {
-            let path = ctx.backup(&env, keep as usize, dir)?;
+            let path = ctx.backup(&env, keep.map(|k| k as usize), dir)?;
             write_line(out, &path.display().to_string())?;
         }
         DbCommand::Restore {
             env,
             file,
+            from_repository: _,
+            snapshot,
             yes,
             lock_wait,
-        } => ctx.restore(&env, &file, yes, Duration::from_secs(lock_wait))?,
+        } => {
+            let lock_wait = Duration::from_secs(lock_wait);
+            match file {
+                Some(file) => ctx.restore(&env, &file, yes, lock_wait)?,
+                None => ctx.restore_from_repository(&env, snapshot.as_deref(), yes, lock_wait)?,
+            }
+            // The restore emptied the backups' state in the database (its rows are not backed
+            // up): written again for /metrics.
+            ctx.publish(&ctx.env(&env)?);
+        }
+        DbCommand::Verify { env, file } => ctx.verify(&env, file)?,
+        DbCommand::Check { env } => return ctx.check(&env, out),
+        DbCommand::Scheduled { env } => ctx.scheduled(&env)?,
         DbCommand::Tunnel {
             env,
             port,
@@ -412,16 +512,71 @@ fn bind(source: &Path, target: &str, readonly: bool) -> Result<String, Error> {
     ))
 }
 
-/// The helper that dumps: the file is readable by root only from its first byte, and must
-/// read back before the helper succeeds. `$1`: the file's name in the mounted directory.
-pub const BACKUP_SCRIPT: &str = r#"set -eu
+/// The helper that dumps (run as the caller's user): one psql session opens a repeatable-read
+/// transaction and exports its snapshot; pg_dump dumps exactly that snapshot (`$1`, readable
+/// by its owner only from its first byte), then the same session counts every table's rows
+/// and reads the migration version in it ([`backup::COUNT_SQL`]) into `$2`, the manifest. The
+/// dump must read back before the helper succeeds. `$1`, `$2`: file names in the mounted
+/// directory.
+pub fn backup_script() -> String {
+    format!(
+        r#"set -eu
 exec 2>&1
 umask 077
 PGPASSWORD="$(cat /run/secrets/db_password)"
+DUMP="/backup/$1"
+OK="/backup/$1.ok"
+export PGPASSWORD DUMP OK
+rm -f "$OK"
+psql --no-psqlrc --quiet --no-align --tuples-only --no-password --set=ON_ERROR_STOP=1 --file=- >"/backup/$2" <<'SQL'
+BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+SELECT pg_catalog.pg_export_snapshot() AS snapshot \gset
+\setenv SNAPSHOT :snapshot
+\! pg_dump --format=custom --no-password --snapshot="$SNAPSHOT" --exclude-table-data={} --file="$DUMP" && : >"$OK"
+{}
+COMMIT;
+SQL
+if [ ! -e "$OK" ]; then echo "pg_dump failed (its words are above)"; exit 1; fi
+rm -f "$OK"
+pg_restore --list "$DUMP" >/dev/null"#,
+        backup::STATUS_TABLE,
+        backup::COUNT_SQL
+    )
+}
+
+/// The helper that writes the backups' state into the database (`$1`: the statement).
+pub const STATUS_SCRIPT: &str = r#"set -eu
+exec 2>&1
+PGPASSWORD="$(cat /run/secrets/db_password)"
 export PGPASSWORD
-pg_dump --format=custom --no-password --file="/backup/$1"
-pg_restore --list "/backup/$1" >/dev/null
-chmod 0600 "/backup/$1""#;
+printf '%s\n' "$1" | psql --no-psqlrc --quiet --no-password --set=ON_ERROR_STOP=1 --file=-"#;
+
+/// The test restore's helper (Postgres's image, root with only the capabilities to read the
+/// caller's dump and become the image's postgres user, uid 999): a throwaway server in its
+/// tmpfs, the dump `$1` restored into it with --exit-on-error, then [`backup::COUNT_SQL`]
+/// (`$2`) on the copy; its lines go to the output, where they are compared with the backup's
+/// manifest. Everything it made goes with its container.
+pub const VERIFY_SCRIPT: &str = r#"set -eu
+exec 2>&1
+umask 077
+as_pg() { setpriv --reuid=999 --regid=999 --clear-groups -- "$@"; }
+export PGDATA=/tmp/pg/data PGHOST=/tmp/pg PGUSER=check PGDATABASE=check
+as_pg mkdir -p /tmp/pg
+as_pg initdb --username=check --auth=trust --no-sync --encoding=UTF8 >/dev/null
+if ! as_pg pg_ctl --wait --timeout=120 --log=/tmp/pg/server.log \
+    --options="-c listen_addresses= -c unix_socket_directories=/tmp/pg -c fsync=off" start >/dev/null; then
+    cat /tmp/pg/server.log
+    exit 1
+fi
+as_pg createdb check
+cat "/restore/$1" | as_pg sh -c 'cat > /tmp/pg/backup.dump'
+if ! as_pg pg_restore --no-owner --no-privileges --exit-on-error --dbname=check /tmp/pg/backup.dump; then
+    echo "test restore: pg_restore could not restore $1"
+    exit 1
+fi
+printf '%s\n' "$2" | as_pg psql --no-psqlrc --quiet --no-align --tuples-only --set=ON_ERROR_STOP=1 --file=-
+as_pg pg_ctl --mode=immediate stop >/dev/null
+echo 'test restore: restored'"#;
 
 /// The helper that restores: checks the archive, then ONE psql session runs `$2` (lock, time,
 /// sequences saved, BEGIN), pg_restore's SQL, and `$3` (sequences moved up, COMMIT, unlock,
@@ -685,6 +840,15 @@ impl Drop for RemoveFile {
     }
 }
 
+/// A scratch directory, removed with everything in it when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The tunnel's private directory (mode 0700, made fresh: never one that existed), with the
 /// passfile; removed with everything in it when dropped.
 pub struct PrivateDir<'s> {
@@ -869,23 +1033,313 @@ impl Ctx<'_, '_> {
         crate::interrupt::sleep_until(Instant::now() + d, self.stop, self.local.timing.slice)
     }
 
-    fn backup(&self, env: &str, keep: usize, dir: Option<PathBuf>) -> Result<PathBuf, Error> {
-        let envdir = self.env(env)?;
-        let stack = envdir.stack();
-        let node = self.manager(&stack)?;
-        let dir = dir.unwrap_or_else(|| envdir.dir.join("backups"));
-        fs::create_dir_all(&dir)
-            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+    /// The environment's backup settings (deploy.env and BACKUP_* of the process environment).
+    fn backup_settings(&self, envdir: &EnvDir) -> Result<crate::settings::Backup, Error> {
+        Ok(crate::settings::load_backup(
+            &envdir.dir.join("deploy.env"),
+            &self.local.settings_env,
+        )?)
+    }
+
+    /// The repository the settings name, with the files that reach it; `None` without one.
+    fn repository(
+        &self,
+        envdir: &EnvDir,
+        settings: &crate::settings::Backup,
+    ) -> Result<Option<Repository>, Error> {
+        let Some(url) = &settings.repository else {
+            return Ok(None);
+        };
+        Repository::new(
+            &url.value,
+            &envdir.dir.join("secrets"),
+            envdir.dir.join(".restic-cache"),
+        )
+        .map(Some)
+        .map_err(|e| Error::Refused(format!("{e} ({})", url.origin)))
+    }
+
+    /// Runs restic on `repo`; its failure in words that say what to do.
+    fn restic(&self, repo: &Repository, command: &[&str]) -> Result<String, String> {
+        (self.local.restic)(repo, command).map_err(|e| backup::restic_failure(&e, repo))
+    }
+
+    /// Checks that `repo` opens with its password before anything is made; creates the
+    /// repository when there is none at its location yet and `create` is set.
+    fn open_repository(&self, repo: &Repository, create: bool) -> Result<(), Error> {
+        match (self.local.restic)(repo, &["cat", "config"]) {
+            Ok(_) => Ok(()),
+            Err(e) if create && backup::no_repository_yet(&e) => {
+                self.restic(repo, &["init"]).map_err(Error::Refused)?;
+                (self.say)(&format!(
+                    "initialised the restic repository {} (keep a copy of {} off this server: without it the backups there cannot be read)",
+                    repo.url,
+                    repo.password_file.display()
+                ));
+                Ok(())
+            }
+            Err(e) => refused(backup::restic_failure(&e, repo)),
+        }
+    }
+
+    /// The directory of the environment's dated dumps and its state file (mode 0700).
+    fn backups_dir(&self, envdir: &EnvDir) -> Result<PathBuf, Error> {
+        let dir = envdir.dir.join("backups");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .map_err(Error::io(format!(
                 "cannot create the backup directory {}",
                 dir.display()
             )))?;
+        Ok(dir)
+    }
+
+    /// Records a run in the environment's backup state.
+    fn record(&self, envdir: &EnvDir, update: impl FnOnce(&mut State)) -> Result<(), Error> {
+        let path = self.backups_dir(envdir)?.join(backup::STATE_FILE);
+        let mut state = State::read(&path).map_err(Error::Refused)?;
+        update(&mut state);
+        state
+            .write(&path)
+            .map_err(Error::io(format!("cannot write {}", path.display())))
+    }
+
+    /// Writes the environment's backup state into the database for the backend's `/metrics`
+    /// (a helper running psql). Best effort: a failure is said, and changes no outcome.
+    fn publish(&self, envdir: &EnvDir) {
+        // Stopped (Ctrl-C, SIGTERM): no new helper; the next run writes it.
+        if (self.stop)() {
+            return;
+        }
+        let stack = envdir.stack();
+        let path = envdir.dir.join("backups").join(backup::STATE_FILE);
+        let Some(sql) = State::read(&path)
+            .ok()
+            .as_ref()
+            .and_then(backup::status_sql)
+        else {
+            return;
+        };
+        let published = database(self.client, &stack).and_then(|db| {
+            let mut spec = client_spec(
+                &stack,
+                &db,
+                &format!("{stack}-ops-status-{}", self.local.pid),
+                "db-status",
+                &["-c", STATUS_SCRIPT, "status", &sql],
+            );
+            spec.user = Some(format!("{}:{}", self.local.ids.0, self.local.ids.1));
+            helper::run(
+                self.client,
+                &spec,
+                &self.wait(Duration::from_secs(120)),
+                &mut |_: &str| {},
+            )
+            .map(|_| ())
+            .map_err(|e| Error::Refused(e.to_string()))
+        });
+        match published {
+            Ok(()) => (self.say)("backup state written to the database (the backend's /metrics)"),
+            Err(e) => (self.say)(&format!(
+                "WARNING: the backup state was not written to the database for /metrics: {e}"
+            )),
+        }
+    }
+
+    fn run_now(&self, ok: bool, detail: impl Into<String>, size: Option<u64>) -> Run {
+        Run {
+            at: (self.local.now)(),
+            ok,
+            detail: detail.into(),
+            size,
+        }
+    }
+
+    /// Takes the environment's backup lock, waiting at most `wait` for a backup, test restore
+    /// or restore that holds it.
+    fn backup_lock(&self, envdir: &EnvDir, env: &str, wait: Duration) -> Result<DeployLock, Error> {
+        fs::create_dir_all(&envdir.dir)
+            .map_err(Error::io(format!("cannot create {}", envdir.dir.display())))?;
+        Ok(DeployLock::acquire_backup(
+            &envdir.dir,
+            &format!("{env} backup"),
+            &self.local.owner,
+            wait,
+            &mut |m: &str| (self.say)(m),
+        )?)
+    }
+
+    fn backup(
+        &self,
+        env: &str,
+        keep: Option<usize>,
+        dir: Option<PathBuf>,
+    ) -> Result<PathBuf, Error> {
+        let envdir = self.env(env)?;
+        let settings = self.backup_settings(&envdir)?;
+        let _lock = self.backup_lock(&envdir, env, crate::settings::Defaults::LOCK_WAIT)?;
+        let result = self.backup_locked(&envdir, &settings, keep, dir);
+        self.publish(&envdir);
+        result
+    }
+
+    /// A backup under the backup lock: the dump and its manifest, then the off-site copy;
+    /// each outcome recorded.
+    fn backup_locked(
+        &self,
+        envdir: &EnvDir,
+        settings: &crate::settings::Backup,
+        keep: Option<usize>,
+        dir: Option<PathBuf>,
+    ) -> Result<PathBuf, Error> {
+        let env = envdir.env.as_str();
+        let repo = self.repository(envdir, settings)?;
+        // A repository that does not open (wrong password, unreachable) fails the backup
+        // before anything is made.
+        if let Some(repo) = &repo
+            && let Err(e) = self.open_repository(repo, true)
+        {
+            let why = format!("nothing was made: {e}");
+            self.record(envdir, |s| {
+                s.backup.record(self.run_now(false, why.clone(), None));
+                s.offsite.record(self.run_now(false, why.clone(), None));
+            })?;
+            return Err(e);
+        }
+        let keep = keep.unwrap_or(settings.keep.value as usize);
+        let path = match self.dump(envdir, keep, dir) {
+            Ok(path) => path,
+            Err(e) => {
+                let why = e.to_string();
+                self.record(envdir, |s| s.backup.record(self.run_now(false, why, None)))?;
+                return Err(e);
+            }
+        };
+        let size = fs::metadata(&path).map(|m| m.len()).ok();
+        self.record(envdir, |s| {
+            s.backup
+                .record(self.run_now(true, path.display().to_string(), size))
+        })?;
+        let Some(repo) = repo else {
+            return Ok(path);
+        };
+        match self.copy_offsite(envdir, &repo, settings, &path) {
+            Ok(snapshot) => {
+                self.record(envdir, |s| {
+                    s.offsite
+                        .record(self.run_now(true, format!("snapshot {snapshot}"), size))
+                })?;
+                Ok(path)
+            }
+            Err(why) => {
+                self.record(envdir, |s| {
+                    s.offsite.record(self.run_now(false, why.clone(), None))
+                })?;
+                refused(format!(
+                    "the {env} backup {} was written, but its copy to {} failed: {why}",
+                    path.display(),
+                    repo.url
+                ))
+            }
+        }
+    }
+
+    /// `restic backup` of the dump and its manifest, then `restic forget --prune` beyond the
+    /// retention; the new snapshot's id.
+    fn copy_offsite(
+        &self,
+        envdir: &EnvDir,
+        repo: &Repository,
+        settings: &crate::settings::Backup,
+        path: &Path,
+    ) -> Result<String, String> {
+        let env = envdir.env.as_str();
+        let stack = envdir.stack();
+        let dump = path.display().to_string();
+        let counts = backup::manifest_path(path);
+        let counts = counts.display().to_string();
+        (self.say)(&format!("copying {dump} to {}", repo.url));
+        let mut args = vec![
+            "backup",
+            "--json",
+            "--host",
+            &stack,
+            "--tag",
+            "stackship",
+            "--tag",
+            env,
+            &dump,
+        ];
+        if Path::new(&counts).exists() {
+            args.push(&counts);
+        }
+        let out = self.restic(repo, &args)?;
+        let snapshot = backup::snapshot_id(&out)
+            .ok_or_else(|| format!("restic backup named no snapshot: {}", out.trim()))?;
+        let short: String = snapshot.chars().take(8).collect();
+        (self.say)(&format!("off-site copy: snapshot {short} in {}", repo.url));
+        let (d, w, m) = (
+            settings.keep_daily.value.to_string(),
+            settings.keep_weekly.value.to_string(),
+            settings.keep_monthly.value.to_string(),
+        );
+        // Grouped by host and tags: each dump has its own path, so the default grouping
+        // (host, paths) would keep every snapshot.
+        match self.restic(
+            repo,
+            &[
+                "forget",
+                "--host",
+                &stack,
+                "--tag",
+                env,
+                "--group-by",
+                "host,tags",
+                "--keep-daily",
+                &d,
+                "--keep-weekly",
+                &w,
+                "--keep-monthly",
+                &m,
+                "--prune",
+            ],
+        ) {
+            Ok(_) => (self.say)(&format!(
+                "off-site retention: the newest snapshot of each of {d} days, {w} weeks and {m} months kept"
+            )),
+            Err(e) => (self.say)(&format!(
+                "WARNING: restic forget --prune failed (the snapshot is kept; the next backup tries again): {e}"
+            )),
+        }
+        Ok(short)
+    }
+
+    /// The dump itself: a helper writes the dump and its manifest; both get their names once
+    /// the dump reads back.
+    fn dump(&self, envdir: &EnvDir, keep: usize, dir: Option<PathBuf>) -> Result<PathBuf, Error> {
+        let env = envdir.env.as_str();
+        let stack = envdir.stack();
+        let node = self.manager(&stack)?;
+        let dir = match dir {
+            Some(dir) => {
+                fs::create_dir_all(&dir)
+                    .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+                    .map_err(Error::io(format!(
+                        "cannot create the backup directory {}",
+                        dir.display()
+                    )))?;
+                dir
+            }
+            None => self.backups_dir(envdir)?,
+        };
         let dir = dir.canonicalize().map_err(Error::io(format!(
             "cannot resolve the backup directory {}",
             dir.display()
         )))?;
         let db = database(self.client, &stack)?;
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let stamp = (self.local.now)().format("%Y%m%dT%H%M%SZ");
         let name = format!("{stack}-{stamp}.dump");
         let path = dir.join(&name);
         if path.exists() {
@@ -895,16 +1349,22 @@ impl Ctx<'_, '_> {
             ));
         }
         let partial = format!(".{name}.partial");
+        let partial_counts = format!(".{name}.counts.partial");
         let partial_path = dir.join(&partial);
+        let counts_path = dir.join(&partial_counts);
         let _partial_removed = RemoveFile(partial_path.clone());
+        let _counts_removed = RemoveFile(counts_path.clone());
+        let _ok_removed = RemoveFile(dir.join(format!("{partial}.ok")));
+        let script = backup_script();
         let mut spec = client_spec(
             &stack,
             &db,
             &format!("{stack}-ops-backup-{}", self.local.pid),
             "db-backup",
-            &["-c", BACKUP_SCRIPT, "backup", &partial],
+            &["-c", &script, "backup", &partial, &partial_counts],
         );
         spec.node = Some(node);
+        spec.user = Some(format!("{}:{}", self.local.ids.0, self.local.ids.1));
         spec.mounts = vec![bind(&dir, BACKUP_MOUNT, false)?];
         (self.say)(&format!(
             "dumping the {env} database into {}",
@@ -918,8 +1378,364 @@ impl Ctx<'_, '_> {
             &mut |l: &str| (self.say)(l),
         )
         .map_err(|e| Error::Refused(format!("pg_dump of the {env} database failed: {e}")))?;
+        if fs::metadata(&partial_path).map_or(0, |m| m.len()) == 0 {
+            return refused(format!(
+                "the helper reported success but {} is missing or empty",
+                partial_path.display()
+            ));
+        }
+        let manifest = fs::read_to_string(&counts_path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Manifest::parse(&text))
+            .map_err(|e| {
+                Error::Refused(format!(
+                    "the {env} backup's row counts ({}) cannot be read: {e}",
+                    counts_path.display()
+                ))
+            })?;
         keep_backup(&partial_path, &path, &stack, keep, self.say)?;
+        let counts = backup::manifest_path(&path);
+        fs::write(&counts, manifest.render())
+            .and_then(|()| fs::set_permissions(&counts, fs::Permissions::from_mode(0o600)))
+            .map_err(Error::io(format!("cannot write {}", counts.display())))?;
+        (self.say)(&format!(
+            "recorded {} rows in {} tables, migration {} ({})",
+            manifest.rows(),
+            manifest.tables.len(),
+            manifest.migration.as_deref().unwrap_or("none"),
+            counts.display()
+        ));
         Ok(path)
+    }
+
+    /// The newest dated dump of the environment in `dir`.
+    fn newest_backup(&self, dir: &Path, stack: &str) -> Option<PathBuf> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| is_backup(n, stack))
+            .collect();
+        names.sort_unstable();
+        names.pop().map(|n| dir.join(n))
+    }
+
+    fn verify(&self, env: &str, file: Option<PathBuf>) -> Result<(), Error> {
+        let envdir = self.env(env)?;
+        let settings = self.backup_settings(&envdir)?;
+        let _lock = self.backup_lock(&envdir, env, crate::settings::Defaults::LOCK_WAIT)?;
+        let result = self.verify_locked(&envdir, &settings, file);
+        self.publish(&envdir);
+        result
+    }
+
+    /// The test restore and, with a repository, its check; each recorded.
+    fn verify_locked(
+        &self,
+        envdir: &EnvDir,
+        settings: &crate::settings::Backup,
+        file: Option<PathBuf>,
+    ) -> Result<(), Error> {
+        let repo = self.repository(envdir, settings)?;
+        let restored = self.test_restore(envdir, file);
+        let (ok, detail) = match &restored {
+            Ok(detail) => (true, detail.clone()),
+            Err(Error::Refused(why)) => (false, why.clone()),
+            Err(e) => (false, e.to_string()),
+        };
+        self.record(envdir, |s| {
+            s.test_restore.record(self.run_now(ok, detail, None))
+        })?;
+        let checked = match &repo {
+            None => Ok(()),
+            Some(repo) => {
+                (self.say)(&format!(
+                    "checking the repository {} (restic check)",
+                    repo.url
+                ));
+                let result = self.restic(repo, &["check"]);
+                let (ok, detail) = match &result {
+                    Ok(_) => (true, format!("restic check of {}: no errors", repo.url)),
+                    Err(e) => (false, e.clone()),
+                };
+                self.record(envdir, |s| {
+                    s.repository_check
+                        .record(self.run_now(ok, detail.clone(), None))
+                })?;
+                (self.say)(&format!(
+                    "repository check: {}",
+                    if ok { "passed" } else { "FAILED" }
+                ));
+                result.map(|_| ())
+            }
+        };
+        match (restored, checked) {
+            (Ok(_), Ok(())) => Ok(()),
+            (Err(Error::Refused(why)), _) => refused(format!(
+                "the test restore of the {} backup FAILED: {why}",
+                envdir.env
+            )),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => refused(format!("the repository check failed: {e}")),
+        }
+    }
+
+    /// Restores `file` (default: the newest dated dump) into a throwaway Postgres in a helper
+    /// and compares what it holds with the backup's manifest. What it found, in one line.
+    fn test_restore(&self, envdir: &EnvDir, file: Option<PathBuf>) -> Result<String, Error> {
+        let env = envdir.env.as_str();
+        let stack = envdir.stack();
+        let file = match file {
+            Some(f) => f,
+            None => {
+                let dir = self.backups_dir(envdir)?;
+                self.newest_backup(&dir, &stack).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "no backup of {env} to test in {} (stackship db backup {env} makes one)",
+                        dir.display()
+                    ))
+                })?
+            }
+        };
+        let shown = file.display().to_string();
+        let file = file
+            .canonicalize()
+            .map_err(Error::io(format!("cannot read the backup {shown}")))?;
+        let (Some(dir), Some(base)) = (file.parent(), file.file_name().and_then(|n| n.to_str()))
+        else {
+            return refused(format!("{shown} is not a file name"));
+        };
+        let recorded = match fs::read_to_string(backup::manifest_path(&file)) {
+            Ok(text) => Some(Manifest::parse(&text).map_err(|e| {
+                Error::Refused(format!(
+                    "the row counts recorded with {shown} cannot be read: {e}"
+                ))
+            })?),
+            Err(_) => None,
+        };
+        let node = self.manager(&stack)?;
+        let (image, _, _) = postgres_settings(self.client, &stack)?;
+        let spec = Spec {
+            name: format!("{stack}-ops-verify-{}", self.local.pid),
+            what: "db-verify".to_owned(),
+            image,
+            entrypoint: Some("bash".to_owned()),
+            args: ["-c", VERIFY_SCRIPT, "verify", base, backup::COUNT_SQL]
+                .map(str::to_owned)
+                .to_vec(),
+            node: Some(node),
+            mounts: vec![
+                bind(dir, RESTORE_MOUNT, true)?,
+                "type=tmpfs,destination=/tmp".to_owned(),
+            ],
+            caps_add: ["CAP_SETUID", "CAP_SETGID", "CAP_DAC_READ_SEARCH"]
+                .map(str::to_owned)
+                .to_vec(),
+            ..Spec::default()
+        };
+        (self.say)(&format!(
+            "test restore of {} into a throwaway Postgres (helper {})",
+            file.display(),
+            spec.name
+        ));
+        let mut lines = Vec::new();
+        let output = helper::run(
+            self.client,
+            &spec,
+            &self.wait(DUMP_LIMIT),
+            &mut |l: &str| {
+                let own = l.trim_start().strip_prefix("db-verify: ").unwrap_or(l);
+                lines.push(own.to_owned());
+                (self.say)(l);
+            },
+        )
+        .map_err(|e| {
+            let text = lines.join("\n");
+            // The first error in Postgres's or pg_restore's words, else the helper's last word.
+            let why = first_error(&text)
+                .or_else(|| text.lines().map(str::trim).rfind(|l| !l.is_empty()))
+                .map_or_else(|| e.to_string(), str::to_owned);
+            Error::Refused(format!("{}: {why}", file.display()))
+        })?;
+        let got = Manifest::parse(&output).map_err(|e| {
+            Error::Refused(format!(
+                "{}: the restored rows were not counted: {e}",
+                file.display()
+            ))
+        })?;
+        let summary = format!(
+            "{} restored: {} rows in {} tables, migration {}",
+            base,
+            got.rows(),
+            got.tables.len(),
+            got.migration.as_deref().unwrap_or("none")
+        );
+        match recorded {
+            None => {
+                (self.say)(&format!(
+                    "test restore passed ({summary}); no row counts were recorded with this backup to compare"
+                ));
+                Ok(format!("{summary} (no counts recorded to compare)"))
+            }
+            Some(want) => {
+                let diff = backup::differences(&want, &got);
+                if diff.is_empty() {
+                    (self.say)(&format!(
+                        "test restore passed: {summary}, as recorded at backup time"
+                    ));
+                    Ok(format!("{summary}, as recorded"))
+                } else {
+                    refused(format!(
+                        "{}: the copy differs from what the backup recorded: {}",
+                        file.display(),
+                        diff.join("; ")
+                    ))
+                }
+            }
+        }
+    }
+
+    fn check(&self, env: &str, out: &mut dyn Write) -> Result<Outcome, Error> {
+        let envdir = self.env(env)?;
+        let settings = self.backup_settings(&envdir)?;
+        let state = State::read(&envdir.dir.join("backups").join(backup::STATE_FILE))
+            .map_err(Error::Refused)?;
+        let findings = backup::findings(&state, &settings, (self.local.now)());
+        for f in &findings {
+            write_line(
+                out,
+                &format!("{} {}", if f.failed { "FAIL" } else { "ok  " }, f.line),
+            )?;
+        }
+        let failed = findings.iter().filter(|f| f.failed).count();
+        if failed > 0 {
+            write_line(out, &format!("{env}: {failed} backup check(s) failed"))?;
+            return Ok(Outcome::Exited(1));
+        }
+        write_line(out, &format!("{env}: backups ok"))?;
+        Ok(Outcome::Done)
+    }
+
+    fn scheduled(&self, env: &str) -> Result<(), Error> {
+        let envdir = self.env(env)?;
+        // Nothing is deployed yet: nothing to back up.
+        if !envdir.dir.join("current").exists() {
+            return Ok(());
+        }
+        let settings = self.backup_settings(&envdir)?;
+        let state = State::read(&envdir.dir.join("backups").join(backup::STATE_FILE))
+            .map_err(Error::Refused)?;
+        let now = (self.local.now)();
+        let backup_due = backup::due(&state.backup, settings.every.value, now)
+            || (settings.repository.is_some()
+                && backup::due(&state.offsite, settings.every.value, now));
+        let test_due = backup::due(&state.test_restore, settings.test_restore_every.value, now);
+        if !backup_due && !test_due {
+            return Ok(());
+        }
+        // A backup, test restore or restore of this environment is running: the next tick.
+        let Ok(_lock) = self.backup_lock(&envdir, env, Duration::ZERO) else {
+            return Ok(());
+        };
+        let backed_up = if backup_due {
+            self.backup_locked(&envdir, &settings, None, None)
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        let verified = if test_due {
+            self.verify_locked(&envdir, &settings, None)
+        } else {
+            Ok(())
+        };
+        self.publish(&envdir);
+        backed_up.and(verified)
+    }
+
+    fn restore_from_repository(
+        &self,
+        env: &str,
+        snapshot: Option<&str>,
+        yes: bool,
+        lock_wait: Duration,
+    ) -> Result<(), Error> {
+        let envdir = self.env(env)?;
+        let stack = envdir.stack();
+        let settings = self.backup_settings(&envdir)?;
+        let Some(repo) = self.repository(&envdir, &settings)? else {
+            return refused(format!(
+                "--from-repository: BACKUP_REPOSITORY is not set for {env} (in {})",
+                envdir.dir.join("deploy.env").display()
+            ));
+        };
+        if !yes {
+            return refused(format!(
+                "this replaces ALL data of {stack}'s database with a backup from {}; run again with --yes to do it",
+                repo.url
+            ));
+        }
+        self.open_repository(&repo, false)?;
+        let listed = self
+            .restic(
+                &repo,
+                &["snapshots", "--json", "--host", &stack, "--tag", env],
+            )
+            .map_err(Error::Refused)?;
+        let list = backup::snapshots(&listed).map_err(Error::Refused)?;
+        let chosen = match snapshot {
+            Some(id) => list
+                .iter()
+                .find(|s| s.id.starts_with(id) && id.len() >= 4)
+                .ok_or_else(|| {
+                    Error::Refused(format!(
+                        "no snapshot {id} of {env} in {} (its snapshots: {})",
+                        repo.url,
+                        list.iter()
+                            .map(|s| format!(
+                                "{} {}",
+                                s.short_id,
+                                s.time.format("%Y-%m-%dT%H:%M:%SZ")
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?,
+            None => list
+                .last()
+                .ok_or_else(|| Error::Refused(format!("{} holds no backup of {env}", repo.url)))?,
+        };
+        let Some((dump, _)) = backup::dump_in(chosen) else {
+            return refused(format!(
+                "snapshot {} in {} holds no .dump file",
+                chosen.short_id, repo.url
+            ));
+        };
+        let scratch = envdir.dir.join(format!(".restore-{}", self.local.pid));
+        let _scratch_removed = RemoveDir(scratch.clone());
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&scratch)
+            .map_err(Error::io(format!("cannot create {}", scratch.display())))?;
+        (self.say)(&format!(
+            "fetching {dump} from snapshot {} ({}) of {}",
+            chosen.short_id,
+            chosen.time.format("%Y-%m-%dT%H:%M:%SZ"),
+            repo.url
+        ));
+        let target = scratch.display().to_string();
+        self.restic(
+            &repo,
+            &[
+                "restore",
+                &chosen.id,
+                "--target",
+                &target,
+                "--include",
+                dump,
+            ],
+        )
+        .map_err(Error::Refused)?;
+        let file = scratch.join(dump.trim_start_matches('/'));
+        self.restore(env, &file, yes, lock_wait)
     }
 
     fn restore(&self, env: &str, file: &Path, yes: bool, lock_wait: Duration) -> Result<(), Error> {
@@ -961,6 +1777,8 @@ impl Ctx<'_, '_> {
             lock_wait,
             &mut |m: &str| (self.say)(m),
         )?;
+        // No backup or test restore runs while the data is replaced.
+        let _backup_lock = self.backup_lock(&envdir, env, lock_wait)?;
         // Read under the lock: a deploy that held it may have changed the services.
         let db = database(self.client, &stack)?;
         let before = restore_sql_before();
@@ -973,6 +1791,8 @@ impl Ctx<'_, '_> {
             &["-c", RESTORE_SCRIPT, "restore", base, &before, &after],
         );
         spec.node = Some(node);
+        // The caller's user reads the caller's backup (mode 0600).
+        spec.user = Some(format!("{}:{}", self.local.ids.0, self.local.ids.1));
         spec.mounts = vec![bind(dir, RESTORE_MOUNT, true)?];
         (self.say)(&format!(
             "restoring {} into the {env} database: writes are refused while it runs",
@@ -1436,7 +2256,19 @@ mod tests {
             terminals: (false, false),
             take_password: &password,
             owner: "pid 42 on test".to_owned(),
+            ids: (1001, 1002),
+            settings_env: BTreeMap::new(),
+            restic: &no_restic,
+            now: &fixed_now,
         }
+    }
+
+    fn no_restic(_: &Repository, args: &[&str]) -> Result<String, String> {
+        panic!("restic was run without a repository: {args:?}")
+    }
+
+    fn fixed_now() -> DateTime<Utc> {
+        "2026-12-06T10:00:00Z".parse().unwrap()
     }
 
     fn cli(args: &[&str]) -> DbCommand {
@@ -1477,10 +2309,35 @@ mod tests {
         assert!(matches!(
             cli(&["backup", "prod"]),
             DbCommand::Backup {
-                keep: 7,
+                keep: None,
                 dir: None,
                 ..
             }
+        ));
+        assert!(matches!(
+            cli(&[
+                "restore",
+                "prod",
+                "--from-repository",
+                "--snapshot",
+                "1a2b3c4d",
+                "--yes"
+            ]),
+            DbCommand::Restore {
+                file: None,
+                from_repository: true,
+                snapshot: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            cli(&["verify", "prod"]),
+            DbCommand::Verify { file: None, .. }
+        ));
+        assert!(matches!(cli(&["check", "prod"]), DbCommand::Check { .. }));
+        assert!(matches!(
+            cli(&["scheduled", "prod"]),
+            DbCommand::Scheduled { .. }
         ));
         assert!(matches!(
             cli(&["restore", "prod", "/b/x.dump", "--yes"]),
@@ -1509,6 +2366,9 @@ mod tests {
             &["tunnel", "prod", "--port", "65536"],
             &["tunnel", "prod", "--for", "0"],
             &["restore", "prod"],
+            &["restore", "prod", "/b/x.dump", "--from-repository"],
+            &["restore", "prod", "/b/x.dump", "--snapshot", "1a2b"],
+            &["check"],
             &["console"],
         ] {
             assert!(
@@ -1739,7 +2599,19 @@ mod tests {
             "{lines:?}"
         );
         let writes = fake.writes();
-        assert_eq!(writes.len(), 2, "{writes:?}");
+        // The backup helper, then the one that writes the (failed) run for /metrics.
+        assert_eq!(writes.len(), 4, "{writes:?}");
+        assert!(
+            writes[2].contains("--name stackship-prod-ops-status-42"),
+            "{}",
+            writes[2]
+        );
+        assert!(
+            writes[2].contains("('backup', NULL, '2026-12-06T10:00:00+00:00'::timestamptz, false)"),
+            "{}",
+            writes[2]
+        );
+        assert_eq!(writes[3], "docker service rm stackship-prod-ops-status-42");
         for part in [
             "--name stackship-prod-ops-backup-42",
             "--label stackship.ops-helper=db-backup",
@@ -1753,8 +2625,15 @@ mod tests {
         ] {
             assert!(writes[0].contains(part), "{part}: {}", writes[0]);
         }
-        let partial = writes[0].rsplit(' ').next().unwrap().to_owned();
+        let mut args = writes[0].rsplit(' ');
+        let counts = args.next().unwrap().to_owned();
+        let partial = args.next().unwrap().to_owned();
         assert!(partial.starts_with(".stackship-prod-") && partial.ends_with(".dump.partial"));
+        assert_eq!(
+            counts,
+            partial.replace(".dump.partial", ".dump.counts.partial")
+        );
+        assert!(writes[0].contains("--user 1001:1002"), "{}", writes[0]);
         assert_eq!(writes[1], "docker service rm stackship-prod-ops-backup-42");
     }
 
@@ -1763,8 +2642,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("b");
         fs::create_dir(&dir).unwrap();
-        // What the helper would have left half-written, for any second this test may run in.
-        let now = chrono::Utc::now();
+        // What the helper would have left half-written, in the second the fake clock says and
+        // the ones after it.
+        let now = fixed_now();
         let candidates: Vec<PathBuf> = (0..10)
             .map(|s| {
                 let t = now + chrono::Duration::seconds(s);
@@ -1803,12 +2683,12 @@ mod tests {
             "{lines:?}"
         );
         assert!(out.is_empty());
-        let partial = fake.writes()[0].rsplit(' ').next().unwrap().to_owned();
+        let partial = fake.writes()[0].rsplit(' ').nth(1).unwrap().to_owned();
         assert!(candidates.contains(&dir.join(&partial)), "{partial}");
         assert!(!dir.join(&partial).exists(), "{partial} was left");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), candidates.len() - 1);
         assert_eq!(
-            fake.writes().last().unwrap(),
+            fake.writes()[1],
             "docker service rm stackship-prod-ops-backup-42"
         );
 
@@ -2786,5 +3666,690 @@ mod tests {
             ..ctx
         };
         assert!(!ctx.sleep(Duration::from_secs(30)));
+    }
+
+    /// A prod environment with a repository (its password file) and settings in deploy.env.
+    fn backup_env(deploy_env: &str) -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let env_dir = root.path().join("prod");
+        fs::create_dir_all(env_dir.join("secrets")).unwrap();
+        fs::create_dir_all(env_dir.join("current")).unwrap();
+        fs::write(env_dir.join("secrets").join(backup::PASSWORD_FILE), "pw\n").unwrap();
+        fs::write(env_dir.join("deploy.env"), deploy_env).unwrap();
+        (root, env_dir)
+    }
+
+    /// What the dump helper writes, at the fake clock's second (the helper itself is faked).
+    fn dumped(dir: &Path, counts: &str) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(
+            dir.join(".stackship-prod-20261206T100000Z.dump.partial"),
+            "PGDMP",
+        )
+        .unwrap();
+        fs::write(
+            dir.join(".stackship-prod-20261206T100000Z.dump.counts.partial"),
+            counts,
+        )
+        .unwrap();
+    }
+
+    /// A stand-in for restic: each call's arguments (after the repository's own) are recorded
+    /// and answered by `reply`.
+    struct FakeRestic<F: Fn(&[&str]) -> Result<String, String>> {
+        calls: RefCell<Vec<String>>,
+        reply: F,
+    }
+
+    impl<F: Fn(&[&str]) -> Result<String, String>> FakeRestic<F> {
+        fn new(reply: F) -> Self {
+            Self {
+                calls: RefCell::new(Vec::new()),
+                reply,
+            }
+        }
+
+        fn run(&self, repo: &Repository, args: &[&str]) -> Result<String, String> {
+            assert!(repo.password_file.ends_with(backup::PASSWORD_FILE));
+            self.calls.borrow_mut().push(args.join(" "));
+            (self.reply)(args)
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    fn state_of(env_dir: &Path) -> State {
+        State::read(&env_dir.join("backups").join(backup::STATE_FILE)).unwrap()
+    }
+
+    const COUNTS: &str =
+        "table|public._sqlx_migrations|2\ntable|public.log_entries|5\nmigration|20261122000001\n";
+    const NO_REPOSITORY: &str = "Fatal: unable to open config file: Stat: stat /srv/restic/prod/config: no such file or directory\nIs there a repository at the following location?\n/srv/restic/prod\n";
+
+    #[test]
+    fn a_backup_records_its_counts_copies_off_site_and_forgets_beyond_retention() {
+        let (root, env_dir) =
+            backup_env("BACKUP_REPOSITORY=/srv/restic/prod\nBACKUP_KEEP_DAILY=3\n");
+        dumped(&env_dir.join("backups"), COUNTS);
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], "");
+        let restic = FakeRestic::new(|args: &[&str]| {
+            match args[0] {
+            "cat" => Err(NO_REPOSITORY.to_owned()),
+            "backup" => Ok("{\"message_type\":\"status\"}\n{\"message_type\":\"summary\",\"snapshot_id\":\"1a2b3c4d5e6f7a8b\"}\n".to_owned()),
+            _ => Ok(String::new()),
+        }
+        });
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..local(root.path())
+        };
+        let (r, lines, out) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
+        r.unwrap();
+        let dump = env_dir.join("backups/stackship-prod-20261206T100000Z.dump");
+        assert_eq!(out, format!("{}\n", dump.display()));
+        let counts = env_dir.join("backups/stackship-prod-20261206T100000Z.counts");
+        assert_eq!(fs::read_to_string(&counts).unwrap(), COUNTS);
+        assert_eq!(
+            fs::metadata(&counts).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(
+            !env_dir
+                .join("backups/.stackship-prod-20261206T100000Z.dump.counts.partial")
+                .exists()
+        );
+        let calls = restic.calls();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        assert_eq!(calls[0], "cat config");
+        assert_eq!(calls[1], "init");
+        assert_eq!(
+            calls[2],
+            format!(
+                "backup --json --host stackship-prod --tag stackship --tag prod {} {}",
+                dump.display(),
+                counts.display()
+            )
+        );
+        assert_eq!(
+            calls[3],
+            "forget --host stackship-prod --tag prod --group-by host,tags --keep-daily 3 --keep-weekly 4 --keep-monthly 6 --prune"
+        );
+        for said in [
+            "recorded 7 rows in 2 tables, migration 20261122000001",
+            "off-site copy: snapshot 1a2b3c4d in /srv/restic/prod",
+            "initialised the restic repository /srv/restic/prod",
+        ] {
+            assert!(lines.iter().any(|l| l.contains(said)), "{said}: {lines:?}");
+        }
+        let state = state_of(&env_dir);
+        let b = state.backup.last_ok.unwrap();
+        assert_eq!((b.detail, b.size), (dump.display().to_string(), Some(5)));
+        assert_eq!(b.at, fixed_now());
+        assert_eq!(state.offsite.last_ok.unwrap().detail, "snapshot 1a2b3c4d");
+        assert_eq!(state.test_restore, backup::Track::default());
+    }
+
+    #[test]
+    fn a_repository_that_does_not_open_fails_the_backup_before_any_dump() {
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        let fake = swarm();
+        let restic =
+            FakeRestic::new(|_: &[&str]| Err("Fatal: wrong password or no key found\n".to_owned()));
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..local(root.path())
+        };
+        let (r, _, out) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("backup-repository-password does not open the repository /srv/restic/prod (restic: Fatal: wrong password or no key found)"),
+            "{e}"
+        );
+        assert!(out.is_empty());
+        assert_eq!(
+            restic.calls(),
+            ["cat config"],
+            "no init over a repository that exists"
+        );
+        assert!(
+            !fake.writes().iter().any(|w| w.contains("ops-backup")),
+            "no backup helper: {:?}",
+            fake.writes()
+        );
+        let state = state_of(&env_dir);
+        for track in [&state.backup, &state.offsite] {
+            let last = track.last.as_ref().unwrap();
+            assert!(
+                !last.ok && last.detail.starts_with("nothing was made: "),
+                "{last:?}"
+            );
+            assert!(track.last_ok.is_none());
+        }
+        // A repository without its password file: refused before restic runs.
+        fs::remove_file(env_dir.join("secrets").join(backup::PASSWORD_FILE)).unwrap();
+        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("backup-repository-password is missing or empty"),
+            "{e}"
+        );
+        assert!(
+            e.contains("deploy.env:1)"),
+            "names where the setting is: {e}"
+        );
+        assert_eq!(restic.calls().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_off_site_copy_keeps_the_local_backup_and_is_recorded() {
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        dumped(&env_dir.join("backups"), COUNTS);
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], "");
+        let restic = FakeRestic::new(|args: &[&str]| match args[0] {
+            "backup" => Err("Fatal: unable to save snapshot: no space left on device\n".to_owned()),
+            _ => Ok(String::new()),
+        });
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..local(root.path())
+        };
+        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
+        let e = r.unwrap_err().to_string();
+        let dump = env_dir.join("backups/stackship-prod-20261206T100000Z.dump");
+        assert_eq!(
+            e,
+            format!(
+                "the prod backup {} was written, but its copy to /srv/restic/prod failed: restic on /srv/restic/prod: Fatal: unable to save snapshot: no space left on device",
+                dump.display()
+            )
+        );
+        assert!(dump.exists());
+        let state = state_of(&env_dir);
+        assert!(state.backup.last_ok.is_some());
+        assert!(!state.offsite.last.unwrap().ok);
+        assert_eq!(restic.calls().len(), 2, "no forget after a failed copy");
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_read_fails_the_backup_and_leaves_no_file() {
+        let (root, env_dir) = backup_env("");
+        dumped(&env_dir.join("backups"), "table|public.a|1\n");
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], "");
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["backup", "prod"],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("row counts") && e.contains("did not finish"),
+            "{e}"
+        );
+        let left: Vec<_> = fs::read_dir(env_dir.join("backups"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, [backup::STATE_FILE], "{left:?}");
+        assert!(!state_of(&env_dir).backup.last.unwrap().ok);
+    }
+
+    /// A dump and its counts in prod's backups directory; the newest of two.
+    fn verify_setup() -> (tempfile::TempDir, PathBuf) {
+        let (root, env_dir) = backup_env("");
+        let dir = env_dir.join("backups");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("stackship-prod-20261201T000000Z.dump"), "old").unwrap();
+        fs::write(dir.join("stackship-prod-20261205T000000Z.dump"), "PGDMP").unwrap();
+        fs::write(dir.join("stackship-prod-20261205T000000Z.counts"), COUNTS).unwrap();
+        (root, env_dir)
+    }
+
+    fn verify_with(
+        logs: &str,
+        status: &str,
+    ) -> (
+        Result<Outcome, Error>,
+        Vec<String>,
+        FakeEngine,
+        PathBuf,
+        tempfile::TempDir,
+    ) {
+        let (root, env_dir) = verify_setup();
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], status);
+        fake.answer(&["service", "logs"], logs);
+        let (r, lines, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["verify", "prod"],
+        );
+        (r, lines, fake, env_dir, root)
+    }
+
+    #[test]
+    fn a_test_restore_runs_a_throwaway_postgres_and_compares_the_counts() {
+        let (r, lines, fake, env_dir, _root) =
+            verify_with(&format!("{COUNTS}test restore: restored\n"), "Complete 1s|");
+        r.unwrap();
+        let writes = fake.writes();
+        assert_eq!(
+            writes.len(),
+            4,
+            "the test restore, then the state for /metrics: {writes:?}"
+        );
+        assert!(
+            writes[2].contains("('test_restore', '2026-12-06T10:00:00+00:00'::timestamptz"),
+            "{}",
+            writes[2]
+        );
+        let dir = env_dir.join("backups").canonicalize().unwrap();
+        for part in [
+            "--name stackship-prod-ops-verify-42",
+            "--label stackship.ops-helper=db-verify",
+            "--constraint node.id==node-1",
+            &format!(
+                "--mount type=bind,source={},target=/restore,readonly ",
+                dir.display()
+            ),
+            "--mount type=tmpfs,destination=/tmp",
+            "--cap-add CAP_SETUID --cap-add CAP_SETGID --cap-add CAP_DAC_READ_SEARCH",
+            "--entrypoint bash 127.0.0.1:5000/postgres:15@sha256:abc -c ",
+            " verify stackship-prod-20261205T000000Z.dump SELECT ",
+        ] {
+            assert!(writes[0].contains(part), "{part}: {}", writes[0]);
+        }
+        assert!(
+            !writes[0].contains("--secret"),
+            "no password: {}",
+            writes[0]
+        );
+        assert!(
+            !writes[0].contains("--network"),
+            "no network: {}",
+            writes[0]
+        );
+        assert_eq!(writes[1], "docker service rm stackship-prod-ops-verify-42");
+        assert!(
+            lines.iter().any(|l| l == "test restore passed: stackship-prod-20261205T000000Z.dump restored: 7 rows in 2 tables, migration 20261122000001, as recorded at backup time"),
+            "{lines:?}"
+        );
+        let run = state_of(&env_dir).test_restore.last_ok.unwrap();
+        assert!(run.detail.ends_with(", as recorded"), "{run:?}");
+    }
+
+    #[test]
+    fn a_test_restore_fails_loudly_on_other_counts_or_a_pg_restore_error() {
+        let differs = COUNTS.replace("log_entries|5", "log_entries|4");
+        let (r, _, fake, env_dir, _root) = verify_with(&differs, "Complete 1s|");
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("the test restore of the prod backup FAILED: "),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("stackship-prod-20261205T000000Z.dump: the copy differs from what the backup recorded: table public.log_entries: 4 rows restored, 5 recorded"),
+            "{e}"
+        );
+        assert_eq!(
+            fake.writes()[1],
+            "docker service rm stackship-prod-ops-verify-42",
+            "the helper is removed"
+        );
+        let last = state_of(&env_dir).test_restore.last.unwrap();
+        assert!(
+            !last.ok && last.detail.contains("4 rows restored, 5 recorded"),
+            "{last:?}"
+        );
+
+        let (r, _, fake, env_dir, _root) = verify_with(
+            "pg_restore: error: could not read from input file: end of file\ntest restore: pg_restore could not restore stackship-prod-20261205T000000Z.dump\n",
+            "Failed 1s|task: non-zero exit (1)",
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.ends_with("stackship-prod-20261205T000000Z.dump: pg_restore: error: could not read from input file: end of file"),
+            "{e}"
+        );
+        assert_eq!(
+            fake.writes()[1],
+            "docker service rm stackship-prod-ops-verify-42"
+        );
+        assert!(!state_of(&env_dir).test_restore.last.unwrap().ok);
+
+        // Without a backup there is nothing to test: said, and recorded as a failure.
+        let (root, env_dir) = backup_env("");
+        let fake = swarm();
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["verify", "prod"],
+        );
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("no backup of prod to test in")
+        );
+        assert!(
+            !fake.writes().iter().any(|w| w.contains("ops-verify")),
+            "{:?}",
+            fake.writes()
+        );
+        assert!(!state_of(&env_dir).test_restore.last.unwrap().ok);
+    }
+
+    #[test]
+    fn a_test_restore_checks_the_repository_too() {
+        let (root, env_dir) = verify_setup();
+        fs::write(
+            env_dir.join("deploy.env"),
+            "BACKUP_REPOSITORY=/srv/restic/prod\n",
+        )
+        .unwrap();
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], COUNTS);
+        let restic =
+            FakeRestic::new(|_: &[&str]| Err("Fatal: repository contains errors\n".to_owned()));
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..local(root.path())
+        };
+        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["verify", "prod"]);
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "the repository check failed: restic on /srv/restic/prod: Fatal: repository contains errors"
+        );
+        assert_eq!(restic.calls(), ["check"]);
+        let state = state_of(&env_dir);
+        assert!(state.test_restore.last.unwrap().ok);
+        assert!(!state.repository_check.last.unwrap().ok);
+    }
+
+    #[test]
+    fn db_check_exits_1_when_a_backup_is_missing_or_a_test_restore_failed() {
+        let (root, env_dir) = backup_env("");
+        let fake = FakeEngine::new();
+        let (r, _, out) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["check", "prod"],
+        );
+        assert_eq!(r.unwrap(), Outcome::Exited(1));
+        assert_eq!(
+            out,
+            "FAIL backup: none yet\nok   test restore: none yet\nprod: 1 backup check(s) failed\n"
+        );
+        let mut state = State::default();
+        state.backup.record(Run {
+            at: fixed_now() - chrono::Duration::hours(3),
+            ok: true,
+            detail: "/b/x.dump".into(),
+            size: Some(9),
+        });
+        state.test_restore.record(Run {
+            at: fixed_now() - chrono::Duration::hours(2),
+            ok: true,
+            detail: "x.dump restored".into(),
+            size: None,
+        });
+        fs::create_dir_all(env_dir.join("backups")).unwrap();
+        state
+            .write(&env_dir.join("backups").join(backup::STATE_FILE))
+            .unwrap();
+        let (r, _, out) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["check", "prod"],
+        );
+        assert_eq!(r.unwrap(), Outcome::Done);
+        assert_eq!(
+            out,
+            "ok   backup: 3h 0m ago, /b/x.dump (9 bytes)\nok   test restore: passed 2h 0m ago: x.dump restored\nprod: backups ok\n"
+        );
+        // BACKUP_MAX_AGE from the process environment wins over the default.
+        let mut strict = local(root.path());
+        strict
+            .settings_env
+            .insert("BACKUP_MAX_AGE".into(), "3600".into());
+        let (r, _, out) = exec_with(root.path(), &fake, &strict, &never, &["check", "prod"]);
+        assert_eq!(r.unwrap(), Outcome::Exited(1));
+        assert!(out.starts_with("FAIL backup: 3h 0m ago"), "{out}");
+    }
+
+    #[test]
+    fn the_schedule_runs_what_is_due_and_nothing_else_silently() {
+        let (root, env_dir) = backup_env("BACKUP_EVERY=3600\n");
+        let fake = swarm();
+        // Nothing deployed yet: nothing to do, nothing said.
+        fs::remove_dir(env_dir.join("current")).unwrap();
+        let (r, lines, out) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["scheduled", "prod"],
+        );
+        r.unwrap();
+        assert!(lines.is_empty() && out.is_empty() && fake.calls().is_empty());
+        fs::create_dir(env_dir.join("current")).unwrap();
+        // Both fresh: nothing runs.
+        let mut state = State::default();
+        let recent = |minutes: i64| Run {
+            at: fixed_now() - chrono::Duration::minutes(minutes),
+            ok: true,
+            detail: "x".into(),
+            size: None,
+        };
+        state.backup.record(recent(30));
+        state.test_restore.record(recent(60 * 24));
+        fs::create_dir_all(env_dir.join("backups")).unwrap();
+        let state_file = env_dir.join("backups").join(backup::STATE_FILE);
+        state.write(&state_file).unwrap();
+        let (r, lines, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["scheduled", "prod"],
+        );
+        r.unwrap();
+        assert!(lines.is_empty() && fake.calls().is_empty(), "{lines:?}");
+        // The backup is an hour old: it runs (and the test restore, a day old, does not).
+        state.backup.record(recent(60));
+        state.write(&state_file).unwrap();
+        dumped(&env_dir.join("backups"), COUNTS);
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], "");
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["scheduled", "prod"],
+        );
+        r.unwrap();
+        assert_eq!(
+            fake.writes().len(),
+            4,
+            "one helper, and the state's: {:?}",
+            fake.writes()
+        );
+        assert!(fake.writes()[0].contains("--name stackship-prod-ops-backup-42"));
+        assert!(fake.writes()[2].contains("--name stackship-prod-ops-status-42"));
+        assert_eq!(state_of(&env_dir).backup.last_ok.unwrap().at, fixed_now());
+        // While another backup, test restore or restore holds the backup lock: skipped.
+        let before = fake.calls().len();
+        let mut due = state_of(&env_dir);
+        due.backup.record(recent(120));
+        due.write(&state_file).unwrap();
+        let _held = DeployLock::acquire_backup(
+            &env_dir,
+            "prod backup",
+            "someone",
+            Duration::ZERO,
+            &mut |_: &str| {},
+        )
+        .unwrap();
+        let (r, lines, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["scheduled", "prod"],
+        );
+        r.unwrap();
+        assert_eq!(fake.calls().len(), before, "{lines:?}");
+    }
+
+    #[test]
+    fn a_restore_from_the_repository_fetches_the_newest_snapshot_and_restores_it() {
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], RESTORED);
+        let seen_scratch = RefCell::new(None);
+        let restic = FakeRestic::new(|args: &[&str]| {
+            match args[0] {
+            "snapshots" => Ok(r#"[{"time":"2026-12-05T03:00:00Z","paths":["/srv/deploy/prod/backups/stackship-prod-20261205T030000Z.counts","/srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump"],"id":"bbbb2222","short_id":"bbbb2222"},
+                {"time":"2026-12-04T03:00:00Z","paths":["/srv/deploy/prod/backups/stackship-prod-20261204T030000Z.dump"],"id":"aaaa1111","short_id":"aaaa1111"}]"#.to_owned()),
+            "restore" => {
+                // restic restores the file below --target with its whole path.
+                let target = Path::new(args[3]);
+                let file = target.join(args[5].trim_start_matches('/'));
+                fs::create_dir_all(file.parent().unwrap()).unwrap();
+                fs::write(&file, "PGDMP").unwrap();
+                *seen_scratch.borrow_mut() = Some(target.to_owned());
+                Ok(String::new())
+            }
+            _ => Ok(String::new()),
+        }
+        });
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..local(root.path())
+        };
+        // Without --yes: refused before restic is asked anything.
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local,
+            &never,
+            &["restore", "prod", "--from-repository"],
+        );
+        assert!(r.unwrap_err().to_string().contains("run again with --yes"));
+        assert!(restic.calls().is_empty());
+        let (r, lines, _) = exec_with(
+            root.path(),
+            &fake,
+            &local,
+            &never,
+            &["restore", "prod", "--from-repository", "--yes"],
+        );
+        r.unwrap();
+        let calls = restic.calls();
+        assert_eq!(
+            calls[..2],
+            [
+                "cat config",
+                "snapshots --json --host stackship-prod --tag prod"
+            ]
+        );
+        let scratch = seen_scratch.borrow().clone().unwrap();
+        assert_eq!(scratch, env_dir.join(".restore-42"));
+        assert_eq!(
+            calls[2],
+            format!(
+                "restore bbbb2222 --target {} --include /srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump",
+                scratch.display()
+            )
+        );
+        assert!(!scratch.exists(), "the scratch directory is removed");
+        assert!(lines[0].starts_with("fetching /srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump from snapshot bbbb2222 (2026-12-05T03:00:00Z)"), "{lines:?}");
+        assert!(fake.writes()[0].contains("--name stackship-prod-ops-restore-42"));
+        // A snapshot by its id; an unknown one is refused, naming those there are.
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local,
+            &never,
+            &[
+                "restore",
+                "prod",
+                "--from-repository",
+                "--snapshot",
+                "aaaa",
+                "--yes",
+            ],
+        );
+        r.unwrap();
+        assert!(
+            restic
+                .calls()
+                .last()
+                .unwrap()
+                .starts_with("restore aaaa1111 ")
+        );
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local,
+            &never,
+            &[
+                "restore",
+                "prod",
+                "--from-repository",
+                "--snapshot",
+                "cccc",
+                "--yes",
+            ],
+        );
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "no snapshot cccc of prod in /srv/restic/prod (its snapshots: aaaa1111 2026-12-04T03:00:00Z, bbbb2222 2026-12-05T03:00:00Z)"
+        );
+        // Without a repository setting: refused, naming where to set it.
+        fs::write(env_dir.join("deploy.env"), "").unwrap();
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local,
+            &never,
+            &["restore", "prod", "--from-repository", "--yes"],
+        );
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .starts_with("--from-repository: BACKUP_REPOSITORY is not set for prod")
+        );
     }
 }

@@ -56,6 +56,34 @@ pub struct Status {
     /// The TLS certificate in `<env dir>/secrets/tls.crt`, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<Certificate>,
+    /// The database backups: last backup, off-site copy, test restore, repository check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backups: Option<Backups>,
+}
+
+/// An environment's backups as `db check` judges them, or why their state cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backups {
+    Checked(Vec<crate::backup::Finding>),
+    Unreadable(String),
+}
+
+/// The backups of the environment in `env_dir` at `now`, read from its settings and state
+/// file; the process environment's BACKUP_* settings are in `settings_env`.
+pub fn backups(
+    env_dir: &std::path::Path,
+    settings_env: &BTreeMap<String, String>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Backups {
+    let settings = match crate::settings::load_backup(&env_dir.join("deploy.env"), settings_env) {
+        Ok(s) => s,
+        Err(e) => return Backups::Unreadable(e.to_string()),
+    };
+    match crate::backup::State::read(&env_dir.join("backups").join(crate::backup::STATE_FILE)) {
+        Ok(state) => Backups::Checked(crate::backup::findings(&state, &settings, now)),
+        Err(e) => Backups::Unreadable(e),
+    }
 }
 
 /// An environment's installed certificate, or why it cannot be read.
@@ -242,6 +270,7 @@ pub fn report(env: &str, stack: &str, observed: &Observed, last: Option<&DeployR
         services,
         missing,
         certificate: None,
+        backups: None,
     }
 }
 
@@ -289,6 +318,22 @@ pub fn render(status: &Status) -> String {
         }
         Some(Certificate::Unreadable(why)) => {
             let _ = writeln!(out, "  certificate: cannot be read: {why}");
+        }
+        None => {}
+    }
+    match &status.backups {
+        Some(Backups::Checked(findings)) => {
+            for f in findings {
+                let _ = writeln!(
+                    out,
+                    "  {}{}",
+                    if f.failed { "FAILING " } else { "" },
+                    f.line
+                );
+            }
+        }
+        Some(Backups::Unreadable(why)) => {
+            let _ = writeln!(out, "  backups: cannot be read: {why}");
         }
         None => {}
     }
