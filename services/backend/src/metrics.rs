@@ -1,9 +1,10 @@
 //! Prometheus metrics: request counts and latencies by route and status, pool gauges, batch sizes,
-//! rows abandoned, rows refused during a restore.
+//! rows abandoned, rows refused during a restore, and the database backups' last runs.
 //!
 //! One registry per application (no global recorder), so several apps can live in one process.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -18,7 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
-use crate::store::WriterEvent;
+use crate::store::{BackupStatus, WriterEvent};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -68,6 +69,15 @@ struct StageLabels {
     stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabels {
+    kind: &'static str,
+}
+
+/// The kinds of backup run `stackship db` records in the `backup_status` table; a row of any
+/// other kind is not exported (the label set stays bounded).
+pub const BACKUP_KINDS: [&str; 4] = ["backup", "offsite", "test_restore", "repository_check"];
+
 /// The application's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -77,6 +87,8 @@ pub struct Metrics {
     batch_rows: Histogram,
     abandoned: Family<StageLabels, Counter>,
     read_only: Counter,
+    backup_last_success: Family<BackupLabels, Gauge<f64, AtomicU64>>,
+    backup_last_run_ok: Family<BackupLabels, Gauge>,
 }
 
 impl Metrics {
@@ -137,6 +149,20 @@ impl Metrics {
              session (a restart) or, for reads, their connection broke; counted per process",
             crate::store::STATEMENTS_RESENT.clone(),
         );
+        let backup_last_success = Family::<BackupLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last successful database backup run of each kind (backup, offsite, \
+             test_restore, repository_check) started, as stackship db recorded it; alert on \
+             time() minus it",
+            backup_last_success.clone(),
+        );
+        let backup_last_run_ok = Family::<BackupLabels, Gauge>::default();
+        registry.register(
+            "backup_last_run_ok",
+            "1 when the last database backup run of each kind succeeded, 0 when it failed",
+            backup_last_run_ok.clone(),
+        );
         Self {
             registry,
             requests,
@@ -145,6 +171,25 @@ impl Metrics {
             batch_rows,
             abandoned,
             read_only,
+            backup_last_success,
+            backup_last_run_ok,
+        }
+    }
+
+    /// Sets the backup gauges from the `backup_status` rows (kinds outside [`BACKUP_KINDS`]
+    /// are left out; a kind never successful has no timestamp series).
+    pub fn set_backups(&self, rows: &[BackupStatus]) {
+        for row in rows {
+            let Some(kind) = BACKUP_KINDS.iter().find(|k| **k == row.kind) else {
+                continue;
+            };
+            let labels = BackupLabels { kind };
+            if let Some(at) = row.last_success {
+                self.backup_last_success.get_or_create(&labels).set(at);
+            }
+            self.backup_last_run_ok
+                .get_or_create(&labels)
+                .set(i64::from(row.last_run_ok));
         }
     }
 
@@ -170,6 +215,12 @@ impl Metrics {
 
     /// Prometheus text exposition, with pool gauges read now.
     pub fn render(&self, pool: &PgPool, max_connections: u32) -> String {
+        self.observe_pool(pool, max_connections);
+        self.encode()
+    }
+
+    /// Sets the pool gauges from the pool as it is now.
+    pub fn observe_pool(&self, pool: &PgPool, max_connections: u32) {
         let size = i64::from(pool.size());
         let idle = pool.num_idle() as i64;
         self.pool
@@ -181,6 +232,10 @@ impl Metrics {
         self.pool
             .get_or_create(&PoolLabels { state: "max" })
             .set(i64::from(max_connections));
+    }
+
+    /// Prometheus text exposition of every metric as it stands.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -282,9 +282,25 @@ fn ensure_migrated(state: &AppState) -> Result<(), ApiError> {
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let body = state
+    // The pool as the scrape found it, before the read below takes a connection of its own.
+    state
         .metrics
-        .render(&state.pool, state.settings.database.max_connections);
+        .observe_pool(&state.pool, state.settings.database.max_connections);
+    // The backups' last runs, from the database; a slow or failing read leaves the gauges as
+    // they were (a scrape never waits on it for long, nor fails for it).
+    if state.migrated.load(Ordering::SeqCst) {
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            crate::store::backup_status(&state.pool),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => state.metrics.set_backups(&rows),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read backup_status for /metrics"),
+            Err(_) => tracing::debug!("reading backup_status for /metrics took over 1 s"),
+        }
+    }
+    let body = state.metrics.encode();
     (
         [(
             header::CONTENT_TYPE,

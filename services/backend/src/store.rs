@@ -526,6 +526,25 @@ pub async fn list(
     .await
 }
 
+/// A row of `backup_status`: the last run of one kind of backup work, as `stackship db` wrote it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct BackupStatus {
+    pub kind: String,
+    /// When the last successful run started (Unix seconds), if one ever succeeded.
+    pub last_success: Option<f64>,
+    pub last_run_ok: bool,
+}
+
+/// The backups' last runs, for GET /metrics.
+pub async fn backup_status(pool: &PgPool) -> Result<Vec<BackupStatus>, sqlx::Error> {
+    sqlx::query_as::<_, BackupStatus>(
+        "SELECT kind, extract(epoch FROM last_success)::float8 AS last_success, last_run_ok
+           FROM backup_status ORDER BY kind",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Whether the database answers a trivial query.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     resend_if_session_ended(true, || sqlx::query("SELECT 1").execute(pool))

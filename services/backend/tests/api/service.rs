@@ -253,3 +253,45 @@ async fn healthcheck_probes_the_endpoint_its_flags_name_on_the_configured_port()
     assert_eq!(probe(Some("--live")).await, Some(0));
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn metrics_export_the_backups_last_runs_from_backup_status(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone(), test_settings()).await;
+    let body = app.get("/metrics").await.text().await.unwrap();
+    // Declared before any backup ran, without a series.
+    assert!(
+        body.contains("# TYPE backup_last_success_timestamp_seconds gauge"),
+        "{body}"
+    );
+    assert!(!body.contains("backup_last_run_ok{"), "{body}");
+    // As `stackship db` writes them (tools/stackship/src/backup.rs status_sql), and a kind the
+    // backend does not know, which it leaves out.
+    sqlx::query(
+        "INSERT INTO backup_status (kind, last_success, last_run, last_run_ok) VALUES
+         ('backup', '2026-12-07T03:00:00+00:00', '2026-12-07T04:00:00+00:00', false),
+         ('test_restore', NULL, '2026-12-07T03:05:00+00:00', false),
+         ('offsite', '2026-12-07T03:00:30.5+00:00', '2026-12-07T03:00:30.5+00:00', true),
+         ('made_up', '2026-12-07T03:00:00+00:00', '2026-12-07T03:00:00+00:00', true)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let body = app.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"backup_last_success_timestamp_seconds{kind="backup"} 1796612400.0"#,
+        r#"backup_last_success_timestamp_seconds{kind="offsite"} 1796612430.5"#,
+        r#"backup_last_run_ok{kind="backup"} 0"#,
+        r#"backup_last_run_ok{kind="offsite"} 1"#,
+        r#"backup_last_run_ok{kind="test_restore"} 0"#,
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "{line} missing in:\n{body}"
+        );
+    }
+    assert!(
+        !body.contains(r#"backup_last_success_timestamp_seconds{kind="test_restore"}"#),
+        "{body}"
+    );
+    assert!(!body.contains("made_up"), "{body}");
+}
