@@ -184,35 +184,23 @@ systemd_running() {
     command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]
 }
 
-# ensure_renewal ENV: the daily certificate renewal of ENV when its deploy.env sets ACME_DOMAINS
-# (systemd timer, else cron); removed when it sets none. Rewritten on every run.
-ensure_renewal() {
-    local env="$1" dir="$DEPLOY_ROOT/$1"
-    local unit="${STACKSHIP_PROJECT}-cert-renew-${env}"
-    local systemd_dir=/etc/systemd/system cron_file="/etc/cron.d/${unit}"
-    local with_systemd=0
-    if systemd_running; then with_systemd=1; fi
-    if ! grep -Eq '^ACME_DOMAINS=[^[:space:]]' "$dir/deploy.env" 2>/dev/null; then
-        if [[ -e "$systemd_dir/${unit}.timer" ]]; then
-            if ((with_systemd)); then systemctl disable --now "${unit}.timer" >/dev/null 2>&1 || true; fi
-            rm -f "$systemd_dir/${unit}.timer" "$systemd_dir/${unit}.service"
-            if ((with_systemd)); then systemctl daemon-reload; fi
-            log "${env}: no ACME_DOMAINS in ${dir}/deploy.env: certificate renewal timer removed"
-        fi
-        if [[ -e "$cron_file" ]]; then
-            rm -f "$cron_file"
-            log "${env}: no ACME_DOMAINS in ${dir}/deploy.env: certificate renewal cron entry removed"
-        fi
-        return 0
-    fi
-    local command="${dir}/current/stackship cert renew ${env}"
-    if ((with_systemd)); then
+# install_schedule UNIT WHAT COMMAND ON_CALENDAR CRON_TIME [TIMER_LINE...]: COMMAND as the deploy
+# user on a schedule: the systemd timer UNIT.timer (OnCalendar=ON_CALENDAR, then the TIMER_LINEs)
+# when systemd runs here, else /etc/cron.d/UNIT at CRON_TIME. WHAT names it in the units and the
+# messages. Skipped (systemd) until the first deploy installs the release. Rewritten every run.
+install_schedule() {
+    local unit="$1" what="$2" command="$3" on_calendar="$4" cron_time="$5"
+    shift 5
+    local systemd_dir=/etc/systemd/system cron_file="/etc/cron.d/${unit}" line
+    if systemd_running; then
         cat > "$systemd_dir/${unit}.service" <<UNIT
 # Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh.
 [Unit]
-Description=Renew the ${env} TLS certificate over ACME when it is due (stackship cert renew)
+Description=${what}
 After=docker.service network-online.target
 Wants=network-online.target
+# Skipped, not failed, until the first deploy installs the release.
+ConditionPathIsExecutable=${command%% *}
 
 [Service]
 Type=oneshot
@@ -220,47 +208,66 @@ User=${DEPLOY_USER}
 Environment=STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
 ExecStart=${command}
 UNIT
-        cat > "$systemd_dir/${unit}.timer" <<UNIT
-# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh.
-[Unit]
-Description=Daily ${env} certificate renewal (a no-op until it is due)
-
-[Timer]
-OnCalendar=daily
-RandomizedDelaySec=1h
-Persistent=true
-
-[Install]
-WantedBy=timers.target
-UNIT
+        {
+            printf '# Written by %s%s\n[Unit]\nDescription=%s\n\n[Timer]\nOnCalendar=%s\n' \
+                "$STACKSHIP_PROJECT" "'s scripts/server/setup-server.sh." "$what" "$on_calendar"
+            for line in "$@"; do printf '%s\n' "$line"; done
+            printf '\n[Install]\nWantedBy=timers.target\n'
+        } > "$systemd_dir/${unit}.timer"
         chmod 0644 "$systemd_dir/${unit}.service" "$systemd_dir/${unit}.timer"
         rm -f "$cron_file"
         systemctl daemon-reload
         systemctl enable --now "${unit}.timer" >/dev/null 2>&1 || die "systemctl enable --now ${unit}.timer failed"
-        log "${env}: daily certificate renewal: ${unit}.timer (systemctl list-timers ${unit}.timer; journalctl -u ${unit})"
+        log "${what}: ${unit}.timer (systemctl list-timers ${unit}.timer; journalctl -u ${unit})"
     else
         need_cmd cron cron
         cat > "$cron_file" <<CRON
-# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh: the daily ${env} certificate renewal.
+# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh: ${what}.
 SHELL=/bin/sh
+# systemd's PATH for services: docker may be in /usr/local/bin.
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
-17 4 * * * ${DEPLOY_USER} ${command} 2>&1 | logger -t ${unit}
+${cron_time} ${DEPLOY_USER} ${command} 2>&1 | logger -t ${unit}
 CRON
         chmod 0644 "$cron_file"
-        log "${env}: daily certificate renewal: ${cron_file} (no systemd here; its output goes to syslog as ${unit})"
-        pgrep -x cron >/dev/null 2>&1 || warn "cron is not running on this host: start it (service cron start), or the daily renewal never runs"
+        log "${what}: ${cron_file} (no systemd here; its output goes to syslog as ${unit})"
+        pgrep -x cron >/dev/null 2>&1 || warn "cron is not running on this host: start it (service cron start), or this never runs: ${what}"
     fi
 }
 
-# ensure_backup_schedule ENV: `stackship db scheduled ENV` every minute as the deploy user
-# (systemd timer, else cron). It runs a backup or a test restore only when one is due, as
-# deploy.env says (BACKUP_EVERY, BACKUP_TEST_RESTORE_EVERY), so it is always installed: local
-# backups need no settings. Rewritten on every run.
+# remove_schedule UNIT WHY: what install_schedule installed for UNIT, if anything.
+remove_schedule() {
+    local unit="$1" why="$2" systemd_dir=/etc/systemd/system
+    if [[ -e "$systemd_dir/${unit}.timer" ]]; then
+        if systemd_running; then systemctl disable --now "${unit}.timer" >/dev/null 2>&1 || true; fi
+        rm -f "$systemd_dir/${unit}.timer" "$systemd_dir/${unit}.service"
+        if systemd_running; then systemctl daemon-reload; fi
+        log "${why}: ${unit}.timer removed"
+    fi
+    if [[ -e "/etc/cron.d/${unit}" ]]; then
+        rm -f "/etc/cron.d/${unit}"
+        log "${why}: /etc/cron.d/${unit} removed"
+    fi
+}
+
+# ensure_renewal ENV: the daily certificate renewal of ENV when its deploy.env sets ACME_DOMAINS;
+# removed when it sets none.
+ensure_renewal() {
+    local env="$1" dir="$DEPLOY_ROOT/$1"
+    local unit="${STACKSHIP_PROJECT}-cert-renew-${env}"
+    if ! grep -Eq '^ACME_DOMAINS=[^[:space:]]' "$dir/deploy.env" 2>/dev/null; then
+        remove_schedule "$unit" "${env}: no ACME_DOMAINS in ${dir}/deploy.env: certificate renewal"
+        return 0
+    fi
+    install_schedule "$unit" "the daily ${env} TLS certificate renewal over ACME (stackship cert renew; a no-op until it is due)" \
+        "${dir}/current/stackship cert renew ${env}" daily "17 4 * * *" RandomizedDelaySec=1h Persistent=true
+}
+
+# ensure_backup_schedule ENV: `stackship db scheduled ENV` every minute as the deploy user. It runs
+# a backup or a test restore only when one is due, as deploy.env says (BACKUP_EVERY,
+# BACKUP_TEST_RESTORE_EVERY), so it is always installed: local backups need no settings.
 ensure_backup_schedule() {
     local env="$1" dir="$DEPLOY_ROOT/$1"
-    local unit="${STACKSHIP_PROJECT}-db-backup-${env}"
-    local systemd_dir=/etc/systemd/system cron_file="/etc/cron.d/${unit}"
-    local command="${dir}/current/stackship db scheduled ${env}"
     local password="${dir}/secrets/backup-repository-password" offsite="local only (no BACKUP_REPOSITORY)"
     # The local dumps; stackship keeps BACKUP_KEEP of them, readable by the deploy user only.
     install -d -m 0700 -o "$DEPLOY_USER" -g "$DEPLOY_USER" "$dir/backups"
@@ -270,54 +277,9 @@ ensure_backup_schedule() {
             warn "${env}: ${dir}/deploy.env sets BACKUP_REPOSITORY but ${password} is missing or empty: no off-site backup is made until it exists. Create it with a long random password: install -m 0600 -o ${DEPLOY_USER} -g ${DEPLOY_USER} /dev/null ${password} && head -c 32 /dev/urandom | base64 > ${password}; then keep a copy of that password off this server (a password manager): without it the off-site backups cannot be read"
         fi
     fi
-    if systemd_running; then
-        cat > "$systemd_dir/${unit}.service" <<UNIT
-# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh.
-[Unit]
-Description=Back up the ${env} database and test-restore it when due (stackship db scheduled)
-After=docker.service network-online.target
-Wants=network-online.target
-# Skipped, not failed, until the first deploy installs the release.
-ConditionPathIsExecutable=${dir}/current/stackship
-
-[Service]
-Type=oneshot
-User=${DEPLOY_USER}
-Environment=STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
-ExecStart=${command}
-UNIT
-        cat > "$systemd_dir/${unit}.timer" <<UNIT
-# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh.
-[Unit]
-Description=${env} database backups every minute (a no-op until a backup or test restore is due)
-
-[Timer]
-OnCalendar=minutely
-Persistent=false
-
-[Install]
-WantedBy=timers.target
-UNIT
-        chmod 0644 "$systemd_dir/${unit}.service" "$systemd_dir/${unit}.timer"
-        rm -f "$cron_file"
-        systemctl daemon-reload
-        systemctl enable --now "${unit}.timer" >/dev/null 2>&1 || die "systemctl enable --now ${unit}.timer failed"
-        log "${env}: database backups, ${offsite}: ${unit}.timer runs ${command} every minute (systemctl list-timers ${unit}.timer; journalctl -u ${unit})"
-    else
-        need_cmd cron cron
-        cat > "$cron_file" <<CRON
-# Written by ${STACKSHIP_PROJECT}'s scripts/server/setup-server.sh: the ${env} database backups
-# and test restores, each when it is due (a no-op otherwise).
-SHELL=/bin/sh
-# systemd's PATH for services: docker may be in /usr/local/bin.
-PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-STACKSHIP_DEPLOY_ROOT=${DEPLOY_ROOT}
-* * * * * ${DEPLOY_USER} ${command} 2>&1 | logger -t ${unit}
-CRON
-        chmod 0644 "$cron_file"
-        log "${env}: database backups, ${offsite}: ${cron_file} runs ${command} every minute (no systemd here; its output goes to syslog as ${unit})"
-        pgrep -x cron >/dev/null 2>&1 || warn "cron is not running on this host: start it (service cron start), or no scheduled backup is ever made"
-    fi
+    install_schedule "${STACKSHIP_PROJECT}-db-backup-${env}" \
+        "the ${env} database backups, ${offsite}, and test restores, each when due (stackship db scheduled, every minute)" \
+        "${dir}/current/stackship db scheduled ${env}" minutely "* * * * *" Persistent=false
 }
 
 print_known_hosts() {

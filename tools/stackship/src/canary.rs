@@ -1024,6 +1024,28 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_canarys_log_tail_is_its_last_lines_or_why_there_are_none() {
+        use crate::docker::fake::FakeEngine;
+        let tail = |answer: Option<&str>| {
+            let fake = FakeEngine::new();
+            match answer {
+                Some(text) => fake.answer(&["service", "logs"], text),
+                None => fake.fail(&["service", "logs"], "Error: No such task: t1"),
+            }
+            let said = task_log_tail(&Client::new(&fake), "t1");
+            assert_eq!(
+                fake.command_lines(),
+                ["docker service logs --raw --no-trunc --tail 5 t1"]
+            );
+            said
+        };
+        assert_eq!(tail(Some("a\npanicked at x\n\n")), "a\npanicked at x");
+        assert_eq!(tail(Some("")), "(it logged nothing)");
+        assert_eq!(tail(Some(" \n\n")), "(it logged nothing)");
+        assert!(tail(None).starts_with("(no logs: "));
+    }
+
+    #[test]
     fn durations_as_docker_writes_them() {
         for (text, ms) in [
             ("10s", 10_000),

@@ -2218,6 +2218,15 @@ mod tests {
         fake
     }
 
+    /// [`swarm`] where every helper runs to its end, with `logs` as its output.
+    fn helpers_complete(logs: &str) -> FakeEngine {
+        let fake = swarm();
+        fake.answer(&["service", "create"], "");
+        fake.answer(&["service", "ps"], "Complete 1s|");
+        fake.answer(&["service", "logs"], logs);
+        fake
+    }
+
     fn never() -> bool {
         false
     }
@@ -2566,10 +2575,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("b");
         // The helper "succeeds" without writing anything: refused, after its removal.
-        let fake = swarm();
-        fake.answer(&["service", "create"], "");
-        fake.answer(&["service", "ps"], "Complete 1s|");
-        fake.answer(&["service", "logs"], "");
+        let fake = helpers_complete("");
         let (r, lines, out) = exec_with(
             root.path(),
             &fake,
@@ -3733,10 +3739,7 @@ mod tests {
         let (root, env_dir) =
             backup_env("BACKUP_REPOSITORY=/srv/restic/prod\nBACKUP_KEEP_DAILY=3\n");
         dumped(&env_dir.join("backups"), COUNTS);
-        let fake = swarm();
-        fake.answer(&["service", "create"], "");
-        fake.answer(&["service", "ps"], "Complete 1s|");
-        fake.answer(&["service", "logs"], "");
+        let fake = helpers_complete("");
         let restic = FakeRestic::new(|args: &[&str]| {
             match args[0] {
             "cat" => Err(NO_REPOSITORY.to_owned()),
@@ -3851,10 +3854,7 @@ mod tests {
     fn a_failed_off_site_copy_keeps_the_local_backup_and_is_recorded() {
         let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
         dumped(&env_dir.join("backups"), COUNTS);
-        let fake = swarm();
-        fake.answer(&["service", "create"], "");
-        fake.answer(&["service", "ps"], "Complete 1s|");
-        fake.answer(&["service", "logs"], "");
+        let fake = helpers_complete("");
         let restic = FakeRestic::new(|args: &[&str]| match args[0] {
             "backup" => Err("Fatal: unable to save snapshot: no space left on device\n".to_owned()),
             _ => Ok(String::new()),
@@ -3885,10 +3885,7 @@ mod tests {
     fn a_manifest_that_does_not_read_fails_the_backup_and_leaves_no_file() {
         let (root, env_dir) = backup_env("");
         dumped(&env_dir.join("backups"), "table|public.a|1\n");
-        let fake = swarm();
-        fake.answer(&["service", "create"], "");
-        fake.answer(&["service", "ps"], "Complete 1s|");
-        fake.answer(&["service", "logs"], "");
+        let fake = helpers_complete("");
         let (r, _, _) = exec_with(
             root.path(),
             &fake,
@@ -4066,10 +4063,7 @@ mod tests {
             "BACKUP_REPOSITORY=/srv/restic/prod\n",
         )
         .unwrap();
-        let fake = swarm();
-        fake.answer(&["service", "create"], "");
-        fake.answer(&["service", "ps"], "Complete 1s|");
-        fake.answer(&["service", "logs"], COUNTS);
+        let fake = helpers_complete(COUNTS);
         let restic =
             FakeRestic::new(|_: &[&str]| Err("Fatal: repository contains errors\n".to_owned()));
         let run = |r: &Repository, a: &[&str]| restic.run(r, a);
@@ -4232,10 +4226,7 @@ mod tests {
     #[test]
     fn a_restore_from_the_repository_fetches_the_newest_snapshot_and_restores_it() {
         let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
-        let fake = swarm();
-        fake.answer(&["service", "create"], "");
-        fake.answer(&["service", "ps"], "Complete 1s|");
-        fake.answer(&["service", "logs"], RESTORED);
+        let fake = helpers_complete(RESTORED);
         let seen_scratch = RefCell::new(None);
         let restic = FakeRestic::new(|args: &[&str]| {
             match args[0] {
