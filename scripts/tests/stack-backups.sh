@@ -75,6 +75,8 @@ test_backups_are_copied_off_site_test_restored_and_restore_from_the_repository()
         || fail "the recorded row count of log_entries is not the table's ($(wc -l <<<"$rows_before")): $(cat "${file%.dump}.counts")"
     [[ "$(snapshot_count "$repo")" == 1 ]] || fail "the repository holds $(snapshot_count "$repo") snapshots, not 1"
     restic_prod "$repo" ls latest | grep -qxF "$file" || fail "the snapshot does not hold ${file}"
+    stackship_db snapshots prod > "$out" 2>/dev/null || fail "stackship db snapshots prod failed"
+    grep -qx "[0-9a-f]\{8\}  [0-9T:-]*Z  ${file}" "$out" || fail "db snapshots does not list the backup: $(cat "$out")"
 
     # --- the test restore: passes against the counts, leaves nothing ---
     stackship_db verify prod > "$out" 2>&1 || fail "stackship db verify prod failed: $(tail -n 20 "$out")"

@@ -173,6 +173,14 @@ pub struct State {
     pub test_restore: Track,
     #[serde(default)]
     pub repository_check: Track,
+    /// When this server's first good backup started: a test restore or repository check still
+    /// missing a period after it is late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_backup: Option<DateTime<Utc>>,
+    /// How this server came to continue the repository's backups (a restore from it): the
+    /// schedule copies to a repository that holds backups it did not make only after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<String>,
 }
 
 impl State {
@@ -206,16 +214,21 @@ impl State {
 /// A scheduled run starts within this of its time (the schedule ticks once a minute).
 pub const TICK: Duration = Duration::from_secs(60);
 
-/// After a failed run, the next try waits this long, or the interval when it is shorter.
+/// After a failed backup, the next try waits this long, or the interval when it is shorter.
 pub const RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// After a failed test restore (a restore into the manager's memory, maybe long), the next try
+/// waits this long, or the interval when it is shorter.
+pub const TEST_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 fn age(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - at).to_std().unwrap_or(Duration::ZERO)
 }
 
 /// Whether a scheduled run of a kind is due at `now`: its last good run is `every` old (within
-/// a tick) or there is none, and a failed try is not more recent than the retry pause.
-pub fn due(track: &Track, every: Duration, now: DateTime<Utc>) -> bool {
+/// a tick) or there is none, and a failed try is not more recent than `retry` (or `every`, when
+/// shorter).
+pub fn due(track: &Track, every: Duration, retry: Duration, now: DateTime<Utc>) -> bool {
     let stale = track
         .last_ok
         .as_ref()
@@ -223,7 +236,7 @@ pub fn due(track: &Track, every: Duration, now: DateTime<Utc>) -> bool {
     let resting = track
         .last
         .as_ref()
-        .is_some_and(|r| !r.ok && age(r.at, now) < RETRY_AFTER.min(every));
+        .is_some_and(|r| !r.ok && age(r.at, now) < retry.min(every));
     stale && !resting
 }
 
@@ -295,25 +308,52 @@ pub fn findings(state: &State, settings: &Backup, now: DateTime<Utc>) -> Vec<Fin
     });
     if let Some(repo) = &settings.repository {
         aged("off-site copy", &state.offsite, &|r| {
-            format!("{} in {}", r.detail, repo.value)
+            format!("{} in {}", r.detail, redact(&repo.value))
         });
     }
+    // Late: none a period after the first backup, or the last one two periods old.
+    let period = settings.test_restore_every.value;
     let mut last_result = |what: &'static str, track: &Track| match &track.last {
-        None => out.push(Finding {
-            what,
-            failed: false,
-            line: format!("{what}: none yet"),
-        }),
-        Some(r) => out.push(Finding {
-            what,
-            failed: !r.ok,
-            line: format!(
-                "{what}: {} {} ago: {}",
-                if r.ok { "passed" } else { "FAILED" },
-                words(age(r.at, now)),
-                r.detail
-            ),
-        }),
+        None => {
+            let late = state
+                .first_backup
+                .is_some_and(|first| age(first, now) > period + TICK);
+            out.push(Finding {
+                what,
+                failed: late,
+                line: if late {
+                    format!(
+                        "{what}: none yet, {} after the first backup (BACKUP_TEST_RESTORE_EVERY {})",
+                        words(age(state.first_backup.unwrap_or(now), now)),
+                        words(period)
+                    )
+                } else {
+                    format!("{what}: none yet")
+                },
+            });
+        }
+        Some(r) => {
+            let old = age(r.at, now);
+            let late = old > 2 * period;
+            out.push(Finding {
+                what,
+                failed: !r.ok || late,
+                line: format!(
+                    "{what}: {} {} ago: {}{}",
+                    if r.ok { "passed" } else { "FAILED" },
+                    words(old),
+                    r.detail,
+                    if late {
+                        format!(
+                            " (late: over twice BACKUP_TEST_RESTORE_EVERY, {})",
+                            words(period)
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
     };
     last_result("test restore", &state.test_restore);
     if settings.repository.is_some() {
@@ -371,7 +411,8 @@ pub struct Repository {
     pub env: Vec<(String, String)>,
     /// `-o` options (`sftp.command=...`).
     pub options: Vec<String>,
-    pub cache_dir: PathBuf,
+    /// restic's cache; none: `--no-cache`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The files in `<env dir>/secrets/` that reach a repository.
@@ -383,7 +424,7 @@ pub const KNOWN_HOSTS_FILE: &str = "backup-known-hosts";
 impl Repository {
     /// The repository `url` of the environment whose secrets are in `secrets`, or why it
     /// cannot be used.
-    pub fn new(url: &str, secrets: &Path, cache_dir: PathBuf) -> Result<Self, String> {
+    pub fn new(url: &str, secrets: &Path, cache_dir: Option<PathBuf>) -> Result<Self, String> {
         let password_file = secrets.join(PASSWORD_FILE);
         match fs::metadata(&password_file) {
             Ok(m) if m.len() > 0 => {}
@@ -424,21 +465,50 @@ impl Repository {
         })
     }
 
+    /// The location as it may be shown: without a password in it.
+    pub fn shown(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// restic's environment: the location (`RESTIC_REPOSITORY`: it may hold a password, so it
+    /// is never an argument) and `backup-repository.env`'s settings.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        let mut env = vec![("RESTIC_REPOSITORY".to_owned(), self.url.clone())];
+        env.extend(self.env.iter().cloned());
+        env
+    }
+
     /// restic's arguments for `command`.
     pub fn args(&self, command: &[&str]) -> Vec<String> {
         let mut args = vec![
-            "--repo".to_owned(),
-            self.url.clone(),
             "--password-file".to_owned(),
             self.password_file.display().to_string(),
-            "--cache-dir".to_owned(),
-            self.cache_dir.display().to_string(),
         ];
+        match &self.cache_dir {
+            Some(dir) => args.extend(["--cache-dir".to_owned(), dir.display().to_string()]),
+            None => args.push("--no-cache".to_owned()),
+        }
         for o in &self.options {
             args.extend(["--option".to_owned(), o.clone()]);
         }
         args.extend(command.iter().map(|s| (*s).to_owned()));
         args
+    }
+}
+
+/// A repository location with the password of its user part, if any, replaced by `***`
+/// (`rest:https://user:secret@host/x` → `rest:https://user:***@host/x`).
+pub fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
+        return url.to_owned();
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -506,8 +576,13 @@ pub fn sftp_command(url: &str, key: &Path, known_hosts: &Path) -> Result<String,
     Ok(cmd)
 }
 
-/// Why restic failed, in words that say what to do; `stderr` is restic's own.
+/// Why restic failed, in words that say what to do; `stderr` is restic's own (the repository's
+/// location in it shown without its password).
 pub fn restic_failure(stderr: &str, repo: &Repository) -> String {
+    restic_words(stderr, repo).replace(&repo.url, &repo.shown())
+}
+
+fn restic_words(stderr: &str, repo: &Repository) -> String {
     let fatal = stderr
         .lines()
         .map(str::trim)
@@ -518,10 +593,10 @@ pub fn restic_failure(stderr: &str, repo: &Repository) -> String {
         format!(
             "the password in {} does not open the repository {} (restic: {fatal})",
             repo.password_file.display(),
-            repo.url
+            repo.shown()
         )
     } else {
-        format!("restic on {}: {fatal}", repo.url)
+        format!("restic on {}: {fatal}", repo.shown())
     }
 }
 
@@ -719,13 +794,16 @@ mod tests {
     fn a_scheduled_run_is_due_once_its_interval_passed_within_a_tick() {
         let day = Duration::from_secs(86_400);
         let mut track = Track::default();
-        assert!(due(&track, day, t("2026-12-01T00:00:00Z")), "never ran");
+        assert!(
+            due(&track, day, RETRY_AFTER, t("2026-12-01T00:00:00Z")),
+            "never ran"
+        );
         track.record(run("2026-12-01T03:00:05Z", true, "x"));
-        assert!(!due(&track, day, t("2026-12-02T02:58:00Z")));
+        assert!(!due(&track, day, RETRY_AFTER, t("2026-12-02T02:58:00Z")));
         // The tick a minute before the day is full counts: no drift by a minute a day.
-        assert!(due(&track, day, t("2026-12-02T02:59:06Z")));
-        assert!(!due(&track, day, t("2026-12-02T02:59:05Z")));
-        assert!(due(&track, day, t("2026-12-03T00:00:00Z")));
+        assert!(due(&track, day, RETRY_AFTER, t("2026-12-02T02:59:06Z")));
+        assert!(!due(&track, day, RETRY_AFTER, t("2026-12-02T02:59:05Z")));
+        assert!(due(&track, day, RETRY_AFTER, t("2026-12-03T00:00:00Z")));
     }
 
     #[test]
@@ -733,15 +811,28 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let mut track = Track::default();
         track.record(run("2026-12-01T03:00:00Z", false, "no"));
-        assert!(!due(&track, day, t("2026-12-01T03:14:59Z")));
-        assert!(due(&track, day, t("2026-12-01T03:15:00Z")));
+        assert!(!due(&track, day, RETRY_AFTER, t("2026-12-01T03:14:59Z")));
+        assert!(due(&track, day, RETRY_AFTER, t("2026-12-01T03:15:00Z")));
         // With an interval shorter than the pause, the interval is the pause.
         let five = Duration::from_secs(300);
-        assert!(!due(&track, five, t("2026-12-01T03:04:59Z")));
-        assert!(due(&track, five, t("2026-12-01T03:05:00Z")));
+        assert!(!due(&track, five, RETRY_AFTER, t("2026-12-01T03:04:59Z")));
+        assert!(due(&track, five, RETRY_AFTER, t("2026-12-01T03:05:00Z")));
+        // A test restore waits longer after a failure: its own pause.
+        assert!(!due(
+            &track,
+            day,
+            TEST_RETRY_AFTER,
+            t("2026-12-01T08:59:59Z")
+        ));
+        assert!(due(
+            &track,
+            day,
+            TEST_RETRY_AFTER,
+            t("2026-12-01T09:00:00Z")
+        ));
         // A good run after the failure: the interval counts from it.
         track.record(run("2026-12-01T03:15:00Z", true, "yes"));
-        assert!(!due(&track, day, t("2026-12-01T04:00:00Z")));
+        assert!(!due(&track, day, RETRY_AFTER, t("2026-12-01T04:00:00Z")));
     }
 
     #[test]
@@ -816,6 +907,38 @@ mod tests {
     }
 
     #[test]
+    fn a_test_restore_is_late_a_period_after_the_first_backup_or_two_after_the_last() {
+        let s = settings(None);
+        let mut state = State::default();
+        state
+            .backup
+            .record(run("2026-12-08T03:00:00Z", true, "/b/p.dump"));
+        state.first_backup = Some(t("2026-12-01T03:00:00Z"));
+        let week_and_a_tick = t("2026-12-08T03:01:00Z");
+        let f = findings(&state, &s, week_and_a_tick);
+        assert!(!f[1].failed, "{f:?}");
+        assert_eq!(f[1].line, "test restore: none yet");
+        let f = findings(&state, &s, t("2026-12-08T03:01:01Z"));
+        assert!(f[1].failed);
+        assert_eq!(
+            f[1].line,
+            "test restore: none yet, 7d 0h after the first backup (BACKUP_TEST_RESTORE_EVERY 7d 0h)"
+        );
+        state
+            .test_restore
+            .record(run("2026-12-01T04:00:00Z", true, "ok"));
+        assert!(!findings(&state, &s, t("2026-12-15T04:00:00Z"))[1].failed);
+        let f = findings(&state, &s, t("2026-12-15T04:00:01Z"));
+        assert!(f[1].failed);
+        assert!(
+            f[1].line
+                .ends_with("(late: over twice BACKUP_TEST_RESTORE_EVERY, 7d 0h)"),
+            "{}",
+            f[1].line
+        );
+    }
+
+    #[test]
     fn with_a_repository_the_off_site_copy_and_its_check_count_too() {
         let now = t("2026-12-02T04:00:00Z");
         let s = settings(Some("sftp:b@h:/r"));
@@ -858,33 +981,38 @@ mod tests {
     fn a_repository_needs_its_password_file_and_for_sftp_a_pinned_host_key() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
-        let e = Repository::new("/srv/r", dir.path(), cache.clone()).unwrap_err();
+        let e = Repository::new("/srv/r", dir.path(), Some(cache.clone())).unwrap_err();
         assert!(
             e.contains("backup-repository-password is missing or empty"),
             "{e}"
         );
         fs::write(dir.path().join(PASSWORD_FILE), "pw").unwrap();
-        let r = Repository::new("/srv/r", dir.path(), cache.clone()).unwrap();
+        let r = Repository::new("/srv/r", dir.path(), Some(cache.clone())).unwrap();
         assert!(r.options.is_empty() && r.env.is_empty());
         let args = r.args(&["snapshots", "--json"]);
-        assert_eq!(args[..2], ["--repo", "/srv/r"]);
-        assert_eq!(args[2], "--password-file");
-        assert!(args[3].ends_with(PASSWORD_FILE));
+        assert_eq!(args[0], "--password-file");
+        assert!(args[1].ends_with(PASSWORD_FILE));
         assert_eq!(
-            args[4..6],
+            args[2..4],
             ["--cache-dir".to_owned(), cache.display().to_string()]
         );
-        assert_eq!(args[6..], ["snapshots", "--json"]);
+        assert_eq!(args[4..], ["snapshots", "--json"]);
         assert!(
-            !args.iter().any(|a| a == "pw"),
-            "the password is never an argument"
+            !args.iter().any(|a| a == "pw" || a.contains("/srv/r")),
+            "neither the password nor the location is an argument: {args:?}"
         );
+        assert_eq!(
+            r.environment(),
+            [("RESTIC_REPOSITORY".to_owned(), "/srv/r".to_owned())]
+        );
+        let uncached = Repository::new("/srv/r", dir.path(), None).unwrap();
+        assert_eq!(uncached.args(&["check"])[2..], ["--no-cache", "check"]);
 
         fs::write(dir.path().join(SSH_KEY_FILE), "key").unwrap();
-        let e = Repository::new("sftp:b@h:/r", dir.path(), cache.clone()).unwrap_err();
+        let e = Repository::new("sftp:b@h:/r", dir.path(), Some(cache.clone())).unwrap_err();
         assert!(e.contains("backup-known-hosts is missing"), "{e}");
         fs::write(dir.path().join(KNOWN_HOSTS_FILE), "h ssh-ed25519 AAAA").unwrap();
-        let r = Repository::new("sftp:b@h:/r", dir.path(), cache.clone()).unwrap();
+        let r = Repository::new("sftp:b@h:/r", dir.path(), Some(cache.clone())).unwrap();
         assert_eq!(r.options.len(), 1);
         assert!(r.options[0].starts_with("sftp.command=ssh -F /dev/null -i "));
         assert!(r.args(&["check"]).contains(&"--option".to_owned()));
@@ -894,7 +1022,7 @@ mod tests {
             "# S3\nAWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b=c\n",
         )
         .unwrap();
-        let r = Repository::new("s3:s3.example/bucket", dir.path(), cache.clone()).unwrap();
+        let r = Repository::new("s3:s3.example/bucket", dir.path(), Some(cache.clone())).unwrap();
         assert_eq!(
             r.env,
             [
@@ -904,7 +1032,7 @@ mod tests {
         );
         assert!(r.options.is_empty(), "no ssh for s3");
         fs::write(dir.path().join(ENV_FILE), "export X=1\n").unwrap();
-        let e = Repository::new("s3:s3.example/bucket", dir.path(), cache).unwrap_err();
+        let e = Repository::new("s3:s3.example/bucket", dir.path(), Some(cache)).unwrap_err();
         assert!(
             e.contains("backup-repository.env: line 1: not KEY=VALUE"),
             "{e}"
@@ -948,10 +1076,46 @@ mod tests {
     }
 
     #[test]
+    fn a_password_in_the_location_is_never_shown() {
+        assert_eq!(
+            redact("rest:https://backup:s3cr:et@store.example:8000/prod"),
+            "rest:https://backup:***@store.example:8000/prod"
+        );
+        assert_eq!(
+            redact("rest:https://backup@store.example/prod"),
+            "rest:https://backup@store.example/prod"
+        );
+        assert_eq!(
+            redact("rest:https://store.example/a@b:c"),
+            "rest:https://store.example/a@b:c"
+        );
+        for plain in [
+            "sftp:b@h:/r",
+            "sftp://b@h:22//r",
+            "/srv/r",
+            "s3:s3.example/bucket",
+        ] {
+            assert_eq!(redact(plain), plain);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(PASSWORD_FILE), "pw").unwrap();
+        let url = "rest:https://u:hunter2@h/prod";
+        let repo = Repository::new(url, dir.path(), None).unwrap();
+        assert_eq!(repo.shown(), "rest:https://u:***@h/prod");
+        let e = restic_failure(
+            &format!("Fatal: unable to open repository at {url}: 401\n"),
+            &repo,
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("rest:https://u:***@h/prod"), "{e}");
+        assert!(!repo.args(&["check"]).iter().any(|a| a.contains("hunter2")));
+    }
+
+    #[test]
     fn restic_failures_say_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(PASSWORD_FILE), "pw").unwrap();
-        let repo = Repository::new("/srv/r", dir.path(), dir.path().join("c")).unwrap();
+        let repo = Repository::new("/srv/r", dir.path(), Some(dir.path().join("c"))).unwrap();
         let e = restic_failure(
             "repository 1a2b opened\nFatal: wrong password or no key found\n",
             &repo,

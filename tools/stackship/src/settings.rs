@@ -223,7 +223,7 @@ fn backup(look: &Lookup<'_>) -> Result<Backup, SettingsError> {
                     r.origin,
                     format!(
                         "BACKUP_REPOSITORY '{}' is not a restic repository (an absolute path, or {}...)",
-                        r.value,
+                        crate::backup::redact(&r.value),
                         RESTIC_SCHEMES.join("..., ")
                     ),
                 ));

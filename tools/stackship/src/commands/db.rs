@@ -116,6 +116,8 @@ pub enum DbCommand {
         /// The dump to test (default: the newest dated backup in <root>/<env>/backups).
         file: Option<PathBuf>,
     },
+    /// ENV's backups in its BACKUP_REPOSITORY, oldest first: snapshot id, time, dump.
+    Snapshots { env: String },
     /// The state of ENV's backups: the last backup, off-site copy, test restore and repository
     /// check. Exits 1 when the newest good backup (or off-site copy) is older than
     /// BACKUP_MAX_AGE or the last test restore or repository check failed; 0 otherwise.
@@ -141,6 +143,15 @@ pub enum DbCommand {
     /// socket: no password). Interactive on a terminal; `echo 'SELECT 1' | stackship db console
     /// ENV` runs piped SQL.
     Console { env: String },
+}
+
+/// Who runs a backup: a person (a repository that cannot be used refuses it before anything
+/// is made), or the schedule (the local backup is made all the same; `dump: false` when only the
+/// off-site copy is due and the newest dump is copied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Manual,
+    Scheduled { dump: bool },
 }
 
 /// Pace and bounds of the waits (tests shorten them).
@@ -207,7 +218,7 @@ pub type RunRestic<'a> = dyn Fn(&Repository, &[&str]) -> Result<String, String> 
 pub fn run_restic(repo: &Repository, command: &[&str]) -> Result<String, String> {
     let out = std::process::Command::new("restic")
         .args(repo.args(command))
-        .envs(repo.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(repo.environment())
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| {
@@ -353,6 +364,7 @@ pub fn execute(
         }
         DbCommand::Verify { env, file } => ctx.verify(&env, file)?,
         DbCommand::Check { env } => return ctx.check(&env, out),
+        DbCommand::Snapshots { env } => ctx.snapshots(&env, out)?,
         DbCommand::Scheduled { env } => ctx.scheduled(&env)?,
         DbCommand::Tunnel {
             env,
@@ -725,6 +737,8 @@ pub fn keep_backup(
             Ok(()) => say(&format!("removed old backup {old}")),
             Err(e) => say(&format!("WARNING: could not remove {old}: {e}")),
         }
+        // Its row counts go with it.
+        let _ = fs::remove_file(backup::manifest_path(&dir.join(&old)));
     }
     Ok(())
 }
@@ -1050,13 +1064,36 @@ impl Ctx<'_, '_> {
         let Some(url) = &settings.repository else {
             return Ok(None);
         };
-        Repository::new(
-            &url.value,
-            &envdir.dir.join("secrets"),
-            envdir.dir.join(".restic-cache"),
-        )
-        .map(Some)
-        .map_err(|e| Error::Refused(format!("{e} ({})", url.origin)))
+        // Root's cache would be root's: the deploy user's runs could not use it.
+        let cache = (self.local.ids.0 != 0).then(|| envdir.dir.join(".restic-cache"));
+        Repository::new(&url.value, &envdir.dir.join("secrets"), cache)
+            .map(Some)
+            .map_err(|e| Error::Refused(format!("{e} ({})", url.origin)))
+    }
+
+    /// Who the files of the environment's backups belong to: the caller, or, for root, the
+    /// owner of the environment directory (the deploy user), so that a backup taken by hand as
+    /// root stays readable by the schedule.
+    fn file_ids(&self, envdir: &EnvDir) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        if self.local.ids.0 != 0 {
+            return self.local.ids;
+        }
+        fs::metadata(&envdir.dir).map_or(self.local.ids, |m| (m.uid(), m.gid()))
+    }
+
+    /// `user:group` of [`Ctx::file_ids`], for a helper's `--user`.
+    fn file_user(&self, envdir: &EnvDir) -> String {
+        let (uid, gid) = self.file_ids(envdir);
+        format!("{uid}:{gid}")
+    }
+
+    /// Gives a file this process made (as root) to the owner of the environment's backups.
+    fn hand_over(&self, envdir: &EnvDir, path: &Path) {
+        let (uid, gid) = self.file_ids(envdir);
+        if self.local.ids.0 == 0 && uid != 0 {
+            let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
+        }
     }
 
     /// Runs restic on `repo`; its failure in words that say what to do.
@@ -1073,7 +1110,7 @@ impl Ctx<'_, '_> {
                 self.restic(repo, &["init"]).map_err(Error::Refused)?;
                 (self.say)(&format!(
                     "initialised the restic repository {} (keep a copy of {} off this server: without it the backups there cannot be read)",
-                    repo.url,
+                    repo.shown(),
                     repo.password_file.display()
                 ));
                 Ok(())
@@ -1093,6 +1130,7 @@ impl Ctx<'_, '_> {
                 "cannot create the backup directory {}",
                 dir.display()
             )))?;
+        self.hand_over(envdir, &dir);
         Ok(dir)
     }
 
@@ -1103,7 +1141,9 @@ impl Ctx<'_, '_> {
         update(&mut state);
         state
             .write(&path)
-            .map_err(Error::io(format!("cannot write {}", path.display())))
+            .map_err(Error::io(format!("cannot write {}", path.display())))?;
+        self.hand_over(envdir, &path);
+        Ok(())
     }
 
     /// Writes the environment's backup state into the database for the backend's `/metrics`
@@ -1130,7 +1170,7 @@ impl Ctx<'_, '_> {
                 "db-status",
                 &["-c", STATUS_SCRIPT, "status", &sql],
             );
-            spec.user = Some(format!("{}:{}", self.local.ids.0, self.local.ids.1));
+            spec.user = Some(self.file_user(envdir));
             helper::run(
                 self.client,
                 &spec,
@@ -1162,13 +1202,16 @@ impl Ctx<'_, '_> {
     fn backup_lock(&self, envdir: &EnvDir, env: &str, wait: Duration) -> Result<DeployLock, Error> {
         fs::create_dir_all(&envdir.dir)
             .map_err(Error::io(format!("cannot create {}", envdir.dir.display())))?;
-        Ok(DeployLock::acquire_backup(
+        let lock = DeployLock::acquire_backup(
             &envdir.dir,
             &format!("{env} backup"),
             &self.local.owner,
             wait,
             &mut |m: &str| (self.say)(m),
-        )?)
+        )?;
+        self.hand_over(envdir, &envdir.dir.join("backup.lock"));
+        self.hand_over(envdir, lock.owner_path());
+        Ok(lock)
     }
 
     fn backup(
@@ -1180,52 +1223,132 @@ impl Ctx<'_, '_> {
         let envdir = self.env(env)?;
         let settings = self.backup_settings(&envdir)?;
         let _lock = self.backup_lock(&envdir, env, crate::settings::Defaults::LOCK_WAIT)?;
-        let result = self.backup_locked(&envdir, &settings, keep, dir);
+        let result = self.backup_locked(&envdir, &settings, keep, dir, Caller::Manual);
         self.publish(&envdir);
         result
     }
 
-    /// A backup under the backup lock: the dump and its manifest, then the off-site copy;
-    /// each outcome recorded.
+    /// The repository, opened (created when there is none yet), or why it cannot be used.
+    fn usable_repository(
+        &self,
+        envdir: &EnvDir,
+        settings: &crate::settings::Backup,
+    ) -> Result<Option<Repository>, String> {
+        let repo = self
+            .repository(envdir, settings)
+            .map_err(|e| e.to_string())?;
+        if let Some(repo) = &repo {
+            self.open_repository(repo, true)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(repo)
+    }
+
+    /// Whether the schedule may copy to `repo`: this server copied there before or was
+    /// restored from it, or it holds no backup of the environment. Otherwise its backups are
+    /// another server's (this one is new): the schedule's copy of this server's database, maybe
+    /// still empty, would become the newest, which a restore takes by default.
+    fn may_join(&self, envdir: &EnvDir, repo: &Repository) -> Result<(), String> {
+        let state = State::read(&envdir.dir.join("backups").join(backup::STATE_FILE))?;
+        if state.offsite.last_ok.is_some() || state.joined.is_some() {
+            return Ok(());
+        }
+        let stack = envdir.stack();
+        let env = envdir.env.as_str();
+        let listed = self.restic(
+            repo,
+            &["snapshots", "--json", "--host", &stack, "--tag", env],
+        )?;
+        let there = backup::snapshots(&listed)?;
+        match there.last() {
+            None => Ok(()),
+            Some(newest) => Err(format!(
+                "{} already holds {} backup(s) of {env} that this server did not make (the newest {} from {}): restore from them first (stackship db restore {env} --from-repository --yes), or make this server's copies the newest on purpose with stackship db backup {env}",
+                repo.shown(),
+                there.len(),
+                newest.short_id,
+                newest.time.format("%Y-%m-%dT%H:%M:%SZ")
+            )),
+        }
+    }
+
+    /// A backup under the backup lock: the dump and its manifest (or, for a scheduled run whose
+    /// dump is recent and only the off-site copy is due, the newest dump there is), then the
+    /// off-site copy; each outcome recorded. By hand, a repository that cannot be used fails
+    /// the backup before anything is made; on the schedule, the local backup is made all the
+    /// same, and the off-site failure recorded and reported.
     fn backup_locked(
         &self,
         envdir: &EnvDir,
         settings: &crate::settings::Backup,
         keep: Option<usize>,
         dir: Option<PathBuf>,
+        run: Caller,
     ) -> Result<PathBuf, Error> {
         let env = envdir.env.as_str();
-        let repo = self.repository(envdir, settings)?;
-        // A repository that does not open (wrong password, unreachable) fails the backup
-        // before anything is made.
-        if let Some(repo) = &repo
-            && let Err(e) = self.open_repository(repo, true)
-        {
-            let why = format!("nothing was made: {e}");
+        let mut offsite = self.usable_repository(envdir, settings);
+        if let (Caller::Manual, Err(why)) = (run, &offsite) {
+            let why = format!("nothing was made: {why}");
             self.record(envdir, |s| {
                 s.backup.record(self.run_now(false, why.clone(), None));
                 s.offsite.record(self.run_now(false, why.clone(), None));
             })?;
-            return Err(e);
+            return refused(why.trim_start_matches("nothing was made: ").to_owned());
         }
-        let keep = keep.unwrap_or(settings.keep.value as usize);
-        let path = match self.dump(envdir, keep, dir) {
-            Ok(path) => path,
-            Err(e) => {
-                let why = e.to_string();
-                self.record(envdir, |s| s.backup.record(self.run_now(false, why, None)))?;
-                return Err(e);
+        if let (Caller::Scheduled { .. }, Ok(Some(repo))) = (run, &offsite)
+            && let Err(why) = self.may_join(envdir, repo)
+        {
+            offsite = Err(why);
+        }
+        let existing = match run {
+            Caller::Scheduled { dump: false } => {
+                self.newest_backup(&self.backups_dir(envdir)?, &envdir.stack())
+            }
+            _ => None,
+        };
+        let path = match existing {
+            Some(path) => {
+                (self.say)(&format!(
+                    "the newest backup {} is recent: copying it off-site",
+                    path.display()
+                ));
+                path
+            }
+            None => {
+                let keep = keep.unwrap_or(settings.keep.value as usize);
+                match self.dump(envdir, keep, dir) {
+                    Ok(path) => {
+                        let size = fs::metadata(&path).map(|m| m.len()).ok();
+                        self.record(envdir, |s| {
+                            s.backup
+                                .record(self.run_now(true, path.display().to_string(), size));
+                            s.first_backup.get_or_insert_with(|| (self.local.now)());
+                        })?;
+                        path
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        self.record(envdir, |s| s.backup.record(self.run_now(false, why, None)))?;
+                        if let Err(off) = &offsite {
+                            let off = off.clone();
+                            self.record(envdir, |s| {
+                                s.offsite.record(self.run_now(false, off, None))
+                            })?;
+                        }
+                        return Err(e);
+                    }
+                }
             }
         };
         let size = fs::metadata(&path).map(|m| m.len()).ok();
-        self.record(envdir, |s| {
-            s.backup
-                .record(self.run_now(true, path.display().to_string(), size))
-        })?;
-        let Some(repo) = repo else {
-            return Ok(path);
+        let copied = match offsite {
+            Ok(None) => return Ok(path),
+            Ok(Some(repo)) => self
+                .copy_offsite(envdir, &repo, settings, &path)
+                .map_err(|why| format!("its copy to {} failed: {why}", repo.shown())),
+            Err(why) => Err(format!("it was not copied off-site: {why}")),
         };
-        match self.copy_offsite(envdir, &repo, settings, &path) {
+        match copied {
             Ok(snapshot) => {
                 self.record(envdir, |s| {
                     s.offsite
@@ -1238,9 +1361,8 @@ impl Ctx<'_, '_> {
                     s.offsite.record(self.run_now(false, why.clone(), None))
                 })?;
                 refused(format!(
-                    "the {env} backup {} was written, but its copy to {} failed: {why}",
-                    path.display(),
-                    repo.url
+                    "the {env} backup {} was written, but {why}",
+                    path.display()
                 ))
             }
         }
@@ -1260,7 +1382,7 @@ impl Ctx<'_, '_> {
         let dump = path.display().to_string();
         let counts = backup::manifest_path(path);
         let counts = counts.display().to_string();
-        (self.say)(&format!("copying {dump} to {}", repo.url));
+        (self.say)(&format!("copying {dump} to {}", repo.shown()));
         let mut args = vec![
             "backup",
             "--json",
@@ -1279,7 +1401,10 @@ impl Ctx<'_, '_> {
         let snapshot = backup::snapshot_id(&out)
             .ok_or_else(|| format!("restic backup named no snapshot: {}", out.trim()))?;
         let short: String = snapshot.chars().take(8).collect();
-        (self.say)(&format!("off-site copy: snapshot {short} in {}", repo.url));
+        (self.say)(&format!(
+            "off-site copy: snapshot {short} in {}",
+            repo.shown()
+        ));
         let (d, w, m) = (
             settings.keep_daily.value.to_string(),
             settings.keep_weekly.value.to_string(),
@@ -1364,7 +1489,7 @@ impl Ctx<'_, '_> {
             &["-c", &script, "backup", &partial, &partial_counts],
         );
         spec.node = Some(node);
-        spec.user = Some(format!("{}:{}", self.local.ids.0, self.local.ids.1));
+        spec.user = Some(self.file_user(envdir));
         spec.mounts = vec![bind(&dir, BACKUP_MOUNT, false)?];
         (self.say)(&format!(
             "dumping the {env} database into {}",
@@ -1393,11 +1518,16 @@ impl Ctx<'_, '_> {
                     counts_path.display()
                 ))
             })?;
-        keep_backup(&partial_path, &path, &stack, keep, self.say)?;
+        // The counts first: a dump never stands without them, even after a crash.
         let counts = backup::manifest_path(&path);
         fs::write(&counts, manifest.render())
             .and_then(|()| fs::set_permissions(&counts, fs::Permissions::from_mode(0o600)))
             .map_err(Error::io(format!("cannot write {}", counts.display())))?;
+        self.hand_over(envdir, &counts);
+        if let Err(e) = keep_backup(&partial_path, &path, &stack, keep, self.say) {
+            let _ = fs::remove_file(&counts);
+            return Err(e);
+        }
         (self.say)(&format!(
             "recorded {} rows in {} tables, migration {} ({})",
             manifest.rows(),
@@ -1423,20 +1553,22 @@ impl Ctx<'_, '_> {
         let envdir = self.env(env)?;
         let settings = self.backup_settings(&envdir)?;
         let _lock = self.backup_lock(&envdir, env, crate::settings::Defaults::LOCK_WAIT)?;
-        let result = self.verify_locked(&envdir, &settings, file);
+        let result = self.verify_locked(&envdir, &settings, file, false);
         self.publish(&envdir);
         result
     }
 
-    /// The test restore and, with a repository, its check; each recorded.
+    /// The test restore and, with a repository, its check; each recorded. `require_counts`: a
+    /// dump without its row counts fails (the schedule's dumps all have them).
     fn verify_locked(
         &self,
         envdir: &EnvDir,
         settings: &crate::settings::Backup,
         file: Option<PathBuf>,
+        require_counts: bool,
     ) -> Result<(), Error> {
-        let repo = self.repository(envdir, settings)?;
-        let restored = self.test_restore(envdir, file);
+        let repo = self.repository(envdir, settings);
+        let restored = self.test_restore(envdir, file, require_counts);
         let (ok, detail) = match &restored {
             Ok(detail) => (true, detail.clone()),
             Err(Error::Refused(why)) => (false, why.clone()),
@@ -1446,15 +1578,25 @@ impl Ctx<'_, '_> {
             s.test_restore.record(self.run_now(ok, detail, None))
         })?;
         let checked = match &repo {
-            None => Ok(()),
-            Some(repo) => {
+            Ok(None) => Ok(()),
+            Err(e) => {
+                let why = e.to_string();
+                self.record(envdir, |s| {
+                    s.repository_check
+                        .record(self.run_now(false, why.clone(), None))
+                })?;
+                Err(why)
+            }
+            Ok(Some(repo)) => {
                 (self.say)(&format!(
                     "checking the repository {} (restic check)",
-                    repo.url
+                    repo.shown()
                 ));
-                let result = self.restic(repo, &["check"]);
+                // A tenth of the data, chosen at random each time, is read back and checked
+                // against its hashes, besides the repository's structure.
+                let result = self.restic(repo, &["check", "--read-data-subset", "10%"]);
                 let (ok, detail) = match &result {
-                    Ok(_) => (true, format!("restic check of {}: no errors", repo.url)),
+                    Ok(_) => (true, format!("restic check of {}: no errors", repo.shown())),
                     Err(e) => (false, e.clone()),
                 };
                 self.record(envdir, |s| {
@@ -1481,7 +1623,12 @@ impl Ctx<'_, '_> {
 
     /// Restores `file` (default: the newest dated dump) into a throwaway Postgres in a helper
     /// and compares what it holds with the backup's manifest. What it found, in one line.
-    fn test_restore(&self, envdir: &EnvDir, file: Option<PathBuf>) -> Result<String, Error> {
+    fn test_restore(
+        &self,
+        envdir: &EnvDir,
+        file: Option<PathBuf>,
+        require_counts: bool,
+    ) -> Result<String, Error> {
         let env = envdir.env.as_str();
         let stack = envdir.stack();
         let file = match file {
@@ -1504,13 +1651,25 @@ impl Ctx<'_, '_> {
         else {
             return refused(format!("{shown} is not a file name"));
         };
-        let recorded = match fs::read_to_string(backup::manifest_path(&file)) {
-            Ok(text) => Some(Manifest::parse(&text).map_err(|e| {
-                Error::Refused(format!(
-                    "the row counts recorded with {shown} cannot be read: {e}"
-                ))
-            })?),
-            Err(_) => None,
+        let counts = backup::manifest_path(&file);
+        let recorded = match fs::read_to_string(&counts) {
+            Ok(text) => Some(
+                Manifest::parse(&text)
+                    .map_err(|e| Error::Refused(format!("{}: {e}", counts.display())))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !require_counts => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return refused(format!(
+                    "{shown}: no row counts beside it ({}) to compare the restored copy with",
+                    counts.display()
+                ));
+            }
+            Err(e) => {
+                return refused(format!(
+                    "cannot read the row counts {}: {e}",
+                    counts.display()
+                ));
+            }
         };
         let node = self.manager(&stack)?;
         let (image, _, _) = postgres_settings(self.client, &stack)?;
@@ -1562,6 +1721,12 @@ impl Ctx<'_, '_> {
                 file.display()
             ))
         })?;
+        if got.tables.is_empty() {
+            return refused(format!(
+                "{}: the restored copy holds no table (a backup of an empty or another database?)",
+                file.display()
+            ));
+        }
         let summary = format!(
             "{} restored: {} rows in {} tables, migration {}",
             base,
@@ -1622,28 +1787,41 @@ impl Ctx<'_, '_> {
             return Ok(());
         }
         let settings = self.backup_settings(&envdir)?;
-        let state = State::read(&envdir.dir.join("backups").join(backup::STATE_FILE))
-            .map_err(Error::Refused)?;
-        let now = (self.local.now)();
-        let backup_due = backup::due(&state.backup, settings.every.value, now)
-            || (settings.repository.is_some()
-                && backup::due(&state.offsite, settings.every.value, now));
-        let test_due = backup::due(&state.test_restore, settings.test_restore_every.value, now);
-        if !backup_due && !test_due {
+        let state_path = envdir.dir.join("backups").join(backup::STATE_FILE);
+        let work = |state: &State| {
+            let now = (self.local.now)();
+            let every = settings.every.value;
+            let dump = backup::due(&state.backup, every, backup::RETRY_AFTER, now);
+            let offsite = settings.repository.is_some()
+                && backup::due(&state.offsite, every, backup::RETRY_AFTER, now);
+            let test = backup::due(
+                &state.test_restore,
+                settings.test_restore_every.value,
+                backup::TEST_RETRY_AFTER,
+                now,
+            );
+            (dump, offsite, test)
+        };
+        let (dump, offsite, test) = work(&State::read(&state_path).map_err(Error::Refused)?);
+        if !dump && !offsite && !test {
             return Ok(());
         }
         // A backup, test restore or restore of this environment is running: the next tick.
-        let Ok(_lock) = self.backup_lock(&envdir, env, Duration::ZERO) else {
-            return Ok(());
+        let _lock = match self.backup_lock(&envdir, env, Duration::ZERO) {
+            Ok(lock) => lock,
+            Err(Error::Lock(crate::lock::LockError::Timeout { .. })) => return Ok(()),
+            Err(e) => return Err(e),
         };
-        let backed_up = if backup_due {
-            self.backup_locked(&envdir, &settings, None, None)
+        // Decided again under the lock: a run that just ended may have done it.
+        let (dump, offsite, test) = work(&State::read(&state_path).map_err(Error::Refused)?);
+        let backed_up = if dump || offsite {
+            self.backup_locked(&envdir, &settings, None, None, Caller::Scheduled { dump })
                 .map(|_| ())
         } else {
             Ok(())
         };
-        let verified = if test_due {
-            self.verify_locked(&envdir, &settings, None)
+        let verified = if test {
+            self.verify_locked(&envdir, &settings, None, true)
         } else {
             Ok(())
         };
@@ -1670,43 +1848,49 @@ impl Ctx<'_, '_> {
         if !yes {
             return refused(format!(
                 "this replaces ALL data of {stack}'s database with a backup from {}; run again with --yes to do it",
-                repo.url
+                repo.shown()
             ));
         }
-        self.open_repository(&repo, false)?;
-        let listed = self
-            .restic(
-                &repo,
-                &["snapshots", "--json", "--host", &stack, "--tag", env],
-            )
-            .map_err(Error::Refused)?;
-        let list = backup::snapshots(&listed).map_err(Error::Refused)?;
+        let list = self.snapshot_list(&envdir, &repo)?;
+        let listing = || {
+            list.iter()
+                .map(|s| format!("{} {}", s.short_id, s.time.format("%Y-%m-%dT%H:%M:%SZ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let chosen = match snapshot {
-            Some(id) => list
-                .iter()
-                .find(|s| s.id.starts_with(id) && id.len() >= 4)
-                .ok_or_else(|| {
-                    Error::Refused(format!(
-                        "no snapshot {id} of {env} in {} (its snapshots: {})",
-                        repo.url,
-                        list.iter()
-                            .map(|s| format!(
-                                "{} {}",
-                                s.short_id,
-                                s.time.format("%Y-%m-%dT%H:%M:%SZ")
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?,
-            None => list
-                .last()
-                .ok_or_else(|| Error::Refused(format!("{} holds no backup of {env}", repo.url)))?,
+            Some(id) => {
+                let found: Vec<&backup::Snapshot> = list
+                    .iter()
+                    .filter(|s| id.len() >= 4 && s.id.starts_with(id))
+                    .collect();
+                match found[..] {
+                    [one] => one,
+                    [] => {
+                        return refused(format!(
+                            "no snapshot {id} of {env} in {} (its snapshots: {})",
+                            repo.shown(),
+                            listing()
+                        ));
+                    }
+                    _ => {
+                        return refused(format!(
+                            "{id} names {} snapshots of {env}: give more of its id (its snapshots: {})",
+                            found.len(),
+                            listing()
+                        ));
+                    }
+                }
+            }
+            None => list.last().ok_or_else(|| {
+                Error::Refused(format!("{} holds no backup of {env}", repo.shown()))
+            })?,
         };
         let Some((dump, _)) = backup::dump_in(chosen) else {
             return refused(format!(
                 "snapshot {} in {} holds no .dump file",
-                chosen.short_id, repo.url
+                chosen.short_id,
+                repo.shown()
             ));
         };
         let scratch = envdir.dir.join(format!(".restore-{}", self.local.pid));
@@ -1719,7 +1903,7 @@ impl Ctx<'_, '_> {
             "fetching {dump} from snapshot {} ({}) of {}",
             chosen.short_id,
             chosen.time.format("%Y-%m-%dT%H:%M:%SZ"),
-            repo.url
+            repo.shown()
         ));
         let target = scratch.display().to_string();
         self.restic(
@@ -1735,7 +1919,69 @@ impl Ctx<'_, '_> {
         )
         .map_err(Error::Refused)?;
         let file = scratch.join(dump.trim_start_matches('/'));
-        self.restore(env, &file, yes, lock_wait)
+        self.restore(env, &file, yes, lock_wait)?;
+        // This server now continues the repository's backups: the schedule copies there.
+        let joined = format!(
+            "restored from snapshot {} ({}) of {} at {}",
+            chosen.short_id,
+            chosen.time.format("%Y-%m-%dT%H:%M:%SZ"),
+            repo.shown(),
+            (self.local.now)().format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        self.record(&envdir, |s| s.joined = Some(joined))
+    }
+
+    /// The environment's snapshots in the repository (it must open), oldest first.
+    fn snapshot_list(
+        &self,
+        envdir: &EnvDir,
+        repo: &Repository,
+    ) -> Result<Vec<backup::Snapshot>, Error> {
+        self.open_repository(repo, false)?;
+        let listed = self
+            .restic(
+                repo,
+                &[
+                    "snapshots",
+                    "--json",
+                    "--host",
+                    &envdir.stack(),
+                    "--tag",
+                    &envdir.env,
+                ],
+            )
+            .map_err(Error::Refused)?;
+        backup::snapshots(&listed).map_err(Error::Refused)
+    }
+
+    /// `db snapshots ENV`: the environment's backups in its repository, oldest first.
+    fn snapshots(&self, env: &str, out: &mut dyn Write) -> Result<(), Error> {
+        let envdir = self.env(env)?;
+        let settings = self.backup_settings(&envdir)?;
+        let Some(repo) = self.repository(&envdir, &settings)? else {
+            return refused(format!(
+                "BACKUP_REPOSITORY is not set for {env} (in {})",
+                envdir.dir.join("deploy.env").display()
+            ));
+        };
+        let list = self.snapshot_list(&envdir, &repo)?;
+        for s in &list {
+            let dump = backup::dump_in(s).map_or("(no .dump)", |(d, _)| d);
+            write_line(
+                out,
+                &format!(
+                    "{}  {}  {dump}",
+                    s.short_id,
+                    s.time.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+            )?;
+        }
+        (self.say)(&format!(
+            "{} snapshot(s) of {env} in {}",
+            list.len(),
+            repo.shown()
+        ));
+        Ok(())
     }
 
     fn restore(&self, env: &str, file: &Path, yes: bool, lock_wait: Duration) -> Result<(), Error> {
@@ -1791,8 +2037,13 @@ impl Ctx<'_, '_> {
             &["-c", RESTORE_SCRIPT, "restore", base, &before, &after],
         );
         spec.node = Some(node);
-        // The caller's user reads the caller's backup (mode 0600).
-        spec.user = Some(format!("{}:{}", self.local.ids.0, self.local.ids.1));
+        // The file's owner reads it (a backup is mode 0600): the caller's, or, for root, the
+        // deploy user's.
+        spec.user = Some({
+            use std::os::unix::fs::MetadataExt;
+            let (uid, gid) = fs::metadata(&file).map_or(self.local.ids, |m| (m.uid(), m.gid()));
+            format!("{uid}:{gid}")
+        });
         spec.mounts = vec![bind(dir, RESTORE_MOUNT, true)?];
         (self.say)(&format!(
             "restoring {} into the {env} database: writes are refused while it runs",
@@ -4076,7 +4327,7 @@ mod tests {
             r.unwrap_err().to_string(),
             "the repository check failed: restic on /srv/restic/prod: Fatal: repository contains errors"
         );
-        assert_eq!(restic.calls(), ["check"]);
+        assert_eq!(restic.calls(), ["check --read-data-subset 10%"]);
         let state = state_of(&env_dir);
         assert!(state.test_restore.last.unwrap().ok);
         assert!(!state.repository_check.last.unwrap().ok);
@@ -4341,6 +4592,305 @@ mod tests {
             r.unwrap_err()
                 .to_string()
                 .starts_with("--from-repository: BACKUP_REPOSITORY is not set for prod")
+        );
+    }
+
+    /// A state file with a good backup `minutes` ago (and the test restore fresh).
+    fn recent_state(env_dir: &Path, minutes: i64) -> PathBuf {
+        let mut state = State::default();
+        let run = |minutes: i64| Run {
+            at: fixed_now() - chrono::Duration::minutes(minutes),
+            ok: true,
+            detail: "x".into(),
+            size: None,
+        };
+        state.backup.record(run(minutes));
+        state.test_restore.record(run(10));
+        fs::create_dir_all(env_dir.join("backups")).unwrap();
+        let path = env_dir.join("backups").join(backup::STATE_FILE);
+        state.write(&path).unwrap();
+        path
+    }
+
+    #[test]
+    fn when_only_the_off_site_copy_is_due_the_schedule_copies_the_newest_dump() {
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        recent_state(&env_dir, 30);
+        let dir = env_dir.join("backups");
+        fs::write(dir.join("stackship-prod-20261206T093000Z.dump"), "PGDMP").unwrap();
+        fs::write(dir.join("stackship-prod-20261206T093000Z.counts"), COUNTS).unwrap();
+        fs::write(dir.join("stackship-prod-20261205T093000Z.dump"), "old").unwrap();
+        let fake = helpers_complete("");
+        let restic = FakeRestic::new(|args: &[&str]| match args[0] {
+            "snapshots" => Ok("[]".to_owned()),
+            "backup" => Ok(
+                "{\"message_type\":\"summary\",\"snapshot_id\":\"cafe0123456789\"}\n".to_owned(),
+            ),
+            _ => Ok(String::new()),
+        });
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..local(root.path())
+        };
+        let (r, lines, _) = exec_with(root.path(), &fake, &local, &never, &["scheduled", "prod"]);
+        r.unwrap();
+        assert!(
+            !fake.writes().iter().any(|w| w.contains("ops-backup")),
+            "no new dump: {:?}",
+            fake.writes()
+        );
+        let calls = restic.calls();
+        assert_eq!(
+            calls[..3],
+            [
+                "cat config",
+                "snapshots --json --host stackship-prod --tag prod",
+                &format!(
+                    "backup --json --host stackship-prod --tag stackship --tag prod {} {}",
+                    dir.join("stackship-prod-20261206T093000Z.dump").display(),
+                    dir.join("stackship-prod-20261206T093000Z.counts").display()
+                )
+            ],
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("is recent: copying it off-site")),
+            "{lines:?}"
+        );
+        let state = state_of(&env_dir);
+        assert_eq!(state.offsite.last_ok.unwrap().detail, "snapshot cafe0123");
+        assert_eq!(
+            state.backup.last_ok.unwrap().at,
+            fixed_now() - chrono::Duration::minutes(30)
+        );
+    }
+
+    #[test]
+    fn the_schedule_backs_up_locally_when_the_repository_fails_or_is_another_servers() {
+        // The repository does not open: the local backup is made all the same.
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        dumped(&env_dir.join("backups"), COUNTS);
+        let fake = helpers_complete("");
+        let restic =
+            FakeRestic::new(|_: &[&str]| Err("Fatal: wrong password or no key found\n".to_owned()));
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..self::local(root.path())
+        };
+        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["scheduled", "prod"]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("was written, but it was not copied off-site: the password in "),
+            "{e}"
+        );
+        let state = state_of(&env_dir);
+        assert!(state.backup.last_ok.is_some(), "the local backup was made");
+        assert!(state.first_backup.is_some());
+        assert!(!state.offsite.last.unwrap().ok);
+
+        // A repository with backups this new server did not make: not copied over them.
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        dumped(&env_dir.join("backups"), COUNTS);
+        let fake = helpers_complete("");
+        let restic = FakeRestic::new(|args: &[&str]| {
+            match args[0] {
+            "snapshots" => Ok(r#"[{"time":"2026-12-05T03:00:00Z","paths":["/old/stackship-prod-20261205T030000Z.dump"],"id":"bbbb2222","short_id":"bbbb2222"}]"#.to_owned()),
+            _ => Ok(String::new()),
+        }
+        });
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..self::local(root.path())
+        };
+        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["scheduled", "prod"]);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("already holds 1 backup(s) of prod that this server did not make (the newest bbbb2222 from 2026-12-05T03:00:00Z): restore from them first"), "{e}");
+        assert!(
+            !restic
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("backup") || c.starts_with("forget")),
+            "{:?}",
+            restic.calls()
+        );
+        assert!(state_of(&env_dir).backup.last_ok.is_some());
+        // After a restore from it (or a copy made by hand) the schedule copies there.
+        let state_file = env_dir.join("backups").join(backup::STATE_FILE);
+        let mut state = state_of(&env_dir);
+        state.joined = Some("restored from snapshot bbbb2222".into());
+        // (and the failed try's pause over)
+        state.offsite = backup::Track::default();
+        state.write(&state_file).unwrap();
+        let local = Local {
+            restic: &run,
+            ..self::local(root.path())
+        };
+        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["scheduled", "prod"]);
+        // The copy of the dump made above is tried now (this fake names no snapshot).
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("restic backup named no snapshot"), "{e}");
+        assert!(
+            restic
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("backup --json"))
+        );
+    }
+
+    #[test]
+    fn the_scheduled_test_restore_needs_the_counts_and_a_restored_table() {
+        let (root, env_dir) = verify_setup();
+        let state_file = recent_state(&env_dir, 10);
+        let mut state = State::read(&state_file).unwrap();
+        state.test_restore = backup::Track::default();
+        state.write(&state_file).unwrap();
+        fs::remove_file(env_dir.join("backups/stackship-prod-20261205T000000Z.counts")).unwrap();
+        let fake = helpers_complete(COUNTS);
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["scheduled", "prod"],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("no row counts beside it"), "{e}");
+        assert!(!state_of(&env_dir).test_restore.last.unwrap().ok);
+        // By hand, a dump without counts is restored and said to have none to compare.
+        let (r, lines, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["verify", "prod"],
+        );
+        r.unwrap();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("no row counts were recorded with this backup")),
+            "{lines:?}"
+        );
+        // A copy without a single table is no proof of anything.
+        let fake = helpers_complete("migration|none\n");
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["verify", "prod"],
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("the restored copy holds no table"), "{e}");
+        // Counts that cannot be read fail it too.
+        fs::create_dir(env_dir.join("backups/stackship-prod-20261205T000000Z.counts")).unwrap();
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["verify", "prod"],
+        );
+        assert!(
+            r.unwrap_err()
+                .to_string()
+                .contains("cannot read the row counts")
+        );
+    }
+
+    #[test]
+    fn the_schedule_decides_again_under_the_lock_and_a_failed_test_restore_rests() {
+        let (root, env_dir) = verify_setup();
+        let state_file = recent_state(&env_dir, 10);
+        let mut state = State::read(&state_file).unwrap();
+        state.test_restore = backup::Track::default();
+        state.test_restore.record(Run {
+            at: fixed_now() - chrono::Duration::hours(1),
+            ok: false,
+            detail: "pg_restore: error".into(),
+            size: None,
+        });
+        state.write(&state_file).unwrap();
+        let fake = helpers_complete(COUNTS);
+        // Failed an hour ago: not again for six hours.
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local(root.path()),
+            &never,
+            &["scheduled", "prod"],
+        );
+        r.unwrap();
+        assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    }
+
+    #[test]
+    fn a_restore_from_the_repository_lets_the_schedule_copy_there_and_refuses_an_ambiguous_id() {
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        let fake = helpers_complete(RESTORED);
+        let restic = FakeRestic::new(|args: &[&str]| {
+            match args[0] {
+            "snapshots" => Ok(r#"[{"time":"2026-12-05T03:00:00Z","paths":["/b/stackship-prod-20261205T030000Z.dump"],"id":"abcd2222","short_id":"abcd2222"},
+                {"time":"2026-12-04T03:00:00Z","paths":["/b/stackship-prod-20261204T030000Z.dump"],"id":"abcd1111","short_id":"abcd1111"}]"#.to_owned()),
+            "restore" => {
+                let file = Path::new(args[3]).join(args[5].trim_start_matches('/'));
+                fs::create_dir_all(file.parent().unwrap()).unwrap();
+                fs::write(&file, "PGDMP").unwrap();
+                Ok(String::new())
+            }
+            _ => Ok(String::new()),
+        }
+        });
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..local(root.path())
+        };
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local,
+            &never,
+            &[
+                "restore",
+                "prod",
+                "--from-repository",
+                "--snapshot",
+                "abcd",
+                "--yes",
+            ],
+        );
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "abcd names 2 snapshots of prod: give more of its id (its snapshots: abcd1111 2026-12-04T03:00:00Z, abcd2222 2026-12-05T03:00:00Z)"
+        );
+        assert!(!restic.calls().iter().any(|c| c.starts_with("restore")));
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &local,
+            &never,
+            &["restore", "prod", "--from-repository", "--yes"],
+        );
+        r.unwrap();
+        assert_eq!(
+            state_of(&env_dir).joined.unwrap(),
+            "restored from snapshot abcd2222 (2026-12-05T03:00:00Z) of /srv/restic/prod at 2026-12-06T10:00:00Z"
+        );
+        // `db snapshots` lists them, oldest first.
+        let (r, lines, out) = exec_with(root.path(), &fake, &local, &never, &["snapshots", "prod"]);
+        r.unwrap();
+        assert_eq!(
+            out,
+            "abcd1111  2026-12-04T03:00:00Z  /b/stackship-prod-20261204T030000Z.dump\nabcd2222  2026-12-05T03:00:00Z  /b/stackship-prod-20261205T030000Z.dump\n"
+        );
+        assert_eq!(
+            lines.last().unwrap(),
+            "2 snapshot(s) of prod in /srv/restic/prod"
         );
     }
 }
