@@ -57,6 +57,17 @@ count() {
     if [[ -s "$file" ]]; then wc -l <"$file"; else echo 0; fi
 }
 
+# reap_orphans SID: ends the processes of session SID (cargo-mutants') that lost their parent: a
+# test binary killed at its timeout leaves the processes its tests started (a mutant that never
+# lets a child go), which would keep a core busy, or memory, until the machine restarts.
+reap_orphans() {
+    local pid
+    for pid in $(ps -eo pid=,ppid=,sid= | awk -v sid="$1" '$2 == 1 && $3 == sid && $1 != sid {print $1}'); do
+        log "ending process ${pid}, left behind by a timed-out mutant: $(ps -o args= -p "$pid" 2>/dev/null | cut -c1-120)"
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+
 run_crate() {
     local crate="$1" out="$2/$1" status=0 iterate=() outcome started=$SECONDS
     # An earlier run's output in the same --out would be read by --iterate too.
@@ -80,12 +91,27 @@ run_crate() {
     # A mutant that allocates without end (a loop that never stops pushing) must fail, not
     # take the machine's memory before its timeout: every process of the run gets at most
     # MUTANTS_MEMORY_GIB (default 8) GiB of address space.
-    # Ctrl-C reaches cargo-mutants, which stops its jobs; this script then keeps the results.
-    trap : INT
-    (cd "$ROOT" && ulimit -v $((${MUTANTS_MEMORY_GIB:-8} * 1024 * 1024)) && env -u CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG=0 \
+    # cargo-mutants runs in a session of its own (its id is the pid below), so that test
+    # processes a timed-out mutant leaves behind can be told apart and ended (reap_orphans).
+    # Ctrl-C is passed on to it; it stops its jobs, and this script then keeps the results.
+    local cm reaper
+    (cd "$ROOT" && ulimit -v $((${MUTANTS_MEMORY_GIB:-8} * 1024 * 1024)) && exec setsid env -u CARGO_TARGET_DIR CARGO_PROFILE_DEV_DEBUG=0 \
         nice -n 19 cargo mutants -p "$crate" --jobs "$JOBS" --output "$out" --no-shuffle \
-        --timeout-multiplier 3 "${iterate[@]}" >"$out/cargo-mutants.log" 2>&1) || status=$?
+        --timeout-multiplier 3 "${iterate[@]}" >"$out/cargo-mutants.log" 2>&1) &
+    cm=$!
+    trap 'kill -INT "$cm" 2>/dev/null || true' INT
+    (while kill -0 "$cm" 2>/dev/null; do sleep 20; reap_orphans "$cm"; done) &
+    reaper=$!
+    # A trapped Ctrl-C ends a wait early: wait again until cargo-mutants itself has ended.
+    while :; do
+        status=0
+        wait "$cm" || status=$?
+        kill -0 "$cm" 2>/dev/null || break
+    done
     trap - INT
+    kill "$reaper" 2>/dev/null || true
+    wait "$reaper" 2>/dev/null || true
+    reap_orphans "$cm"
     # 0: all caught; 2: some missed; 3: some timed out. Anything else is a failure of the run,
     # or a stop (Ctrl-C, a kill): what was tested until then is kept all the same.
     case $status in

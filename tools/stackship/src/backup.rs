@@ -181,6 +181,10 @@ pub struct State {
     /// schedule copies to a repository that holds backups it did not make only after this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined: Option<String>,
+    /// The repository (as shown) this server copied to or was restored from: the schedule
+    /// copies to it without asking whose its backups are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 impl State {
@@ -413,6 +417,10 @@ pub struct Repository {
     pub options: Vec<String>,
     /// restic's cache; none: `--no-cache`.
     pub cache_dir: Option<PathBuf>,
+    /// The user, group and home restic runs as, when not this process's (root working on the
+    /// deploy user's backups: what restic writes, in a local repository and its cache, stays
+    /// the deploy user's).
+    pub run_as: Option<(u32, u32, PathBuf)>,
 }
 
 /// The files in `<env dir>/secrets/` that reach a repository.
@@ -462,6 +470,7 @@ impl Repository {
             env,
             options,
             cache_dir,
+            run_as: None,
         })
     }
 
@@ -496,20 +505,33 @@ impl Repository {
     }
 }
 
-/// A repository location with the password of its user part, if any, replaced by `***`
-/// (`rest:https://user:secret@host/x` → `rest:https://user:***@host/x`).
-pub fn redact(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let authority_end = url[start..].find('/').map_or(url.len(), |i| start + i);
-    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
-        return url.to_owned();
-    };
-    match url[start..at].find(':') {
-        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
-        None => url.to_owned(),
+/// A repository location, or any text, with the password of each URL's user part replaced by
+/// `***` (`rest:https://user:secret@host/x` → `rest:https://user:***@host/x`). The password may
+/// hold `/`, `?`, `#` or `@`: what is masked runs from the first `:` after `://` to the last `@`
+/// before the URL ends (at a blank or a quote).
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let start = i + 3;
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .unwrap_or(rest.len());
+        let url = &rest[..end];
+        match (url.find(':'), url.rfind('@')) {
+            (Some(colon), Some(at)) if colon < at => {
+                out.push_str(&url[..colon]);
+                out.push_str(":***");
+                out.push_str(&url[at..]);
+            }
+            _ => out.push_str(url),
+        }
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// `KEY=VALUE` lines (comments and blank lines skipped; no quotes, no `export`).
@@ -535,7 +557,8 @@ pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, String> {
 pub fn sftp_command(url: &str, key: &Path, known_hosts: &Path) -> Result<String, String> {
     let bad = || {
         format!(
-            "BACKUP_REPOSITORY '{url}' is not sftp:[user@]host:/path or sftp://[user@]host[:port]//path"
+            "BACKUP_REPOSITORY '{}' is not sftp:[user@]host:/path or sftp://[user@]host[:port]//path",
+            redact(url)
         )
     };
     let (authority, port) = if let Some(rest) = url.strip_prefix("sftp://") {
@@ -579,7 +602,7 @@ pub fn sftp_command(url: &str, key: &Path, known_hosts: &Path) -> Result<String,
 /// Why restic failed, in words that say what to do; `stderr` is restic's own (the repository's
 /// location in it shown without its password).
 pub fn restic_failure(stderr: &str, repo: &Repository) -> String {
-    restic_words(stderr, repo).replace(&repo.url, &repo.shown())
+    redact(&restic_words(stderr, repo).replace(&repo.url, &repo.shown()))
 }
 
 fn restic_words(stderr: &str, repo: &Repository) -> String {
@@ -1085,9 +1108,15 @@ mod tests {
             redact("rest:https://backup@store.example/prod"),
             "rest:https://backup@store.example/prod"
         );
+        // A password with `/`, `?` or `@` in it, and several URLs in one text (restic's own
+        // messages quote the location without its `rest:`).
         assert_eq!(
-            redact("rest:https://store.example/a@b:c"),
-            "rest:https://store.example/a@b:c"
+            redact("rest:https://u:pa/s?s@w@h/x"),
+            "rest:https://u:***@h/x"
+        );
+        assert_eq!(
+            redact("Fatal: parse \"https://u:p?w@h/x\": invalid port; see https://h/doc"),
+            "Fatal: parse \"https://u:***@h/x\": invalid port; see https://h/doc"
         );
         for plain in [
             "sftp:b@h:/r",

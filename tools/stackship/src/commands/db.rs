@@ -146,12 +146,13 @@ pub enum DbCommand {
 }
 
 /// Who runs a backup: a person (a repository that cannot be used refuses it before anything
-/// is made), or the schedule (the local backup is made all the same; `dump: false` when only the
-/// off-site copy is due and the newest dump is copied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// is made), or the schedule (the local backup is made all the same; `copy: Some(dump)` when
+/// only the off-site copy is due: that good dump, newer than the last copy, is copied instead
+/// of making another).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Caller {
     Manual,
-    Scheduled { dump: bool },
+    Scheduled { copy: Option<PathBuf> },
 }
 
 /// Pace and bounds of the waits (tests shorten them).
@@ -216,10 +217,15 @@ pub type RunRestic<'a> = dyn Fn(&Repository, &[&str]) -> Result<String, String> 
 /// Runs restic (the Debian package; scripts/server/setup-server.sh installs it) with the
 /// repository's arguments and environment.
 pub fn run_restic(repo: &Repository, command: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new("restic")
-        .args(repo.args(command))
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("restic");
+    cmd.args(repo.args(command))
         .envs(repo.environment())
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null());
+    if let Some((uid, gid, home)) = &repo.run_as {
+        cmd.uid(*uid).gid(*gid).env("HOME", home);
+    }
+    let out = cmd
         .output()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -233,6 +239,32 @@ pub fn run_restic(repo: &Repository, command: &[&str]) -> Result<String, String>
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// The last good dump, when it is newer than the last good off-site copy, still there, and has
+/// its row counts: what a scheduled run copies when only the off-site copy is due.
+fn not_off_site_yet(state: &State) -> Option<PathBuf> {
+    let dump = state.backup.last_ok.as_ref()?;
+    if state
+        .offsite
+        .last_ok
+        .as_ref()
+        .is_some_and(|o| o.at >= dump.at)
+    {
+        return None;
+    }
+    let path = PathBuf::from(&dump.detail);
+    let counts = fs::read_to_string(backup::manifest_path(&path)).ok()?;
+    (path.is_file() && Manifest::parse(&counts).is_ok()).then_some(path)
+}
+
+/// The home directory of user `uid` in the text of `/etc/passwd`.
+fn home_of(passwd: &str, uid: u32) -> Option<PathBuf> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[2].parse() == Ok(uid) && !fields[5].is_empty())
+            .then(|| PathBuf::from(fields[5]))
+    })
 }
 
 /// The owner ids of this process (those of `/proc/self`).
@@ -1064,11 +1096,23 @@ impl Ctx<'_, '_> {
         let Some(url) = &settings.repository else {
             return Ok(None);
         };
-        // Root's cache would be root's: the deploy user's runs could not use it.
-        let cache = (self.local.ids.0 != 0).then(|| envdir.dir.join(".restic-cache"));
-        Repository::new(&url.value, &envdir.dir.join("secrets"), cache)
-            .map(Some)
-            .map_err(|e| Error::Refused(format!("{e} ({})", url.origin)))
+        let mut repo = Repository::new(
+            &url.value,
+            &envdir.dir.join("secrets"),
+            Some(envdir.dir.join(".restic-cache")),
+        )
+        .map_err(|e| Error::Refused(format!("{e} ({})", url.origin)))?;
+        // Root works on the deploy user's backups: restic runs as that user, so that what it
+        // writes (a local repository, its cache, its locks) stays theirs.
+        let (uid, gid) = self.file_ids(envdir);
+        if self.local.ids.0 == 0 && uid != 0 {
+            let home = fs::read_to_string("/etc/passwd")
+                .ok()
+                .and_then(|passwd| home_of(&passwd, uid))
+                .unwrap_or_else(|| envdir.dir.clone());
+            repo.run_as = Some((uid, gid, home));
+        }
+        Ok(Some(repo))
     }
 
     /// Who the files of the environment's backups belong to: the caller, or, for root, the
@@ -1250,7 +1294,7 @@ impl Ctx<'_, '_> {
     /// still empty, would become the newest, which a restore takes by default.
     fn may_join(&self, envdir: &EnvDir, repo: &Repository) -> Result<(), String> {
         let state = State::read(&envdir.dir.join("backups").join(backup::STATE_FILE))?;
-        if state.offsite.last_ok.is_some() || state.joined.is_some() {
+        if state.repository.as_deref() == Some(repo.shown().as_str()) {
             return Ok(());
         }
         let stack = envdir.stack();
@@ -1287,29 +1331,30 @@ impl Ctx<'_, '_> {
     ) -> Result<PathBuf, Error> {
         let env = envdir.env.as_str();
         let mut offsite = self.usable_repository(envdir, settings);
-        if let (Caller::Manual, Err(why)) = (run, &offsite) {
-            let why = format!("nothing was made: {why}");
+        if let (Caller::Manual, Err(why)) = (&run, &offsite) {
+            // The off-site side failed; no local backup was tried (the schedule's are not
+            // held up by this).
+            let why = why.clone();
             self.record(envdir, |s| {
-                s.backup.record(self.run_now(false, why.clone(), None));
-                s.offsite.record(self.run_now(false, why.clone(), None));
+                s.offsite
+                    .record(self.run_now(false, format!("nothing was made: {why}"), None));
             })?;
-            return refused(why.trim_start_matches("nothing was made: ").to_owned());
+            return refused(why);
         }
-        if let (Caller::Scheduled { .. }, Ok(Some(repo))) = (run, &offsite)
+        if let (Caller::Scheduled { .. }, Ok(Some(repo))) = (&run, &offsite)
             && let Err(why) = self.may_join(envdir, repo)
         {
             offsite = Err(why);
         }
-        let existing = match run {
-            Caller::Scheduled { dump: false } => {
-                self.newest_backup(&self.backups_dir(envdir)?, &envdir.stack())
-            }
-            _ => None,
+        let copy = match &run {
+            Caller::Scheduled { copy } => copy.clone(),
+            Caller::Manual => None,
         };
-        let path = match existing {
+        let made = copy.is_none();
+        let path = match copy {
             Some(path) => {
                 (self.say)(&format!(
-                    "the newest backup {} is recent: copying it off-site",
+                    "the newest backup {} is not off-site yet: copying it",
                     path.display()
                 ));
                 path
@@ -1345,14 +1390,16 @@ impl Ctx<'_, '_> {
             Ok(None) => return Ok(path),
             Ok(Some(repo)) => self
                 .copy_offsite(envdir, &repo, settings, &path)
-                .map_err(|why| format!("its copy to {} failed: {why}", repo.shown())),
+                .map(|snapshot| (snapshot, repo.shown()))
+                .map_err(|why| format!("its copy off-site failed: {why}")),
             Err(why) => Err(format!("it was not copied off-site: {why}")),
         };
         match copied {
-            Ok(snapshot) => {
+            Ok((snapshot, repository)) => {
                 self.record(envdir, |s| {
                     s.offsite
-                        .record(self.run_now(true, format!("snapshot {snapshot}"), size))
+                        .record(self.run_now(true, format!("snapshot {snapshot}"), size));
+                    s.repository = Some(repository);
                 })?;
                 Ok(path)
             }
@@ -1361,8 +1408,9 @@ impl Ctx<'_, '_> {
                     s.offsite.record(self.run_now(false, why.clone(), None))
                 })?;
                 refused(format!(
-                    "the {env} backup {} was written, but {why}",
-                    path.display()
+                    "the {env} backup {} was {}, but {why}",
+                    path.display(),
+                    if made { "written" } else { "already there" }
                 ))
             }
         }
@@ -1455,6 +1503,8 @@ impl Ctx<'_, '_> {
                         "cannot create the backup directory {}",
                         dir.display()
                     )))?;
+                // The helper writes there as the backups' owner.
+                self.hand_over(envdir, &dir);
                 dir
             }
             None => self.backups_dir(envdir)?,
@@ -1813,11 +1863,29 @@ impl Ctx<'_, '_> {
             Err(e) => return Err(e),
         };
         // Decided again under the lock: a run that just ended may have done it.
-        let (dump, offsite, test) = work(&State::read(&state_path).map_err(Error::Refused)?);
-        let backed_up = if dump || offsite {
-            self.backup_locked(&envdir, &settings, None, None, Caller::Scheduled { dump })
-                .map(|_| ())
+        let state = State::read(&state_path).map_err(Error::Refused)?;
+        let (dump, offsite, test) = work(&state);
+        let backed_up = if dump {
+            self.backup_locked(
+                &envdir,
+                &settings,
+                None,
+                None,
+                Caller::Scheduled { copy: None },
+            )
+            .map(|_| ())
+        } else if let Some(copy) = offsite.then(|| not_off_site_yet(&state)).flatten() {
+            self.backup_locked(
+                &envdir,
+                &settings,
+                None,
+                None,
+                Caller::Scheduled { copy: Some(copy) },
+            )
+            .map(|_| ())
         } else {
+            // The last good dump is off-site already (a dump failed since): the next good one
+            // goes.
             Ok(())
         };
         let verified = if test {
@@ -1921,6 +1989,7 @@ impl Ctx<'_, '_> {
         let file = scratch.join(dump.trim_start_matches('/'));
         self.restore(env, &file, yes, lock_wait)?;
         // This server now continues the repository's backups: the schedule copies there.
+        let repository = repo.shown();
         let joined = format!(
             "restored from snapshot {} ({}) of {} at {}",
             chosen.short_id,
@@ -1928,7 +1997,10 @@ impl Ctx<'_, '_> {
             repo.shown(),
             (self.local.now)().format("%Y-%m-%dT%H:%M:%SZ")
         );
-        self.record(&envdir, |s| s.joined = Some(joined))
+        self.record(&envdir, |s| {
+            s.joined = Some(joined);
+            s.repository = Some(repository);
+        })
     }
 
     /// The environment's snapshots in the repository (it must open), oldest first.
@@ -4078,14 +4150,16 @@ mod tests {
             fake.writes()
         );
         let state = state_of(&env_dir);
-        for track in [&state.backup, &state.offsite] {
-            let last = track.last.as_ref().unwrap();
-            assert!(
-                !last.ok && last.detail.starts_with("nothing was made: "),
-                "{last:?}"
-            );
-            assert!(track.last_ok.is_none());
-        }
+        let last = state.offsite.last.as_ref().unwrap();
+        assert!(
+            !last.ok
+                && last
+                    .detail
+                    .starts_with("nothing was made: the password in "),
+            "{last:?}"
+        );
+        // No local backup was tried: the schedule's next one is not held up by this.
+        assert_eq!(state.backup, backup::Track::default());
         // A repository without its password file: refused before restic runs.
         fs::remove_file(env_dir.join("secrets").join(backup::PASSWORD_FILE)).unwrap();
         let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
@@ -4121,7 +4195,7 @@ mod tests {
         assert_eq!(
             e,
             format!(
-                "the prod backup {} was written, but its copy to /srv/restic/prod failed: restic on /srv/restic/prod: Fatal: unable to save snapshot: no space left on device",
+                "the prod backup {} was written, but its copy off-site failed: restic on /srv/restic/prod: Fatal: unable to save snapshot: no space left on device",
                 dump.display()
             )
         );
@@ -4615,11 +4689,22 @@ mod tests {
     #[test]
     fn when_only_the_off_site_copy_is_due_the_schedule_copies_the_newest_dump() {
         let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
-        recent_state(&env_dir, 30);
+        let state_file = recent_state(&env_dir, 30);
         let dir = env_dir.join("backups");
-        fs::write(dir.join("stackship-prod-20261206T093000Z.dump"), "PGDMP").unwrap();
+        let dump = dir.join("stackship-prod-20261206T093000Z.dump");
+        fs::write(&dump, "PGDMP").unwrap();
         fs::write(dir.join("stackship-prod-20261206T093000Z.counts"), COUNTS).unwrap();
-        fs::write(dir.join("stackship-prod-20261205T093000Z.dump"), "old").unwrap();
+        // A newer one, made by hand elsewhere, is not the last good backup the state names.
+        fs::write(dir.join("stackship-prod-20261206T095000Z.dump"), "newer").unwrap();
+        let mut state = State::read(&state_file).unwrap();
+        state.backup = backup::Track::default();
+        state.backup.record(Run {
+            at: fixed_now() - chrono::Duration::minutes(30),
+            ok: true,
+            detail: dump.display().to_string(),
+            size: Some(5),
+        });
+        state.write(&state_file).unwrap();
         let fake = helpers_complete("");
         let restic = FakeRestic::new(|args: &[&str]| match args[0] {
             "snapshots" => Ok("[]".to_owned()),
@@ -4656,7 +4741,7 @@ mod tests {
         assert!(
             lines
                 .iter()
-                .any(|l| l.contains("is recent: copying it off-site")),
+                .any(|l| l.contains("is not off-site yet: copying it")),
             "{lines:?}"
         );
         let state = state_of(&env_dir);
@@ -4722,6 +4807,7 @@ mod tests {
         let state_file = env_dir.join("backups").join(backup::STATE_FILE);
         let mut state = state_of(&env_dir);
         state.joined = Some("restored from snapshot bbbb2222".into());
+        state.repository = Some("/srv/restic/prod".into());
         // (and the failed try's pause over)
         state.offsite = backup::Track::default();
         state.write(&state_file).unwrap();
@@ -4892,5 +4978,52 @@ mod tests {
             lines.last().unwrap(),
             "2 snapshot(s) of prod in /srv/restic/prod"
         );
+    }
+
+    #[test]
+    fn only_a_good_dump_newer_than_the_last_copy_and_with_its_counts_is_copied_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("stackship-prod-20261206T093000Z.dump");
+        fs::write(&dump, "PGDMP").unwrap();
+        let at = |minutes: i64| fixed_now() - chrono::Duration::minutes(minutes);
+        let run = |minutes: i64, ok: bool, detail: &str| Run {
+            at: at(minutes),
+            ok,
+            detail: detail.to_owned(),
+            size: None,
+        };
+        let mut state = State::default();
+        assert_eq!(not_off_site_yet(&state), None, "no backup yet");
+        state
+            .backup
+            .record(run(30, true, &dump.display().to_string()));
+        assert_eq!(not_off_site_yet(&state), None, "no counts beside it");
+        fs::write(backup::manifest_path(&dump), COUNTS).unwrap();
+        assert_eq!(not_off_site_yet(&state), Some(dump.clone()));
+        state.offsite.record(run(40, true, "snapshot a"));
+        assert_eq!(
+            not_off_site_yet(&state),
+            Some(dump.clone()),
+            "copied before it"
+        );
+        state.offsite.record(run(30, true, "snapshot b"));
+        assert_eq!(not_off_site_yet(&state), None, "copied already");
+        // A dump failed since: nothing new to copy.
+        state.backup.record(run(5, false, "pg_dump: error"));
+        assert_eq!(not_off_site_yet(&state), None);
+        // Gone from the disk: nothing to copy either.
+        state
+            .backup
+            .record(run(4, true, "/nowhere/stackship-prod-x.dump"));
+        assert_eq!(not_off_site_yet(&state), None);
+        assert_eq!(
+            home_of(
+                "root:x:0:0:root:/root:/bin/bash\nstackship-deploy:x:1001:1001::/home/stackship-deploy:/bin/bash\n",
+                1001
+            ),
+            Some(PathBuf::from("/home/stackship-deploy"))
+        );
+        assert_eq!(home_of("x:x:1001:1001::/home/x\n", 1001), None);
+        assert_eq!(home_of("root:x:0:0:root:/root:/bin/bash\n", 1001), None);
     }
 }
