@@ -125,10 +125,11 @@ open(p, "wb").write(b)' "$corrupt"
     cp "${work}/password" "$password"
     [[ "$(snapshot_count "$repo")" == 1 ]] || fail "the repository changed: $(snapshot_count "$repo") snapshots"
 
-    # --- Prometheus: the backend exports what the state says (the failed tries above too) ---
+    # --- Prometheus: the backend exports what the state says (the failed tries above too: the
+    # refused backup by hand counts against the off-site copy, not the local dumps) ---
     local want got deadline=$((SECONDS + 60))
     want="$(printf '%s\n' \
-        "backup_last_run_ok backup 0" "backup_last_run_ok offsite 0" \
+        "backup_last_run_ok backup 1" "backup_last_run_ok offsite 0" \
         "backup_last_run_ok repository_check 1" "backup_last_run_ok test_restore 1" \
         "backup_last_success_timestamp_seconds backup $(state_epoch backup)" \
         "backup_last_success_timestamp_seconds offsite $(state_epoch offsite)" \
