@@ -100,7 +100,14 @@ run_crate() {
         --timeout-multiplier 3 "${iterate[@]}" >"$out/cargo-mutants.log" 2>&1) &
     cm=$!
     trap 'kill -INT "$cm" 2>/dev/null || true' INT
-    (while kill -0 "$cm" 2>/dev/null; do sleep 20; reap_orphans "$cm"; done) &
+    # A new session is a new scheduling group (sched_autogroup): it is put at the lowest
+    # priority too (again at each round: the session may not have begun at the first), so that
+    # work in other sessions goes first.
+    (while kill -0 "$cm" 2>/dev/null; do
+        echo 19 >"/proc/$cm/autogroup" 2>/dev/null || true
+        sleep 20
+        reap_orphans "$cm"
+    done) &
     reaper=$!
     # A trapped Ctrl-C ends a wait early: wait again until cargo-mutants itself has ended.
     while :; do
