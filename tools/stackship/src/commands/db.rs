@@ -4049,6 +4049,21 @@ mod tests {
         }
     }
 
+    /// Runs a command with `restic` answering in restic's place.
+    fn exec_with_restic<F: Fn(&[&str]) -> Result<String, String>>(
+        root: &Path,
+        engine: &dyn Engine,
+        restic: &FakeRestic<F>,
+        args: &[&str],
+    ) -> (Result<Outcome, Error>, Vec<String>, String) {
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let local = Local {
+            restic: &run,
+            ..local(root)
+        };
+        exec_with(root, engine, &local, &never, args)
+    }
+
     fn state_of(env_dir: &Path) -> State {
         State::read(&env_dir.join("backups").join(backup::STATE_FILE)).unwrap()
     }
@@ -4070,12 +4085,7 @@ mod tests {
             _ => Ok(String::new()),
         }
         });
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..local(root.path())
-        };
-        let (r, lines, out) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
+        let (r, lines, out) = exec_with_restic(root.path(), &fake, &restic, &["backup", "prod"]);
         r.unwrap();
         let dump = env_dir.join("backups/stackship-prod-20261206T100000Z.dump");
         assert_eq!(out, format!("{}\n", dump.display()));
@@ -4127,12 +4137,7 @@ mod tests {
         let fake = swarm();
         let restic =
             FakeRestic::new(|_: &[&str]| Err("Fatal: wrong password or no key found\n".to_owned()));
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..local(root.path())
-        };
-        let (r, _, out) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
+        let (r, _, out) = exec_with_restic(root.path(), &fake, &restic, &["backup", "prod"]);
         let e = r.unwrap_err().to_string();
         assert!(
             e.contains("backup-repository-password does not open the repository /srv/restic/prod (restic: Fatal: wrong password or no key found)"),
@@ -4162,7 +4167,7 @@ mod tests {
         assert_eq!(state.backup, backup::Track::default());
         // A repository without its password file: refused before restic runs.
         fs::remove_file(env_dir.join("secrets").join(backup::PASSWORD_FILE)).unwrap();
-        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["backup", "prod"]);
         let e = r.unwrap_err().to_string();
         assert!(
             e.contains("backup-repository-password is missing or empty"),
@@ -4184,12 +4189,7 @@ mod tests {
             "backup" => Err("Fatal: unable to save snapshot: no space left on device\n".to_owned()),
             _ => Ok(String::new()),
         });
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..local(root.path())
-        };
-        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["backup", "prod"]);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["backup", "prod"]);
         let e = r.unwrap_err().to_string();
         let dump = env_dir.join("backups/stackship-prod-20261206T100000Z.dump");
         assert_eq!(
@@ -4391,12 +4391,7 @@ mod tests {
         let fake = helpers_complete(COUNTS);
         let restic =
             FakeRestic::new(|_: &[&str]| Err("Fatal: repository contains errors\n".to_owned()));
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..local(root.path())
-        };
-        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["verify", "prod"]);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["verify", "prod"]);
         assert_eq!(
             r.unwrap_err().to_string(),
             "the repository check failed: restic on /srv/restic/prod: Fatal: repository contains errors"
@@ -4569,26 +4564,19 @@ mod tests {
             _ => Ok(String::new()),
         }
         });
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..local(root.path())
-        };
         // Without --yes: refused before restic is asked anything.
-        let (r, _, _) = exec_with(
+        let (r, _, _) = exec_with_restic(
             root.path(),
             &fake,
-            &local,
-            &never,
+            &restic,
             &["restore", "prod", "--from-repository"],
         );
         assert!(r.unwrap_err().to_string().contains("run again with --yes"));
         assert!(restic.calls().is_empty());
-        let (r, lines, _) = exec_with(
+        let (r, lines, _) = exec_with_restic(
             root.path(),
             &fake,
-            &local,
-            &never,
+            &restic,
             &["restore", "prod", "--from-repository", "--yes"],
         );
         r.unwrap();
@@ -4613,11 +4601,10 @@ mod tests {
         assert!(lines[0].starts_with("fetching /srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump from snapshot bbbb2222 (2026-12-05T03:00:00Z)"), "{lines:?}");
         assert!(fake.writes()[0].contains("--name stackship-prod-ops-restore-42"));
         // A snapshot by its id; an unknown one is refused, naming those there are.
-        let (r, _, _) = exec_with(
+        let (r, _, _) = exec_with_restic(
             root.path(),
             &fake,
-            &local,
-            &never,
+            &restic,
             &[
                 "restore",
                 "prod",
@@ -4635,11 +4622,10 @@ mod tests {
                 .unwrap()
                 .starts_with("restore aaaa1111 ")
         );
-        let (r, _, _) = exec_with(
+        let (r, _, _) = exec_with_restic(
             root.path(),
             &fake,
-            &local,
-            &never,
+            &restic,
             &[
                 "restore",
                 "prod",
@@ -4655,11 +4641,10 @@ mod tests {
         );
         // Without a repository setting: refused, naming where to set it.
         fs::write(env_dir.join("deploy.env"), "").unwrap();
-        let (r, _, _) = exec_with(
+        let (r, _, _) = exec_with_restic(
             root.path(),
             &fake,
-            &local,
-            &never,
+            &restic,
             &["restore", "prod", "--from-repository", "--yes"],
         );
         assert!(
@@ -4713,12 +4698,7 @@ mod tests {
             ),
             _ => Ok(String::new()),
         });
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..local(root.path())
-        };
-        let (r, lines, _) = exec_with(root.path(), &fake, &local, &never, &["scheduled", "prod"]);
+        let (r, lines, _) = exec_with_restic(root.path(), &fake, &restic, &["scheduled", "prod"]);
         r.unwrap();
         assert!(
             !fake.writes().iter().any(|w| w.contains("ops-backup")),
@@ -4760,12 +4740,7 @@ mod tests {
         let fake = helpers_complete("");
         let restic =
             FakeRestic::new(|_: &[&str]| Err("Fatal: wrong password or no key found\n".to_owned()));
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..self::local(root.path())
-        };
-        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["scheduled", "prod"]);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["scheduled", "prod"]);
         let e = r.unwrap_err().to_string();
         assert!(
             e.contains("was written, but it was not copied off-site: the password in "),
@@ -4786,12 +4761,7 @@ mod tests {
             _ => Ok(String::new()),
         }
         });
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..self::local(root.path())
-        };
-        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["scheduled", "prod"]);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["scheduled", "prod"]);
         let e = r.unwrap_err().to_string();
         assert!(e.contains("already holds 1 backup(s) of prod that this server did not make (the newest bbbb2222 from 2026-12-05T03:00:00Z): restore from them first"), "{e}");
         assert!(
@@ -4811,11 +4781,7 @@ mod tests {
         // (and the failed try's pause over)
         state.offsite = backup::Track::default();
         state.write(&state_file).unwrap();
-        let local = Local {
-            restic: &run,
-            ..self::local(root.path())
-        };
-        let (r, _, _) = exec_with(root.path(), &fake, &local, &never, &["scheduled", "prod"]);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["scheduled", "prod"]);
         // The copy of the dump made above is tried now (this fake names no snapshot).
         let e = r.unwrap_err().to_string();
         assert!(e.contains("restic backup named no snapshot"), "{e}");
@@ -4931,16 +4897,10 @@ mod tests {
             _ => Ok(String::new()),
         }
         });
-        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
-        let local = Local {
-            restic: &run,
-            ..local(root.path())
-        };
-        let (r, _, _) = exec_with(
+        let (r, _, _) = exec_with_restic(
             root.path(),
             &fake,
-            &local,
-            &never,
+            &restic,
             &[
                 "restore",
                 "prod",
@@ -4955,11 +4915,10 @@ mod tests {
             "abcd names 2 snapshots of prod: give more of its id (its snapshots: abcd1111 2026-12-04T03:00:00Z, abcd2222 2026-12-05T03:00:00Z)"
         );
         assert!(!restic.calls().iter().any(|c| c.starts_with("restore")));
-        let (r, _, _) = exec_with(
+        let (r, _, _) = exec_with_restic(
             root.path(),
             &fake,
-            &local,
-            &never,
+            &restic,
             &["restore", "prod", "--from-repository", "--yes"],
         );
         r.unwrap();
@@ -4968,7 +4927,7 @@ mod tests {
             "restored from snapshot abcd2222 (2026-12-05T03:00:00Z) of /srv/restic/prod at 2026-12-06T10:00:00Z"
         );
         // `db snapshots` lists them, oldest first.
-        let (r, lines, out) = exec_with(root.path(), &fake, &local, &never, &["snapshots", "prod"]);
+        let (r, lines, out) = exec_with_restic(root.path(), &fake, &restic, &["snapshots", "prod"]);
         r.unwrap();
         assert_eq!(
             out,
