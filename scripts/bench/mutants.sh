@@ -59,11 +59,12 @@ count() {
 
 # reap_orphans SID: ends the processes of session SID (cargo-mutants') that lost their parent: a
 # test binary killed at its timeout leaves the processes its tests started (a mutant that never
-# lets a child go), which would keep a core busy, or memory, until the machine restarts.
+# lets a child go), which would keep a core busy, or memory, until the machine restarts; tests
+# that let a short sleeper outlive them are ended too.
 reap_orphans() {
     local pid
     for pid in $(ps -eo pid=,ppid=,sid= | awk -v sid="$1" '$2 == 1 && $3 == sid && $1 != sid {print $1}'); do
-        log "ending process ${pid}, left behind by a timed-out mutant: $(ps -o args= -p "$pid" 2>/dev/null | cut -c1-120)"
+        log "ending process ${pid}, left behind by a test whose process ended: $(ps -o args= -p "$pid" 2>/dev/null | cut -c1-120)"
         kill -KILL "$pid" 2>/dev/null || true
     done
 }
