@@ -327,7 +327,9 @@ mod tests {
     fn a_hung_call_is_stopped_at_its_deadline() {
         let started = Instant::now();
         let err = sh()
-            .run(&Call::read(["-c", "sleep 30"]).with_timeout(Duration::from_millis(300)))
+            // exec: the process stopped is the sleeper itself, which would otherwise outlive
+            // the test by 30 s.
+            .run(&Call::read(["-c", "exec sleep 30"]).with_timeout(Duration::from_millis(300)))
             .unwrap_err();
         assert!(matches!(err, DockerError::TimedOut { .. }), "{err}");
         assert!(err.is_transient());
