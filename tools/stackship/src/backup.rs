@@ -792,6 +792,9 @@ mod tests {
                 .unwrap_err()
                 .contains("not a backup state file")
         );
+        // Only a missing file is no state yet; one that cannot be read is an error.
+        let e = State::read(dir.path()).unwrap_err();
+        assert!(e.starts_with("cannot read "), "{e}");
     }
 
     #[test]
@@ -1117,6 +1120,15 @@ mod tests {
         assert_eq!(
             redact("Fatal: parse \"https://u:p?w@h/x\": invalid port; see https://h/doc"),
             "Fatal: parse \"https://u:***@h/x\": invalid port; see https://h/doc"
+        );
+        // A URL ends at a blank or a quote: an `@` after it is not its own.
+        assert_eq!(
+            redact("at https://u:p@h/x or mail ops@example.org"),
+            "at https://u:***@h/x or mail ops@example.org"
+        );
+        assert_eq!(
+            redact("'https://u:p@h/x' (ops@example.org)"),
+            "'https://u:***@h/x' (ops@example.org)"
         );
         for plain in [
             "sftp:b@h:/r",
