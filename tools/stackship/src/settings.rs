@@ -1538,9 +1538,39 @@ mod tests {
                 "ACME_EMAIL=a@b.example,c@d.example",
                 "ACME_EMAIL 'a@b.example,c@d.example' is not an e-mail address",
             ),
+            // Each part of an address's check on its own: no user, a host without a dot, a
+            // host that starts or ends with one.
+            (
+                "ACME_EMAIL=@ops.example",
+                "ACME_EMAIL '@ops.example' is not an e-mail address",
+            ),
+            (
+                "ACME_EMAIL=ops@localhost",
+                "ACME_EMAIL 'ops@localhost' is not an e-mail address",
+            ),
+            (
+                "ACME_EMAIL=ops@.example",
+                "ACME_EMAIL 'ops@.example' is not an e-mail address",
+            ),
+            (
+                "ACME_EMAIL=ops@example.",
+                "ACME_EMAIL 'ops@example.' is not an e-mail address",
+            ),
             (
                 "ACME_DIRECTORY=http://ca.example/dir",
                 "ACME_DIRECTORY 'http://ca.example/dir' is not an https:// URL",
+            ),
+            (
+                "ACME_DIRECTORY=https://",
+                "ACME_DIRECTORY 'https://' is not an https:// URL",
+            ),
+            (
+                "ACME_DIRECTORY=https:///dir",
+                "ACME_DIRECTORY 'https:///dir' is not an https:// URL",
+            ),
+            (
+                "ACME_DIRECTORY=https://ca.example/a dir",
+                "ACME_DIRECTORY 'https://ca.example/a dir' is not an https:// URL",
             ),
             (
                 "ACME_CA_ROOT=root.pem",

@@ -371,6 +371,8 @@ mod tests {
         assert_eq!((f.uid(), f.gid()), (d.uid(), d.gid()));
         assert_eq!(fs::read_to_string(&file).unwrap(), "x");
         assert!(owned_like_its_directory(&dir.path().join("missing")).is_err());
+        // A bare file name is in the working directory (the package's, under cargo test).
+        owned_like_its_directory(Path::new("Cargo.toml")).unwrap();
     }
 
     use crate::acme::fake::{DIR, FakeCa, fake_account};
