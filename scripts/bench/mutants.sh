@@ -100,7 +100,9 @@ run_crate() {
         nice -n 19 cargo mutants -p "$crate" --jobs "$JOBS" --output "$out" --no-shuffle \
         --timeout-multiplier 3 "${iterate[@]}" >"$out/cargo-mutants.log" 2>&1) &
     cm=$!
-    trap 'kill -INT "$cm" 2>/dev/null || true' INT
+    # SIGTERM too: a run started in the background ignores SIGINT (the shell does for background
+    # commands, and a signal ignored on entry cannot be trapped).
+    trap 'kill -INT "$cm" 2>/dev/null || true' INT TERM
     # A new session is a new scheduling group (sched_autogroup): it is put at the lowest
     # priority too (again at each round: the session may not have begun at the first), so that
     # work in other sessions goes first.
@@ -116,7 +118,7 @@ run_crate() {
         wait "$cm" || status=$?
         kill -0 "$cm" 2>/dev/null || break
     done
-    trap - INT
+    trap - INT TERM
     kill "$reaper" 2>/dev/null || true
     wait "$reaper" 2>/dev/null || true
     reap_orphans "$cm"
