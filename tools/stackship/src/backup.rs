@@ -22,6 +22,11 @@ use crate::settings::Backup;
 /// The state file beside the environment's dated dumps.
 pub const STATE_FILE: &str = "state.json";
 
+/// The state file of the environment in `env_dir`: `<env dir>/backups/state.json`.
+pub fn state_path(env_dir: &Path) -> PathBuf {
+    env_dir.join("backups").join(STATE_FILE)
+}
+
 /// The manifest of a dump, beside it: `<stack>-<stamp>.dump` → `<stack>-<stamp>.counts`.
 pub fn manifest_path(dump: &Path) -> PathBuf {
     dump.with_extension("counts")

@@ -1198,7 +1198,7 @@ impl Ctx<'_, '_> {
             return;
         }
         let stack = envdir.stack();
-        let path = envdir.dir.join("backups").join(backup::STATE_FILE);
+        let path = backup::state_path(&envdir.dir);
         let Some(sql) = State::read(&path)
             .ok()
             .as_ref()
@@ -1293,7 +1293,7 @@ impl Ctx<'_, '_> {
     /// another server's (this one is new): the schedule's copy of this server's database, maybe
     /// still empty, would become the newest, which a restore takes by default.
     fn may_join(&self, envdir: &EnvDir, repo: &Repository) -> Result<(), String> {
-        let state = State::read(&envdir.dir.join("backups").join(backup::STATE_FILE))?;
+        let state = State::read(&backup::state_path(&envdir.dir))?;
         if state.repository.as_deref() == Some(repo.shown().as_str()) {
             return Ok(());
         }
@@ -1812,8 +1812,7 @@ impl Ctx<'_, '_> {
     fn check(&self, env: &str, out: &mut dyn Write) -> Result<Outcome, Error> {
         let envdir = self.env(env)?;
         let settings = self.backup_settings(&envdir)?;
-        let state = State::read(&envdir.dir.join("backups").join(backup::STATE_FILE))
-            .map_err(Error::Refused)?;
+        let state = State::read(&backup::state_path(&envdir.dir)).map_err(Error::Refused)?;
         let findings = backup::findings(&state, &settings, (self.local.now)());
         for f in &findings {
             write_line(
@@ -1837,7 +1836,7 @@ impl Ctx<'_, '_> {
             return Ok(());
         }
         let settings = self.backup_settings(&envdir)?;
-        let state_path = envdir.dir.join("backups").join(backup::STATE_FILE);
+        let state_path = backup::state_path(&envdir.dir);
         let work = |state: &State| {
             let now = (self.local.now)();
             let every = settings.every.value;

@@ -80,7 +80,7 @@ pub fn backups(
         Ok(s) => s,
         Err(e) => return Backups::Unreadable(e.to_string()),
     };
-    match crate::backup::State::read(&env_dir.join("backups").join(crate::backup::STATE_FILE)) {
+    match crate::backup::State::read(&crate::backup::state_path(env_dir)) {
         Ok(state) => Backups::Checked(crate::backup::findings(&state, &settings, now)),
         Err(e) => Backups::Unreadable(e),
     }
