@@ -400,6 +400,7 @@ mod tests {
         .unwrap();
         assert_eq!(opened, Opened::Created);
         assert_eq!(account.id(), "https://ca.test/acct/42");
+        assert_eq!(account.directory_url(), DIR);
         assert_eq!(ca.registrations(), 1);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -474,6 +475,45 @@ mod tests {
         assert!(!message.contains(secret), "{message}");
         assert!(!format!("{err:?}").contains(secret));
         assert_eq!(ca.registrations(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_broken_file_says_how_and_where_and_registers_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acct.json");
+        for (text, why) in [
+            (
+                r#"{"directory_url": 7}"#,
+                "unexpected content at line 1, column 19",
+            ),
+            (
+                "{\n  \"directory_url\":",
+                "truncated JSON at line 2, column 18",
+            ),
+            ("{\"directory_url\" x", "invalid JSON at line 1, column 18"),
+        ] {
+            fs::write(&path, text).unwrap();
+            let ca = FakeCa::default();
+            let err = Account::open_with(Box::new(ca.clone()), DIR, &path, &[])
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("not a stored account ({why})")),
+                "{text}: {err}"
+            );
+            assert_eq!(ca.registrations(), 0);
+        }
+        // A place that cannot be read is not "no account yet": nothing is registered over it.
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        let ca = FakeCa::default();
+        let err = Account::open_with(Box::new(ca.clone()), DIR, &path, &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AcmeError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("acct.json"), "{err}");
+        assert!(ca.requests.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

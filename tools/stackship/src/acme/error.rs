@@ -342,6 +342,14 @@ mod tests {
 
     #[test]
     fn a_transport_error_names_the_url() {
+        assert_eq!(
+            TransportError::timed_out("https://ca.test/dir", Duration::from_secs(7)).to_string(),
+            "https://ca.test/dir: no answer within 7s"
+        );
+        assert_eq!(
+            TransportError::failed("https://ca.test/dir", "connection refused".into()).to_string(),
+            "https://ca.test/dir: connection refused"
+        );
         let err = AcmeError::from_acme(
             "registering an account",
             TransportError::timed_out("https://ca.test/dir", Duration::from_secs(7)).into_acme(),

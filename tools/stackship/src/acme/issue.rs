@@ -333,7 +333,9 @@ async fn run(
             AcmeError::from_acme(format!("reading the authorizations of {order_url}"), e)
         })?;
         let domain = authz.identifier().to_string();
-        if authz.status != AuthorizationStatus::Pending || !answered.contains(&domain) {
+        // The stream hands back the states read above (no new request): what was answered is
+        // exactly what was pending.
+        if !answered.contains(&domain) {
             continue;
         }
         let Some(mut challenge) = authz.challenge(ChallengeType::Http01) else {
@@ -456,6 +458,8 @@ mod tests {
         fail: bool,
         fail_ready: bool,
         ca: Option<FakeCa>,
+        /// With `ca`: the CA reports a.example's authorization valid from `ready` on.
+        validates_a: bool,
     }
 
     impl Responder for Recorder {
@@ -487,6 +491,15 @@ mod tests {
                 None => "ready".to_string(),
             };
             self.calls.lock().unwrap().push(call);
+            if let (true, Some(ca)) = (self.validates_a, &self.ca) {
+                ca.route(
+                    "https://ca.test/authz/1",
+                    200,
+                    r#"{"identifier":{"type":"dns","value":"a.example"},"status":"valid","challenges":[
+                        {"type":"http-01","url":"https://ca.test/chall/1","token":"tok1","status":"valid"}]}"#,
+                    None,
+                );
+            }
             if self.fail_ready {
                 return Err(io::Error::other("helper task did not start"));
             }
@@ -790,6 +803,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_timeout_names_only_what_the_ca_still_has_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_with_two_names();
+        let account = fake_account(&ca, dir.path()).await;
+        let responder = Recorder {
+            ca: Some(ca.clone()),
+            validates_a: true,
+            ..Recorder::default()
+        };
+        let err = issue(&account, &["a.example", "b.example"], &responder, &short())
+            .await
+            .unwrap_err();
+        // The polls end before the deadline, so the CA is asked which name is still pending.
+        match &err {
+            AcmeError::Timeout { what, url, after } => {
+                assert_eq!(what, "validation of b.example");
+                assert_eq!(url, ORDER);
+                assert!(*after < short().deadline, "{after:?}");
+            }
+            other => panic!("not a timeout: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deadline_passing_mid_poll_names_the_step_and_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca_with_an_order("pending", "pending", PENDING_HTTP01);
+        ca.route("https://ca.test/chall/1", 200, PENDING_HTTP01, None);
+        let account = fake_account(&ca, dir.path()).await;
+        let responder = Recorder::default();
+        // The first poll would come long after the deadline: the deadline itself ends it.
+        let options = IssueOptions {
+            deadline: Duration::from_millis(200),
+            poll_interval: Duration::from_secs(30),
+        };
+        let err = issue(&account, &["a.example"], &responder, &options)
+            .await
+            .unwrap_err();
+        match &err {
+            AcmeError::Timeout { what, url, after } => {
+                assert_eq!(what, "validation of a.example");
+                assert_eq!(url, ORDER);
+                assert_eq!(*after, options.deadline);
+            }
+            other => panic!("not a timeout: {other:?}"),
+        }
+        assert_eq!(
+            responder.calls(),
+            [
+                "publish a.example tok1 true",
+                "ready",
+                "withdraw a.example tok1"
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_responder_that_cannot_serve_withdraws_everything_and_the_ca_is_told_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let ca = ca_with_two_names();
@@ -891,6 +961,24 @@ mod tests {
             assert!(err.to_string().contains(name), "{name}: {err}");
         }
         assert!(checked_names(&[]).is_err());
+        // Digits and inner hyphens are letters of a label too.
+        assert_eq!(
+            checked_names(&["web-1.example2.org"]).unwrap(),
+            ["web-1.example2.org"]
+        );
+        // At most 253 characters: four labels of 63 and dots make 255, less two is 253.
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{}", "a".repeat(61));
+        assert_eq!(longest.len(), 253);
+        assert_eq!(checked_names(&[&longest]).unwrap(), [longest.clone()]);
+        for name in [".", "", &format!("{longest}a")] {
+            let err = checked_names(&[name]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("not a DNS name (empty or longer than 253)"),
+                "{name}: {err}"
+            );
+        }
     }
 
     #[test]

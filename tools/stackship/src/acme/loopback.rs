@@ -186,6 +186,51 @@ mod tests {
     }
 
     #[test]
+    fn only_a_whole_get_request_is_answered() {
+        let responder = LoopbackResponder::start("127.0.0.1:0").unwrap();
+        let addr = responder.addr();
+        responder
+            .publish("a.example", "tok1", "tok1.thumb")
+            .unwrap();
+        for method in ["POST", "HEAD", "DELETE"] {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            write!(
+                stream,
+                "{method} /.well-known/acme-challenge/tok1 HTTP/1.1\r\nHost: a.example\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            assert!(response.starts_with("HTTP/1.1 404"), "{method}: {response}");
+        }
+        // The answer waits for the end of the request's head, however it arrives.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET /.well-known/acme-challenge/tok1 HTTP/1.1\r\nHost: a.example\r\nAccept: */*\r\n"
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut early = [0u8; 1];
+        let waited = stream.read(&mut early).unwrap_err();
+        assert!(
+            matches!(
+                waited.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{waited}"
+        );
+        stream.set_read_timeout(None).unwrap();
+        write!(stream, "\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.ends_with("\r\n\r\ntok1.thumb"), "{response}");
+        assert_eq!(responder.answered(), 1);
+    }
+
+    #[test]
     fn a_token_that_is_not_base64url_is_refused() {
         let responder = LoopbackResponder::start("127.0.0.1:0").unwrap();
         assert!(responder.publish("a.example", "../x", "k").is_err());

@@ -1913,6 +1913,14 @@ mod tests {
         let later = Utc.with_ymd_and_hms(2030, 2, 1, 0, 0, 0).unwrap();
         let expired = installed(&f.request.env_dir, later).unwrap().unwrap();
         assert!(render_line(&expired).ends_with("(EXPIRED)"));
+        // Its last day is not expired yet.
+        let last_day = Utc.with_ymd_and_hms(2030, 1, 19, 12, 0, 0).unwrap();
+        let last = installed(&f.request.env_dir, last_day).unwrap().unwrap();
+        assert!(
+            render_line(&last).ends_with("(0 days left)"),
+            "{}",
+            render_line(&last)
+        );
         // No file: no certificate; a broken one: why.
         let secrets = Files::of(&f.request.env_dir);
         fs::write(secrets.cert(), "not a pem").unwrap();
@@ -1920,5 +1928,9 @@ mod tests {
         assert!(e.contains("tls.crt: no PEM CERTIFICATE block"), "{e}");
         fs::remove_file(secrets.cert()).unwrap();
         assert_eq!(installed(&f.request.env_dir, now()), Ok(None));
+        // A file that is there but cannot be read is not "no certificate".
+        fs::create_dir(secrets.cert()).unwrap();
+        let e = installed(&f.request.env_dir, now()).unwrap_err();
+        assert!(e.contains("tls.crt: "), "{e}");
     }
 }
