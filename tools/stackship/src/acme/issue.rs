@@ -970,7 +970,7 @@ mod tests {
         let label = "a".repeat(63);
         let longest = format!("{label}.{label}.{label}.{}", "a".repeat(61));
         assert_eq!(longest.len(), 253);
-        assert_eq!(checked_names(&[&longest]).unwrap(), [longest.clone()]);
+        assert_eq!(checked_names(&[&longest]).unwrap(), [longest.as_str()]);
         for name in [".", "", &format!("{longest}a")] {
             let err = checked_names(&[name]).unwrap_err();
             assert!(
