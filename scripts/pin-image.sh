@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pins one image for one environment: edits one line of deploy-manifests/<env>/images.env (the
-# file deploy.sh deploys) and leaves the rest alone. For the project's services the pin is a
+# file `stackship deploy` deploys) and leaves the rest alone. For the project's services the pin is a
 # tag (BACKEND_TAG=...); for the third-party images (postgres, nginx, haproxy, prometheus) it is the
 # whole image
 # reference by digest (POSTGRES_IMAGE=postgres:15-bookworm@sha256:...), resolved here with the

@@ -46,8 +46,8 @@ pub enum CertCommand {
     /// Obtain a certificate for ACME_DOMAINS now and deploy it (rolls only the proxy).
     Issue(CertArgs),
     /// As issue, but only when the installed certificate is within ACME_RENEW_DAYS (30) of its
-    /// expiry or cannot be read; otherwise say when it expires and exit 0. What the daily
-    /// timer runs.
+    /// expiry, cannot be read, or does not cover every name in ACME_DOMAINS; otherwise say when
+    /// it expires and exit 0. What the daily timer runs.
     Renew {
         #[command(flatten)]
         args: CertArgs,

@@ -40,8 +40,8 @@ pub struct LogsArgs {
     /// Only this service (default: every service of the environment).
     pub service: Option<String>,
     /// Start at this deploy: an id from `stackship history ENV`, or a unique beginning of one.
-    /// (The record is written once the rollout is over: the new tasks' first lines come just
-    /// before; --since with an earlier time shows them.)
+    /// The logs start when that deploy ran `docker stack deploy` (the record's start), so the
+    /// new tasks' first lines are in.
     #[arg(long, value_name = "ID", conflicts_with = "since")]
     pub since_deploy: Option<String>,
     /// Start this long ago (42m, 3h) or at this time (2026-12-06T01:02:03Z, UTC).
