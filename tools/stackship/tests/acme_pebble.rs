@@ -20,6 +20,8 @@ use stackship::acme::{
     Account, AcmeError, AcmeServer, IssueOptions, Opened, RENEW_BEFORE, Renewal, Responder,
     describe, issue, renewal,
 };
+use stackship::commands::cert::{AcmeCa, Ca};
+use stackship::settings::{Acme, Origin, Sourced};
 
 /// The program, or a failure that says how to get it (never a skip).
 fn program(name: &str) -> PathBuf {
@@ -507,5 +509,83 @@ async fn a_wrong_answer_fails_in_the_cas_words() {
             .unwrap()
             .contains("not.the-key-authorization"),
         "{problem}"
+    );
+}
+
+/// `stackship cert issue`'s CA: the account and the order on a runtime of its own, from the
+/// settings as deploy.env gives them (ACME_CA_ROOT trusted for the CA's TLS). A stop request
+/// (Ctrl-C, SIGTERM) ends an order with its answers withdrawn.
+#[test]
+fn the_commands_ca_issues_from_the_settings_and_a_stop_request_ends_the_order() {
+    let responder = Recording::new(honest);
+    let pebble = Pebble::start(responder.port(), 0);
+    let names = vec!["ca.stackship.test".to_string()];
+    pebble.add_host(&names[0]);
+    let root = pebble.dir.path().join("pebble-tls-root.pem");
+    fs::write(&root, &pebble.tls_root_pem).unwrap();
+    let directory = format!("https://127.0.0.1:{}/dir", pebble.acme_port);
+    let sourced = |value| Sourced {
+        value,
+        origin: Origin::Default,
+    };
+    let settings = Acme {
+        domains: Some(sourced(names.clone())),
+        contact: None,
+        directory: Sourced {
+            value: directory.clone(),
+            origin: Origin::Default,
+        },
+        ca_root: Some(Sourced {
+            value: root,
+            origin: Origin::Default,
+        }),
+        renew_days: Sourced {
+            value: 30,
+            origin: Origin::Default,
+        },
+    };
+    let account = pebble.dir.path().join("account.json");
+    let said = std::cell::RefCell::new(Vec::<String>::new());
+    let say = |m: &str| said.borrow_mut().push(m.to_owned());
+
+    let ca = AcmeCa {
+        options: options(),
+        stop: || false,
+    };
+    let issued = ca
+        .issue(&settings, &account, &names, &responder, &say)
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+    assert_eq!(issued.names, names);
+    verify_chain(
+        &issued.chain_pem,
+        pebble.issuing_root(),
+        &["ca.stackship.test"],
+    );
+    assert_eq!(
+        said.borrow()[0],
+        format!(
+            "registered an ACME account on {directory} (its key: {}, mode 0600)",
+            account.display()
+        )
+    );
+
+    let stopped = AcmeCa {
+        options: options(),
+        stop: || true,
+    };
+    let err = stopped
+        .issue(&settings, &account, &names, &responder, &say)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "ordering a certificate for ca.stackship.test: interrupted (its answers were withdrawn)"
+    );
+    assert_eq!(
+        said.borrow()[1],
+        format!("ACME account on {directory} from {}", account.display())
+    );
+    assert!(
+        responder.inner.tokens().is_empty(),
+        "every answer withdrawn"
     );
 }

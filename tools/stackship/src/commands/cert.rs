@@ -1583,19 +1583,28 @@ mod tests {
             &["service", "ps"],
             "Rejected 1s|No such image: nginx:1.27@sha256:2222",
         );
-        fake.answer(&["service", "logs"], "");
+        fake.answer(
+            &["service", "logs"],
+            "\n[emerg] 1#1: open() \"/etc/nginx/acme.conf\" failed\n\n",
+        );
         fake.answer(&["service", "rm"], "");
         fake.answer(&["ps", "-aq"], "");
         fake.answer(&["config", "rm"], "");
         let ca = TestCa::answering(Ok(issued(&["a.example"])));
         let deployer = TestDeploy::ending(Outcome::Done);
-        let (result, _) = run(&f, &fake, &ca, &deployer);
+        let (result, progress) = run(&f, &fake, &ca, &deployer);
         let e = result.unwrap_err();
         assert!(
             e.to_string().contains("publishing the HTTP-01 answer for a.example, www.a.example: helper stackship-prod-ops-acme-"),
             "{e}"
         );
         assert!(e.to_string().contains("No such image"), "{e}");
+        // Its log is shown, without its blank lines.
+        assert!(
+            progress.contains("  responder: [emerg] 1#1: open() \"/etc/nginx/acme.conf\" failed\n"),
+            "{progress}"
+        );
+        assert!(!progress.contains("  responder: \n"), "{progress}");
         let writes = fake.writes();
         assert_eq!(writes.len(), 4, "{writes:?}");
         assert!(writes[2].starts_with("docker service rm"));
@@ -1844,6 +1853,93 @@ mod tests {
         assert_eq!(writes.len(), 4, "{writes:?}");
         assert!(writes[2].starts_with("docker service rm "));
         assert!(writes[3].starts_with("docker config rm "));
+    }
+
+    #[test]
+    fn the_responder_serves_the_live_answers_once_and_stops_at_the_last_withdrawal() {
+        let fake = responder_engine();
+        let client = Client::new(&fake);
+        let say = |_: &str| {};
+        let responder = test_responder(&client, &say);
+        // Nothing to serve: nothing is started.
+        responder.ready().unwrap();
+        assert!(fake.calls().is_empty(), "{:?}", fake.command_lines());
+        // An answer withdrawn before the start is not served.
+        responder.publish("a.example", "tok0", "tok0.abc").unwrap();
+        responder.withdraw("a.example", "tok0");
+        responder.publish("a.example", "tok1", "tok1.abc").unwrap();
+        responder.publish("b.example", "tok2", "tok2.abc").unwrap();
+        responder.ready().unwrap();
+        responder.ready().unwrap();
+        let calls = fake.calls();
+        let configs: Vec<String> = calls
+            .iter()
+            .filter(|c| {
+                c.args
+                    .starts_with(&["config".to_owned(), "create".to_owned()])
+            })
+            .map(|c| String::from_utf8(c.stdin.clone().unwrap_or_default()).unwrap())
+            .collect();
+        assert_eq!(configs.len(), 1, "started once: {:?}", fake.command_lines());
+        assert!(configs[0].contains("tok1.abc"), "{}", configs[0]);
+        assert!(configs[0].contains("tok2.abc"), "{}", configs[0]);
+        assert!(!configs[0].contains("tok0"), "{}", configs[0]);
+        // Labelled as the next run's cleanup looks for it.
+        let created: Vec<String> = fake
+            .command_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("docker service create "))
+            .collect();
+        assert_eq!(created.len(), 1, "{created:?}");
+        assert!(
+            created[0].contains(" --label stackship.ops-helper=acme-http-01 "),
+            "{}",
+            created[0]
+        );
+        // A token it never got changes nothing; it serves until the last live one goes.
+        let started = fake.writes().len();
+        responder.withdraw("a.example", "never-published");
+        responder.withdraw("a.example", "tok1");
+        assert_eq!(fake.writes().len(), started, "{:?}", fake.writes());
+        responder.withdraw("b.example", "tok2");
+        let writes = fake.writes();
+        assert_eq!(writes.len(), started + 2, "{writes:?}");
+        assert!(
+            writes[started].starts_with("docker service rm "),
+            "{writes:?}"
+        );
+        assert!(
+            writes[started + 1].starts_with("docker config rm "),
+            "{writes:?}"
+        );
+        drop(responder);
+        assert_eq!(fake.writes().len(), started + 2);
+    }
+
+    #[test]
+    fn putting_back_no_pair_removes_the_new_one_and_fails_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::of(dir.path());
+        fs::create_dir_all(files.cert().parent().unwrap()).unwrap();
+        // The key is already gone: that is no error.
+        fs::write(files.cert(), "new").unwrap();
+        Previous {
+            files: Files::of(dir.path()),
+            existed: false,
+        }
+        .restore()
+        .unwrap();
+        assert!(!files.cert().exists());
+        // A key that cannot be removed is.
+        fs::create_dir(files.key()).unwrap();
+        let e = Previous {
+            files: Files::of(dir.path()),
+            existed: false,
+        }
+        .restore()
+        .unwrap_err();
+        assert_ne!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert!(files.key().is_dir());
     }
 
     #[test]
