@@ -17,7 +17,8 @@ Runs, in order:
   1. lint:   cargo fmt --check, cargo clippy --all-targets -D warnings, shellcheck
   2. cargo test --workspace, against a throwaway PostgreSQL started on a free loopback port
      (the Debian postgresql package is installed when missing) and stopped at the end; the
-     ACME tests run their own Pebble (Debian's pebble package, installed when missing)
+     ACME tests run their own Pebble and the backup tests restic (Debian's pebble and restic
+     packages, installed when missing)
   3. the pipeline tests (scripts/tests/test-pipeline.sh): .gitlab-ci.yml against GitLab's schema,
      the MR label matrix, the CI job scripts against a stand-in GitLab API; then the
      test harness's self-test (scripts/tests/harness-selftest.sh)
@@ -50,8 +51,10 @@ lint() {
 }
 
 cargo_tests() {
-    # tools/stackship/tests/acme_pebble.rs starts pebble and pebble-challtestsrv on loopback.
+    # tools/stackship/tests/acme_pebble.rs starts pebble and pebble-challtestsrv on loopback;
+    # stackship's db tests run restic on a repository in a temp dir.
     need_cmd pebble pebble
+    need_cmd restic restic
     pg_start_throwaway
     trap pg_stop_throwaway EXIT
     log "cargo test --workspace"

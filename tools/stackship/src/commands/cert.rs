@@ -1940,6 +1940,16 @@ mod tests {
         .unwrap_err();
         assert_ne!(e.kind(), io::ErrorKind::NotFound, "{e}");
         assert!(files.key().is_dir());
+        // Half a pair (a certificate without its key) is no pair to put back: the new pair
+        // goes in, and putting back removes it.
+        fs::remove_dir(files.key()).unwrap();
+        fs::write(files.cert(), "half").unwrap();
+        let new = issued(&["a.example"]);
+        let previous = install(&files, &new).unwrap();
+        assert_eq!(fs::read_to_string(files.key()).unwrap(), *new.key_pem);
+        assert!(!Files::previous(&files.cert()).exists());
+        previous.restore().unwrap();
+        assert!(!files.cert().exists() && !files.key().exists());
     }
 
     #[test]

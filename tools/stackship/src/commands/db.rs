@@ -218,8 +218,13 @@ pub type RunRestic<'a> = dyn Fn(&Repository, &[&str]) -> Result<String, String> 
 /// Runs restic (the Debian package; scripts/server/setup-server.sh installs it) with the
 /// repository's arguments and environment.
 pub fn run_restic(repo: &Repository, command: &[&str]) -> Result<String, String> {
+    restic_at(Path::new("restic"), repo, command)
+}
+
+/// [`run_restic`] with the program at `program`.
+fn restic_at(program: &Path, repo: &Repository, command: &[&str]) -> Result<String, String> {
     use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("restic");
+    let mut cmd = std::process::Command::new(program);
     cmd.args(repo.args(command))
         .envs(repo.environment())
         .stdin(std::process::Stdio::null());
@@ -2523,6 +2528,38 @@ mod tests {
         "Image":"r/backend:t",
         "Secrets":[{"File":{"Name":"tls.key"},"SecretName":"k"},
                    {"File":{"Name":"db_password"},"SecretName":"stackship-prod-db-password-v3"}]}}}}]"#;
+
+    /// restic itself (Debian's package; scripts/test.sh installs it): the password file and the
+    /// location reach it, and its answers come back as they are, from stdout or stderr.
+    #[test]
+    fn restic_runs_on_the_repository_and_answers_in_its_own_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        fs::create_dir(&secrets).unwrap();
+        let password = secrets.join(backup::PASSWORD_FILE);
+        fs::write(&password, "first password").unwrap();
+        let location = dir.path().join("repo").display().to_string();
+        let repo = Repository::new(&location, &secrets, Some(dir.path().join("cache"))).unwrap();
+        let e = run_restic(&repo, &["snapshots", "--json"]).unwrap_err();
+        assert!(backup::no_repository_yet(&e), "{e}");
+        let created = run_restic(&repo, &["init"]).unwrap();
+        assert!(created.contains(&location), "{created}");
+        assert_eq!(
+            run_restic(&repo, &["snapshots", "--json"]).unwrap().trim(),
+            "[]"
+        );
+        fs::write(&password, "another password").unwrap();
+        let e = run_restic(&repo, &["snapshots"]).unwrap_err();
+        assert!(e.contains("wrong password or no key found"), "{e}");
+        // No restic, or one that cannot run: said so, as restic's own failures are.
+        let e = restic_at(&dir.path().join("no-restic"), &repo, &["version"]).unwrap_err();
+        assert!(
+            e.starts_with("Fatal: restic is not installed on this manager"),
+            "{e}"
+        );
+        let e = restic_at(&password, &repo, &["version"]).unwrap_err();
+        assert!(e.starts_with("Fatal: cannot run restic: "), "{e}");
+    }
 
     /// A fake swarm with prod's services; helpers complete unless told otherwise.
     fn swarm() -> FakeEngine {
