@@ -567,18 +567,20 @@ fn bind(source: &Path, target: &str, readonly: bool) -> Result<String, Error> {
 /// by its owner only from its first byte), then the same session counts every table's rows
 /// and reads the migration version in it ([`backup::COUNT_SQL`]) into `$2`, the manifest. The
 /// dump must read back before the helper succeeds. `$1`, `$2`: file names in the mounted
-/// directory.
+/// directory. (STACKSHIP_DB_PASSWORD_FILE and STACKSHIP_BACKUP_DIR default to the helper's
+/// secret and mount; the tests point them elsewhere.)
 pub fn backup_script() -> String {
     format!(
         r#"set -eu
 exec 2>&1
 umask 077
-PGPASSWORD="$(cat /run/secrets/db_password)"
-DUMP="/backup/$1"
-OK="/backup/$1.ok"
+PGPASSWORD="$(cat "${{STACKSHIP_DB_PASSWORD_FILE:-/run/secrets/db_password}}")"
+DIR="${{STACKSHIP_BACKUP_DIR:-{BACKUP_MOUNT}}}"
+DUMP="$DIR/$1"
+OK="$DIR/$1.ok"
 export PGPASSWORD DUMP OK
 rm -f "$OK"
-psql --no-psqlrc --quiet --no-align --tuples-only --no-password --set=ON_ERROR_STOP=1 --file=- >"/backup/$2" <<'SQL'
+psql --no-psqlrc --quiet --no-align --tuples-only --no-password --set=ON_ERROR_STOP=1 --file=- >"$DIR/$2" <<'SQL'
 BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 SELECT pg_catalog.pg_export_snapshot() AS snapshot \gset
 \setenv SNAPSHOT :snapshot
@@ -2528,6 +2530,207 @@ mod tests {
         "Image":"r/backend:t",
         "Secrets":[{"File":{"Name":"tls.key"},"SecretName":"k"},
                    {"File":{"Name":"db_password"},"SecretName":"stackship-prod-db-password-v3"}]}}}}]"#;
+
+    /// A database of its own on the throwaway PostgreSQL scripts/test.sh starts (DATABASE_URL),
+    /// dropped when it goes; libpq's environment to reach it and the password in a file.
+    struct ScratchDb {
+        url: String,
+        name: String,
+        env: Vec<(String, String)>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl ScratchDb {
+        fn new(name: &str) -> Self {
+            let url = std::env::var("DATABASE_URL").expect(
+                "DATABASE_URL is not set: these tests need the throwaway PostgreSQL that scripts/test.sh starts",
+            );
+            // postgres://USER:PASSWORD@HOST:PORT/DB
+            let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
+            let (auth, place) = rest.split_once('@').unwrap();
+            let (user, password) = auth.split_once(':').unwrap();
+            let (host, port) = place.split('/').next().unwrap().split_once(':').unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let password_file = dir.path().join("db_password");
+            fs::write(&password_file, password).unwrap();
+            let name = format!("{name}_{}", std::process::id());
+            let db = ScratchDb {
+                url: url.clone(),
+                name: name.clone(),
+                env: vec![
+                    ("PGHOST".into(), host.into()),
+                    ("PGPORT".into(), port.into()),
+                    ("PGUSER".into(), user.into()),
+                    ("PGDATABASE".into(), name.clone()),
+                    (
+                        "STACKSHIP_DB_PASSWORD_FILE".into(),
+                        password_file.display().to_string(),
+                    ),
+                ],
+                _dir: dir,
+            };
+            db.admin(&format!("DROP DATABASE IF EXISTS {name}"));
+            db.admin(&format!("CREATE DATABASE {name}"));
+            db
+        }
+
+        fn admin(&self, sql: &str) {
+            self.psql(&self.url, sql);
+        }
+
+        fn sql(&self, sql: &str) {
+            let url = format!("{}/{}", self.url.rsplit_once('/').unwrap().0, self.name);
+            self.psql(&url, sql);
+        }
+
+        fn psql(&self, url: &str, sql: &str) {
+            let out = std::process::Command::new("psql")
+                .args([
+                    "--no-psqlrc",
+                    "--quiet",
+                    "--set=ON_ERROR_STOP=1",
+                    url,
+                    "-c",
+                    sql,
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{sql}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    impl Drop for ScratchDb {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("psql")
+                .args([
+                    "--no-psqlrc",
+                    "--quiet",
+                    &self.url,
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+                ])
+                .output();
+        }
+    }
+
+    /// The dump helper's script itself, on a real database: the dump reads back, and the
+    /// counts beside it are those of the dump's snapshot, with the newest migration.
+    #[test]
+    fn the_backup_script_dumps_and_counts_the_same_snapshot() {
+        let db = ScratchDb::new("stackship_backup_script");
+        db.sql(
+            "CREATE TABLE public.log_entries (id bigserial PRIMARY KEY, message text);
+             INSERT INTO public.log_entries (message) SELECT 'm' || g FROM generate_series(1, 5) g;
+             CREATE TABLE public._sqlx_migrations (version bigint PRIMARY KEY, success boolean);
+             INSERT INTO public._sqlx_migrations VALUES (20261122000001, true), (20261207000001, true);
+             CREATE TABLE public.backup_status (kind text PRIMARY KEY);
+             INSERT INTO public.backup_status VALUES ('backup');",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let run = |dump: &str, counts: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", &backup_script(), "backup", dump, counts])
+                .envs(db.env.iter().cloned())
+                .env("STACKSHIP_BACKUP_DIR", dir.path())
+                .output()
+                .unwrap()
+        };
+        let out = run("b.dump", "b.counts");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let dump = dir.path().join("b.dump");
+        assert_eq!(
+            fs::metadata(&dump).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let manifest =
+            Manifest::parse(&fs::read_to_string(dir.path().join("b.counts")).unwrap()).unwrap();
+        assert_eq!(
+            manifest.tables,
+            BTreeMap::from([
+                ("public._sqlx_migrations".to_owned(), 2),
+                ("public.log_entries".to_owned(), 5),
+            ])
+        );
+        assert_eq!(manifest.migration.as_deref(), Some("20261207000001"));
+        assert!(!dir.path().join("b.dump.ok").exists());
+        // A database that is not there: the helper fails in the server's words.
+        let gone = db.env.iter().map(|(k, v)| match k.as_str() {
+            "PGDATABASE" => (k.clone(), "no_such_database".to_owned()),
+            _ => (k.clone(), v.clone()),
+        });
+        let out = std::process::Command::new("sh")
+            .args(["-c", &backup_script(), "backup", "c.dump", "c.counts"])
+            .envs(gone)
+            .env("STACKSHIP_BACKUP_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("database \"no_such_database\" does not exist"),
+            "{said}"
+        );
+        assert!(!dir.path().join("c.dump").exists());
+    }
+
+    #[test]
+    fn process_ids_are_those_of_what_it_makes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let made = fs::metadata(dir.path()).unwrap();
+        assert_eq!(process_ids(), (made.uid(), made.gid()));
+    }
+
+    #[test]
+    fn root_runs_restic_as_the_owner_of_the_environment_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        let owner = fs::metadata(&env_dir).unwrap();
+        // The owner is another user: made so when the tests run as root (as CI runs them).
+        let (uid, gid) = if owner.uid() == 0 {
+            std::os::unix::fs::chown(&env_dir, Some(4242), Some(4243)).unwrap();
+            (4242, 4243)
+        } else {
+            (owner.uid(), owner.gid())
+        };
+        for (ids, expected) in [
+            ((0, 0), Some((uid, gid, env_dir.clone()))),
+            ((uid, gid), None),
+        ] {
+            let seen = RefCell::new(Vec::new());
+            let restic = |r: &Repository, args: &[&str]| {
+                seen.borrow_mut().push(r.run_as.clone());
+                match args[0] {
+                    "snapshots" => Ok("[]".to_owned()),
+                    _ => Ok(String::new()),
+                }
+            };
+            let local = Local {
+                restic: &restic,
+                ids,
+                ..local(root.path())
+            };
+            let (r, _, _) = exec_with(
+                root.path(),
+                &swarm(),
+                &local,
+                &never,
+                &["snapshots", "prod"],
+            );
+            r.unwrap();
+            let seen = seen.into_inner();
+            assert!(!seen.is_empty());
+            assert!(seen.iter().all(|s| *s == expected), "{ids:?}: {seen:?}");
+        }
+    }
 
     /// restic itself (Debian's package; scripts/test.sh installs it): the password file and the
     /// location reach it, and its answers come back as they are, from stdout or stderr.
