@@ -4471,6 +4471,48 @@ mod tests {
         assert!(!state_of(&env_dir).backup.last.unwrap().ok);
     }
 
+    #[test]
+    fn root_hands_what_it_makes_to_the_owner_of_the_environment_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let me = process_ids();
+        for by_root in [true, false] {
+            let (root, env_dir) = backup_env("");
+            let owner = fs::metadata(&env_dir).unwrap();
+            // The owner is another user: made so when the tests run as root (as CI runs them).
+            let (uid, gid) = if owner.uid() == 0 {
+                std::os::unix::fs::chown(&env_dir, Some(4242), Some(4243)).unwrap();
+                (4242, 4243)
+            } else {
+                (owner.uid(), owner.gid())
+            };
+            dumped(&env_dir.join("backups"), COUNTS);
+            let local = Local {
+                ids: if by_root { (0, 0) } else { (uid, gid) },
+                ..local(root.path())
+            };
+            let (r, _, _) = exec_with(
+                root.path(),
+                &helpers_complete(""),
+                &local,
+                &never,
+                &["backup", "prod"],
+            );
+            r.unwrap();
+            // Run by the owner itself, what it made is its own already.
+            let expected = if by_root { (uid, gid) } else { me };
+            let backups = env_dir.join("backups");
+            for path in [
+                backups.clone(),
+                backups.join("stackship-prod-20261206T100000Z.counts"),
+                backups.join(backup::STATE_FILE),
+                env_dir.join("backup.lock"),
+            ] {
+                let m = fs::metadata(&path).unwrap();
+                assert_eq!((m.uid(), m.gid()), expected, "{}", path.display());
+            }
+        }
+    }
+
     /// A dump and its counts in prod's backups directory; the newest of two.
     fn verify_setup() -> (tempfile::TempDir, PathBuf) {
         let (root, env_dir) = backup_env("");
