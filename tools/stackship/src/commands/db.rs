@@ -2689,18 +2689,22 @@ mod tests {
         assert_eq!(process_ids(), (made.uid(), made.gid()));
     }
 
+    /// `dir`'s owner ids, after giving it to another user (4242:4243) when it is root's: the
+    /// tests run as root, as CI runs them.
+    fn owned_by_another_user(dir: &Path) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let owner = fs::metadata(dir).unwrap();
+        if owner.uid() != 0 {
+            return (owner.uid(), owner.gid());
+        }
+        std::os::unix::fs::chown(dir, Some(4242), Some(4243)).unwrap();
+        (4242, 4243)
+    }
+
     #[test]
     fn root_runs_restic_as_the_owner_of_the_environment_directory() {
-        use std::os::unix::fs::MetadataExt;
         let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
-        let owner = fs::metadata(&env_dir).unwrap();
-        // The owner is another user: made so when the tests run as root (as CI runs them).
-        let (uid, gid) = if owner.uid() == 0 {
-            std::os::unix::fs::chown(&env_dir, Some(4242), Some(4243)).unwrap();
-            (4242, 4243)
-        } else {
-            (owner.uid(), owner.gid())
-        };
+        let (uid, gid) = owned_by_another_user(&env_dir);
         for (ids, expected) in [
             ((0, 0), Some((uid, gid, env_dir.clone()))),
             ((uid, gid), None),
@@ -4477,14 +4481,7 @@ mod tests {
         let me = process_ids();
         for by_root in [true, false] {
             let (root, env_dir) = backup_env("");
-            let owner = fs::metadata(&env_dir).unwrap();
-            // The owner is another user: made so when the tests run as root (as CI runs them).
-            let (uid, gid) = if owner.uid() == 0 {
-                std::os::unix::fs::chown(&env_dir, Some(4242), Some(4243)).unwrap();
-                (4242, 4243)
-            } else {
-                (owner.uid(), owner.gid())
-            };
+            let (uid, gid) = owned_by_another_user(&env_dir);
             dumped(&env_dir.join("backups"), COUNTS);
             let local = Local {
                 ids: if by_root { (0, 0) } else { (uid, gid) },
