@@ -1974,6 +1974,8 @@ impl Ctx<'_, '_> {
             .mode(0o700)
             .create(&scratch)
             .map_err(Error::io(format!("cannot create {}", scratch.display())))?;
+        // restic writes there as the environment's owner when root runs it (see `repository`).
+        self.hand_over(&envdir, &scratch);
         (self.say)(&format!(
             "fetching {dump} from snapshot {} ({}) of {}",
             chosen.short_id,
@@ -4827,6 +4829,7 @@ mod tests {
         let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
         let fake = helpers_complete(RESTORED);
         let seen_scratch = RefCell::new(None);
+        let scratch_owner = Cell::new((0, 0));
         let restic = FakeRestic::new(|args: &[&str]| {
             match args[0] {
             "snapshots" => Ok(r#"[{"time":"2026-12-05T03:00:00Z","paths":["/srv/deploy/prod/backups/stackship-prod-20261205T030000Z.counts","/srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump"],"id":"bbbb2222","short_id":"bbbb2222"},
@@ -4834,6 +4837,11 @@ mod tests {
             "restore" => {
                 // restic restores the file below --target with its whole path.
                 let target = Path::new(args[3]);
+                let made = fs::metadata(target).unwrap();
+                scratch_owner.set((
+                    std::os::unix::fs::MetadataExt::uid(&made),
+                    std::os::unix::fs::MetadataExt::gid(&made),
+                ));
                 let file = target.join(args[5].trim_start_matches('/'));
                 fs::create_dir_all(file.parent().unwrap()).unwrap();
                 fs::write(&file, "PGDMP").unwrap();
@@ -4879,6 +4887,23 @@ mod tests {
         assert!(!scratch.exists(), "the scratch directory is removed");
         assert!(lines[0].starts_with("fetching /srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump from snapshot bbbb2222 (2026-12-05T03:00:00Z)"), "{lines:?}");
         assert!(fake.writes()[0].contains("--name stackship-prod-ops-restore-42"));
+        // Root runs restic as the environment's owner: the directory it fetches into is theirs.
+        let owner = owned_by_another_user(&env_dir);
+        let run = |r: &Repository, a: &[&str]| restic.run(r, a);
+        let as_root = Local {
+            restic: &run,
+            ids: (0, 0),
+            ..local(root.path())
+        };
+        let (r, _, _) = exec_with(
+            root.path(),
+            &fake,
+            &as_root,
+            &never,
+            &["restore", "prod", "--from-repository", "--yes"],
+        );
+        r.unwrap();
+        assert_eq!(scratch_owner.get(), owner);
         // A snapshot by its id; an unknown one is refused, naming those there are.
         let (r, _, _) = exec_with_restic(
             root.path(),
