@@ -11,6 +11,7 @@
 backup_leftovers() {
     docker service ls -q --filter label=stackship.ops-helper
     docker ps -aq --filter "name=${PROD_STACK}-ops-verify-"
+    find "$PROD_DIR" -maxdepth 1 \( -name '.verify-*' -o -name '.restore-*' \)
 }
 
 # restic_prod REPO ARGS...: restic on the test's repository with prod's password file.
@@ -82,9 +83,12 @@ test_backups_are_copied_off_site_test_restored_and_restore_from_the_repository()
     stackship_db verify prod > "$out" 2>&1 || fail "stackship db verify prod failed: $(tail -n 20 "$out")"
     grep -q "test restore passed: .*, as recorded at backup time" "$out" || fail "the test restore did not compare with the counts: $(tail -n 5 "$out")"
     grep -q "repository check: passed" "$out" || fail "restic check did not run or failed: $(tail -n 5 "$out")"
+    grep -q "fetching ${file} from snapshot [0-9a-f]\{8\} " "$out" || fail "the off-site copy was not fetched for its test restore: $(tail -n 8 "$out")"
     [[ -z "$(backup_leftovers)" ]] || fail "the test restore left: $(backup_leftovers | tr '\n' ' ')"
     stackship_db check prod > "$out" 2>&1 || fail "stackship db check prod fails after a good backup: $(cat "$out")"
     grep -q "^ok   test restore: passed" "$out" || fail "db check does not show the test restore: $(cat "$out")"
+    grep -q "^ok   repository check: passed .*: restic check of ${repo}: no errors; snapshot [0-9a-f]\{8\} (.*) test-restored: $(basename "$file") restored: .*, as recorded$" "$out" \
+        || fail "db check does not show the off-site copy's test restore: $(cat "$out")"
     grep -q "^ok   off-site copy: " "$out" || fail "db check does not show the off-site copy: $(cat "$out")"
     "$(stackship_bin)" --root "$(dirname "$PROD_DIR")" status prod > "$out" 2>&1 || fail "stackship status prod failed"
     grep -q "^  test restore: passed" "$out" || fail "stackship status does not show the backups: $(head -n 8 "$out")"

@@ -533,7 +533,7 @@ secret_not_in_git() {
 # it. The schedule stays; the settings and secrets go, so later sections run without them.
 backup_schedule_tests() {
     local unit="${STACKSHIP_PROJECT}-db-backup-dev" secrets="$ENV_DIR/secrets"
-    local cmd="$ENV_DIR/current/stackship db scheduled dev" wait_s=150
+    local cmd="$ENV_DIR/current/stackship db scheduled dev" wait_s=240
     local store_home store password dump setup_rc
     if [[ ! -x "$ENV_DIR/current/stackship" ]]; then
         check "backup: a deployed release to run the schedule from" fail "no ${ENV_DIR}/current/stackship: the deploy above failed"
@@ -617,6 +617,7 @@ backup_schedule_tests() {
     expect_eq "backup: stackship db check dev passes" 0 "$check_rc"
     check "backup: ... and says the test restore passed" mentions_i "test restore: passed" "$WORK/db-check.out"
     check "backup: ... and the off-site copy is there" mentions_i "off-site copy: " "$WORK/db-check.out"
+    check "backup: ... and the off-site copy was fetched back over SFTP and test-restored" mentions_i "test-restored: " "$WORK/db-check.out"
     check "backup: the repository password is in no file of this run but its own (logs, state, schedule)" \
         secret_in_no_file "$password" "/etc/cron.d/${unit}" "/etc/systemd/system/${unit}.service"
     check "backup: ... nor in docker service ls or docker inspect of any service or container" \

@@ -110,7 +110,9 @@ pub enum DbCommand {
     /// Test-restore ENV's newest backup (or FILE): a one-off helper restores it into a
     /// throwaway Postgres of its own, counts every table's rows and reads the migration
     /// version, compares them with what the backup recorded, and is removed with everything
-    /// it made. With a BACKUP_REPOSITORY, `restic check` runs too. Recorded for `db check`.
+    /// it made. With a BACKUP_REPOSITORY, the repository is checked too: `restic check` (a
+    /// tenth of the data read back), then its newest snapshot fetched and test-restored the
+    /// same way. Recorded for `db check`.
     Verify {
         env: String,
         /// The dump to test (default: the newest dated backup in <root>/<env>/backups).
@@ -1616,8 +1618,9 @@ impl Ctx<'_, '_> {
         result
     }
 
-    /// The test restore and, with a repository, its check; each recorded. `require_counts`: a
-    /// dump without its row counts fails (the schedule's dumps all have them).
+    /// The test restore and, with a repository, its check: restic's, and a test restore of the
+    /// newest off-site copy; each recorded. `require_counts`: a dump without its row counts
+    /// fails (the schedule's dumps all have them).
     fn verify_locked(
         &self,
         envdir: &EnvDir,
@@ -1651,10 +1654,16 @@ impl Ctx<'_, '_> {
                     repo.shown()
                 ));
                 // A tenth of the data, chosen at random each time, is read back and checked
-                // against its hashes, besides the repository's structure.
-                let result = self.restic(repo, &["check", "--read-data-subset", "10%"]);
+                // against its hashes, besides the repository's structure; then the newest
+                // off-site copy is restored as a local dump is.
+                let result = self
+                    .restic(repo, &["check", "--read-data-subset", "10%"])
+                    .and_then(|_| self.offsite_test_restore(envdir, repo, require_counts));
                 let (ok, detail) = match &result {
-                    Ok(_) => (true, format!("restic check of {}: no errors", repo.shown())),
+                    Ok(restored) => (
+                        true,
+                        format!("restic check of {}: no errors; {restored}", repo.shown()),
+                    ),
                     Err(e) => (false, e.clone()),
                 };
                 self.record(envdir, |s| {
@@ -1904,6 +1913,89 @@ impl Ctx<'_, '_> {
         backed_up.and(verified)
     }
 
+    /// Fetches the dump of `chosen` (and, with `counts`, the row counts stored beside it) from
+    /// `repo` into a fresh `<env dir>/.<what>-<pid>` (mode 0700, the environment owner's, whom
+    /// restic runs as when root runs it), removed when the returned guard goes; and the dump's
+    /// place there.
+    fn fetch(
+        &self,
+        envdir: &EnvDir,
+        repo: &Repository,
+        chosen: &backup::Snapshot,
+        what: &str,
+        counts: bool,
+    ) -> Result<(RemoveDir, PathBuf), Error> {
+        let Some((dump, counts_path)) = backup::dump_in(chosen) else {
+            return refused(format!(
+                "snapshot {} in {} holds no .dump file",
+                chosen.short_id,
+                repo.shown()
+            ));
+        };
+        let scratch = envdir.dir.join(format!(".{what}-{}", self.local.pid));
+        let removed = RemoveDir(scratch.clone());
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&scratch)
+            .map_err(Error::io(format!("cannot create {}", scratch.display())))?;
+        self.hand_over(envdir, &scratch);
+        (self.say)(&format!(
+            "fetching {dump} from snapshot {} ({}) of {}",
+            chosen.short_id,
+            chosen.time.format("%Y-%m-%dT%H:%M:%SZ"),
+            repo.shown()
+        ));
+        let target = scratch.display().to_string();
+        let mut args = vec![
+            "restore",
+            chosen.id.as_str(),
+            "--target",
+            &target,
+            "--include",
+            dump,
+        ];
+        if let (true, Some(counts_path)) = (counts, counts_path) {
+            args.extend(["--include", counts_path]);
+        }
+        self.restic(repo, &args).map_err(Error::Refused)?;
+        let file = scratch.join(dump.trim_start_matches('/'));
+        Ok((removed, file))
+    }
+
+    /// The off-site copy proved as a local dump is: the newest snapshot of the environment
+    /// fetched from `repo` and test-restored against the counts stored with it. What it found,
+    /// in one line, or why it failed.
+    fn offsite_test_restore(
+        &self,
+        envdir: &EnvDir,
+        repo: &Repository,
+        require_counts: bool,
+    ) -> Result<String, String> {
+        let words = |e: Error| match e {
+            Error::Refused(why) => why,
+            other => other.to_string(),
+        };
+        let list = self.snapshot_list(envdir, repo).map_err(words)?;
+        let Some(newest) = list.last() else {
+            return Err(format!(
+                "{} holds no backup of {} to test-restore",
+                repo.shown(),
+                envdir.env
+            ));
+        };
+        let snapshot = format!(
+            "snapshot {} ({})",
+            newest.short_id,
+            newest.time.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let (_scratch, file) = self
+            .fetch(envdir, repo, newest, "verify", true)
+            .map_err(|e| format!("{snapshot}: {}", words(e)))?;
+        self.test_restore(envdir, Some(file), require_counts)
+            .map(|found| format!("{snapshot} test-restored: {found}"))
+            .map_err(|e| format!("the off-site {snapshot}: {}", words(e)))
+    }
+
     fn restore_from_repository(
         &self,
         env: &str,
@@ -1961,41 +2053,7 @@ impl Ctx<'_, '_> {
                 Error::Refused(format!("{} holds no backup of {env}", repo.shown()))
             })?,
         };
-        let Some((dump, _)) = backup::dump_in(chosen) else {
-            return refused(format!(
-                "snapshot {} in {} holds no .dump file",
-                chosen.short_id,
-                repo.shown()
-            ));
-        };
-        let scratch = envdir.dir.join(format!(".restore-{}", self.local.pid));
-        let _scratch_removed = RemoveDir(scratch.clone());
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&scratch)
-            .map_err(Error::io(format!("cannot create {}", scratch.display())))?;
-        // restic writes there as the environment's owner when root runs it (see `repository`).
-        self.hand_over(&envdir, &scratch);
-        (self.say)(&format!(
-            "fetching {dump} from snapshot {} ({}) of {}",
-            chosen.short_id,
-            chosen.time.format("%Y-%m-%dT%H:%M:%SZ"),
-            repo.shown()
-        ));
-        let target = scratch.display().to_string();
-        self.restic(
-            &repo,
-            &[
-                "restore",
-                &chosen.id,
-                "--target",
-                &target,
-                "--include",
-                dump,
-            ],
-        )
-        .map_err(Error::Refused)?;
-        let file = scratch.join(dump.trim_start_matches('/'));
+        let (_scratch, file) = self.fetch(&envdir, &repo, chosen, "restore", false)?;
         self.restore(env, &file, yes, lock_wait)?;
         // This server now continues the repository's backups: the schedule copies there.
         let repository = repo.shown();
@@ -4681,6 +4739,97 @@ mod tests {
         let state = state_of(&env_dir);
         assert!(state.test_restore.last.unwrap().ok);
         assert!(!state.repository_check.last.unwrap().ok);
+    }
+
+    /// A repository whose newest snapshot holds prod's dump of 2026-12-05 and, written on
+    /// restore, `counts` beside it; restic's calls are recorded.
+    fn repository_with_a_snapshot(
+        counts: &'static str,
+    ) -> FakeRestic<impl Fn(&[&str]) -> Result<String, String>> {
+        FakeRestic::new(move |args: &[&str]| {
+            match args[0] {
+            "snapshots" => Ok(r#"[{"time":"2026-12-05T03:00:00Z","paths":["/srv/deploy/prod/backups/stackship-prod-20261205T030000Z.counts","/srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump"],"id":"bbbb2222cccc","short_id":"bbbb2222"}]"#.to_owned()),
+            "restore" => {
+                let target = Path::new(args[3]);
+                let dir = target.join("srv/deploy/prod/backups");
+                fs::create_dir_all(&dir).unwrap();
+                fs::write(dir.join("stackship-prod-20261205T030000Z.dump"), "PGDMP").unwrap();
+                fs::write(dir.join("stackship-prod-20261205T030000Z.counts"), counts).unwrap();
+                Ok(String::new())
+            }
+            _ => Ok(String::new()),
+        }
+        })
+    }
+
+    #[test]
+    fn a_test_restore_restores_the_newest_off_site_copy_too() {
+        let (root, env_dir) = verify_setup();
+        fs::write(
+            env_dir.join("deploy.env"),
+            "BACKUP_REPOSITORY=/srv/restic/prod\n",
+        )
+        .unwrap();
+        let fake = helpers_complete(COUNTS);
+        let restic = repository_with_a_snapshot(COUNTS);
+        let (r, lines, _) = exec_with_restic(root.path(), &fake, &restic, &["verify", "prod"]);
+        r.unwrap();
+        let scratch = env_dir.join(".verify-42");
+        assert_eq!(
+            restic.calls(),
+            [
+                "check --read-data-subset 10%".to_owned(),
+                "cat config".to_owned(),
+                "snapshots --json --host stackship-prod --tag prod".to_owned(),
+                format!(
+                    "restore bbbb2222cccc --target {} --include /srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump --include /srv/deploy/prod/backups/stackship-prod-20261205T030000Z.counts",
+                    scratch.display()
+                ),
+            ]
+        );
+        assert!(!scratch.exists(), "the fetched copy is removed");
+        let helpers = fake
+            .writes()
+            .into_iter()
+            .filter(|w| w.starts_with("docker service create") && w.contains("ops-verify-42"))
+            .count();
+        assert_eq!(
+            helpers, 2,
+            "the local dump, then the off-site copy: {lines:?}"
+        );
+        let check = state_of(&env_dir).repository_check.last.unwrap();
+        assert!(check.ok);
+        assert_eq!(
+            check.detail,
+            "restic check of /srv/restic/prod: no errors; snapshot bbbb2222 (2026-12-05T03:00:00Z) test-restored: stackship-prod-20261205T030000Z.dump restored: 7 rows in 2 tables, migration 20261122000001, as recorded"
+        );
+
+        // An off-site copy whose stored counts are not what it restores to fails the check.
+        let restic = repository_with_a_snapshot(
+            "table|public._sqlx_migrations|2\ntable|public.log_entries|6\nmigration|20261122000001\n",
+        );
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["verify", "prod"]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("the repository check failed: the off-site snapshot bbbb2222 (2026-12-05T03:00:00Z): "),
+            "{e}"
+        );
+        assert!(e.contains("public.log_entries"), "{e}");
+        assert!(!scratch.exists());
+        let state = state_of(&env_dir);
+        assert!(state.test_restore.last.unwrap().ok);
+        assert!(!state.repository_check.last.unwrap().ok);
+
+        // A repository without a backup of the environment has no copy to prove.
+        let restic = FakeRestic::new(|args: &[&str]| match args[0] {
+            "snapshots" => Ok("[]".to_owned()),
+            _ => Ok(String::new()),
+        });
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["verify", "prod"]);
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "the repository check failed: /srv/restic/prod holds no backup of prod to test-restore"
+        );
     }
 
     #[test]
