@@ -4695,6 +4695,18 @@ mod tests {
             "docker service rm stackship-prod-ops-verify-42"
         );
         assert!(!state_of(&env_dir).test_restore.last.unwrap().ok);
+        // No error in Postgres's words: the helper's last word (not a blank line) says why.
+        let (r, _, _, _, _root) = verify_with(
+            "initdb: starting\n\nsetpriv: setresuid failed: Operation not permitted\n\n",
+            "Failed 1s|task: non-zero exit (1)",
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "stackship-prod-20261205T000000Z.dump: setpriv: setresuid failed: Operation not permitted"
+            ),
+            "{e}"
+        );
 
         // Without a backup there is nothing to test: said, and recorded as a failure.
         let (root, env_dir) = backup_env("");
