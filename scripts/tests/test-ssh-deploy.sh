@@ -428,8 +428,10 @@ stackship_db_check() {
 # db_check_passes SECONDS: polls stackship_db_check until it passes, for at most SECONDS.
 db_check_passes() {
     local deadline=$((SECONDS + $1)) state="$ENV_DIR/backups/state.json"
-    # The check passes once a backup is there; the same run's test restore comes after it.
-    until stackship_db_check && grep -q '^ok   test restore: passed' "$WORK/db-check.out"; do
+    # The check passes once a backup is there; the same run's test restore comes after it, and
+    # the repository check (restic check, the off-site copy fetched back and test-restored) last.
+    until stackship_db_check && grep -q '^ok   test restore: passed' "$WORK/db-check.out" \
+        && grep -q '^ok   repository check: passed' "$WORK/db-check.out"; do
         ((SECONDS >= deadline)) || { sleep 5; continue; }
         sed 's/^/    | /' "$WORK/db-check.out" >&2
         if [[ ! -s "$state" ]]; then

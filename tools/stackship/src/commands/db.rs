@@ -1618,9 +1618,9 @@ impl Ctx<'_, '_> {
         result
     }
 
-    /// The test restore and, with a repository, its check: restic's, and a test restore of the
-    /// newest off-site copy; each recorded. `require_counts`: a dump without its row counts
-    /// fails (the schedule's dumps all have them).
+    /// The test restore and, with a repository, its check ([`Ctx::check_repository`]); each
+    /// recorded. `require_counts`: a dump without its row counts fails (the schedule's dumps
+    /// all have them).
     fn verify_locked(
         &self,
         envdir: &EnvDir,
@@ -1628,7 +1628,6 @@ impl Ctx<'_, '_> {
         file: Option<PathBuf>,
         require_counts: bool,
     ) -> Result<(), Error> {
-        let repo = self.repository(envdir, settings);
         let restored = self.test_restore(envdir, file, require_counts);
         let (ok, detail) = match &restored {
             Ok(detail) => (true, detail.clone()),
@@ -1638,45 +1637,7 @@ impl Ctx<'_, '_> {
         self.record(envdir, |s| {
             s.test_restore.record(self.run_now(ok, detail, None))
         })?;
-        let checked = match &repo {
-            Ok(None) => Ok(()),
-            Err(e) => {
-                let why = e.to_string();
-                self.record(envdir, |s| {
-                    s.repository_check
-                        .record(self.run_now(false, why.clone(), None))
-                })?;
-                Err(why)
-            }
-            Ok(Some(repo)) => {
-                (self.say)(&format!(
-                    "checking the repository {} (restic check)",
-                    repo.shown()
-                ));
-                // A tenth of the data, chosen at random each time, is read back and checked
-                // against its hashes, besides the repository's structure; then the newest
-                // off-site copy is restored as a local dump is.
-                let result = self
-                    .restic(repo, &["check", "--read-data-subset", "10%"])
-                    .and_then(|_| self.offsite_test_restore(envdir, repo, require_counts));
-                let (ok, detail) = match &result {
-                    Ok(restored) => (
-                        true,
-                        format!("restic check of {}: no errors; {restored}", repo.shown()),
-                    ),
-                    Err(e) => (false, e.clone()),
-                };
-                self.record(envdir, |s| {
-                    s.repository_check
-                        .record(self.run_now(ok, detail.clone(), None))
-                })?;
-                (self.say)(&format!(
-                    "repository check: {}",
-                    if ok { "passed" } else { "FAILED" }
-                ));
-                result.map(|_| ())
-            }
-        };
+        let checked = self.check_repository(envdir, settings, require_counts)?;
         match (restored, checked) {
             (Ok(_), Ok(())) => Ok(()),
             (Err(Error::Refused(why)), _) => refused(format!(
@@ -1686,6 +1647,55 @@ impl Ctx<'_, '_> {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => refused(format!("the repository check failed: {e}")),
         }
+    }
+
+    /// With a repository: `restic check` (a tenth of the data read back against its hashes,
+    /// besides the repository's structure), then the newest off-site copy test-restored as a
+    /// local dump is; recorded. Stopped (Ctrl-C, SIGTERM): nothing is run or recorded.
+    fn check_repository(
+        &self,
+        envdir: &EnvDir,
+        settings: &crate::settings::Backup,
+        require_counts: bool,
+    ) -> Result<Result<(), String>, Error> {
+        let repo = match self.repository(envdir, settings) {
+            Ok(None) => return Ok(Ok(())),
+            Ok(Some(repo)) => repo,
+            Err(e) => {
+                let why = e.to_string();
+                self.record(envdir, |s| {
+                    s.repository_check
+                        .record(self.run_now(false, why.clone(), None))
+                })?;
+                return Ok(Err(why));
+            }
+        };
+        if (self.stop)() {
+            return Ok(Err("interrupted before the repository check".to_owned()));
+        }
+        (self.say)(&format!(
+            "checking the repository {} (restic check)",
+            repo.shown()
+        ));
+        let result = self
+            .restic(&repo, &["check", "--read-data-subset", "10%"])
+            .and_then(|_| self.offsite_test_restore(envdir, &repo, require_counts));
+        let (ok, detail) = match &result {
+            Ok(restored) => (
+                true,
+                format!("restic check of {}: no errors; {restored}", repo.shown()),
+            ),
+            Err(e) => (false, e.clone()),
+        };
+        self.record(envdir, |s| {
+            s.repository_check
+                .record(self.run_now(ok, detail.clone(), None))
+        })?;
+        (self.say)(&format!(
+            "repository check: {}",
+            if ok { "passed" } else { "FAILED" }
+        ));
+        Ok(result.map(|_| ()))
     }
 
     /// Restores `file` (default: the newest dated dump) into a throwaway Postgres in a helper
@@ -1866,10 +1876,19 @@ impl Ctx<'_, '_> {
                 backup::TEST_RETRY_AFTER,
                 now,
             );
-            (dump, offsite, test)
+            // The repository check keeps its own time: one that failed is tried again after
+            // the same wait as a failed test restore, not a whole period later.
+            let check = settings.repository.is_some()
+                && backup::due(
+                    &state.repository_check,
+                    settings.test_restore_every.value,
+                    backup::TEST_RETRY_AFTER,
+                    now,
+                );
+            (dump, offsite, test, check)
         };
-        let (dump, offsite, test) = work(&State::read(&state_path).map_err(Error::Refused)?);
-        if !dump && !offsite && !test {
+        let (dump, offsite, test, check) = work(&State::read(&state_path).map_err(Error::Refused)?);
+        if !dump && !offsite && !test && !check {
             return Ok(());
         }
         // A backup, test restore or restore of this environment is running: the next tick.
@@ -1880,7 +1899,7 @@ impl Ctx<'_, '_> {
         };
         // Decided again under the lock: a run that just ended may have done it.
         let state = State::read(&state_path).map_err(Error::Refused)?;
-        let (dump, offsite, test) = work(&state);
+        let (dump, offsite, test, check) = work(&state);
         let backed_up = if dump {
             self.backup_locked(
                 &envdir,
@@ -1906,6 +1925,11 @@ impl Ctx<'_, '_> {
         };
         let verified = if test {
             self.verify_locked(&envdir, &settings, None, true)
+        } else if check {
+            match self.check_repository(&envdir, &settings, true)? {
+                Ok(()) => Ok(()),
+                Err(e) => refused(format!("the repository check failed: {e}")),
+            }
         } else {
             Ok(())
         };
@@ -1933,11 +1957,13 @@ impl Ctx<'_, '_> {
             ));
         };
         let scratch = envdir.dir.join(format!(".{what}-{}", self.local.pid));
-        let removed = RemoveDir(scratch.clone());
+        // One left by a run of the same pid that was killed goes first: no live process has it.
+        let _ = fs::remove_dir_all(&scratch);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&scratch)
             .map_err(Error::io(format!("cannot create {}", scratch.display())))?;
+        let removed = RemoveDir(scratch.clone());
         self.hand_over(envdir, &scratch);
         (self.say)(&format!(
             "fetching {dump} from snapshot {} ({}) of {}",
@@ -1975,6 +2001,18 @@ impl Ctx<'_, '_> {
             Error::Refused(why) => why,
             other => other.to_string(),
         };
+        // A helper that cannot run here (no manager, Docker not answering) could not restore
+        // the copy either: it is not downloaded for nothing.
+        let stack = envdir.stack();
+        self.manager(&stack)
+            .and_then(|_| postgres_settings(self.client, &stack))
+            .map_err(|e| {
+                format!(
+                    "restic check of {}: no errors; the off-site copy was not test-restored: {}",
+                    repo.shown(),
+                    words(e)
+                )
+            })?;
         let list = self.snapshot_list(envdir, repo).map_err(words)?;
         let Some(newest) = list.last() else {
             return Err(format!(
@@ -1988,6 +2026,11 @@ impl Ctx<'_, '_> {
             newest.short_id,
             newest.time.format("%Y-%m-%dT%H:%M:%SZ")
         );
+        if require_counts && backup::dump_in(newest).is_some_and(|(_, counts)| counts.is_none()) {
+            return Err(format!(
+                "the off-site {snapshot} holds no .counts file to compare the restored copy with"
+            ));
+        }
         let (_scratch, file) = self
             .fetch(envdir, repo, newest, "verify", true)
             .map_err(|e| format!("{snapshot}: {}", words(e)))?;
@@ -4351,6 +4394,11 @@ mod tests {
         fn calls(&self) -> Vec<String> {
             self.calls.borrow().clone()
         }
+
+        /// What `reply` answers, without recording the call.
+        fn run_reply(&self, args: &[&str]) -> Result<String, String> {
+            (self.reply)(args)
+        }
     }
 
     /// Runs a command with `restic` answering in restic's place.
@@ -4809,6 +4857,19 @@ mod tests {
             helpers, 2,
             "the local dump, then the off-site copy: {lines:?}"
         );
+        let second = fake
+            .writes()
+            .into_iter()
+            .filter(|w| w.starts_with("docker service create"))
+            .nth(1)
+            .unwrap();
+        assert!(
+            second.contains(&format!(
+                "type=bind,source={},target=/restore,readonly",
+                scratch.join("srv/deploy/prod/backups").display()
+            )),
+            "{second}"
+        );
         let check = state_of(&env_dir).repository_check.last.unwrap();
         assert!(check.ok);
         assert_eq!(
@@ -4841,6 +4902,111 @@ mod tests {
         assert_eq!(
             r.unwrap_err().to_string(),
             "the repository check failed: /srv/restic/prod holds no backup of prod to test-restore"
+        );
+
+        // A fetch that fails: restic's words, and no scratch directory left.
+        let restic = FakeRestic::new(|args: &[&str]| match args[0] {
+            "restore" => {
+                fs::write(Path::new(args[3]).join("partial"), "x").unwrap();
+                Err("Fatal: connection lost\n".to_owned())
+            }
+            _ => repository_with_a_snapshot(COUNTS).run_reply(args),
+        });
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["verify", "prod"]);
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "the repository check failed: snapshot bbbb2222 (2026-12-05T03:00:00Z): restic on /srv/restic/prod: Fatal: connection lost"
+        );
+        assert!(!scratch.exists());
+    }
+
+    #[test]
+    fn a_helper_that_cannot_run_here_downloads_no_off_site_copy() {
+        let (root, env_dir) = verify_setup();
+        fs::write(
+            env_dir.join("deploy.env"),
+            "BACKUP_REPOSITORY=/srv/restic/prod\n",
+        )
+        .unwrap();
+        let fake = FakeEngine::new();
+        fake.fail(
+            &["info"],
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock",
+        );
+        let restic = repository_with_a_snapshot(COUNTS);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["verify", "prod"]);
+        assert!(r.is_err());
+        assert_eq!(restic.calls(), ["check --read-data-subset 10%"]);
+        let check = state_of(&env_dir).repository_check.last.unwrap();
+        assert!(!check.ok);
+        assert!(
+            check
+                .detail
+                .contains("the off-site copy was not test-restored: ")
+                && check.detail.contains("Cannot connect to the Docker daemon"),
+            "{}",
+            check.detail
+        );
+    }
+
+    #[test]
+    fn the_schedule_tries_a_failed_repository_check_again_after_six_hours() {
+        let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
+        let state_file = recent_state(&env_dir, 30);
+        let dir = env_dir.join("backups");
+        fs::write(dir.join("stackship-prod-20261206T093000Z.dump"), "PGDMP").unwrap();
+        let failed_ago = |hours: i64| {
+            let mut state = State::read(&state_file).unwrap();
+            state.offsite = backup::Track::default();
+            state.offsite.record(Run {
+                at: fixed_now() - chrono::Duration::minutes(30),
+                ok: true,
+                detail: "snapshot bbbb2222".into(),
+                size: None,
+            });
+            state.repository_check = backup::Track::default();
+            state.repository_check.record(Run {
+                at: fixed_now() - chrono::Duration::hours(hours),
+                ok: false,
+                detail: "restic on /srv/restic/prod: Fatal: connection lost".into(),
+                size: None,
+            });
+            state.write(&state_file).unwrap();
+        };
+        let fake = helpers_complete(COUNTS);
+        let restic = repository_with_a_snapshot(COUNTS);
+        // Five hours after the failure: not yet.
+        failed_ago(5);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["scheduled", "prod"]);
+        r.unwrap();
+        assert!(restic.calls().is_empty(), "{:?}", restic.calls());
+        // Seven: the repository check alone (the test restore of the local dump is recent).
+        failed_ago(7);
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["scheduled", "prod"]);
+        r.unwrap();
+        assert_eq!(restic.calls()[0], "check --read-data-subset 10%");
+        let helpers = fake
+            .writes()
+            .into_iter()
+            .filter(|w| w.starts_with("docker service create") && w.contains("ops-verify-42"))
+            .count();
+        assert_eq!(helpers, 1, "the off-site copy's test restore only");
+        let state = state_of(&env_dir);
+        assert!(state.repository_check.last.unwrap().ok);
+        assert_eq!(state.test_restore.last.unwrap().detail, "x");
+
+        // On the schedule a snapshot without its counts is not proved.
+        failed_ago(7);
+        let restic = FakeRestic::new(|args: &[&str]| {
+            match args[0] {
+            "snapshots" => Ok(r#"[{"time":"2026-12-05T03:00:00Z","paths":["/srv/deploy/prod/backups/stackship-prod-20261205T030000Z.dump"],"id":"bbbb2222cccc","short_id":"bbbb2222"}]"#.to_owned()),
+            _ => Ok(String::new()),
+        }
+        });
+        let (r, _, _) = exec_with_restic(root.path(), &fake, &restic, &["scheduled", "prod"]);
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "the repository check failed: the off-site snapshot bbbb2222 (2026-12-05T03:00:00Z) holds no .counts file to compare the restored copy with"
         );
     }
 
@@ -5130,6 +5296,7 @@ mod tests {
         };
         state.backup.record(run(minutes));
         state.test_restore.record(run(10));
+        state.repository_check.record(run(10));
         fs::create_dir_all(env_dir.join("backups")).unwrap();
         let path = env_dir.join("backups").join(backup::STATE_FILE);
         state.write(&path).unwrap();
