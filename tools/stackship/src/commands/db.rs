@@ -125,10 +125,10 @@ pub enum DbCommand {
     /// BACKUP_MAX_AGE or the last test restore or repository check failed; 0 otherwise.
     Check { env: String },
     /// What the schedule runs every minute (scripts/server/setup-server.sh): a backup when the
-    /// last good one is BACKUP_EVERY old, a test restore when the last one is
-    /// BACKUP_TEST_RESTORE_EVERY old; nothing, silently, when neither is due or a backup or
+    /// last good one is BACKUP_EVERY old, a test restore and a repository check when the last
+    /// one is BACKUP_TEST_RESTORE_EVERY old; nothing, silently, when none is due or a backup or
     /// restore of ENV is running. After a failure the next try waits: 15 minutes after a failed
-    /// backup, 6 hours after a failed test restore.
+    /// backup, 6 hours after a failed test restore or repository check.
     Scheduled { env: String },
     /// Make ENV's database reachable on 127.0.0.1:PORT of this manager until Ctrl-C (or --for),
     /// with a passfile for the login: it prints `PGPASSFILE=<file> psql "host=127.0.0.1 ..."`.
