@@ -2153,8 +2153,8 @@ mod tests {
             _on_sample: &mut OnSample<'_>,
         ) -> Result<Watched, String> {
             self.steps.borrow_mut().push(format!(
-                "watch {} max_task_failures={}",
-                snapshot.stack, options.rules.max_task_failures
+                "watch {} max_task_failures={} confirm_after={:?}",
+                snapshot.stack, options.rules.max_task_failures, options.rules.confirm_after
             ));
             Ok(Watched {
                 outcome: if self.ok {
@@ -2262,7 +2262,7 @@ mod tests {
             *rollout.steps.borrow(),
             vec![
                 "snapshot stackship-prod",
-                "watch stackship-prod max_task_failures=2",
+                "watch stackship-prod max_task_failures=2 confirm_after=1s",
                 "record stackship-prod commit=abc1234 ancestors=1234567,89abcde started=now",
                 "prune stackship-prod keep=4"
             ]
@@ -2441,6 +2441,88 @@ mod tests {
                 "{e}"
             ),
         }
+    }
+
+    #[test]
+    fn the_database_directory_is_chowned_whole_but_not_through_a_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("postgres");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(data.join("base/1")).unwrap();
+        std::fs::write(data.join("base/1/table"), "x").unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("other"), "y").unwrap();
+        std::os::unix::fs::symlink(&outside, data.join("link")).unwrap();
+        let before = std::fs::metadata(outside.join("other")).unwrap().uid();
+        match chown_tree(&data) {
+            Ok(()) => {
+                for path in ["", "base", "base/1", "base/1/table", "link"] {
+                    let m = std::fs::symlink_metadata(data.join(path)).unwrap();
+                    assert_eq!((m.uid(), m.gid()), (POSTGRES_UID, POSTGRES_UID), "{path}");
+                }
+                let other = std::fs::metadata(outside.join("other")).unwrap();
+                assert_eq!(other.uid(), before, "followed the symlink");
+                assert_eq!(std::fs::metadata(&outside).unwrap().uid(), before);
+            }
+            // Not root: the chown is refused, and said.
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+        }
+    }
+
+    #[test]
+    fn an_older_cli_deploys_without_detach_and_dockers_lines_are_shown() {
+        let f = fixture("REGISTRY=127.0.0.1:5000\n");
+        with_data_dir(&f);
+        let old = FakeEngine::new();
+        old.answer(
+            &["stack", "deploy", "--help"],
+            "Options:\n  -c, --compose-file strings\n      --prune\n",
+        );
+        old.answer(
+            &["stack", "deploy", "--with-registry-auth"],
+            "Updating service stackship-prod_backend (id: v34xg7)\n\n",
+        );
+        let fake = swarm_answers(old, "Commands:\n  config   x\n");
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
+        };
+        let mut progress = Vec::new();
+        let watched = deploy(&Client::new(&fake), &rollout, &f.request, &mut progress).unwrap();
+        assert_eq!(watched.outcome, Outcome::Done);
+        let deploy_call = fake
+            .writes()
+            .into_iter()
+            .find(|w| w.starts_with("docker stack deploy"))
+            .unwrap();
+        assert_eq!(
+            deploy_call,
+            format!(
+                "docker stack deploy --with-registry-auth --prune -c {} stackship-prod",
+                f.request.compose().display()
+            )
+        );
+        let progress = String::from_utf8(progress).unwrap();
+        let lines: Vec<&str> = progress.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.ends_with("Updating service stackship-prod_backend (id: v34xg7)"))
+            .unwrap_or_else(|| panic!("{progress}"));
+        assert!(
+            lines[at + 1].ends_with("following the rollout of stackship-prod"),
+            "no blank line of Docker's is shown: {progress}"
+        );
+        // The services deployed by tag, each with its tag.
+        assert!(
+            lines[at - 1]
+                .ends_with("docker stack deploy stackship-prod (backend 20261206_aaaaaaaa)"),
+            "{progress}"
+        );
+        assert_eq!(
+            rollout.steps.borrow()[1],
+            "watch stackship-prod max_task_failures=3 confirm_after=1s"
+        );
     }
 
     /// A single-node swarm whose stack has no Postgres service yet, with a CLI that has no

@@ -80,6 +80,11 @@ pub fn choose<'a>(local: &'a [Local], slot: Option<&str>) -> Option<&'a Local> {
     }
 }
 
+/// Whether the command gets a terminal: only when ours are both terminals (see [`exec_call`]).
+fn wants_tty(stdin_is_terminal: bool, stdout_is_terminal: bool) -> bool {
+    stdin_is_terminal && stdout_is_terminal
+}
+
 /// `docker exec -i [-t] CONTAINER CMD...`: standard input always passed on, a terminal only
 /// when ours are both terminals (with a pipe on either side, a terminal would mangle the
 /// bytes).
@@ -165,7 +170,10 @@ pub fn run(
     let Some(chosen) = choose(&here, args.task.as_deref()) else {
         return Err(refusal(client, dir, service, args.task.as_deref())?);
     };
-    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let tty = wants_tty(
+        std::io::stdin().is_terminal(),
+        std::io::stdout().is_terminal(),
+    );
     let call = exec_call(&chosen.container, tty, &args.command);
     let _ = writeln!(
         progress,
@@ -181,6 +189,14 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_terminal_only_when_both_ends_are_one() {
+        assert!(wants_tty(true, true));
+        assert!(!wants_tty(true, false));
+        assert!(!wants_tty(false, true));
+        assert!(!wants_tty(false, false));
+    }
     use crate::commands::tasks::tests::{prod, ps_line};
     use crate::docker::fake::FakeEngine;
 

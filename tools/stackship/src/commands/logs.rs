@@ -505,6 +505,13 @@ mod tests {
     }
 
     #[test]
+    fn at_most_eight_ids_are_named() {
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        assert_eq!(some_of(&ids[..8]), "a b c d e f g h");
+        assert_eq!(some_of(&ids), "a b c d e f g h and 1 more");
+    }
+
+    #[test]
     fn docker_log_lines_are_read_with_their_task() {
         let line = docker_line("backend", 1, BACKEND_1, "manager-1", "GET /health | 200");
         assert_eq!(
@@ -528,6 +535,8 @@ mod tests {
             "2026-12-06T01:02:03Z no task context here",
             "not-a-time stackship-prod_backend.1.x@n    | m",
             "2026-12-06T01:02:03Z stackship-prod_backend.1.x    | no node",
+            "2026-12-06T01:02:03Z .abc@n    | no task name",
+            "2026-12-06T01:02:03Z stackship-prod_backend.1.@n    | no task id",
         ] {
             assert_eq!(parse(other), None, "{other}");
         }
