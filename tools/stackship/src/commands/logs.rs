@@ -667,6 +667,58 @@ mod tests {
     }
 
     #[test]
+    fn dockers_own_stderr_stays_off_the_output_and_a_failed_flush_is_an_error() {
+        /// Takes every byte; its flush fails with `kind`.
+        struct FlushFails(Vec<u8>, std::io::ErrorKind);
+        impl Write for FlushFails {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Err(std::io::Error::from(self.1))
+            }
+        }
+        let fake = stack();
+        fake.answer_streams(
+            &["service", "logs"],
+            &format!(
+                "{}\nnot a line of a task\n",
+                docker_line("backend", 1, BACKEND_1, "manager-1", "hello")
+            ),
+            "error from daemon: service x has no logs\n",
+        );
+        let root = tempfile::tempdir().unwrap();
+        let dir = EnvDir::new(root.path(), "prod");
+        // A closed pipe at the end is how a reader such as `head` stops: no error.
+        let mut out = FlushFails(Vec::new(), std::io::ErrorKind::BrokenPipe);
+        let outcome = run(
+            &Client::new(&fake),
+            &dir,
+            &args(Some("backend")),
+            &mut out,
+            &|| false,
+        )
+        .unwrap();
+        assert_eq!(outcome, Outcome::Done);
+        let text = String::from_utf8(out.0).unwrap();
+        assert!(text.contains("hello"), "{text}");
+        assert!(text.contains("\nnot a line of a task\n"), "{text}");
+        assert!(!text.contains("error from daemon"), "{text}");
+        // Any other failure to write out is said.
+        let mut out = FlushFails(Vec::new(), std::io::ErrorKind::StorageFull);
+        let e = run(
+            &Client::new(&fake),
+            &dir,
+            &args(Some("backend")),
+            &mut out,
+            &|| false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot write the logs"), "{e}");
+    }
+
+    #[test]
     fn a_closed_output_ends_the_reading_quietly() {
         struct Closed;
         impl Write for Closed {
