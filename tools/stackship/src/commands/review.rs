@@ -771,6 +771,26 @@ mod tests {
     }
 
     #[test]
+    fn what_comes_back_after_the_removal_is_named() {
+        let root = deploy_root();
+        std::fs::create_dir_all(root.path().join("review/950/current")).unwrap();
+        let fake = FakeEngine::new();
+        let volume = "stackship-review-950_data\n";
+        // There before, removed, gone, and back (another run made it again).
+        fake.answer_once(&["volume", "ls", "--filter"], volume);
+        fake.answer_once(&["volume", "ls", "--filter"], volume);
+        fake.answer_once(&["volume", "ls", "--filter"], "");
+        fake.answer_once(&["volume", "ls", "--filter"], volume);
+        fake.answer(&["volume", "rm"], "");
+        otherwise_only_other_stacks(&fake);
+        let (result, _) = run_stop(&fake, root.path(), 950, &quick(&never));
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            "stackship-review-950: still there: volume stackship-review-950_data"
+        );
+    }
+
+    #[test]
     fn an_interrupted_stop_says_what_is_left() {
         let root = deploy_root();
         let fake = FakeEngine::new();
@@ -910,12 +930,23 @@ mod tests {
         );
         let (result, _) = run_stop(&fake, Path::new("/srv/deploy root"), 950, &quick(&never));
         assert!(result.is_err());
-        let missing = PathBuf::from("/nonexistent/deploy");
+        let (result, _) = run_stop(&fake, Path::new("/"), 950, &quick(&never));
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            "--root '/' is not a plain absolute path"
+        );
+        // (In a temp dir: code that went wrong must not litter the real file system.)
+        let elsewhere = tempfile::tempdir().unwrap();
+        let missing = elsewhere.path().join("deploy");
         let (result, _) = run_stop(&fake, &missing, 950, &quick(&never));
         assert_eq!(
             result.unwrap_err().to_string(),
-            "/nonexistent/deploy/review is missing (scripts/server/setup-server.sh makes it)"
+            format!(
+                "{}/review is missing (scripts/server/setup-server.sh makes it)",
+                missing.display()
+            )
         );
+        assert!(!missing.exists());
         assert!(fake.calls().is_empty());
         assert_eq!(
             std::fs::read_dir(root.path().join("review"))
