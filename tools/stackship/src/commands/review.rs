@@ -501,7 +501,6 @@ mod tests {
     use crate::docker::fake::FakeEngine;
     use clap::Parser;
     use std::cell::Cell;
-    use std::path::PathBuf;
 
     fn never() -> bool {
         false
