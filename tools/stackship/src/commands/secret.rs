@@ -1587,6 +1587,8 @@ mod tests {
     #[derive(Default)]
     struct FakeRollout {
         watched: RefCell<u32>,
+        /// The rules of the last watch: task failures allowed, time a settled state is confirmed.
+        rules: RefCell<Option<(u64, Duration)>>,
         recorded: RefCell<Vec<Provenance>>,
     }
 
@@ -1600,12 +1602,14 @@ mod tests {
         fn watch(
             &self,
             _: &rollout_watcher::watch::Snapshot,
-            _: &rollout_watcher::watch::Options,
+            options: &rollout_watcher::watch::Options,
             _: &Path,
             _: &mut dyn std::io::Write,
             _: &mut crate::commands::deploy::OnSample<'_>,
         ) -> Result<Watched, String> {
             *self.watched.borrow_mut() += 1;
+            *self.rules.borrow_mut() =
+                Some((options.rules.max_task_failures, options.rules.confirm_after));
             Ok(Watched {
                 outcome: Outcome::Done,
                 summary: "backend: ok\n".into(),
@@ -1735,6 +1739,14 @@ mod tests {
         );
         assert_eq!(w[4], format!("docker secret rm {V3}"));
         assert_eq!(*rollout.watched.borrow(), 1);
+        // Watched as a deploy is: the default task failures, a settled state confirmed for 1 s.
+        assert_eq!(
+            *rollout.rules.borrow(),
+            Some((
+                crate::settings::Defaults::MAX_TASK_FAILURES,
+                Duration::from_secs(1)
+            ))
+        );
         let rec = rollout.recorded.borrow();
         assert_eq!(rec.len(), 1);
         assert_eq!(
