@@ -31,8 +31,8 @@ Options:
   --crate NAME   only this crate (repeatable)
   --jobs N       mutants built and tested at once (default 1: other work shares the machine)
   --out DIR      keep cargo-mutants' own output here (default: a temp dir, removed)
-  --resume       test only what bench/results/mutants/CRATE/ does not list as caught or
-                 unviable (cargo-mutants --iterate): a mutant keeps its outcome while its file,
+  --resume       test only what bench/results/mutants/CRATE/ does not list as caught, timed
+                 out or unviable (cargo-mutants --iterate): a mutant keeps its outcome while its file,
                  line and column stay the same. Without it, every mutant is tested afresh.
   --report-only  write the results from an earlier run's --out DIR, running nothing
 Environment: MUTANTS_MEMORY_GIB (default 8): address space of each process of the run (ulimit -v),
@@ -70,20 +70,21 @@ reap_orphans() {
 }
 
 run_crate() {
-    local crate="$1" out="$2/$1" status=0 iterate=() outcome started=$SECONDS
+    local crate="$1" out="$2/$1" status=0 iterate=() started=$SECONDS
     # An earlier run's output in the same --out would be read by --iterate too.
     rm -rf "$out/mutants.out" "$out/mutants.out.old"
     mkdir -p "$out"
     # cargo-mutants copies the working tree as it is now: record which commit that was.
     git -C "$ROOT" describe --always --dirty >"$out/commit"
     if ((RESUME)); then
-        # --iterate skips what <output>/mutants.out/{caught,unviable}.txt list.
+        # --iterate skips what <output>/mutants.out/{caught,unviable}.txt list; a mutant that
+        # timed out counts as caught (below), so it is not waited out again either. Mutants not
+        # tested now keep their earlier outcome (merge_state).
         mkdir -p "$out/mutants.out"
-        for outcome in caught unviable; do
-            if [[ -f "$STATE/$crate/$outcome.txt" ]]; then
-                cp "$STATE/$crate/$outcome.txt" "$out/mutants.out/$outcome.txt"
-            fi
-        done
+        cat "$STATE/$crate/caught.txt" "$STATE/$crate/timeout.txt" 2>/dev/null >"$out/mutants.out/caught.txt" || true
+        if [[ -f "$STATE/$crate/unviable.txt" ]]; then
+            cp "$STATE/$crate/unviable.txt" "$out/mutants.out/unviable.txt"
+        fi
         iterate=(--iterate)
         touch "$out/resumed"
     fi
@@ -231,6 +232,9 @@ main() {
     ((${#crates[@]})) || crates=("${CRATES[@]}")
     need_cmd python3 python3
     need_cmd runuser util-linux
+    # stackship's tests run Pebble and restic, as scripts/test.sh has them.
+    need_cmd pebble pebble
+    need_cmd restic restic
     ensure_cargo_mutants
     local crate started=$SECONDS
     if ((report_only)); then
