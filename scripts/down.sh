@@ -118,7 +118,17 @@ purge_swarm() {
     fi
 }
 
+# start_stopped_engine: a Docker engine that is installed but not running keeps its swarm,
+# stacks, secrets and volumes on disk, and they come back when it starts: it is started, so
+# that they can be removed (otherwise the next up.sh would find stacks without their data).
+start_stopped_engine() {
+    if command -v dockerd >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
+        ensure_docker
+    fi
+}
+
 purge() {
+    start_stopped_engine
     if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
         [[ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]] || purge_swarm
         remove_volumes
@@ -155,6 +165,7 @@ main() {
         return 0
     fi
     need docker
+    start_stopped_engine
     if docker info >/dev/null 2>&1 && [[ "$(docker info --format '{{.Swarm.LocalNodeState}}')" == active ]]; then
         remove_stack "$(stack_name prod)"
         remove_stack "$(stack_name dev)"

@@ -235,6 +235,23 @@ pub(crate) mod tests {
         EnvDir::new(Path::new("/r"), "prod")
     }
 
+    #[test]
+    fn running_is_running_now_and_meant_to() {
+        let task = |desired: &str, current: &str| Task {
+            id: "t".into(),
+            service: "backend".into(),
+            slot: "1".into(),
+            image: "i".into(),
+            node: "n".into(),
+            desired: desired.into(),
+            current: current.into(),
+        };
+        assert!(task("Running", "Running 2 hours ago").running());
+        // Being stopped, or not started yet: not running.
+        assert!(!task("Shutdown", "Running 2 hours ago").running());
+        assert!(!task("Running", "Preparing 3 seconds ago").running());
+    }
+
     /// A `docker service ps --format '{{json .}}'` line.
     pub(crate) fn ps_line(id: &str, name: &str, image: &str, node: &str, state: &str) -> String {
         let desired = if state.starts_with("Running") {

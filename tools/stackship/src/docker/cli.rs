@@ -478,6 +478,13 @@ mod tests {
         // (its pid from the file: the failure may be read before the sleeper's first line)
         let pid = std::fs::read_to_string(&pid_file).unwrap();
         assert!(gone(pid.trim()), "the sleeping call still runs");
+        // Its error is its stderr, not what it printed on stdout.
+        let noisy = "echo 'a line of output'; echo 'no such service: y' >&2; exit 1";
+        let seen = streamed(&[Call::read(["-c", noisy])], false);
+        assert_eq!(
+            seen.last().unwrap(),
+            &format!("0 failed: `docker -c {noisy}` failed: no such service: y")
+        );
         let seen = streamed(&[Call::read(["-c", "kill -TERM $$"])], false);
         assert!(
             seen[0].ends_with("failed: ended by signal 15"),
