@@ -57,7 +57,9 @@ test_backups_are_copied_off_site_test_restored_and_restore_from_the_repository()
     password="${PROD_DIR}/secrets/backup-repository-password"
     # Whatever happens, prod is left without the test's repository and password.
     # shellcheck disable=SC2064
-    trap "rm -rf '${work}' '${PROD_DIR}/backups' '${PROD_DIR}/.restic-cache'; rm -f '${password}'" EXIT
+    trap "rm -rf '${work}' '${PROD_DIR}/backups' '${PROD_DIR}/.restic-cache' '${PROD_DIR}'/.verify-* '${PROD_DIR}'/.restore-*; rm -f '${password}'" EXIT
+    # Scratch directories a killed earlier run left would count as this run's leftovers.
+    rm -rf "${PROD_DIR}"/.verify-* "${PROD_DIR}"/.restore-*
     # As an operator sets it up: the repository's password in the environment's secrets/ (the
     # setting itself comes from the environment here, so prod's deploy.env stays as it is).
     (umask 077 && head -c 32 /dev/urandom | base64 > "$password")

@@ -2648,11 +2648,19 @@ mod tests {
             let url = std::env::var("DATABASE_URL").expect(
                 "DATABASE_URL is not set: these tests need the throwaway PostgreSQL that scripts/test.sh starts",
             );
-            // postgres://USER:PASSWORD@HOST:PORT/DB
-            let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
-            let (auth, place) = rest.split_once('@').unwrap();
-            let (user, password) = auth.split_once(':').unwrap();
-            let (host, port) = place.split('/').next().unwrap().split_once(':').unwrap();
+            // postgres://USER:PASSWORD@HOST:PORT/DB, as scripts/test.sh gives it.
+            let form = "DATABASE_URL as postgres://USER:PASSWORD@HOST:PORT/DB (scripts/test.sh's)";
+            let rest = url
+                .strip_prefix("postgres://")
+                .or_else(|| url.strip_prefix("postgresql://"))
+                .expect(form);
+            let (auth, place) = rest.split_once('@').expect(form);
+            let (user, password) = auth.split_once(':').expect(form);
+            let (host, port) = place
+                .split('/')
+                .next()
+                .and_then(|p| p.split_once(':'))
+                .expect(form);
             let dir = tempfile::tempdir().unwrap();
             let password_file = dir.path().join("db_password");
             fs::write(&password_file, password).unwrap();
@@ -2808,10 +2816,12 @@ mod tests {
     fn root_runs_restic_as_the_owner_of_the_environment_directory() {
         let (root, env_dir) = backup_env("BACKUP_REPOSITORY=/srv/restic/prod\n");
         let (uid, gid) = owned_by_another_user(&env_dir);
-        for (ids, expected) in [
-            ((0, 0), Some((uid, gid, env_dir.clone()))),
-            ((uid, gid), None),
-        ] {
+        // Its home as the code finds it: /etc/passwd's, else the environment directory.
+        let home = fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|passwd| home_of(&passwd, uid))
+            .unwrap_or_else(|| env_dir.clone());
+        for (ids, expected) in [((0, 0), Some((uid, gid, home.clone()))), ((uid, gid), None)] {
             let seen = RefCell::new(Vec::new());
             let restic = |r: &Repository, args: &[&str]| {
                 seen.borrow_mut().push(r.run_as.clone());
