@@ -1896,7 +1896,15 @@ mod tests {
             "{}",
             created[0]
         );
+        drop(responder);
+
         // A token it never got changes nothing; it serves until the last live one goes.
+        let fake = responder_engine();
+        let client = Client::new(&fake);
+        let responder = test_responder(&client, &say);
+        responder.publish("a.example", "tok1", "tok1.abc").unwrap();
+        responder.publish("b.example", "tok2", "tok2.abc").unwrap();
+        responder.ready().unwrap();
         let started = fake.writes().len();
         responder.withdraw("a.example", "never-published");
         responder.withdraw("a.example", "tok1");
