@@ -1631,7 +1631,7 @@ impl Ctx<'_, '_> {
         let restored = self.test_restore(envdir, file, require_counts);
         let (ok, detail) = match &restored {
             Ok(detail) => (true, detail.clone()),
-            Err(Error::Refused(why)) => (false, why.clone()),
+            // (a refusal's text is its words: Error::Refused displays as itself)
             Err(e) => (false, e.to_string()),
         };
         self.record(envdir, |s| {
@@ -1997,10 +1997,7 @@ impl Ctx<'_, '_> {
         repo: &Repository,
         require_counts: bool,
     ) -> Result<String, String> {
-        let words = |e: Error| match e {
-            Error::Refused(why) => why,
-            other => other.to_string(),
-        };
+        let words = |e: Error| e.to_string();
         // A helper that cannot run here (no manager, Docker not answering) could not restore
         // the copy either: it is not downloaded for nothing.
         let stack = envdir.stack();
