@@ -5614,6 +5614,13 @@ mod tests {
             .backup
             .record(run(4, true, "/nowhere/stackship-prod-x.dump"));
         assert_eq!(not_off_site_yet(&state), None);
+        // The dump's file removed by hand while its counts stayed: nothing to copy.
+        let lone = dir.path().join("stackship-prod-20261206T100000Z.dump");
+        fs::write(backup::manifest_path(&lone), COUNTS).unwrap();
+        state
+            .backup
+            .record(run(3, true, &lone.display().to_string()));
+        assert_eq!(not_off_site_yet(&state), None, "counts without their dump");
         assert_eq!(
             home_of(
                 "root:x:0:0:root:/root:/bin/bash\nstackship-deploy:x:1001:1001::/home/stackship-deploy:/bin/bash\n",

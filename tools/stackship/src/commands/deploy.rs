@@ -2065,7 +2065,8 @@ mod tests {
         let fake = FakeEngine::new();
         fake.answer(
             &["stack", "ls"],
-            "stackship-prod\nstackship-review-3\nstackship-review-7\n",
+            // Only stackship-review-<number> stacks other than this one count.
+            "stackship-prod\nstackship-review-3\nstackship-review-7\nstackship-review-notes\nstackship-review-\n",
         );
         fake.answer(&["secret", "ls"], "");
         fake.answer(&["secret", "create"], "id\n");
@@ -2389,6 +2390,12 @@ mod tests {
             ] {
                 assert!(create.contains(part), "{part}: {create}");
             }
+            // Postgres's own image (it has the user and the tools), its entrypoint replaced.
+            let image = &release.settings.images["postgres"].value;
+            assert!(
+                create.contains(&format!("--entrypoint sh {image} -c ")),
+                "{create}"
+            );
             assert!(
                 create.ends_with(" 0"),
                 "an existing database: nothing new allowed: {create}"
@@ -2748,6 +2755,49 @@ mod tests {
             said[0],
             "the canary gate of backend could not roll it back: run `docker service rollback s_backend`, then `stackship status`"
         );
+        // A gate whose canary answered well: its finding leads the summary, the deploy stays
+        // done, nothing is rolled back and nothing more is said.
+        let good = FakeEngine::new();
+        good.answer(
+            &["inspect", "--type", "task"],
+            r#"[{"ID": "new1", "NetworksAttachments": [{"Network": {"Spec": {"Name": "e"}}, "Addresses": ["10.0.1.9/24"]}]}]"#,
+        );
+        good.answer(&["service", "logs"], &line.replace("504", "200").repeat(3));
+        let mut g = Gate::new(
+            "s",
+            "backend",
+            &canary,
+            Default::default(),
+            Some(rollout_watcher::assess::ServiceBefore::default()),
+        );
+        g.sample(
+            &Client::new(&good),
+            &service,
+            &tasks,
+            now,
+            chrono::Utc::now(),
+            &mut |_| {},
+        );
+        g.finish(&Client::new(&good), &mut Some, &mut |_| {});
+        let finding = g.finding().expect("judged");
+        assert!(!finding.fails(), "{finding}");
+        let mut said = Vec::new();
+        let mut w = watched(Outcome::Done);
+        gate_findings(std::slice::from_ref(&g), &mut w, &mut |m| {
+            said.push(m.to_owned())
+        });
+        assert_eq!(w.outcome, Outcome::Done);
+        assert!(said.is_empty(), "{said:?}");
+        assert_eq!(
+            w.summary,
+            format!("{finding}\nbackend: ok\n"),
+            "the finding leads the summary"
+        );
+        assert!(
+            good.writes().is_empty(),
+            "nothing rolled back: {:?}",
+            good.writes()
+        );
     }
 
     #[test]
@@ -2846,12 +2896,12 @@ mod tests {
         std::fs::write(root.path().join("dev/deploy.env"), "REGISTRY=r\n").unwrap();
         std::fs::write(
             release.join("deploy-manifests/dev/images.env"),
-            "BACKEND_TAG=t\n",
+            "BACKEND_TAG=t\nPOSTGRES_IMAGE=postgres@sha256:2222222222222222222222222222222222222222222222222222222222222222\n",
         )
         .unwrap();
         std::fs::write(
             release.join("docker-compose.review.yaml"),
-            "services:\n  backend:\n    image: ${REGISTRY}/stackship/backend:${BACKEND_TAG}\n    ports: [\"${REVIEW_PORT}:8080\"]\nsecrets:\n  db_password:\n    name: ${DB_PASSWORD_SECRET}\n    external: true\n",
+            "services:\n  backend:\n    image: ${REGISTRY}/stackship/backend:${BACKEND_TAG}\n    ports: [\"${REVIEW_PORT}:8080\"]\n  postgres:\n    image: ${POSTGRES_IMAGE}\nsecrets:\n  db_password:\n    name: ${DB_PASSWORD_SECRET}\n    external: true\n",
         )
         .unwrap();
         let request = Request {
@@ -2892,6 +2942,7 @@ mod tests {
             "stackship-review-7-db-password-v1"
         );
         assert_eq!(prepared.vars["REVIEW_PORT"], "20007");
+        // A review stack's database lives in a volume: no node is chosen or labelled for it.
         assert_eq!(prepared.db_node, None);
         let lines = fake.command_lines();
         let created = lines
@@ -3113,8 +3164,20 @@ mod tests {
         assert!(fake.writes().is_empty());
     }
 
-    #[test]
-    fn a_rollback_deploys_a_copy_with_the_recorded_images_and_configs() {
+    /// What a rollback test starts from: an installed release (config "x", tag
+    /// 20261206_aaaaaaaa) after two deploys, the first of tag `old` with the config "old" (and
+    /// `first_spec` as the backend's spec), the second of what is installed; an engine that
+    /// has both configs; the rollback's request.
+    struct RollbackSetup {
+        f: Fixture,
+        fake: FakeEngine,
+        config: PathBuf,
+        old_name: String,
+        new_name: String,
+        request: crate::commands::rollback::Request,
+    }
+
+    fn rollback_setup(first_spec: Option<serde_json::Value>) -> RollbackSetup {
         use base64::Engine;
         let f = fixture("REGISTRY=127.0.0.1:5000\n");
         with_data_dir(&f);
@@ -3138,7 +3201,7 @@ mod tests {
                 "bbbbbbbb",
             ),
         ] {
-            let record = rollout_watcher::history::DeployRecord {
+            let mut record = rollout_watcher::history::DeployRecord {
                 id: id.into(),
                 stack: "stackship-prod".into(),
                 commit: Some(commit.into()),
@@ -3167,16 +3230,15 @@ mod tests {
                 .into(),
                 ..Default::default()
             };
+            if commit == "aaaaaaaa" {
+                record.services.get_mut("backend").unwrap().spec = first_spec.clone();
+            }
             rollout_watcher::history::write(&history, &record).unwrap();
         }
         let fake = swarm_engine();
         fake.answer(&["config", "ls"], &format!("{old_name}\n{new_name}\n"));
         let data = base64::engine::general_purpose::STANDARD.encode("title = \"old\"\n");
         fake.answer(&["config", "inspect", &old_name], &format!("\"{data}\"\n"));
-        let rollout = FakeRollout {
-            ok: true,
-            steps: Default::default(),
-        };
         let request = crate::commands::rollback::Request {
             stop: || false,
             data_root: f.request.data_root.clone(),
@@ -3186,6 +3248,30 @@ mod tests {
             dry_run: false,
             process_env: BTreeMap::new(),
             owner: "test".into(),
+        };
+        RollbackSetup {
+            f,
+            fake,
+            config,
+            old_name,
+            new_name,
+            request,
+        }
+    }
+
+    #[test]
+    fn a_rollback_deploys_a_copy_with_the_recorded_images_and_configs() {
+        let RollbackSetup {
+            f,
+            fake,
+            config,
+            old_name,
+            new_name,
+            request,
+        } = rollback_setup(None);
+        let rollout = FakeRollout {
+            ok: true,
+            steps: Default::default(),
         };
         let mut progress = Vec::new();
         let (outcome, _) = crate::commands::rollback::rollback(
@@ -3287,6 +3373,135 @@ mod tests {
             "{e}"
         );
         assert!(gone.writes().is_empty());
+    }
+
+    /// A rollout that ends as told and, when it ends well, records `services` as what runs,
+    /// with the deploy's note, as the watcher's record does.
+    struct RecordingRollout {
+        ok: bool,
+        services: BTreeMap<String, rollout_watcher::history::ServiceRecord>,
+    }
+
+    impl Rollout for RecordingRollout {
+        fn snapshot(&self, stack: &str) -> Result<rollout_watcher::watch::Snapshot, String> {
+            FakeRollout {
+                ok: self.ok,
+                steps: Default::default(),
+            }
+            .snapshot(stack)
+        }
+        fn watch(
+            &self,
+            snapshot: &rollout_watcher::watch::Snapshot,
+            options: &rollout_watcher::watch::Options,
+            report_file: &Path,
+            progress: &mut dyn std::io::Write,
+            on_sample: &mut OnSample<'_>,
+        ) -> Result<Watched, String> {
+            FakeRollout {
+                ok: self.ok,
+                steps: Default::default(),
+            }
+            .watch(snapshot, options, report_file, progress, on_sample)
+        }
+        fn record(
+            &self,
+            stack: &str,
+            history: &Path,
+            provenance: &Provenance,
+        ) -> Result<Recorded, String> {
+            let record = rollout_watcher::history::DeployRecord {
+                id: "20261203T000000.000Z".into(),
+                stack: stack.into(),
+                commit: provenance.commit.clone(),
+                note: provenance.note.clone(),
+                services: self.services.clone(),
+                ..Default::default()
+            };
+            rollout_watcher::history::write(history, &record)
+                .map(Recorded::Written)
+                .map_err(|e| e.to_string())
+        }
+        fn prune(&self, _: &str, _: &Path, _: usize) -> Result<Vec<String>, String> {
+            Ok(vec![])
+        }
+    }
+
+    #[test]
+    fn a_failed_rollback_keeps_current_and_a_good_one_names_the_settings_it_did_not_restore() {
+        let spec = |replicas: u64| {
+            Some(serde_json::json!({"Mode": {"Replicated": {"Replicas": replicas}}}))
+        };
+        let warning = "WARNING: the stack file changed since deploy 20261201T000000.000Z";
+        // (the rollout ends well, the backend's replicas afterwards)
+        for (ok, replicas) in [(false, 2), (true, 2), (true, 1)] {
+            let RollbackSetup {
+                f,
+                fake,
+                config,
+                old_name,
+                request,
+                ..
+            } = rollback_setup(spec(1));
+            let runs = [(
+                "backend".to_owned(),
+                rollout_watcher::history::ServiceRecord {
+                    image: format!("127.0.0.1:5000/stackship/backend:old@{DIGEST}"),
+                    configs: vec![old_name.clone()],
+                    spec: spec(replicas),
+                    ..Default::default()
+                },
+            )];
+            let rollout = RecordingRollout {
+                ok,
+                services: runs.into(),
+            };
+            let mut progress = Vec::new();
+            let (outcome, _) = crate::commands::rollback::rollback(
+                &Client::new(&fake),
+                &rollout,
+                &request,
+                &mut progress,
+            )
+            .unwrap();
+            let progress = String::from_utf8(progress).unwrap();
+            let pins = std::fs::read_to_string(f.request.pins()).unwrap();
+            if !ok {
+                assert_eq!(outcome, Outcome::RolledBack);
+                assert!(
+                    progress.contains("the rollback of stackship-prod FAILED"),
+                    "{progress}"
+                );
+                assert!(!progress.contains("rolled back to deploy"), "{progress}");
+                assert!(!progress.contains(warning), "{progress}");
+                // current/ keeps the release it held.
+                assert!(pins.contains("BACKEND_TAG=20261206_aaaaaaaa\n"), "{pins}");
+                assert_eq!(std::fs::read_to_string(&config).unwrap(), "title = \"x\"\n");
+                continue;
+            }
+            assert_eq!(outcome, Outcome::Done, "{progress}");
+            assert!(
+                pins.contains(&format!("BACKEND_TAG=old@{DIGEST}\n")),
+                "{pins}"
+            );
+            // The rollback's record says what it returned to.
+            let records =
+                rollout_watcher::history::read_all(&f.request.env_dir().join("history")).unwrap();
+            assert_eq!(
+                records.last().unwrap().note.as_deref(),
+                Some("rolled back to deploy 20261201T000000.000Z")
+            );
+            // A setting of the stack file that is not the target's is named; none, nothing.
+            if replicas == 1 {
+                assert!(!progress.contains(warning), "{progress}");
+            } else {
+                assert!(progress.contains(warning), "{progress}");
+                assert!(
+                    progress.contains("]   backend: Mode.Replicated.Replicas: 1 → 2\n"),
+                    "{progress}"
+                );
+            }
+        }
     }
 
     #[test]
