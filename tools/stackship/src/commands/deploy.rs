@@ -3259,6 +3259,23 @@ mod tests {
         }
     }
 
+    /// A rollback that must not be refused: its outcome and what it said.
+    fn roll_back(
+        fake: &FakeEngine,
+        rollout: &dyn Rollout,
+        request: &crate::commands::rollback::Request,
+    ) -> (Outcome, String) {
+        let mut progress = Vec::new();
+        let (outcome, _) = crate::commands::rollback::rollback(
+            &Client::new(fake),
+            rollout,
+            request,
+            &mut progress,
+        )
+        .unwrap();
+        (outcome, String::from_utf8(progress).unwrap())
+    }
+
     #[test]
     fn a_rollback_deploys_a_copy_with_the_recorded_images_and_configs() {
         let RollbackSetup {
@@ -3273,15 +3290,7 @@ mod tests {
             ok: true,
             steps: Default::default(),
         };
-        let mut progress = Vec::new();
-        let (outcome, _) = crate::commands::rollback::rollback(
-            &Client::new(&fake),
-            &rollout,
-            &request,
-            &mut progress,
-        )
-        .unwrap();
-        let progress = String::from_utf8(progress).unwrap();
+        let (outcome, progress) = roll_back(&fake, &rollout, &request);
         assert_eq!(outcome, Outcome::Done, "{progress}");
         assert!(
             progress.contains("rolling stackship-prod back to deploy 20261201T000000.000Z"),
@@ -3456,15 +3465,7 @@ mod tests {
                 ok,
                 services: runs.into(),
             };
-            let mut progress = Vec::new();
-            let (outcome, _) = crate::commands::rollback::rollback(
-                &Client::new(&fake),
-                &rollout,
-                &request,
-                &mut progress,
-            )
-            .unwrap();
-            let progress = String::from_utf8(progress).unwrap();
+            let (outcome, progress) = roll_back(&fake, &rollout, &request);
             let pins = std::fs::read_to_string(f.request.pins()).unwrap();
             if !ok {
                 assert_eq!(outcome, Outcome::RolledBack);
