@@ -264,3 +264,24 @@ pub async fn shutdown_signal() {
         std::process::exit(128 + number);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_zero_lifetime_or_idle_timeout_means_never() {
+        let db = DatabaseSettings {
+            max_lifetime_s: 0,
+            idle_timeout_s: 1,
+            ..DatabaseSettings::default()
+        };
+        let pool = lazy_pool(&db);
+        assert_eq!(pool.options().get_max_lifetime(), None);
+        assert_eq!(
+            pool.options().get_idle_timeout(),
+            Some(Duration::from_secs(1))
+        );
+    }
+}
