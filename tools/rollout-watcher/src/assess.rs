@@ -87,7 +87,8 @@ pub struct Rules {
     pub unschedulable_grace: Duration,
     /// A service without an update of its own (first deploy, unchanged) is ok only when two
     /// samples at least this far apart both say so (the watch sets its poll interval): one
-    /// sample may catch a task in the second before it crashes.
+    /// sample may catch a task in the second before it crashes. A service the deploy
+    /// created waits at least its update monitor ([`monitor_of`]).
     pub confirm_after: Duration,
 }
 
@@ -100,6 +101,23 @@ impl Default for Rules {
             confirm_after: Duration::from_secs(1),
         }
     }
+}
+
+/// How long Swarm watches an updated task for failure when the service sets no
+/// `update_config.monitor` (Docker's default).
+pub const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
+
+/// The service's `update_config.monitor`: how long Swarm watches each updated task for
+/// failure ([`DEFAULT_MONITOR`] when unset or zero).
+pub fn monitor_of(service: &Service) -> Duration {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_config.as_ref())
+        .and_then(|u| u.monitor)
+        .and_then(|ns| u64::try_from(ns).ok())
+        .filter(|ns| *ns > 0)
+        .map_or(DEFAULT_MONITOR, Duration::from_nanos)
 }
 
 /// Follows one service across samples (it remembers since when an update is paused).
@@ -553,11 +571,29 @@ impl Tracker {
                 "unchanged, running"
             };
             // No update of Swarm's own watched these tasks: one sample may catch a task in the
-            // second before it crashes, so a second one, a poll later, must agree.
+            // second before it crashes, so a second one, a poll later, must agree. A service
+            // the deploy created must keep running for its update monitor too: for an update
+            // Swarm watches that long (and rolls back), for a new service nothing does, and a
+            // task that passed its healthcheck may still crash seconds later
+            // (`docker service create` waits as long before it says "converged").
+            let window = if self.before.is_none() {
+                monitor_of(service).max(self.rules.confirm_after)
+            } else {
+                self.rules.confirm_after
+            };
             let (since, samples) = self.ok_since.get_or_insert((elapsed, 0));
             *samples += 1;
-            if *samples >= 2 && elapsed.saturating_sub(*since) >= self.rules.confirm_after {
+            if *samples >= 2 && elapsed.saturating_sub(*since) >= window {
                 return (Phase::Ok(what.into()), c);
+            }
+            if self.before.is_none() {
+                return (
+                    Phase::Pending(format!(
+                        "{what}, confirming: new, its tasks must keep running for {}s (its update monitor)",
+                        window.as_secs_f64()
+                    )),
+                    c,
+                );
             }
             return (Phase::Pending(format!("{what}, confirming")), c);
         }

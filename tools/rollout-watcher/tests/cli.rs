@@ -53,6 +53,14 @@ fn raw_fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
+/// `global_running` (a service the deploy creates) with an update monitor of `ms`: a new
+/// service is confirmed once its tasks kept running that long.
+fn global_running_with_monitor(ms: u64) -> Value {
+    let mut raw = raw_fixture("global_running");
+    raw["service"]["Spec"]["UpdateConfig"]["Monitor"] = (ms * 1_000_000).into();
+    raw
+}
+
 /// One swarm, as the fake docker shows it.
 struct Swarm {
     state: tempfile::TempDir,
@@ -247,7 +255,7 @@ fn a_completed_update_exits_0_with_a_report_and_a_deploy_record() {
 fn services_that_appear_after_the_first_sample_are_waited_for() {
     let swarm = Swarm::new();
     let snap = swarm.snapshot("rw");
-    swarm.set(Some(raw_fixture("global_running")));
+    swarm.set(Some(global_running_with_monitor(100)));
     // The first two samples of the watch find no service yet.
     std::fs::write(swarm.path("appears-on"), "4").unwrap();
     let out = watch(&swarm, "rw", &snap, &[], &[]);
@@ -340,10 +348,10 @@ fn max_task_failures_sets_how_many_failed_tasks_fail_a_first_deploy() {
 }
 
 #[test]
-fn a_new_service_is_confirmed_by_a_second_sample_one_poll_later() {
+fn a_new_service_is_confirmed_once_it_kept_running_for_its_update_monitor() {
     let swarm = Swarm::new();
     let snap = swarm.snapshot("rw");
-    swarm.set(Some(raw_fixture("global_running")));
+    swarm.set(Some(global_running_with_monitor(300)));
     let json = swarm.path("report.json");
     let out = watch(
         &swarm,
@@ -358,9 +366,12 @@ fn a_new_service_is_confirmed_by_a_second_sample_one_poll_later() {
     // A new service's image is new: the report has the floor of its rollout.
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(report["services"][0]["floor_seconds"].as_f64().unwrap() > 0.0);
-    // The snapshot's listing, then two samples 100 ms apart (--poll-ms), not a second's worth.
-    let samples = swarm.calls().matches("service ls").count();
-    assert_eq!(samples, 3, "{}", swarm.calls());
+    // Samples 100 ms apart (--poll-ms) until the tasks had run for the 300 ms monitor: more
+    // than the two a poll apart that confirm a service that ran before, not a second's worth.
+    let samples = swarm.calls().matches("service ls").count() - 1;
+    assert!((3..=5).contains(&samples), "{}", swarm.calls());
+    let seconds = report["services"][0]["seconds"].as_f64().unwrap();
+    assert!((0.3..1.0).contains(&seconds), "{seconds}");
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bollard::models::{ServiceSpecUpdateConfigFailureActionEnum, Task, TaskState};
 use rollout_watcher::assess::{
-    Phase, Rules, ServiceBefore, Tracker, blamed_task, counts, is_failure, last_failure,
-    problem_task, problem_task_id, task_error, unschedulable,
+    DEFAULT_MONITOR, Phase, Rules, ServiceBefore, Tracker, blamed_task, counts, is_failure,
+    last_failure, monitor_of, problem_task, problem_task_id, task_error, unschedulable,
 };
 use rollout_watcher::docker::{self, ServiceInspect};
 use rollout_watcher::{budget, history, prune};
@@ -88,15 +88,16 @@ fn settled_verdict(f: &Fixture, before: Option<&Fixture>, elapsed: Duration) -> 
         Some(b) => (Some(ServiceBefore::of(&b.service.service)), ids(&b.tasks)),
         None => (None, BTreeSet::new()),
     };
+    // A new service is confirmed once it kept running for its update monitor.
+    let confirm = if b.is_none() {
+        monitor_of(&f.service.service)
+    } else {
+        Duration::from_secs(1)
+    };
     let mut t = Tracker::new(b, tasks, Rules::default());
     let (first, _) = t.observe(&f.service.service, &f.tasks, elapsed);
     assert_pending(&first);
-    t.observe(
-        &f.service.service,
-        &f.tasks,
-        elapsed + Duration::from_secs(1),
-    )
-    .0
+    t.observe(&f.service.service, &f.tasks, elapsed + confirm).0
 }
 
 fn assert_pending(p: &Phase) {
@@ -774,30 +775,37 @@ fn a_crash_loop_fails_at_exactly_max_task_failures() {
 }
 
 #[test]
-fn a_new_service_is_ok_only_when_two_samples_a_poll_apart_agree() {
+fn a_service_without_an_update_is_ok_only_when_two_samples_a_poll_apart_agree() {
     let f = fixture("global_running");
     let s = &f.service.service;
-    let new = || Tracker::new(None, BTreeSet::new(), Rules::default());
+    // Unchanged by the deploy: it ran before as it runs now.
+    let unchanged = || {
+        Tracker::new(
+            Some(ServiceBefore::of(s)),
+            BTreeSet::new(),
+            Rules::default(),
+        )
+    };
     // Once: not yet.
-    let mut t = new();
+    let mut t = unchanged();
     assert_eq!(
         t.observe(s, &f.tasks, Duration::from_secs(3)).0,
-        Phase::Pending("running, confirming".into())
+        Phase::Pending("unchanged, running, confirming".into())
     );
     // Twice, a poll (1 s) apart: ok.
     assert_eq!(
         t.observe(s, &f.tasks, Duration::from_secs(4)).0,
-        Phase::Ok("running".into())
+        Phase::Ok("unchanged, running".into())
     );
     // Twice, but closer than a poll: not yet; a third later sample settles it.
-    let mut t = new();
+    let mut t = unchanged();
     t.observe(s, &f.tasks, Duration::from_millis(3000));
     assert_pending(&t.observe(s, &f.tasks, Duration::from_millis(3500)).0);
     assert_ok(&t.observe(s, &f.tasks, Duration::from_millis(4000)).0);
     // A sample that is not ok in between starts over.
     let mut down = fixture("global_running");
     down.tasks[0].status.as_mut().unwrap().state = Some(TaskState::STARTING);
-    let mut t = new();
+    let mut t = unchanged();
     t.observe(s, &f.tasks, Duration::from_secs(3));
     assert_pending(&t.observe(s, &down.tasks, Duration::from_secs(4)).0);
     assert_pending(&t.observe(s, &f.tasks, Duration::from_secs(5)).0);
@@ -807,9 +815,72 @@ fn a_new_service_is_ok_only_when_two_samples_a_poll_apart_agree() {
         confirm_after: Duration::ZERO,
         ..Rules::default()
     };
-    let mut t = Tracker::new(None, BTreeSet::new(), rules);
+    let mut t = Tracker::new(Some(ServiceBefore::of(s)), BTreeSet::new(), rules);
     assert_pending(&t.observe(s, &f.tasks, Duration::from_secs(3)).0);
     assert_ok(&t.observe(s, &f.tasks, Duration::from_secs(3)).0);
+}
+
+#[test]
+fn a_new_service_is_ok_only_once_its_tasks_kept_running_for_its_update_monitor() {
+    let f = fixture("global_running");
+    let s = &f.service.service;
+    assert_eq!(monitor_of(s), Duration::from_secs(5));
+    let new = || Tracker::new(None, BTreeSet::new(), Rules::default());
+    let waiting = Phase::Pending(
+        "running, confirming: new, its tasks must keep running for 5s (its update monitor)".into(),
+    );
+    // Healthy, then a poll later, then 4.9 s later: not yet (a task may crash after its
+    // healthcheck passed, and nothing of Swarm's watches a new service's first tasks).
+    let mut t = new();
+    assert_eq!(t.observe(s, &f.tasks, Duration::from_secs(3)).0, waiting);
+    assert_eq!(t.observe(s, &f.tasks, Duration::from_secs(4)).0, waiting);
+    assert_eq!(
+        t.observe(s, &f.tasks, Duration::from_millis(7900)).0,
+        waiting
+    );
+    // 5 s after it was first seen running: ok.
+    assert_eq!(
+        t.observe(s, &f.tasks, Duration::from_secs(8)).0,
+        Phase::Ok("running".into())
+    );
+    // A task that stops running within the window starts it over.
+    let mut down = fixture("global_running");
+    down.tasks[0].status.as_mut().unwrap().state = Some(TaskState::STARTING);
+    let mut t = new();
+    t.observe(s, &f.tasks, Duration::from_secs(3));
+    assert_pending(&t.observe(s, &down.tasks, Duration::from_secs(6)).0);
+    assert_pending(&t.observe(s, &f.tasks, Duration::from_secs(7)).0);
+    assert_pending(&t.observe(s, &f.tasks, Duration::from_secs(11)).0);
+    assert_ok(&t.observe(s, &f.tasks, Duration::from_secs(12)).0);
+    // A poll interval longer than the monitor: the interval.
+    let rules = Rules {
+        confirm_after: Duration::from_secs(9),
+        ..Rules::default()
+    };
+    let mut t = Tracker::new(None, BTreeSet::new(), rules);
+    t.observe(s, &f.tasks, Duration::from_secs(3));
+    assert_pending(&t.observe(s, &f.tasks, Duration::from_secs(11)).0);
+    assert_ok(&t.observe(s, &f.tasks, Duration::from_secs(12)).0);
+}
+
+#[test]
+fn the_update_monitor_is_the_services_or_swarms_default() {
+    let f = fixture("updating");
+    assert_eq!(monitor_of(&f.service.service), Duration::from_secs(3));
+    for monitor in [serde_json::Value::Null, 0.into(), (-1).into()] {
+        let unset = edited("updating", |raw| {
+            raw.service["Spec"]["UpdateConfig"]["Monitor"] = monitor.clone();
+        });
+        assert_eq!(monitor_of(&unset.service.service), DEFAULT_MONITOR);
+    }
+    let none = edited("updating", |raw| {
+        raw.service["Spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("UpdateConfig");
+    });
+    assert_eq!(monitor_of(&none.service.service), DEFAULT_MONITOR);
+    assert_eq!(DEFAULT_MONITOR, Duration::from_secs(5));
 }
 
 #[test]
